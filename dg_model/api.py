@@ -1,0 +1,96 @@
+"""The one contract between the editor half (`dg_lsp`) and the model half (`dg_model`).
+
+`dg_lsp` builds jobs from editor state and never touches tensors; `dg_model` turns jobs into text and never imports
+lsprotocol. Everything that crosses the boundary is plain strings and numbers, so the server can be tested with a
+fake engine and the engine without a server.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol, Sequence
+
+
+class Cancelled(Exception):
+    """The job's `cancel` event was set; the engine stopped at its next decoder step and produced nothing."""
+
+
+class EngineError(Exception):
+    """A problem the user can fix (missing weights, unknown model id, no CUDA). The message says how."""
+
+
+@dataclass(frozen=True)
+class InfillJob:
+    """Fill the gap between `prefix` and `suffix` (fill-in-the-middle at the cursor)."""
+
+    prefix: str
+    suffix: str
+    # "line": finish the current line; "block": several lines (empty body, start of a statement). dg_lsp decides.
+    kind: Literal["line", "block"] = "line"
+    max_tokens: int = 64  # budget for the whole middle, across canvases
+    canvas: int | None = None  # canvas length override; None lets the engine size it from `kind`
+    n: int = 1  # candidates, batched in one forward
+    context: Sequence[str] = ()  # snippets from other open documents, most relevant last
+    doc_key: str = ""  # stable per document (its URI): the engine keeps one prompt cache per key
+    seed: int | None = None
+    temperature: float | None = None  # None: the model's generation_config
+    cancel: threading.Event | None = None
+    on_draft: Callable[[str], None] | None = None  # argmax text after each decoder step
+
+
+@dataclass(frozen=True)
+class RewriteJob:
+    """Rewrite `block`, which sits between `prefix` and `suffix`, keeping both as context."""
+
+    prefix: str
+    block: str
+    suffix: str
+    renoise: float = 0.5  # share of the block's tokens re-noised, most uncertain first
+    max_tokens: int = 256
+    n: int = 1
+    doc_key: str = ""
+    seed: int | None = None
+    cancel: threading.Event | None = None
+    on_draft: Callable[[str], None] | None = None
+
+
+@dataclass
+class JobStats:
+    mode: str = "diffusion"  # "diffusion" | "ar"
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens served from the per-document cache instead of re-encoded
+    encode_ms: float = 0.0
+    steps: int = 0  # decoder forwards (diffusion) or encoder forwards (ar)
+    decoder_ms: list[float] = field(default_factory=list)  # per step
+    new_tokens: int = 0
+    total_ms: float = 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+
+@dataclass
+class Candidate:
+    text: str
+    score: float  # mean log-probability of the committed tokens; higher is better
+
+
+@dataclass
+class JobResult:
+    candidates: list[Candidate]  # best first; may be empty
+    stats: JobStats
+
+
+class Engine(Protocol):
+    """What dg_lsp needs from a model. Implementations must be safe to call from one worker thread at a time."""
+
+    name: str  # model name for status lines
+    device: str  # "cpu", "cuda:0", ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def infill(self, job: InfillJob) -> JobResult: ...
+
+    def rewrite(self, job: RewriteJob) -> JobResult: ...
