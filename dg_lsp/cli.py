@@ -1,0 +1,278 @@
+"""`dg-lsp`: run the language server (stdio or TCP), or one of its sub-commands.
+
+    dg-lsp [--stdio | --tcp [HOST:]PORT] [--model M] [--device D] [--quantize Q] [--log-file F] [--log-level L]
+    dg-lsp complete FILE:LINE:COL     the completion the server would give there (1-based line and column)
+    dg-lsp rewrite FILE:START-END     the rewrite of lines START..END (1-based, inclusive)
+    dg-lsp doctor                     what is installed, where the model is, whether it loads, how fast
+
+`complete` and `rewrite` call the same `dg_lsp.pipeline` functions as the LSP handlers. More sub-commands (eval,
+bench, train) plug in through `SUBCOMMANDS`: add a `Subcommand(add_arguments, run, help)` under a name, directly or
+from a module listed in `SUBCOMMAND_MODULES` (imported before parsing; keep its heavy imports inside `run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from lsprotocol.types import Position
+
+from dg_model.api import EngineError
+
+from . import convert, doctor
+from .engines import load_engine
+from .languages import spec_for
+from .settings import Settings
+
+log = logging.getLogger("dg_lsp")
+
+
+class Subcommand(NamedTuple):
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # gets the parsed args (incl. the model flags); returns the exit code
+    help: str = ""
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
+
+
+def main(argv: list[str] | None = None) -> int:
+    for module in SUBCOMMAND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # a broken optional stack must not take `dg-lsp --stdio` down with it
+            print(f"dg-lsp: sub-commands from {module} unavailable: {exc}", file=sys.stderr)
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_file, args.log_level)
+    if args.command is None:
+        return serve(args)
+    return SUBCOMMANDS[args.command].run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dg-lsp",
+        description="Language server for multi-line code completion and block rewrites from a local diffusion model. "
+        "Without a COMMAND it runs the server.",
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    transport.add_argument(
+        "--tcp", metavar="[HOST:]PORT", type=_host_port, help="listen for one LSP client on TCP (host 127.0.0.1 unless given)"
+    )
+    _add_model_flags(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        _add_model_flags(p, defaults=False)
+        command.add_arguments(p)
+    return parser
+
+
+class _Version(argparse.Action):
+    # Lazy: the version lives with the server module, which `--help` and sub-commands need not import.
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .server import __version__
+
+        print(f"dg-lsp {__version__}")
+        parser.exit()
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Sub-parsers repeat these with SUPPRESS defaults so they work before or after the sub-command name without
+    # the sub-parser's defaults overwriting values given before it.
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--model", metavar="PATH|HF_ID", default=d(None), help="model weights (default: the embedded model)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d("auto"), help="where the model runs (default: auto)")
+    parser.add_argument(
+        "--quantize", choices=["none", "8bit", "4bit"], default=d("none"), help="weight quantization, CUDA only (default: none)"
+    )
+    parser.add_argument("--log-file", metavar="PATH", default=d(None), help="write logs here instead of stderr")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default=d("info"), help="log verbosity (default: info)"
+    )
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {number}")
+    return host or "127.0.0.1", number
+
+
+def setup_logging(log_file: str | None, level: str) -> None:
+    handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._dg_lsp = True  # type: ignore[attr-defined]  # replace our own handler on a second call, only it
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_dg_lsp", False)] + [handler]
+    root.setLevel(level.upper())
+    # pygls logs every message body at INFO; a 5 MB didOpen would flood the log.
+    logging.getLogger("pygls").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The base settings the command line gives; client settings merge over these."""
+    return Settings(model=args.model, device=args.device, quantize=args.quantize, log_level=args.log_level)
+
+
+def engine_from(args: argparse.Namespace):
+    """Load the engine the flags name (for sub-commands). Raises EngineError."""
+    return load_engine(args.model, device=args.device, quantize=args.quantize)
+
+
+# -- the server --
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .server import create_server  # pygls and the handlers only for the server itself
+
+    server = create_server(settings_from(args))
+    if args.tcp is not None:
+        host, port = args.tcp
+        server.start_tcp(host, port)
+        return server.exit_code
+    # The protocol gets its own handle on the real stdout; fd 1 and sys.stdout then point at stderr, so a stray
+    # print() or a C library writing to stdout cannot corrupt the JSON-RPC stream.
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    server.start_io(sys.stdin.buffer, protocol_out)
+    return server.exit_code
+
+
+# -- complete / rewrite --
+
+
+def _add_complete_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="FILE:LINE:COL", help="1-based line and column (column in characters)")
+    p.add_argument("--language", metavar="ID", help="LSP language id (default: from the file extension)")
+    p.add_argument("--json", action="store_true", help="print every candidate as JSON edits")
+
+
+def _add_rewrite_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="FILE:START-END", help="1-based inclusive line range (or FILE:LINE)")
+    p.add_argument("--language", metavar="ID", help="LSP language id (default: from the file extension)")
+    p.add_argument("--json", action="store_true", help="print the edit as JSON")
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    path, line, col = _split_target(args.target)
+    text, language = _read(path, args.language)
+    starts = convert.line_starts(text)
+    _line_offset(text, starts, line)
+    # Columns count characters; one past the end of the line means its end, as in the server.
+    offset = convert.offset_at(text, Position(line=line - 1, character=col - 1), convert.UTF32, starts)
+    engine = _engine_or_exit(args)
+    from . import pipeline  # tree-sitter and the post-processor only for the commands that use them
+
+    edits = pipeline.complete_at(engine, text, offset, language, settings_from(args), doc_key=str(path))
+    return _print_edits(args, text, edits, "no completion here")
+
+
+def run_rewrite(args: argparse.Namespace) -> int:
+    path, first, last = _split_target(args.target, range_sep="-")
+    text, language = _read(path, args.language)
+    starts = convert.line_starts(text)
+    if last < first:
+        _fail(f"empty line range {first}-{last}")
+    start = _line_offset(text, starts, first)
+    end = starts[last] if last < len(starts) else len(text)
+    engine = _engine_or_exit(args)
+    from . import pipeline
+
+    edit = pipeline.rewrite_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
+    if edit is None or args.json:
+        return _print_edits(args, text, [edit] if edit else [], "no rewrite for this block")
+    # The rewritten lines: the range with the edit applied (the edit may extend past the range's end).
+    stop = max(end, edit.end)
+    sys.stdout.write(text[start : edit.start] + edit.text + text[edit.end : stop])
+    return 0
+
+
+def _split_target(target: str, range_sep: str | None = None) -> tuple[Path, int, int]:
+    try:
+        if range_sep:
+            path, spec = target.rsplit(":", 1)
+            first, _, last = spec.partition(range_sep)
+            a, b = int(first), int(last or first)
+        else:
+            path, line, col = target.rsplit(":", 2)
+            a, b = int(line), int(col)
+    except ValueError:
+        _fail(f"cannot parse {target!r}; expected " + ("FILE:START-END" if range_sep else "FILE:LINE:COL"))
+    if a < 1 or b < 1:
+        _fail("lines and columns are 1-based")
+    return Path(path), a, b
+
+
+def _read(path: Path, language: str | None) -> tuple[str, str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as fh:  # keep CRLF as it is
+            text = fh.read()
+    except OSError as exc:
+        _fail(f"cannot read {path}: {exc}")
+    if language is None:
+        spec = spec_for(str(path))
+        language = spec.ids[0] if spec else "plaintext"
+    return text, language
+
+
+def _line_offset(text: str, starts: list[int], line: int) -> int:
+    if line > len(starts):
+        _fail(f"line {line} is past the end of the file ({len(starts)} lines)")
+    return starts[line - 1]
+
+
+def _engine_or_exit(args: argparse.Namespace):
+    try:
+        return engine_from(args)
+    except EngineError as exc:
+        _fail(f"cannot load the model: {exc}", code=1)
+
+
+def _print_edits(args: argparse.Namespace, text: str, edits: list, empty_message: str) -> int:
+    if args.json:
+        starts = convert.line_starts(text)
+        out = []
+        for e in edits:
+            rng = convert.range_at(text, e.start, e.end, convert.UTF32, starts)
+            out.append({
+                "start": {"line": rng.start.line + 1, "col": rng.start.character + 1},
+                "end": {"line": rng.end.line + 1, "col": rng.end.character + 1},
+                "text": e.text,
+            })
+        print(json.dumps(out, indent=2))
+        return 0 if edits else 1
+    if not edits:
+        print(f"dg-lsp: {empty_message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(edits[0].text if edits[0].text.endswith("\n") else edits[0].text + "\n")
+    return 0
+
+
+def _fail(message: str, code: int = 2):
+    print(f"dg-lsp: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+SUBCOMMANDS["complete"] = Subcommand(_add_complete_args, run_complete, "print the completion at FILE:LINE:COL")
+SUBCOMMANDS["rewrite"] = Subcommand(_add_rewrite_args, run_rewrite, "print the rewrite of lines FILE:START-END")
+SUBCOMMANDS["doctor"] = Subcommand(doctor.add_arguments, doctor.run, "check the installation and the model")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

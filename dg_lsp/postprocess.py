@@ -1,0 +1,286 @@
+"""Turn a model's raw middle into an edit that belongs at the cursor, or into nothing.
+
+Models trained on fill-in-the-middle still run past the gap: they repeat the line above, re-type the suffix,
+close brackets the document already closes, or wander out of the block. Each rule below removes one of those
+failure modes; the tree-sitter check at the end refuses anything that leaves the file more broken than it was.
+Pure functions only: text in, an `Edit` (offsets into the original document) or None out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from tree_sitter import Node, Tree
+
+from dg_lsp import languages
+from dg_lsp.languages import FULL_PARSE_CHARS, MAX_PARSE_CHARS, Doc, LanguageSpec, indent_width, top_level_region
+
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+_SCAN_CHARS = 4000  # brackets are matched over this much text on each side of the cursor
+_MAX_TRIES = 12  # parses spent trimming a completion that does not validate
+
+
+@dataclass(frozen=True)
+class Edit:
+    start: int  # character offsets into the ORIGINAL document text
+    end: int  # end > start: the completion also replaces text after the cursor (the rest of the line)
+    text: str
+
+
+def _bracket_tokens(spec: LanguageSpec | None) -> re.Pattern[str]:
+    """Brackets, skipping string literals and comments well enough for matching (the parse check is the backstop)."""
+    comment = r"#[^\n]*" if spec is not None and spec.line_comment == "#" else r"//[^\n]*|/\*[\s\S]*?\*/"
+    if spec is None or spec.name in ("python", "javascript", "typescript", "tsx"):
+        strings = r"\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'|`(?:\\.|[^`\\])*`"
+    else:  # a lone ' is a lifetime (Rust) or a char literal: only take 'x' and '\n'
+        strings = r"\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])'|`[^`]*`"
+    return re.compile(f"{comment}|{strings}|[()\\[\\]{{}}]")
+
+
+def _open_brackets(prefix: str, pattern: re.Pattern[str]) -> list[str]:
+    stack: list[str] = []
+    for m in pattern.finditer(prefix):
+        ch = m.group()
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in _PAIRS and stack and stack[-1] == _PAIRS[ch]:
+            stack.pop()
+        elif ch in _PAIRS:
+            stack.clear()  # an unmatched closer: whatever came before is not what the cursor sits in
+    return stack
+
+
+def _closed_by_suffix(stack: list[str], suffix: str, pattern: re.Pattern[str]) -> int:
+    """How many of the innermost open brackets the text after the cursor closes."""
+    own: list[str] = []
+    closed = 0
+    for m in pattern.finditer(suffix):
+        ch = m.group()
+        if ch in "([{":
+            own.append(ch)
+        elif ch in _PAIRS:
+            if own:
+                if own.pop() != _PAIRS[ch]:
+                    break
+            elif closed < len(stack) and stack[-1 - closed] == _PAIRS[ch]:
+                closed += 1
+            else:
+                break
+    return closed
+
+
+def _balance(middle: str, stack: list[str], closed: int, pattern: re.Pattern[str]) -> str:
+    """Cut the middle at its first closer that the suffix already provides or that matches nothing."""
+    outer = stack[: len(stack) - closed]  # open brackets nobody closes yet: the middle may close these
+    own: list[str] = []
+    for m in pattern.finditer(middle):
+        ch = m.group()
+        if ch in "([{":
+            own.append(ch)
+        elif ch in _PAIRS:
+            if own and own[-1] == _PAIRS[ch]:
+                own.pop()
+            elif not own and closed == 0 and outer and outer[-1] == _PAIRS[ch]:
+                outer.pop()
+            else:
+                return middle[: m.start()]
+    return middle
+
+
+def _same_line(a: str, b: str) -> bool:
+    """Lines match when their code matches; lines of bare punctuation (`}`, `)`) must match with indentation too."""
+    if not any(ch.isalnum() for ch in b):
+        return a.rstrip() == b.rstrip()
+    return a.strip() == b.strip()
+
+
+def _indent_style(lines: list[str], row: int, spec: LanguageSpec | None) -> tuple[str, int] | None:
+    """("\\t", 1) or (" ", unit): how the document indents, judged near the cursor first; None when it never does."""
+    widths = []
+    for r in [*range(row, max(-1, row - 200), -1), *range(row + 1, min(len(lines), row + 200))]:
+        line = lines[r]
+        if line.startswith("\t") and line.strip():
+            return "\t", 1
+        if line.startswith(" ") and line.strip():
+            widths.append(len(line) - len(line.lstrip(" ")))
+    if not widths:
+        return ("\t", 1) if spec is not None and spec.name == "go" else None  # gofmt indents with tabs
+    unit = min(w for w in widths if w > 0)
+    return " ", unit if unit in (2, 3, 4, 8) else 4
+
+
+def _reindent(line: str, style: tuple[str, int], model_unit: int) -> str:
+    body = line.lstrip(" \t")
+    lead = line[: len(line) - len(body)]
+    if style[0] == "\t":
+        width = len(lead.expandtabs(model_unit))
+        return "\t" * (width // model_unit) + " " * (width % model_unit) + body
+    return lead.expandtabs(style[1]) + body
+
+
+def _count_errors(node: Node) -> int:
+    count, stack = 0, [node]
+    while stack:
+        n = stack.pop()
+        if n.is_error or n.is_missing:
+            count += 1
+        stack.extend(c for c in n.children if c.has_error or c.is_missing)
+    return count
+
+
+def _shape(lines: list[str], doc: Doc, kind: str, spec: LanguageSpec | None) -> list[str]:
+    """Indentation fixes and scope limits; lines[0] continues the cursor line."""
+    before = doc.before
+    blank_before = not before.strip()
+    model_unit = min((indent_width(x) for x in lines[1:] if x.strip() and indent_width(x) > 0), default=4)
+    style = _indent_style(doc.lines, doc.row, spec)
+    if style is not None:
+        lines = [lines[0]] + [_reindent(x, style, model_unit) for x in lines[1:]]
+    tabs = style[0] == "\t" if style else any(x.startswith("\t") for x in lines[1:])
+    unit = 4 if tabs or style is None else style[1]
+    if kind == "line":
+        return lines[:1]
+    header = indent_width(doc.lines[doc.row])
+    opener = not blank_before and before.rstrip().endswith((":", "{", "(", "["))
+    body = next((x for x in lines[1:] if x.strip()), None)
+    if opener and body is not None and indent_width(body) <= header and not body.strip().startswith(("}", ")", "]")):
+        # the model indented the body relative to column 0: move it under the header
+        shift = header + unit - indent_width(body)
+        pad = "\t" * -(-shift // 4) if tabs else " " * shift
+        lines = [lines[0]] + [pad + x if x.strip() else x for x in lines[1:]]
+    # Stop where the completion leaves the block it was asked for.
+    floor = len(before.expandtabs(4)) if blank_before else header + (1 if opener else 0)
+    for i, x in enumerate(lines[1:], 1):
+        if x.strip() and indent_width(x) < floor:
+            return lines[:i]
+    return lines
+
+
+def _drop_prefix_repeats(lines: list[str], doc: Doc) -> list[str]:
+    """Drop leading lines that repeat the lines just above the cursor (or the cursor line's own start)."""
+    before = doc.before
+    blank_before = not before.strip()
+    if blank_before:
+        while len(lines) > 1 and not lines[0].strip():  # the cursor line is already the empty line to fill
+            lines = _onto_cursor_line(lines[1:], before)
+    above = [x for x in doc.lines[max(0, doc.row - 8) : doc.row] if x.strip()][-3:] + [before]
+    seen = {x.strip() for x in above if any(ch.isalnum() for ch in x)}
+    first = 0 if blank_before else 1
+    skip = first
+    while skip < len(lines) and lines[skip].strip() in seen:
+        skip += 1
+    if skip == first:
+        return lines
+    return _onto_cursor_line(lines[skip:], before) if blank_before else [lines[0], *lines[skip:]]
+
+
+def _onto_cursor_line(lines: list[str], before: str) -> list[str]:
+    """Make lines[0] continue a cursor line that already holds the indentation `before`."""
+    if lines:
+        lines = [lines[0][len(before) :] if lines[0].startswith(before) else lines[0].lstrip(" \t"), *lines[1:]]
+    return lines
+
+
+def _cut_at_suffix(lines: list[str], doc: Doc) -> list[str]:
+    """Cut at the first line that starts repeating what follows the cursor."""
+    after = [doc.after] if doc.after.strip() else []
+    heads = (after + [x for x in doc.lines[doc.row + 1 : doc.row + 40] if x.strip()])[:2]
+    if not heads:
+        return lines
+    blank_before = not doc.before.strip()
+    for i in range(0 if blank_before else 1, len(lines)):
+        if _same_line(lines[i] if i else doc.before + lines[i], heads[0]):
+            following = next((x for x in lines[i + 1 :] if x.strip()), None)
+            if following is None or len(heads) < 2 or _same_line(following, heads[1]):
+                return lines[:i]
+    return lines
+
+
+def _validate(
+    doc: Doc, text: str, start: int, end: int, new: list[str], tail: str, eol: str, spec: LanguageSpec
+) -> str | None:
+    """The longest leading part of `new` (whole lines, then `tail`) that adds no syntax errors to the document."""
+    if languages.get_parser(spec.name) is None:
+        return "\n".join(new) + tail
+    # Large documents: judge by the top-level statement around the edit, which is what the edit can break.
+    lo = hi = 0
+    if len(text) > FULL_PARSE_CHARS:
+        lo_row, hi_row = top_level_region(doc.lines, doc.row, doc.locate(end)[0] + 1)
+        lo, hi = doc.offset_of(lo_row, 0), doc.offset_of(hi_row - 1, len(doc.lines[hi_row - 1]))
+    else:
+        hi = len(text)
+    region = text[lo:hi]
+    if len(region) > MAX_PARSE_CHARS:  # one giant line: no structure to judge by, as for an unknown language
+        return "\n".join(new) + tail
+    base = languages.parse(region.encode("utf-8", "surrogatepass"), spec.name)
+    if base is None:
+        return "\n".join(new) + tail
+    allowed = _count_errors(base.root_node)
+    for n in range(len(new), max(0, len(new) - _MAX_TRIES), -1):
+        candidate = "\n".join(new[:n]).rstrip()
+        if not candidate.strip():
+            return None
+        candidate += tail if n > 1 else ""
+        edited = region[: start - lo] + candidate.replace("\n", eol) + region[end - lo :]
+        tree: Tree | None = languages.parse(edited.encode("utf-8", "surrogatepass"), spec.name)
+        if tree is not None and _count_errors(tree.root_node) <= allowed:
+            return candidate
+    return None
+
+
+def postprocess(raw: str, text: str, offset: int, language_id: str, kind: Literal["line", "block"]) -> Edit | None:
+    if not isinstance(raw, str) or not isinstance(text, str):
+        return None
+    doc = Doc(text, offset)
+    offset = doc.offset_of(doc.row, doc.col)  # clamped, and never between "\r" and "\n"
+    spec = None if doc.binary else languages.spec_for(language_id)
+    first_break = text.find("\n")
+    eol = "\r\n" if first_break > 0 and text[first_break - 1] == "\r" else "\n"
+    middle = raw.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    if not middle.strip():
+        return None
+
+    lines = _cut_at_suffix(_shape(_drop_prefix_repeats(middle.split("\n"), doc), doc, kind, spec), doc)
+    if not lines:
+        return None
+    end = offset
+    pattern = _bracket_tokens(spec)
+    scan_from = text.rfind("\n", 0, max(0, offset - _SCAN_CHARS)) + 1 if offset > _SCAN_CHARS else 0
+    stack = _open_brackets(text[scan_from:offset], pattern)
+    rest, line_end = doc.after.strip(), offset + len(doc.after)
+    first = lines[0].rstrip()
+    if kind == "line" and rest and first.strip() == rest:
+        return None  # the model only re-typed what follows the cursor
+    if (
+        kind == "line"
+        and rest
+        and first.endswith(rest)
+        and _balance(first, stack, _closed_by_suffix(stack, text[line_end : line_end + _SCAN_CHARS], pattern), pattern)
+        == first
+    ):
+        # The model wrote the line through what already follows the cursor, brackets and all: replace that rest
+        # rather than insert before it, so the ghost text never shows it twice.
+        lines, end = [first], line_end
+    else:
+        closed = _closed_by_suffix(stack, text[offset : offset + _SCAN_CHARS], pattern)
+        lines = _balance("\n".join(lines), stack, closed, pattern).split("\n")
+
+    lines = [x.rstrip() for x in lines]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not "".join(lines).strip():
+        return None
+    # A block typed between braces on one line (`{|}`) leaves the closer on its own line, at the header's indent.
+    tail = ""
+    if kind == "block" and len(lines) > 1 and doc.after.strip()[:1] in ("}", ")", "]"):
+        line = doc.lines[doc.row]
+        tail = "\n" + line[: len(line) - len(line.lstrip(" \t"))]
+    result = "\n".join(lines) + tail
+    if spec is not None:
+        kept = _validate(doc, text, offset, end, lines, tail, eol, spec)
+        if kept is None:
+            return None
+        result = kept
+    return Edit(offset, end, result.replace("\n", eol))

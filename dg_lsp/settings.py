@@ -1,0 +1,195 @@
+"""One typed settings object for the server, parsed from camelCase JSON.
+
+Settings arrive from three places: command-line flags (the base), `initializationOptions` and
+`workspace/didChangeConfiguration` (section "dg"). All three go through `parse_settings`, which merges a partial
+camelCase dict over a base `Settings`. A bad key never crashes the server: it keeps the base value for that key and
+is reported back, so the caller can show one warning naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+SECTION = "dg"
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+@dataclass(kw_only=True)
+class ContextSettings:
+    """Token budget for the prompt (see `dg_lsp.context.ContextBudget`)."""
+
+    max_prompt_tokens: int = field(default=768, metadata=_range(16, 32768))
+    suffix_share: float = field(default=0.25, metadata=_range(0.0, 0.9))
+    snippet_share: float = field(default=0.15, metadata=_range(0.0, 0.9))
+    max_snippets: int = field(default=3, metadata=_range(0, 16))
+
+
+@dataclass(kw_only=True)
+class Settings:
+    model: str | None = None  # path or HF id; None = the embedded model
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantize: Literal["none", "8bit", "4bit"] = "none"
+    # Per-language switch keyed by LSP languageId; a language that is not listed is enabled.
+    enable: dict[str, bool] = field(default_factory=dict)
+    context: ContextSettings = field(default_factory=ContextSettings)
+    max_line_tokens: int = field(default=48, metadata=_range(1, 4096))
+    max_block_tokens: int = field(default=192, metadata=_range(1, 4096))
+    candidates: int = field(default=1, metadata=_range(1, 8))
+    debounce_ms: int = field(default=50, metadata=_range(0, 5000))
+    # How long a request waits for a model that is still loading before it answers empty.
+    model_wait_ms: int = field(default=2000, metadata=_range(0, 60000))
+    renoise: float = field(default=0.5, metadata=_range(0.05, 1.0))  # share of a rewritten block re-noised
+    temperature: float | None = field(default=None, metadata=_range(0.0, 5.0))
+    seed: int | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def enabled_for(self, language_id: str) -> bool:
+        return self.enable.get(language_id, self.enable.get("*", True))
+
+    @property
+    def engine_key(self) -> tuple[str | None, str, str]:
+        """What identifies a loaded engine: a change here means reloading the model."""
+        return (self.model, self.device, self.quantize)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# cattrs' default hooks coerce ("yes" -> True, 3 -> "3"); settings typed by hand deserve a clear error instead.
+def _strict(kind: type, accept: tuple[type, ...]):
+    def hook(value: Any, _type: Any) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"expected {kind.__name__}, got a boolean")
+        if not isinstance(value, accept):
+            raise ValueError(f"expected {kind.__name__}, got {type(value).__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return kind(value)
+
+    return hook
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    conv.register_structure_hook(int, _strict(int, (int,)))
+    conv.register_structure_hook(float, _strict(float, (int, float)))
+    conv.register_structure_hook(str, _strict(str, (str,)))
+    for cls in (ContextSettings, Settings):
+        renames = {f.name: override(rename=camel(f.name)) for f in dataclasses.fields(cls)}
+        conv.register_structure_hook(
+            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames)
+        )
+        conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **renames))
+    return conv
+
+
+_converter = _make_converter()
+
+
+def to_json(settings: Settings) -> dict[str, Any]:
+    return _converter.unstructure(settings)
+
+
+def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Merge the camelCase dict `raw` over `base`. Returns the settings and the dotted names of rejected keys.
+
+    `raw` may be the "dg" section itself or an object holding it (`{"dg": {...}}`), as clients send either.
+    """
+    base = base or Settings()
+    if raw is None:
+        return base, []
+    if isinstance(raw, dict) and isinstance(raw.get(SECTION), dict):
+        raw = raw[SECTION]
+    if not isinstance(raw, dict):
+        return base, [SECTION]
+    merged = _merge(to_json(base), raw)
+    bad: list[str] = []
+    # Each pass drops the keys cattrs rejected; bounded by the number of keys, in practice 1-2 passes.
+    for _ in range(64):
+        try:
+            settings = _converter.structure(merged, Settings)
+            break
+        except (ClassValidationError, ForbiddenExtraKeysError) as exc:
+            paths = list(_bad_paths(exc, ()))
+            assert paths, f"cattrs error without a path: {exc!r}"
+            for path in paths:
+                bad.append(".".join(path))
+                _drop(merged, path, to_json(base))
+    else:  # pragma: no cover - would need > 64 independent bad keys that re-fail
+        return base, bad or [SECTION]
+    bad += _check_ranges(settings, base, ())
+    return settings, sorted(set(bad))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if value is None:
+            continue  # clients send null for "not set" (VS Code setting defaults); keep the base value
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "enable":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _bad_paths(exc: BaseException, path: tuple[str, ...]):
+    """Yield camelCase key paths named by a cattrs validation error tree."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        yield from (path + (key,) for key in sorted(exc.extra_fields))
+    elif isinstance(exc, ClassValidationError):
+        for sub, note in exc.group_exceptions()[0]:
+            yield from _bad_paths(sub, path + (camel(note.name),))
+        for sub in exc.group_exceptions()[1]:
+            yield from _bad_paths(sub, path)
+    elif isinstance(exc, IterableValidationError):
+        for sub, note in exc.group_exceptions()[0]:
+            yield from _bad_paths(sub, path + (str(note.index),))
+        if not exc.group_exceptions()[0]:
+            yield path
+    else:
+        yield path
+
+
+def _drop(merged: dict[str, Any], path: tuple[str, ...], base: dict[str, Any]) -> None:
+    """Put the base value back at `path` (or remove the key when the base has none)."""
+    node, base_node = merged, base
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            # The parent itself has the wrong shape: restore the whole parent.
+            node[key] = base_node.get(key) if isinstance(base_node, dict) else None
+            return
+        node, base_node = node[key], (base_node or {}).get(key, {})
+    if isinstance(base_node, dict) and path[-1] in base_node:
+        node[path[-1]] = base_node[path[-1]]
+    else:
+        node.pop(path[-1], None)
+
+
+def _check_ranges(obj: Any, base: Any, path: tuple[str, ...]) -> list[str]:
+    bad: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            bad += _check_ranges(value, getattr(base, f.name), path + (camel(f.name),))
+            continue
+        lo, hi = f.metadata.get("range", (None, None))
+        if value is None or (lo is None and hi is None):
+            continue
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            setattr(obj, f.name, getattr(base, f.name))
+            bad.append(".".join(path + (camel(f.name),)))
+    return bad

@@ -1,0 +1,147 @@
+"""Our denoising loop over DiffusionGemma's encoder and decoder.
+
+The stock `generate()` cannot pin tokens, stop on a cancel, reuse a prompt cache or size the canvas per request, so
+this module re-implements the sampler as small functions (gpt-fast style) around two model calls:
+
+    encode(model, ids, cache)            -> encoder states [1, T, H], cache extended by T
+    decoder_logits(model, canvas, cache, sc_logits) -> soft-capped logits [B, C, V] (cache read-only)
+
+Each step predicts every canvas position, accepts the lowest-entropy tokens whose summed entropy (minus the
+largest) stays under `entropy_bound`, and re-noises the rest with random vocabulary ids: self-correction. Pinned
+positions are never re-noised. The loop stops when the argmax canvas is stable and confident, or at `max_steps`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from dg_model.api import Cancelled
+
+FIRST_NOISE_ID = 7  # special tokens are never drawn as noise (same as in training)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    max_steps: int = 12
+    entropy_bound: float = 0.1
+    temperature_start: float = 0.8  # linear schedule over max_steps, as in the reference sampler
+    temperature_end: float = 0.4
+    stability: int = 1  # steps the argmax canvas must stay unchanged
+    confidence: float = 0.005  # ... and mean entropy of the free positions below this
+    self_conditioning: bool = True
+    greedy: bool = True  # editors want the same answer twice; sampling only for n > 1 candidates
+
+
+@dataclass
+class DenoiseResult:
+    tokens: torch.Tensor  # [B, C] final argmax canvas
+    logprobs: torch.Tensor  # [B, C] log-probability of each final token
+    steps: int
+    step_ms: list[float]
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    logits = logits.float()
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def positions(start: torch.Tensor | int, length: int, device) -> torch.Tensor:
+    return (torch.as_tensor(start, device=device).view(-1, 1) + torch.arange(length, device=device)).long()
+
+
+def encode(model, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
+    """Append `ids` [B, T] to `cache` through the causal encoder; returns final-norm states [B, T, H]."""
+    out = model.model.encoder(input_ids=ids, past_key_values=cache, position_ids=positions(start, ids.shape[1], ids.device))
+    return out.last_hidden_state
+
+
+def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    return softcap(model.lm_head(hidden), model.config.text_config.final_logit_softcapping)
+
+
+def decoder_logits(model, canvas: torch.Tensor, cache, sc_logits: torch.Tensor | None) -> torch.Tensor:
+    """Canvas [B, C] -> logits [B, C, V]. The decoder attends to the whole cache and the canvas, bidirectionally."""
+    start = cache.get_seq_length()
+    hidden = model.model.decoder(
+        decoder_input_ids=canvas,
+        past_key_values=cache,
+        self_conditioning_logits=sc_logits,
+        decoder_position_ids=positions(start, canvas.shape[1], canvas.device).expand(canvas.shape[0], -1),
+    ).last_hidden_state
+    return lm_logits(model, hidden)
+
+
+def noise_like(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randint(FIRST_NOISE_ID, vocab_size, canvas.shape, device=canvas.device, generator=generator)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def accept_mask(token_entropy: torch.Tensor, free: torch.Tensor, bound: float) -> torch.Tensor:
+    """Lowest-entropy free tokens whose summed entropy minus the largest of them stays <= bound (at least one)."""
+    ent = token_entropy.masked_fill(~free, float("inf"))
+    sorted_ent, order = torch.sort(ent, dim=-1)
+    finite = torch.isfinite(sorted_ent)
+    cum = torch.cumsum(sorted_ent.masked_fill(~finite, 0.0), -1)
+    chosen = (cum - sorted_ent.masked_fill(~finite, 0.0) <= bound) & finite
+    return torch.zeros_like(chosen).scatter(-1, order, chosen)
+
+
+def temperature_at(cfg: SamplerConfig, step: int) -> float:
+    frac = step / max(cfg.max_steps - 1, 1)
+    return cfg.temperature_start + (cfg.temperature_end - cfg.temperature_start) * frac
+
+
+def denoise(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    canvas: torch.Tensor,
+    pinned: torch.Tensor,
+    vocab_size: int,
+    cfg: SamplerConfig,
+    generator: torch.Generator | None = None,
+    cancel: threading.Event | None = None,
+    on_step: Callable[[torch.Tensor], None] | None = None,
+) -> DenoiseResult:
+    """Refine `canvas` [B, C] (pinned positions hold their tokens, free ones start as given, e.g. noise)."""
+    free = ~pinned
+    x = canvas.clone()
+    sc: torch.Tensor | None = None
+    argmax = prev = None
+    stable, step_ms = 0, []
+    logits = None
+    for step in range(cfg.max_steps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        t0 = time.perf_counter()
+        logits = logits_fn(x, sc) / temperature_at(cfg, step)
+        token_entropy = entropy(logits)
+        argmax = torch.where(pinned, canvas, logits.argmax(-1))
+        if cfg.greedy:
+            sample = argmax
+        else:
+            probs = torch.softmax(logits, -1).flatten(0, 1)
+            sample = torch.multinomial(probs, 1, generator=generator).view_as(x)
+            sample = torch.where(pinned, canvas, sample)
+        accepted = accept_mask(token_entropy, free, cfg.entropy_bound)
+        x = torch.where(accepted | pinned, sample, noise_like(x, vocab_size, generator))
+        sc = logits if cfg.self_conditioning else None
+        step_ms.append((time.perf_counter() - t0) * 1e3)
+        if on_step is not None:
+            on_step(argmax)
+        stable = stable + 1 if prev is not None and torch.equal(argmax, prev) else 0
+        prev = argmax
+        mean_entropy = (token_entropy * free).sum() / free.sum().clamp(min=1)
+        all_accepted = bool((accepted | pinned).all())
+        if stable >= cfg.stability and (mean_entropy < cfg.confidence or all_accepted):
+            break
+    assert argmax is not None and logits is not None, "max_steps must be >= 1"
+    logprobs = torch.log_softmax(logits, -1).gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
+    return DenoiseResult(argmax, logprobs, len(step_ms), step_ms)

@@ -1,0 +1,285 @@
+"""Train the embedded DiffusionGemma code model: `python -m dg_model.train --corpus DIR --tokenizer DIR --out DIR`.
+
+One step supervises every token it pays for:
+- the causal encoder reads the FIM prompt into the KV cache, and its states predict each next prompt token;
+- the bidirectional decoder denoises the canvas (uniform-state noise at rate t ~ U(eps, 1), optional
+  self-conditioning from a first no-grad pass), cross-entropy on the clean canvas, pad down-weighted;
+- the encoder then continues over the clean canvas (the middle), so the same weights also decode the middle
+  autoregressively: the honest AR baseline of the same checkpoint.
+The learning rate follows a cosine over the wall-clock budget (`--minutes`), so a run ends on time wherever it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
+
+from dg_model.architecture import TINY, build_config
+from dg_model.corpus import read_jsonl
+from dg_model.fim import far_snippet, sample_fim, training_example
+from dg_model.tokenizer import PAD, SPECIAL_TOKENS
+
+FIRST_NOISE_ID = len(SPECIAL_TOKENS)  # noise never draws special tokens, in training and in the sampler
+
+
+@dataclass
+class TrainConfig:
+    corpus: str
+    tokenizer: str
+    out: str
+    size: str = "embedded"
+    prompt_tokens: int = 512
+    canvas: int = 64
+    batch: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    minutes: float = 20.0
+    max_steps: int = 10**9
+    ckpt_minutes: float = 5.0
+    eval_every: int = 250
+    self_cond_prob: float = 0.5
+    pad_weight: float = 0.1
+    ar_weight: float = 1.0
+    noise_eps: float = 0.02
+    snippet_prob: float = 0.2
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    resume: str | None = None
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.tanh(logits.float() / cap) * cap
+
+
+class FimBatches(torch.utils.data.IterableDataset):
+    """Endless collated batches of (prompt, prompt_mask, canvas); prompts left-padded to the batch's longest."""
+
+    def __init__(self, texts: list[str], tokenizer_path: str, cfg: TrainConfig, seed: int):
+        self.texts, self.tokenizer_path, self.cfg, self.seed = texts, tokenizer_path, cfg, seed
+        self.weights = [min(len(t), 20_000) for t in texts]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        tok = Tokenizer.from_file(os.path.join(self.tokenizer_path, "tokenizer.json"))
+
+        def encode(s: str) -> list[int]:
+            return tok.encode(s, add_special_tokens=False).ids
+
+        while True:
+            rows = []
+            while len(rows) < self.cfg.batch:
+                text = rng.choices(self.texts, self.weights)[0]
+                pieces = sample_fim(text, rng)
+                if pieces is None:
+                    continue
+                snips = []
+                if rng.random() < self.cfg.snippet_prob and (s := far_snippet(text, pieces, rng)):
+                    snips.append(s)
+                rows.append(training_example(encode, pieces, rng, self.cfg.prompt_tokens, self.cfg.canvas, snips))
+            yield collate(rows)
+
+
+def collate(rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p, _ in rows)
+    prompt = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, _) in enumerate(rows):
+        prompt[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    canvas = torch.tensor([c for _, c in rows], dtype=torch.long)
+    return prompt, mask, canvas
+
+
+def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    B, C = canvas.shape
+    text_cfg = model.config.text_config
+    cap = text_cfg.final_logit_softcapping
+    lm_head = model.lm_head
+    lens = mask.sum(-1)
+    cache = DynamicCache(config=text_cfg)
+    # prompt [B, P] -> encoder states [B, P, H]; the cache now holds the prompt for the decoder
+    enc = model.model.encoder(input_ids=prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                              past_key_values=cache)
+    h_prompt = enc.last_hidden_state
+
+    # Diffusion on the canvas: uniform-state noise at rate t
+    if t is None:
+        t = torch.rand(B, 1, device=canvas.device) * (1 - cfg.noise_eps) + cfg.noise_eps
+    noise = torch.randint(FIRST_NOISE_ID, text_cfg.vocab_size, canvas.shape, device=canvas.device)
+    noised = torch.where(torch.rand(canvas.shape, device=canvas.device) < t, noise, canvas)
+    dec_kwargs = dict(decoder_input_ids=noised, past_key_values=cache,
+                      decoder_attention_mask=torch.cat([mask, torch.ones_like(canvas)], 1),
+                      decoder_position_ids=lens[:, None] + torch.arange(C, device=canvas.device))
+    sc_logits = sc_mask = None
+    if cfg.self_cond_prob > 0:
+        with torch.no_grad():
+            sc_logits = softcap(lm_head(model.model.decoder(**dec_kwargs).last_hidden_state), cap)
+        sc_mask = torch.rand(B, device=canvas.device) < cfg.self_cond_prob
+    h_canvas = model.model.decoder(**dec_kwargs, self_conditioning_logits=sc_logits,
+                                   self_conditioning_mask=sc_mask).last_hidden_state
+    logits = softcap(lm_head(h_canvas), cap)
+    weight = torch.where(canvas == PAD, cfg.pad_weight, 1.0)
+    ce = F.cross_entropy(logits.flatten(0, 1), canvas.flatten(), reduction="none").view(B, C)
+    diffusion = (ce * weight).sum() / weight.sum()
+    canvas_acc = ((logits.argmax(-1) == canvas).float() * (canvas != PAD)).sum() / (canvas != PAD).sum()
+
+    # Causal LM over prompt + clean middle, through the same (encoder) weights
+    middle_mask = (canvas != PAD).long()
+    enc2 = model.model.encoder(input_ids=canvas, attention_mask=torch.cat([mask, middle_mask], 1),
+                               position_ids=lens[:, None] + torch.arange(C, device=canvas.device), past_key_values=cache)
+    h = torch.cat([h_prompt, enc2.last_hidden_state], 1)[:, :-1]
+    tokens = torch.cat([prompt, canvas], 1)
+    valid = torch.cat([mask, middle_mask], 1).bool()
+    pairs = valid[:, :-1] & valid[:, 1:]
+    ar = F.cross_entropy(softcap(lm_head(h[pairs]), cap), tokens[:, 1:][pairs])
+    return {"loss": diffusion + cfg.ar_weight * ar, "diffusion": diffusion, "ar": ar, "canvas_acc": canvas_acc}
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+@torch.no_grad()
+def evaluate(model, batches, cfg: TrainConfig, autocast) -> dict[str, float]:
+    model.eval()
+    totals: dict[str, float] = {}
+    for prompt, mask, canvas in batches:
+        t = torch.full((canvas.shape[0], 1), 0.5, device=canvas.device)
+        with autocast():
+            out = losses(model, prompt, mask, canvas, cfg, t=t)
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
+    model.train()
+    return totals
+
+
+def save_checkpoint(model, optimizer, cfg: TrainConfig, state: dict, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    torch.save({"optimizer": optimizer.state_dict(), "state": state}, path / "trainer.pt")
+    (path / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    (path / "train_state.json").write_text(json.dumps(state, indent=1))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, field in TrainConfig.__dataclass_fields__.items():
+        required = field.default is dataclasses.MISSING
+        kind = str if required or field.default is None else type(field.default)
+        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=None if required else field.default,
+                        required=required)
+    cfg = TrainConfig(**vars(ap.parse_args(argv)))
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok = Tokenizer.from_file(os.path.join(cfg.tokenizer, "tokenizer.json"))
+    if cfg.resume:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(cfg.resume, dtype=torch.float32)
+    else:
+        sizes = TINY if cfg.size == "tiny" else {}
+        model = DiffusionGemmaForBlockDiffusion(build_config(tok.get_vocab_size(), cfg.canvas, **sizes))
+    model.to(device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                                  fused=device.type == "cuda")
+    state = {"step": 0, "tokens": 0, "minutes": 0.0, "best_val": float("inf")}
+    if cfg.resume and (Path(cfg.resume) / "trainer.pt").exists():
+        saved = torch.load(Path(cfg.resume) / "trainer.pt", map_location=device)
+        optimizer.load_state_dict(saved["optimizer"])
+        state.update(saved["state"])
+        state["step_at_resume"] = state["step"]
+
+    def autocast():
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    train_texts = read_jsonl(Path(cfg.corpus) / "train.jsonl")
+    valid_texts = read_jsonl(Path(cfg.corpus) / "valid.jsonl")
+    loader = torch.utils.data.DataLoader(FimBatches(train_texts, cfg.tokenizer, cfg, cfg.seed), batch_size=None,
+                                         num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None,
+                                         persistent_workers=cfg.workers > 0)
+    val_iter = iter(FimBatches(valid_texts, cfg.tokenizer, cfg, seed=12345))
+    val_batches = [tuple(x.to(device) for x in next(val_iter)) for _ in range(4)]
+    print(json.dumps({"params": n_params, "device": str(device), "train_files": len(train_texts),
+                      "valid_files": len(valid_texts), "config": asdict(cfg)}), flush=True)
+
+    start = time.time()
+    last_ckpt = start
+    step_at_start = state["step"]
+    tokens_window, t_window = 0, time.time()
+    for prompt, mask, canvas in loader:
+        elapsed = (time.time() - start) / 60
+        if elapsed >= cfg.minutes or state["step"] - step_at_start >= cfg.max_steps:
+            break
+        prompt, mask, canvas = prompt.to(device, non_blocking=True), mask.to(device), canvas.to(device)
+        lr = lr_at(cfg, state["step"] - step_at_start, elapsed / cfg.minutes)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast():
+            res = losses(model, prompt, mask, canvas, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        res["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state["step"] += 1
+        n_tok = int(mask.sum()) + canvas.numel() * 2
+        state["tokens"] += n_tok
+        tokens_window += n_tok
+        if state["step"] % 50 == 0:
+            rate = tokens_window / (time.time() - t_window)
+            tokens_window, t_window = 0, time.time()
+            print(json.dumps({"step": state["step"], "min": round(elapsed, 2), "lr": round(lr, 6),
+                              "loss": round(float(res["loss"]), 4), "diff": round(float(res["diffusion"]), 4),
+                              "ar": round(float(res["ar"]), 4), "acc": round(float(res["canvas_acc"]), 3),
+                              "gnorm": round(float(grad_norm), 3), "tok_s": int(rate)}), flush=True)
+        if state["step"] % cfg.eval_every == 0:
+            val = evaluate(model, val_batches, cfg, autocast)
+            print(json.dumps({"step": state["step"], "val": {k: round(v, 4) for k, v in val.items()}}), flush=True)
+            if val["loss"] < state["best_val"]:
+                state["best_val"] = val["loss"]
+        if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+            state["minutes"] += (time.time() - last_ckpt) / 60
+            last_ckpt = time.time()
+            save_checkpoint(model, optimizer, cfg, state, out / "last")
+            print(json.dumps({"checkpoint": str(out / "last"), "step": state["step"]}), flush=True)
+    state["minutes"] += (time.time() - last_ckpt) / 60
+    val = evaluate(model, val_batches, cfg, autocast)
+    state["final_val"] = val
+    save_checkpoint(model, optimizer, cfg, state, out / "last")
+    print(json.dumps({"done": True, "step": state["step"], "tokens": state["tokens"], "val": val}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

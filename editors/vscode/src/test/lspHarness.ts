@@ -1,0 +1,290 @@
+/**
+ * Drive a language server over stdio with vscode-languageserver-protocol / vscode-jsonrpc (the libraries
+ * inside vscode-languageclient), initializing with VS Code's own client capabilities.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  ApplyWorkspaceEditParams,
+  ApplyWorkspaceEditRequest,
+  ConfigurationRequest,
+  DidOpenTextDocumentNotification,
+  ExitNotification,
+  InitializeRequest,
+  InitializeResult,
+  InitializedNotification,
+  LogMessageNotification,
+  ProtocolConnection,
+  ShutdownRequest,
+  StreamMessageReader,
+  StreamMessageWriter,
+  TextEdit,
+  WorkDoneProgressCreateRequest,
+  WorkspaceEdit,
+  createProtocolConnection,
+} from 'vscode-languageserver-protocol/node';
+import { TextDocument } from 'vscode-languageserver-textdocument';
+import { vscodeClientCapabilities } from './vscodeCapabilities';
+
+export const REPO = path.resolve(__dirname, '..', '..', '..', '..', '..');
+
+export interface DgStatus {
+  state: 'loading' | 'ready' | 'error';
+  model?: string;
+  device?: string;
+  message?: string;
+}
+
+export interface ServerSpec {
+  name: 'stub' | 'dg-lsp';
+  command: string[];
+  env?: Record<string, string>;
+  /** Known answers (stub, or the real server with the test engine); undefined with a real model. */
+  expect?: { completion: string; rewriteMarker: string };
+}
+
+/**
+ * The real server runs with its deterministic test engine (tests/fake_engine.py, enabled by DG_LSP_ALLOW_FAKE=1)
+ * unless DG_LSP_TEST_MODEL names a model; DG_LSP_TEST_MODEL=default uses the server's embedded default model.
+ */
+export const FAKE_MODEL =
+  'fake:' + JSON.stringify({ texts: ['return a + b'], rewrite: 'def greet(name):\n    return f"hello {name}"\n' });
+
+export function repoPython(): string {
+  const venv = path.join(REPO, '.venv', 'bin', 'python');
+  return process.env.DG_PYTHON ?? (fs.existsSync(venv) ? venv : 'python3');
+}
+
+export function stubServer(extra: string[] = []): ServerSpec {
+  return {
+    name: 'stub',
+    command: [repoPython(), path.join(REPO, 'editors', 'testing', 'stub_server.py'), '--stdio', ...extra],
+    expect: { completion: 'pass', rewriteMarker: '# rewritten by dg\ndef greet' },
+  };
+}
+
+/** The real server, or undefined when it is not installed (or `DG_LSP_SERVER_CMD` JSON overrides it). */
+export function realServer(extra: string[] = []): ServerSpec | undefined {
+  const env: Record<string, string> = {};
+  const override = process.env.DG_LSP_SERVER_CMD;
+  if (override) {
+    return { name: 'dg-lsp', command: [...(JSON.parse(override) as string[]), ...extra], env };
+  }
+  const candidates = [path.join(REPO, '.venv', 'bin', 'dg-lsp')];
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (dir) {
+      candidates.push(path.join(dir, 'dg-lsp'));
+    }
+  }
+  const exe = candidates.find((c) => {
+    try {
+      fs.accessSync(c, fs.constants.X_OK);
+      return fs.statSync(c).isFile();
+    } catch {
+      return false;
+    }
+  });
+  if (!exe) {
+    return undefined;
+  }
+  const model = process.env.DG_LSP_TEST_MODEL ?? FAKE_MODEL;
+  const args = ['--stdio'];
+  if (model !== 'default') {
+    args.push('--model', model);
+    if (model.startsWith('fake:')) {
+      env.DG_LSP_ALLOW_FAKE = '1';
+      env.PYTHONPATH = [path.join(REPO, 'tests'), REPO, process.env.PYTHONPATH ?? ''].filter(Boolean).join(path.delimiter);
+    }
+  }
+  const expect = model === FAKE_MODEL ? { completion: 'return a + b', rewriteMarker: 'return f"hello {name}"' } : undefined;
+  return { name: 'dg-lsp', command: [exe, ...args, ...extra], env, expect };
+}
+
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+export function applyTextEdits(text: string, edits: TextEdit[]): string {
+  const doc = TextDocument.create('file:///x', 'python', 0, text);
+  return TextDocument.applyEdits(doc, edits);
+}
+
+/** TextEdits for `uri` from either `changes` or `documentChanges`. */
+export function editsFor(edit: WorkspaceEdit, uri: string): TextEdit[] {
+  const out: TextEdit[] = [...(edit.changes?.[uri] ?? [])];
+  for (const dc of edit.documentChanges ?? []) {
+    if ('textDocument' in dc && dc.textDocument.uri === uri) {
+      out.push(...(dc.edits as TextEdit[]));
+    }
+  }
+  return out;
+}
+
+export class LspSession {
+  readonly statuses: DgStatus[] = [];
+  readonly progress: { token: string | number; value: { kind: string; percentage?: number } }[] = [];
+  readonly appliedEdits: ApplyWorkspaceEditParams[] = [];
+  readonly logs: string[] = [];
+  stderr = '';
+  exitCode: number | null | undefined = undefined;
+  configuration: unknown = {};
+  private waiters: (() => void)[] = [];
+  readonly exited: Promise<number | null>;
+
+  private constructor(
+    readonly spec: ServerSpec,
+    readonly proc: ChildProcess,
+    readonly conn: ProtocolConnection,
+  ) {
+    this.exited = new Promise((resolve) => {
+      proc.on('exit', (code) => {
+        this.exitCode = code;
+        this.poke();
+        resolve(code);
+      });
+    });
+  }
+
+  static start(spec: ServerSpec): LspSession {
+    const [cmd, ...args] = spec.command;
+    const proc = spawn(cmd, args, {
+      cwd: REPO,
+      env: { ...process.env, ...(spec.env ?? {}) },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const conn = createProtocolConnection(new StreamMessageReader(proc.stdout!), new StreamMessageWriter(proc.stdin!));
+    const s = new LspSession(spec, proc, conn);
+    proc.stderr!.on('data', (d: Buffer) => {
+      s.stderr += d.toString();
+    });
+    proc.on('error', (e) => {
+      s.stderr += `\nspawn error: ${e.message}`;
+      s.exitCode = -1;
+      s.poke();
+    });
+    conn.onNotification('dg/status', (p: DgStatus) => {
+      s.statuses.push(p);
+      s.poke();
+    });
+    conn.onNotification(LogMessageNotification.type, (p) => {
+      s.logs.push(p.message);
+      s.poke();
+    });
+    conn.onRequest(WorkDoneProgressCreateRequest.type, () => undefined);
+    conn.onNotification('$/progress', (p: { token: string | number; value: { kind: string; percentage?: number } }) => {
+      s.progress.push(p);
+      s.poke();
+    });
+    conn.onRequest(ApplyWorkspaceEditRequest.type, (p) => {
+      s.appliedEdits.push(p);
+      s.poke();
+      return { applied: true };
+    });
+    conn.onRequest(ConfigurationRequest.type, (p) =>
+      p.items.map((item) => (item.section === 'dg' ? s.configuration : null)),
+    );
+    // Anything else VS Code would answer (client/registerCapability, window/showMessageRequest, ...).
+    for (const method of [
+      'client/registerCapability',
+      'client/unregisterCapability',
+      'window/showMessageRequest',
+      'window/showDocument',
+      'workspace/workspaceFolders',
+      'workspace/codeLens/refresh',
+      'workspace/semanticTokens/refresh',
+      'workspace/inlayHint/refresh',
+      'workspace/inlineValue/refresh',
+      'workspace/diagnostic/refresh',
+      'workspace/foldingRange/refresh',
+    ]) {
+      conn.onRequest(method, () => null);
+    }
+    conn.onError(() => undefined);
+    conn.onClose(() => s.poke());
+    conn.listen();
+    return s;
+  }
+
+  private poke(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) {
+      f();
+    }
+  }
+
+  /** Resolve when `pred()` holds; reject on timeout or if the server exits first. */
+  async waitFor<T>(pred: () => T | undefined | false, ms: number, what: string): Promise<T> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const v = pred();
+      if (v) {
+        return v;
+      }
+      if (this.exitCode !== undefined) {
+        throw new Error(`server exited (code ${this.exitCode}) while waiting for ${what}\n${this.stderr.slice(-3000)}`);
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`timed out after ${ms} ms waiting for ${what}\nstderr:\n${this.stderr.slice(-3000)}`);
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 250));
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  async initialize(initializationOptions: unknown, ms = 20000): Promise<InitializeResult> {
+    this.configuration = initializationOptions;
+    const result = await withTimeout(
+      this.conn.sendRequest(InitializeRequest.type, {
+        processId: process.pid,
+        clientInfo: { name: 'Visual Studio Code', version: '1.99.0' },
+        locale: 'en',
+        rootUri: null,
+        workspaceFolders: null,
+        capabilities: vscodeClientCapabilities(),
+        initializationOptions,
+        trace: 'off',
+      }),
+      ms,
+      'initialize',
+    );
+    await this.conn.sendNotification(InitializedNotification.type, {});
+    return result;
+  }
+
+  async open(uri: string, languageId: string, text: string): Promise<void> {
+    await this.conn.sendNotification(DidOpenTextDocumentNotification.type, {
+      textDocument: { uri, languageId, version: 1, text },
+    });
+  }
+
+  /** shutdown + exit, then make sure the process is gone. */
+  async close(ms = 5000): Promise<number | null | undefined> {
+    if (this.exitCode === undefined) {
+      try {
+        await withTimeout(this.conn.sendRequest(ShutdownRequest.type), ms, 'shutdown');
+        await this.conn.sendNotification(ExitNotification.type);
+        await withTimeout(this.exited, ms, 'exit');
+      } catch {
+        // fall through to kill
+      }
+    }
+    if (this.exitCode === undefined) {
+      this.proc.kill('SIGKILL');
+      await withTimeout(this.exited, ms, 'kill').catch(() => undefined);
+    }
+    this.conn.dispose();
+    return this.exitCode;
+  }
+}

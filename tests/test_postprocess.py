@@ -1,0 +1,274 @@
+"""postprocess on real snippets: the edit applies, the file parses no worse, nothing after the cursor is duplicated."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dg_lsp import languages
+from dg_lsp.postprocess import Edit, _count_errors, postprocess
+
+CURSOR = "<CURSOR>"
+
+
+def at(marked: str) -> tuple[str, int]:
+    return marked.replace(CURSOR, ""), marked.index(CURSOR)
+
+
+def apply(text: str, edit: Edit) -> str:
+    return text[: edit.start] + edit.text + text[edit.end :]
+
+
+def errors(text: str, language_id: str) -> int:
+    tree = languages.parse(text.encode("utf-8", "surrogatepass"), language_id)
+    assert tree is not None
+    return _count_errors(tree.root_node)
+
+
+def complete(marked: str, raw: str, language_id: str, kind: str) -> str | None:
+    """The document after the edit, checked to parse no worse than before; None when there is no edit."""
+    text, offset = at(marked)
+    edit = postprocess(raw, text, offset, language_id, kind)  # type: ignore[arg-type]
+    if edit is None:
+        return None
+    assert edit.start == offset and edit.end >= edit.start and edit.text.strip()
+    result = apply(text, edit)
+    if languages.get_parser(language_id) is not None:
+        assert errors(result, language_id) <= errors(text, language_id)
+    return result
+
+
+# ---- line completions ------------------------------------------------------------------------------------------------
+
+
+def test_line_keeps_first_line_only() -> None:
+    assert complete("x = compute(<CURSOR>\n", "a, b)\ny = 2\nz = 3", "python", "line") == "x = compute(a, b)\n"
+
+
+def test_line_rest_of_line_is_replaced_not_duplicated() -> None:
+    text, offset = at("print(<CURSOR>)\n")
+    assert postprocess("value)", text, offset, "python", "line") == Edit(offset, offset + 1, "value)")
+    text, offset = at(
+        "    if (ready(<CURSOR>)) {\n",
+    )
+    edit = postprocess("conn, 5)) {", text, offset, "javascript", "line")
+    assert edit == Edit(offset, offset + len(")) {"), "conn, 5)) {")
+    assert apply(text, edit) == "    if (ready(conn, 5)) {\n"
+
+
+def test_line_closer_already_in_suffix_is_cut() -> None:
+    assert complete("print(<CURSOR>)\n", "value)); extra()", "python", "line") == "print(value)\n"
+    assert complete("let v = vec![<CURSOR>];\n", "1, 2, 3];", "rust", "line") == "let v = vec![1, 2, 3];\n"
+    assert complete("y = f(<CURSOR>) + 1\n", "x) + 2", "python", "line") == "y = f(x) + 1\n"
+
+
+def test_line_that_only_repeats_the_suffix_is_dropped() -> None:
+    assert complete("return <CURSOR>total\n", "total", "python", "line") is None
+    assert complete("    <CURSOR>\n    return total\n", "return total", "python", "line") is None
+
+
+def test_empty_and_whitespace_results() -> None:
+    for raw in ["", "   ", "\n\n", "\t \r\n", "\x00"]:
+        assert complete("x = <CURSOR>\n", raw, "python", "line") is None
+    assert complete("def f():<CURSOR>\n", "\nfoo", "python", "line") is None  # "line" but the model left the line
+
+
+# ---- block completions -----------------------------------------------------------------------------------------------
+
+
+def test_python_block_after_header_stops_at_dedent() -> None:
+    raw = "\n    total = 0\n    for x in xs:\n        total += x\n    return total\n\ndef other():\n    pass\n"
+    result = complete("def total(xs):<CURSOR>\n", raw, "python", "block")
+    assert result == "def total(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total\n"
+
+
+def test_python_block_on_indented_blank_line() -> None:
+    marked = "class A:\n    def f(self, xs):\n        <CURSOR>\n\n    def g(self):\n        return 1\n"
+    raw = "out = []\n        for x in xs:\n            out.append(x)\n        return out\n\n"
+    raw += "    def g(self):\n        return 1\n"
+    result = complete(marked, raw, "python", "block")
+    assert result == (
+        "class A:\n    def f(self, xs):\n        out = []\n        for x in xs:\n            out.append(x)\n"
+        "        return out\n\n    def g(self):\n        return 1\n"
+    )
+
+
+def test_python_leading_line_repeating_the_prefix_is_dropped() -> None:
+    marked = "def f():\n    x = load()\n    <CURSOR>\n"
+    assert (
+        complete(marked, "x = load()\n    y = x + 1", "python", "block") == "def f():\n    x = load()\n    y = x + 1\n"
+    )
+    assert complete("def f():<CURSOR>\n", "\ndef f():\n    return 1", "python", "block") == "def f():\n    return 1\n"
+
+
+def test_python_body_indented_from_column_zero_is_moved_under_header() -> None:
+    assert (
+        complete("    def f(self):<CURSOR>\n", "\nreturn self.x", "python", "block")
+        == "    def f(self):\n        return self.x\n"
+    )
+
+
+def test_javascript_block_does_not_duplicate_closing_brace() -> None:
+    marked = "function f(x) {<CURSOR>\n}\n"
+    raw = "\n  const y = x * 2;\n  return y;\n}\n\nfunction g() {}\n"
+    assert complete(marked, raw, "javascript", "block") == "function f(x) {\n  const y = x * 2;\n  return y;\n}\n"
+
+
+def test_block_between_braces_on_one_line_puts_closer_on_its_own_line() -> None:
+    result = complete("  run(() => {<CURSOR>});\n", "\n    step();\n    done();\n  });", "typescript", "block")
+    assert result == "  run(() => {\n    step();\n    done();\n  });\n"
+
+
+def test_go_block_with_tabs() -> None:
+    marked = "package main\n\nfunc load(p string) error {\n\t<CURSOR>\n}\n"
+    raw = "f, err := os.Open(p)\n\tif err != nil {\n\t\treturn err\n\t}\n\treturn f.Close()\n}\n"
+    assert complete(marked, raw, "go", "block") == (
+        "package main\n\nfunc load(p string) error {\n\tf, err := os.Open(p)\n\tif err != nil {\n\t\treturn err\n"
+        "\t}\n\treturn f.Close()\n}\n"
+    )
+
+
+def test_spaces_from_the_model_become_the_documents_tabs_and_back() -> None:
+    marked = "int f(int x)\n{\n\tint y = 0;\n\t<CURSOR>\n}\n"
+    raw = "if (x) {\n        y = x;\n    }\n    return y;"
+    assert (
+        complete(marked, raw, "c", "block")
+        == "int f(int x)\n{\n\tint y = 0;\n\tif (x) {\n\t\ty = x;\n\t}\n\treturn y;\n}\n"
+    )
+    marked = "fn f() {\n    let a = 1;\n    <CURSOR>\n}\n"
+    assert (
+        complete(marked, 'if a > 0 {\n\t\tprintln!("{}", a);\n\t}', "rust", "block")
+        == 'fn f() {\n    let a = 1;\n    if a > 0 {\n        println!("{}", a);\n    }\n}\n'
+    )
+
+
+def test_java_block_cut_before_suffix_repeat() -> None:
+    marked = (
+        "public class A {\n    int sum(int[] xs) {\n        int s = 0;\n        <CURSOR>\n        return s;\n    }\n}\n"
+    )
+    raw = "for (int x : xs) {\n            s += x;\n        }\n        return s;\n    }\n}\n"
+    assert complete(marked, raw, "java", "block") == (
+        "public class A {\n    int sum(int[] xs) {\n        int s = 0;\n        for (int x : xs) {\n"
+        "            s += x;\n        }\n        return s;\n    }\n}\n"
+    )
+
+
+def test_crlf_document_gets_crlf_edit() -> None:
+    text, offset = at("def f():\r\n    <CURSOR>\r\n    return 1\r\n")
+    edit = postprocess("x = 1\r\n    y = 2\n", text, offset, "python", "block")
+    assert edit is not None and edit.text == "x = 1\r\n    y = 2"
+    assert "\r\r" not in apply(text, edit) and "\n\n" not in apply(text, edit)
+
+
+# ---- validation ------------------------------------------------------------------------------------------------------
+
+
+def test_broken_completion_is_rejected() -> None:
+    assert complete("def f(a):\n    <CURSOR>\n", "return (a +", "python", "block") is None
+    assert complete("int main() {\n    <CURSOR>\n}\n", "int x = ;", "c", "block") is None
+
+
+def test_broken_trailing_lines_are_trimmed_first() -> None:
+    marked = "def f(a):\n    <CURSOR>\n"
+    assert (
+        complete(marked, "b = a * 2\n    c = b + 1\n    return (c +", "python", "block")
+        == "def f(a):\n    b = a * 2\n    c = b + 1\n"
+    )
+
+
+def test_completion_that_fixes_an_error_is_welcome() -> None:
+    marked = "function f(x) {\n  return [x,<CURSOR>\n}\n"
+    assert complete(marked, " x + 1];", "javascript", "line") == "function f(x) {\n  return [x, x + 1];\n}\n"
+
+
+def test_unknown_language_skips_validation_but_still_cleans() -> None:
+    assert complete("say (<CURSOR>)\n", "hello)) + +", "cobol", "line") == "say (hello)\n"
+    assert (
+        complete("  item:<CURSOR>\n", "\n    a: 1\n    b: 2\nother:", "yaml", "block")
+        == "  item:\n    a: 1\n    b: 2\n"
+    )
+
+
+# ---- bad input -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [-5, 10_000])
+def test_out_of_range_offset_is_clamped(offset: int) -> None:
+    text = "x = 1\ny = "
+    edit = postprocess("z = 0;", text, offset, "python", "line")
+    assert edit is not None and 0 <= edit.start <= edit.end <= len(text)
+
+
+def test_garbage_never_raises() -> None:
+    assert postprocess(None, "x", 0, "python", "line") is None  # type: ignore[arg-type]
+    assert postprocess("x", None, 0, "python", "line") is None  # type: ignore[arg-type]
+    assert postprocess("x = 1", "", 0, "python", "line") == Edit(0, 0, "x = 1")
+    assert postprocess("abc", "\x00\x01\x02", 1, "python", "line") == Edit(1, 1, "abc")
+    assert postprocess(" + 2", "x = 1\r\n", 6, "python", "line") == Edit(5, 5, " + 2")  # between "\r" and "\n"
+    big = "value = compute(1)\n" * 20_000  # large document: validated on the statement around the cursor
+    assert postprocess("result = value + 1", big + "\n", len(big), "python", "block") == Edit(
+        len(big), len(big), "result = value + 1"
+    )
+    assert postprocess("result = (value +", big + "\n", len(big), "python", "block") is None
+
+
+# ---- properties ------------------------------------------------------------------------------------------------------
+
+DOCS = {
+    "python": "import os\n\n\ndef f(a, b):\n    if a:\n        return [a, b]\n    \n    return None\n\n\nx = f(1, 2)\n",
+    "javascript": "const fs = require('fs');\n\nfunction f(a) {\n  if (a) {\n    return [a];\n  }\n  \n}\n",
+    "go": "package main\n\nfunc f(a int) int {\n\tif a > 0 {\n\t\treturn a\n\t}\n\t\n\treturn 0\n}\n",
+    "c": "#include <stdio.h>\n\nint f(int a) {\n    if (a) {\n        return a;\n    }\n    \n}\n",
+}
+FRAGMENTS = [
+    "x",
+    " = ",
+    "1",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    ";",
+    ",",
+    "\n",
+    "\n    ",
+    "\n\t",
+    "return ",
+    "if ",
+    "'",
+    '"',
+    "#",
+    "//",
+    "a",
+    "b",
+    " + ",
+    "def ",
+    "    ",
+    "\r\n",
+    "None",
+    "f(a)",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    language_id=st.sampled_from(sorted(DOCS)),
+    where=st.floats(0, 1),
+    raw=st.lists(st.sampled_from(FRAGMENTS), max_size=25).map("".join),
+    kind=st.sampled_from(["line", "block"]),
+)
+def test_never_adds_parse_errors(language_id: str, where: float, raw: str, kind: str) -> None:
+    text = DOCS[language_id]
+    offset = int(len(text) * where)
+    edit = postprocess(raw, text, offset, language_id, kind)  # type: ignore[arg-type]
+    if edit is None:
+        return
+    assert edit.start == offset and offset <= edit.end <= len(text)
+    assert edit.text.strip() and edit.text == edit.text.rstrip() or edit.text.endswith((" ", "\t"))
+    if kind == "line":
+        assert "\n" not in edit.text
+    assert errors(apply(text, edit), language_id) <= errors(text, language_id)

@@ -1,0 +1,125 @@
+""""Rewrite this block": cheap code action listing, codeAction/resolve with a WorkspaceEdit, dg.rewriteBlock."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+
+import pytest
+from conftest import apply_edits, fake_spec, session, workspace_text_edits
+from fake_engine import read_events
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pytest_lsp import client_capabilities
+
+SRC = "def add(a, b):\n    s = a + b\n    return s\n\n\nprint(add(1, 2))\n"
+NEW = "def add(a, b):\n    return a + b"
+
+
+def rng(l1: int, c1: int, l2: int, c2: int) -> types.Range:
+    return types.Range(start=types.Position(line=l1, character=c1), end=types.Position(line=l2, character=c2))
+
+
+def action_params(uri: str, r: types.Range, only=None) -> types.CodeActionParams:
+    return types.CodeActionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), range=r,
+        context=types.CodeActionContext(diagnostics=[], only=only),
+    )
+
+
+async def test_listing_is_cheap_and_resolve_returns_an_edit_that_parses(py_uri, tmp_path):
+    record = tmp_path / "events.jsonl"
+    async with session(fake_spec(rewrite=NEW, record=str(record))) as s:
+        s.open(py_uri, SRC)
+        (action,) = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4)))
+        assert action.title == "Rewrite this block" and action.kind == types.CodeActionKind.RefactorRewrite
+        assert action.edit is None and action.data is not None
+        assert read_events(record) == []  # listing did not run the model
+        resolved = await s.client.code_action_resolve_async(action)
+        new = apply_edits(SRC, workspace_text_edits(resolved.edit, py_uri))
+        # An empty selection rewrote the enclosing function, and only it.
+        assert new == "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+        ast.parse(new)
+        assert resolved.edit.document_changes[0].text_document.version == 1  # versioned: stale edits are refused
+
+
+async def test_selection_is_rewritten_as_given(py_uri):
+    async with session(fake_spec(rewrite="    return a + b\n")) as s:
+        s.open(py_uri, SRC)
+        (action,) = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 0, 3, 0)))
+        resolved = await s.client.code_action_resolve_async(action)
+        new = apply_edits(SRC, workspace_text_edits(resolved.edit, py_uri))
+        assert new == "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+
+
+async def test_only_filter(py_uri):
+    async with session(fake_spec()) as s:
+        s.open(py_uri, SRC)
+        for only, offered in [(["quickfix"], False), (["refactor"], True), (["refactor.rewrite"], True), (None, True)]:
+            result = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4), only))
+            assert bool(result) == offered, only
+
+
+async def test_broken_rewrite_gives_no_edit_and_says_so(py_uri):
+    async with session(fake_spec(rewrite="def add(a, b:\n    return a +")) as s:
+        s.open(py_uri, SRC)
+        (action,) = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4)))
+        resolved = await s.client.code_action_resolve_async(action)
+        assert resolved.edit is None
+        await asyncio.sleep(0.1)
+        assert any("no rewrite of this block" in m.message for m in s.client.messages)
+
+
+async def test_resolve_after_the_document_changed_is_content_modified(py_uri):
+    async with session(fake_spec(rewrite=NEW)) as s:
+        s.open(py_uri, SRC)
+        (action,) = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4)))
+        s.change(py_uri, [types.TextEdit(range=rng(0, 0, 0, 0), new_text="# edited\n")])
+        with pytest.raises(JsonRpcException) as info:
+            await s.client.code_action_resolve_async(action)
+        assert info.value.code == -32801  # ContentModified: the client asks again
+
+
+async def test_clients_without_resolve_get_a_command_that_applies_the_edit(py_uri):
+    caps = client_capabilities("emacs")  # no codeAction resolveSupport
+    async with session(fake_spec(rewrite=NEW), capabilities=caps) as s:
+        s.open(py_uri, SRC)
+        (action,) = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4)))
+        assert action.data is None and action.command.command == "dg.rewriteBlock"
+        returned = await s.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=action.command.command, arguments=action.command.arguments)
+        )
+        (applied,) = s.applied_edits
+        assert applied.label == "Rewrite this block"
+        new = apply_edits(SRC, workspace_text_edits(applied.edit, py_uri))
+        ast.parse(new)
+        assert "s = a + b" not in new and returned is not None
+
+
+async def test_rewrite_command_directly(py_uri):
+    async with session(fake_spec(rewrite=NEW)) as s:
+        s.open(py_uri, SRC)
+        range_json = {"start": {"line": 0, "character": 0}, "end": {"line": 3, "character": 0}}
+        await s.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="dg.rewriteBlock", arguments=[py_uri, range_json])
+        )
+        (applied,) = s.applied_edits
+        ast.parse(apply_edits(SRC, workspace_text_edits(applied.edit, py_uri)))
+
+
+async def test_rewrite_command_with_bad_arguments_is_invalid_params(py_uri):
+    async with session(fake_spec(rewrite=NEW)) as s:
+        s.open(py_uri, SRC)
+        for arguments in [[], ["file:///nope.py"], [1, 2], [py_uri, {"start": 1}], ["a", "b", "c", "d"],
+                          ["file:///not-open.py", {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}]]:
+            with pytest.raises(JsonRpcInvalidParams):
+                await s.client.workspace_execute_command_async(
+                    types.ExecuteCommandParams(command="dg.rewriteBlock", arguments=arguments)
+                )
+        assert await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4)))
+
+
+async def test_resolve_of_a_foreign_action_is_invalid_params(py_uri):
+    async with session(fake_spec()) as s:
+        with pytest.raises(JsonRpcInvalidParams):
+            await s.client.code_action_resolve_async(types.CodeAction(title="someone else's", data=None))
