@@ -141,3 +141,14 @@ def load_model(
         quantize_dense(model, bits, dev)
         model.to(dev)  # what is left: embeddings, norms, routers, vision tower, buffers
     return model.eval(), tokenizer, model.generation_config
+
+
+def load_engine(source: str | None = None, device: str = "auto", quantize: str = "none", mode: str = "diffusion"):
+    """The `Engine` the server uses: `load_model` plus the model's tuned engine settings."""
+    from dg_model.engine import DiffusionEngine, EngineSettings
+
+    model, tokenizer, _ = load_model(source, device, quantize)
+    local = EMBEDDED_DIR if source is None else Path(source).expanduser()
+    settings = EngineSettings.from_model_dir(local if local.is_dir() else None)
+    name = "dg-embedded" if source is None else (local.name if local.is_dir() else source)
+    return DiffusionEngine(model, tokenizer, settings, name=name, mode=mode)

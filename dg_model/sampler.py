@@ -35,6 +35,10 @@ class SamplerConfig:
     confidence: float = 0.005  # ... and mean entropy of the free positions below this
     self_conditioning: bool = True
     greedy: bool = True  # editors want the same answer twice; sampling only for n > 1 candidates
+    # Committed tokens are kept instead of re-decided each step, and every step commits at least
+    # free/steps_left tokens, so the canvas is complete by max_steps. A small model's late-step argmax over a
+    # still-noisy canvas is much worse than its early confident tokens; the 26B can afford full re-noising.
+    freeze_accepted: bool = True
 
 
 @dataclass
@@ -95,6 +99,14 @@ def accept_mask(token_entropy: torch.Tensor, free: torch.Tensor, bound: float) -
     return torch.zeros_like(chosen).scatter(-1, order, chosen)
 
 
+def _ended(x: torch.Tensor, committed: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """[B] rows whose canvas holds a committed stop token with everything before it committed."""
+    is_stop = committed & torch.isin(x, stop)
+    first = torch.where(is_stop.any(-1), is_stop.float().argmax(-1), torch.full_like(x[:, 0], x.shape[1]))
+    before = torch.arange(x.shape[1], device=x.device)[None] < first[:, None]
+    return is_stop.any(-1) & (committed | ~before).all(-1)
+
+
 def temperature_at(cfg: SamplerConfig, step: int) -> float:
     frac = step / max(cfg.max_steps - 1, 1)
     return cfg.temperature_start + (cfg.temperature_end - cfg.temperature_start) * frac
@@ -109,10 +121,14 @@ def denoise(
     generator: torch.Generator | None = None,
     cancel: threading.Event | None = None,
     on_step: Callable[[torch.Tensor], None] | None = None,
+    greedy_rows: torch.Tensor | None = None,
+    stop_ids: tuple[int, ...] = (),
 ) -> DenoiseResult:
-    """Refine `canvas` [B, C] (pinned positions hold their tokens, free ones start as given, e.g. noise)."""
-    free = ~pinned
+    """Refine `canvas` [B, C] (pinned positions hold their tokens, free ones start as given, e.g. noise).
+    `greedy_rows` [B] bool overrides `cfg.greedy` per row: candidate 0 stays greedy while the others sample."""
     x = canvas.clone()
+    committed = pinned.clone()
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=canvas.device)
     sc: torch.Tensor | None = None
     argmax = prev = None
     stable, step_ms = 0, []
@@ -123,24 +139,37 @@ def denoise(
         t0 = time.perf_counter()
         logits = logits_fn(x, sc) / temperature_at(cfg, step)
         token_entropy = entropy(logits)
-        argmax = torch.where(pinned, canvas, logits.argmax(-1))
-        if cfg.greedy:
-            sample = argmax
+        argmax = torch.where(committed if cfg.freeze_accepted else pinned, x, logits.argmax(-1))
+        if cfg.greedy and greedy_rows is None:
+            sample = logits.argmax(-1)
         else:
             probs = torch.softmax(logits, -1).flatten(0, 1)
             sample = torch.multinomial(probs, 1, generator=generator).view_as(x)
-            sample = torch.where(pinned, canvas, sample)
+            if greedy_rows is not None:
+                sample = torch.where(greedy_rows[:, None], logits.argmax(-1), sample)
+        free = ~committed if cfg.freeze_accepted else ~pinned
         accepted = accept_mask(token_entropy, free, cfg.entropy_bound)
-        x = torch.where(accepted | pinned, sample, noise_like(x, vocab_size, generator))
+        if cfg.freeze_accepted:
+            need = (free.sum(-1, keepdim=True) + cfg.max_steps - step - 1) // (cfg.max_steps - step)
+            rank = token_entropy.masked_fill(~free, float("inf")).argsort(-1).argsort(-1)
+            accepted |= (rank < need) & free
+            x = torch.where(accepted, sample, torch.where(committed, x, noise_like(x, vocab_size, generator)))
+            committed |= accepted
+            argmax = torch.where(committed, x, argmax)
+        else:
+            x = torch.where(accepted | pinned, sample, noise_like(x, vocab_size, generator))
         sc = logits if cfg.self_conditioning else None
         step_ms.append((time.perf_counter() - t0) * 1e3)
         if on_step is not None:
             on_step(argmax)
+        if cfg.freeze_accepted:
+            if bool(committed.all()) or (len(stop_ids) and bool(_ended(x, committed, stop).all())):
+                break
+            continue
         stable = stable + 1 if prev is not None and torch.equal(argmax, prev) else 0
         prev = argmax
         mean_entropy = (token_entropy * free).sum() / free.sum().clamp(min=1)
-        all_accepted = bool((accepted | pinned).all())
-        if stable >= cfg.stability and (mean_entropy < cfg.confidence or all_accepted):
+        if stable >= cfg.stability and (mean_entropy < cfg.confidence or bool((accepted | pinned).all())):
             break
     assert argmax is not None and logits is not None, "max_steps must be >= 1"
     logprobs = torch.log_softmax(logits, -1).gather(-1, argmax.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,121 @@
+"""PNG charts of the benchmark results (matplotlib, headless). One function per benchmark: `result dict -> PNG`.
+
+matplotlib is optional (`pip install 'dg-lsp[bench]'`); without it the JSON is still written and the chart skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _skip(path: Path) -> bool:
+    print(f"matplotlib is not installed; no chart at {path} (pip install matplotlib)")
+    return False
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else 0.0
+
+
+def latency(r: dict[str, Any], path: Path) -> bool:
+    plt = _plt()
+    if plt is None:
+        return _skip(path)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    pauses = [s for s in r["samples"] if s["pause"] and s["latency_ms"] is not None]
+    xs = [s["sent"] for s in pauses]
+    colors = ["tab:green" if s["outcome"] == "items" else "tab:gray" for s in pauses]
+    ax1.scatter(xs, [s["latency_ms"] for s in pauses], c=colors, s=12)
+    for key, style in (("p50", "--"), ("p95", ":")):
+        v = r["time_to_result_ms"][key]
+        if v is not None and math.isfinite(_num(v)) and v:
+            ax1.axhline(v, linestyle=style, color="tab:blue", label=f"{key} {v:.0f} ms (with items)")
+    ax1.set(xlabel="time while typing (s)", ylabel="time to answer (ms)", title="answers at pauses (green: items)")
+    if ax1.get_legend_handles_labels()[0]:
+        ax1.legend(fontsize=8)
+
+    values = sorted(s["latency_ms"] for s in pauses)
+    if values:
+        ax2.plot(values, [(i + 1) / len(values) for i in range(len(values))], color="tab:blue")
+    ax2.set(xlabel="time to answer (ms)", ylabel="share of pauses", title="CDF", ylim=(0, 1.02))
+
+    tok = r["tokens"]
+    bars = {"full encode\nper job": tok["full_encode_mean"], "re-encoded\nper job": tok["reencoded_per_job_mean"],
+            "full encode\nper keystroke": tok["full_encode_per_keystroke"],
+            "re-encoded\nper keystroke": tok["reencoded_per_keystroke"]}
+    ax3.bar(list(bars), [_num(v) for v in bars.values()], color=["tab:gray", "tab:green"] * 2)
+    outcomes = r["requests"]["outcomes"]
+    ax3.set(ylabel="prompt tokens", title=f"prompt encoding; requests {outcomes}\nserver superseded "
+            f"{r['server_jobs']['superseded']}, engine cancelled {r['engine']['cancelled']}")
+    ax3.tick_params(axis="x", labelsize=8)
+    ax3.title.set_fontsize(8)
+    fig.suptitle(f"dg-lsp latency: {r['server']['status'].get('message', '')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def memory(r: dict[str, Any], path: Path) -> bool:
+    plt = _plt()
+    if plt is None:
+        return _skip(path)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    timeline = r["timeline"]
+    if timeline:
+        ax1.plot([t for t, _ in timeline], [m for _, m in timeline], color="tab:blue", label="RSS under load")
+    m = r["rss_mib"]
+    ax1.axhline(_num(m["idle"]), linestyle="--", color="tab:gray", label=f"idle {_num(m['idle']):.0f} MiB")
+    ax1.set(xlabel="s", ylabel="MiB", title=f"server RSS during {r['load']['keystrokes']} keystrokes")
+    ax1.legend(fontsize=8)
+    bars = {"before model": m["before_model"], "idle": m["idle"], "load max": m["load"]["max"],
+            "after load": m["after_load"], "peak (HWM)": m["peak_hwm"]}
+    if r["cuda"]["peak_allocated_mib"]:
+        bars["CUDA peak"] = r["cuda"]["peak_allocated_mib"]
+    ax2.bar(list(bars), [_num(v) for v in bars.values()], color="tab:blue")
+    ax2.set(ylabel="MiB", title="memory")
+    ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle(f"dg-lsp memory: {r['server']['status'].get('message', '')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def speed(r: dict[str, Any], path: Path) -> bool:
+    plt = _plt()
+    if plt is None:
+        return _skip(path)
+    kinds = list(r["kinds"])
+    metrics = [("tok_per_s", "new tokens / s"), ("tokens_per_forward", "tokens per forward"),
+               ("mean_steps", "forwards per task"), ("pass_at_1", "pass@1")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2))
+    width = 0.38
+    for ax, (key, label) in zip(axes, metrics):
+        for j, mode in enumerate(("diffusion", "ar")):
+            vals = [_num(r["kinds"][k][mode].get(key)) for k in kinds]
+            xs = [i + (j - 0.5) * width for i in range(len(kinds))]
+            ax.bar(xs, vals, width, label=mode, color="tab:green" if mode == "diffusion" else "tab:gray")
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_title(label)
+    axes[0].legend(fontsize=8)
+    ratios = ", ".join(f"{k}: {_num(r['kinds'][k]['ratio']['tok_per_s']):.2f}x tok/s, "
+                       f"{_num(r['kinds'][k]['ratio']['task_latency']):.2f}x per task" for k in kinds)
+    fig.suptitle(f"diffusion vs AR, {r['model']} on {r['device']}: {ratios}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

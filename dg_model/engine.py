@@ -1,0 +1,276 @@
+"""`DiffusionEngine`: the `Engine` protocol on a DiffusionGemma checkpoint.
+
+    job -> prompt ids (prompts.py) -> per-document KV cache, reused over the common prefix -> canvases denoised
+    block by block (sampler.py) -> text up to EOS -> JobResult with stats
+
+The same object also decodes autoregressively through the causal encoder (`mode="ar"`): same weights, same prompt,
+same cache, the honest baseline for diffusion-vs-AR comparisons.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.prompts import build_prompt, choose_format, clean_answer
+from dg_model.sampler import SamplerConfig, decoder_logits, denoise, encode, entropy, lm_logits, noise_like
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Tuned per model in its generation_config.json under "dg_engine" (keys as below)."""
+
+    prompt_format: str | None = None  # None: FIM tokens if the tokenizer has them, else chat, else pinned-suffix
+    prompt_tokens: int = 512  # the embedded model's training length; RoPE does not extrapolate far
+    line_canvas: int = 24
+    block_canvas: int = 64
+    pinned_suffix_tokens: int = 8
+    cached_documents: int = 4
+    sampler: SamplerConfig = SamplerConfig()
+
+    @classmethod
+    def from_model_dir(cls, path: Path | None) -> "EngineSettings":
+        raw = {}
+        if path is not None and (path / "generation_config.json").exists():
+            raw = json.loads((path / "generation_config.json").read_text()).get("dg_engine", {})
+        sampler = SamplerConfig(**{k: v for k, v in raw.pop("sampler", {}).items() if k in SamplerConfig.__dataclass_fields__})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known and k != "sampler"}, sampler=sampler)
+
+
+@dataclass
+class _CachedPrompt:
+    ids: list[int]
+    cache: DynamicCache
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _expand(cache: DynamicCache, n: int, config) -> DynamicCache:
+    """A batch-n view of a batch-1 cache, for n candidates in one forward."""
+    out = DynamicCache(config=config)
+    for idx, layer in enumerate(cache.layers):
+        out.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), idx)
+    return out
+
+
+class DiffusionEngine:
+    def __init__(self, model, tokenizer, settings: EngineSettings, name: str, mode: str = "diffusion"):
+        if mode not in ("diffusion", "ar"):
+            raise EngineError(f"unknown decoding mode {mode!r}; use 'diffusion' or 'ar'")
+        self.model, self.tokenizer, self.settings, self.name, self.mode = model, tokenizer, settings, name, mode
+        self.device = str(next(model.parameters()).device)
+        self.text_config = model.config.text_config
+        self.vocab_size = self.text_config.vocab_size
+        self.format = choose_format(tokenizer, settings.prompt_format)
+        self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        self._caches: OrderedDict[str, _CachedPrompt] = OrderedDict()
+
+    # ------------------------------------------------------------------ Engine protocol
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+    @torch.inference_mode()
+    def infill(self, job: InfillJob) -> JobResult:
+        t0 = time.perf_counter()
+        prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens,
+                              job.context, self.settings.pinned_suffix_tokens)
+        stats = JobStats(mode=self.mode, prompt_tokens=len(prompt.ids))
+        cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
+        try:
+            if self.mode == "ar":
+                texts, scores = self._ar(cache, last_hidden, len(prompt.ids), job, stats)
+            else:
+                canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
+                texts, scores = self._diffuse(cache, len(prompt.ids), canvas, prompt.pinned_tail, job, stats)
+        finally:
+            self._trim(cache, len(prompt.ids))
+        stats.total_ms = (time.perf_counter() - t0) * 1e3
+        cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
+        return JobResult(_dedupe(cands), stats)
+
+    @torch.inference_mode()
+    def rewrite(self, job: RewriteJob) -> JobResult:
+        t0 = time.perf_counter()
+        block_ids = self.tokenizer.encode(job.block, add_special_tokens=False)
+        if len(block_ids) > job.max_tokens:
+            raise EngineError(f"the block is {len(block_ids)} tokens; rewrites are limited to {job.max_tokens}")
+        prompt = build_prompt(self.tokenizer, "fim-spm" if self.format.startswith("fim") else self.format,
+                              job.prefix, job.suffix, self.settings.prompt_tokens)
+        stats = JobStats(mode="diffusion", prompt_tokens=len(prompt.ids))
+        cache, _ = self._prompt_cache(job.doc_key, prompt.ids, stats)
+        try:
+            length = min(job.max_tokens + 1, max(len(block_ids) + 8, int(len(block_ids) * 1.25) + 1))
+            start = torch.tensor([block_ids + [self.tokenizer.eos_token_id]
+                                  + [self.tokenizer.pad_token_id] * (length - len(block_ids) - 1)])
+            gen = torch.Generator().manual_seed(job.seed or 0)
+            # The model's own uncertainty about the existing block picks what to re-noise, most uncertain first.
+            first = decoder_logits(self.model, start.to(self.device), cache, None)
+            stats.steps += 1
+            k = max(1, round(job.renoise * length))
+            worst = entropy(first[0]).topk(k).indices
+            canvas = start.clone().to(self.device)
+            canvas[0, worst] = noise_like(canvas[0, worst], self.vocab_size, gen)
+            n = max(1, job.n)
+            batched = _expand(cache, n, self.text_config) if n > 1 else cache
+            result = denoise(lambda x, sc: decoder_logits(self.model, x, batched, sc), canvas.expand(n, -1).clone(),
+                             torch.zeros(n, length, dtype=torch.bool, device=self.device), self.vocab_size,
+                             replace(self.settings.sampler, greedy=n == 1), gen, job.cancel,
+                             self._drafts(job.on_draft), greedy_rows=self._greedy_rows(n))
+            stats.steps += result.steps
+            stats.decoder_ms += result.step_ms
+            texts, scores = self._texts(result.tokens, result.logprobs)
+            stats.new_tokens = sum(1 for t in result.tokens[0].tolist() if t not in self.eos_ids)
+        finally:
+            self._trim(cache, len(prompt.ids))
+        stats.total_ms = (time.perf_counter() - t0) * 1e3
+        return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
+
+    # ------------------------------------------------------------------ prompt cache
+    def _prompt_cache(self, key: str, ids: list[int], stats: JobStats) -> tuple[DynamicCache, torch.Tensor]:
+        """Cache holding `ids`, re-encoding only what differs from this document's last prompt.
+        Returns the final encoder state of the last prompt token (the AR mode's first prediction)."""
+        entry = self._caches.pop(key, None) if key else None
+        reuse = _common_prefix(entry.ids, ids) if entry else 0
+        reuse = min(reuse, len(ids) - 1)  # always re-encode the last token: its state starts AR decoding
+        if entry is None or reuse == 0:
+            entry, reuse = _CachedPrompt([], DynamicCache(config=self.text_config)), 0
+        else:
+            self._trim(entry.cache, reuse)
+        t0 = time.perf_counter()
+        hidden = encode(self.model, torch.tensor([ids[reuse:]], device=self.device), entry.cache, reuse)
+        stats.encode_ms = (time.perf_counter() - t0) * 1e3
+        stats.reused_tokens = reuse
+        entry.ids = list(ids)
+        if key:
+            self._caches[key] = entry
+            while len(self._caches) > self.settings.cached_documents:
+                self._caches.popitem(last=False)
+        return entry.cache, hidden[:, -1:]
+
+    @staticmethod
+    def _trim(cache: DynamicCache, length: int) -> None:
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)
+
+    # ------------------------------------------------------------------ decoding
+    def _diffuse(self, cache, prompt_len, canvas_len, pinned_tail, job: InfillJob, stats: JobStats):
+        n = max(1, job.n)
+        gen = torch.Generator().manual_seed(job.seed or 0)
+        sampler = self.settings.sampler
+        if job.temperature is not None:
+            sampler = replace(sampler, temperature_start=job.temperature, temperature_end=job.temperature)
+        batched = _expand(cache, n, self.text_config) if n > 1 else cache
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        done = [False] * n
+        tail = pinned_tail if len(pinned_tail) < canvas_len else []
+        while not all(done) and len(tokens[0]) < job.max_tokens:
+            if job.cancel is not None and job.cancel.is_set():
+                raise Cancelled()
+            canvas = noise_like(torch.zeros(n, canvas_len, dtype=torch.long), self.vocab_size, gen).to(self.device)
+            pinned = torch.zeros(n, canvas_len, dtype=torch.bool, device=self.device)
+            if tail:
+                canvas[:, -len(tail):] = torch.tensor(tail, device=self.device)
+                pinned[:, -len(tail):] = True
+            result = denoise(lambda x, sc: decoder_logits(self.model, x, batched, sc), canvas, pinned,
+                             self.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
+                             self._drafts(job.on_draft, prefix=tokens[0]), greedy_rows=self._greedy_rows(n),
+                             stop_ids=tuple(self.eos_ids))
+            stats.steps += result.steps
+            stats.decoder_ms += result.step_ms
+            free = canvas_len - len(tail)
+            for i in range(n):
+                row, lp = result.tokens[i, :free].tolist(), result.logprobs[i, :free].tolist()
+                if not done[i]:
+                    cut = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
+                    tokens[i] += row[:cut]
+                    logprobs[i] += lp[: (cut + 1) if cut is not None else None]
+                    done[i] = cut is not None or bool(tail)
+            stats.new_tokens += sum(1 for t in result.tokens[0, :free].tolist() if t not in self.eos_ids)
+            if job.kind == "line" and "\n" in self.tokenizer.decode(tokens[0]).lstrip("\n"):
+                break
+            if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
+                encode(self.model, result.tokens, batched, batched.get_seq_length())
+        return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
+
+    def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
+        """Greedy next-token decoding through the causal encoder and its KV cache."""
+        out: list[int] = []
+        logprobs: list[float] = []
+        hidden = last_hidden
+        eos = self.eos_ids
+        while len(out) < job.max_tokens:
+            if job.cancel is not None and job.cancel.is_set():
+                raise Cancelled()
+            t0 = time.perf_counter()
+            logp = torch.log_softmax(lm_logits(self.model, hidden[:, -1]), -1)[0]
+            token = int(logp.argmax())
+            if token in eos:
+                break
+            out.append(token)
+            logprobs.append(float(logp[token]))
+            if job.kind == "line" and "\n" in self.tokenizer.decode(out).lstrip("\n"):
+                break
+            hidden = encode(self.model, torch.tensor([[token]], device=self.device), cache, cache.get_seq_length())
+            stats.steps += 1
+            stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
+            if job.on_draft is not None:
+                job.on_draft(self.tokenizer.decode(out))
+        stats.new_tokens = len(out)
+        stats.steps = max(stats.steps, 1)
+        return [self.tokenizer.decode(out)], [_mean(logprobs)]
+
+    def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
+        texts, scores = [], []
+        for row, lp in zip(tokens.tolist(), logprobs.tolist()):
+            cut = next((j for j, t in enumerate(row) if t in self.eos_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:cut]))
+            scores.append(_mean(lp[: cut + 1]))
+        return texts, scores
+
+    def _greedy_rows(self, n: int) -> torch.Tensor | None:
+        if n == 1:
+            return None
+        rows = torch.zeros(n, dtype=torch.bool, device=self.device)
+        rows[0] = True
+        return rows
+
+    def _drafts(self, on_draft, prefix: list[int] | None = None):
+        if on_draft is None:
+            return None
+
+        def emit(argmax: torch.Tensor) -> None:
+            row = argmax[0].tolist()
+            cut = next((j for j, t in enumerate(row) if t in self.eos_ids), len(row))
+            on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
+
+        return emit
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _dedupe(cands: list[Candidate]) -> list[Candidate]:
+    seen: set[str] = set()
+    out = []
+    for c in [cands[0]] + sorted(cands[1:], key=lambda c: -c.score) if cands else []:
+        if c.text not in seen:
+            seen.add(c.text)
+            out.append(c)
+    return out

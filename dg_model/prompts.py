@@ -1,0 +1,90 @@
+"""Prompt formats (FIM strategies), chosen per model by configuration.
+
+1. `fim-spm` / `fim-psm`: FIM special tokens (the embedded model). SPM keeps the prompt stable while the user types:
+   the prefix, which grows at the cursor, comes last, so the cached KV of everything before it stays valid.
+2. `chat`: instruction-tuned checkpoints without FIM tokens (the released DiffusionGemma). Prefix, a cursor marker
+   and suffix go into a user turn; the canvas is the answer, stripped of fences and prose afterwards.
+3. `pinned-suffix`: any checkpoint. The canvas holds free slots followed by the suffix's first tokens as pinned
+   positions, so the bidirectional decoder sees both sides inside the canvas; pad in a free slot means "empty".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from dg_model.fim import spm_prompt
+
+CURSOR = "<|cursor|>"
+FORMATS = ("fim-spm", "fim-psm", "chat", "pinned-suffix")
+FENCE = re.compile(r"^```[\w+-]*\n(.*?)(?:\n```|$)", re.S)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    pinned_tail: list[int]  # tokens pinned at the end of the canvas (pinned-suffix format), else []
+
+
+def choose_format(tokenizer, configured: str | None) -> str:
+    if configured:
+        if configured not in FORMATS:
+            raise ValueError(f"unknown prompt format {configured!r}; expected one of {FORMATS}")
+        return configured
+    vocab = tokenizer.get_vocab()
+    if "<fim_middle>" in vocab and "<fim_prefix>" in vocab and "<fim_suffix>" in vocab:
+        return "fim-spm"
+    return "chat" if getattr(tokenizer, "chat_template", None) else "pinned-suffix"
+
+
+def _encoder(tokenizer):
+    return lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []
+
+
+def build_prompt(
+    tokenizer,
+    fmt: str,
+    prefix: str,
+    suffix: str,
+    max_tokens: int,
+    snippets: Sequence[str] = (),
+    pinned_suffix_tokens: int = 8,
+) -> Prompt:
+    encode = _encoder(tokenizer)
+    if fmt == "fim-spm":
+        return Prompt(spm_prompt(encode, prefix, suffix, max_tokens, snippets), [])
+    if fmt == "fim-psm":
+        ids = spm_prompt(encode, prefix, suffix, max_tokens, snippets)
+        tok = tokenizer.convert_tokens_to_ids
+        # Reorder the SPM pieces into <fim_prefix> prefix <fim_suffix> suffix <fim_middle>.
+        s_at, p_at = ids.index(tok("<fim_suffix>")), ids.index(tok("<fim_prefix>"))
+        head, suffix_ids, prefix_ids = ids[:s_at], ids[s_at + 1 : p_at], ids[p_at + 1 : -1]
+        return Prompt(head + [tok("<fim_prefix>")] + prefix_ids + [tok("<fim_suffix>")] + suffix_ids + ids[-1:], [])
+    if fmt == "chat":
+        context = "".join(f"Related code:\n```\n{s}\n```\n" for s in snippets)
+        body = prefix[-max_tokens * 3 :] + CURSOR + suffix[: max_tokens]
+        messages = [
+            {
+                "role": "user",
+                "content": f"{context}Complete the code at {CURSOR}. Reply with only the code that replaces "
+                f"{CURSOR}, no explanation, no code fences.\n```\n{body}\n```",
+            }
+        ]
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+        return Prompt(list(ids)[-max_tokens:], [])
+    if fmt == "pinned-suffix":
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        prefix_ids = encode(prefix[-max_tokens * 6 :])[-(max_tokens - len(bos)) :]
+        return Prompt(bos + prefix_ids, encode(suffix)[:pinned_suffix_tokens])
+    raise ValueError(f"unknown prompt format {fmt!r}")
+
+
+def clean_answer(text: str, fmt: str) -> str:
+    """Chat answers come with fences or a sentence around the code; keep the code."""
+    if fmt != "chat":
+        return text
+    stripped = text.strip("\n")
+    match = FENCE.match(stripped)
+    return match.group(1) if match else stripped.replace(CURSOR, "")
