@@ -44,6 +44,7 @@ def latency(r: dict[str, Any], path: Path) -> bool:
         if v is not None and math.isfinite(_num(v)) and v:
             ax1.axhline(v, linestyle=style, color="tab:blue", label=f"{key} {v:.0f} ms (with items)")
     ax1.set(xlabel="time while typing (s)", ylabel="time to answer (ms)", title="answers at pauses (green: items)")
+    ax1.set_ylim(bottom=0)
     if ax1.get_legend_handles_labels()[0]:
         ax1.legend(fontsize=8)
 

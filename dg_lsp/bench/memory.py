@@ -17,11 +17,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..languages import spec_for
 from . import latency
-from .session import Document, Server, ServerSpec, read_log, summary, write_json
+
+if TYPE_CHECKING:  # the client stack loads in `run`: argparse set-up must stay cheap for `dg-lsp --stdio`
+    from .session import Document, Server, ServerSpec
 
 MIB = 1024 * 1024
 
@@ -93,9 +94,13 @@ async def _load(server: Server, doc: Document, typed: str, region_start: int, cf
 
 
 async def run(cfg: MemoryConfig, spec: ServerSpec, log_file: Path) -> dict[str, Any]:
+    from ..languages import spec_for
+    from .session import Document, Server, read_log, summary
+
     path = Path(cfg.file) if cfg.file else latency.default_file()
     source = path.read_text(encoding="utf-8")
     start, end = latency.pick_region(source, "auto", 600)
+    end = start + len(source[start:end].removesuffix("\n"))
     language = spec_for(str(path))
     server = Server(spec, log_file)
     samples: list[tuple[float, int]] = []
@@ -166,6 +171,8 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace, spec: ServerSpec, out: Path, log_file: Path) -> int:
+    from .session import write_json
+
     result = asyncio.run(run(config_from(args), spec, log_file))
     write_json(out / "bench_memory.json", result)
     from . import chart

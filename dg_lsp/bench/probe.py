@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from dg_model.api import Cancelled, InfillJob, JobResult, RewriteJob
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dg_lsp.bench.probe")  # not __name__: the probe runs as __main__
 
 STATS_MARK = "engine stats "
 DOCUMENT_METHOD = "dg/debug/document"

@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .session import write_json
-
 MODES = ("diffusion", "ar")
 ROW_KEYS = ("latency_ms", "new_tokens", "used_tokens", "steps", "passed", "engine_total_ms")
 
@@ -50,7 +48,7 @@ def _warm_up(engine: Any) -> None:
     engine.infill(InfillJob(prefix="def add(a, b):\n    return ", suffix="\n", max_tokens=8, doc_key="warm-up"))
 
 
-def _free(device: str) -> None:
+def _free() -> None:
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -102,7 +100,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
                                          doc_key=f"bench-speed-{mode}", progress=lambda m: say(f"  {m}"))
             per_mode[mode][kind] = _mode_summary(report) | {"load_s": load_s}
         del engine
-        _free(device)
+        _free()
     kinds = {
         kind: {"diffusion": per_mode["diffusion"][kind], "ar": per_mode["ar"][kind],
                "ratio": _ratio(per_mode["diffusion"][kind], per_mode["ar"][kind])}
@@ -144,6 +142,8 @@ def main(args: argparse.Namespace, out: Path) -> int:
     except EngineError as exc:
         print(f"dg-lsp: cannot load the model: {exc}", file=sys.stderr)
         return 1
+    from .session import write_json
+
     write_json(out / "bench_speed.json", result)
     from . import chart
 

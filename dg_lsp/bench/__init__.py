@@ -1,0 +1,93 @@
+"""`dg-lsp bench latency|speed|memory|gpu [--out DIR]`: benchmarks, each writing JSON and a PNG chart to DIR.
+
+    latency  inline completion while typing a real file through the stdio server: p50/p95 time-to-result,
+             cancellations, prompt tokens re-encoded per keystroke vs a full encode      (dg_lsp.bench.latency)
+    speed    diffusion vs AR decoding of one checkpoint on HumanEval infilling: tok/s, tokens per forward, decoder
+             steps, pass@1, the speed ratio                                                 (dg_lsp.bench.speed)
+    memory   server RSS before the model, idle, under a typing storm and after; peak VRAM with CUDA
+    gpu      the 26B-A4B architecture on CUDA: `python -m dg_model.bench_gpu` (arguments after `--` go to it)
+
+The model flags (--model/--device/--quantize) work as for the server. Registers itself as the `bench` sub-command on
+import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`); only argparse-level code runs at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .. import cli
+
+BENCHES = ("latency", "speed", "memory", "gpu")
+DEFAULT_OUT = "bench_results"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    from . import latency, memory, speed  # argparse-only imports at module level there
+
+    helps = {
+        "latency": (latency.add_arguments, "inline completion latency while typing, through the stdio server"),
+        "speed": (speed.add_arguments, "diffusion vs AR decoding on HumanEval infilling tasks"),
+        "memory": (memory.add_arguments, "server RSS idle and under load, peak VRAM with CUDA"),
+        "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_model.bench_gpu)"),
+    }
+    for name, (add, help_) in helps.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        cli._add_model_flags(sp, defaults=False)
+        sp.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS,
+                        help=f"write bench_{name}.json and .png here (default: ./{DEFAULT_OUT})")
+        if name in ("latency", "memory"):
+            sp.add_argument("--no-probe", dest="probe", action="store_false",
+                            help="run plain dg-lsp instead of dg_lsp.bench.probe (no engine stats, no VRAM)")
+            sp.add_argument("--keep-log", action="store_true", help=f"keep the server log as bench_{name}.server.log")
+        add(sp)
+    p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=argparse.SUPPRESS)
+
+
+def _gpu_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("gpu_args", nargs="*", metavar="-- ARGS", help="passed to dg_model.bench_gpu, e.g. -- --bits 16")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.bench == "gpu":
+        return run_gpu(args, out)
+    if args.bench == "speed":
+        from . import speed
+
+        return speed.main(args, out)
+    from . import latency, memory
+    from .session import ServerSpec
+
+    spec = ServerSpec(model=args.model, device=args.device, quantize=args.quantize, probe=args.probe)
+    module = latency if args.bench == "latency" else memory
+    with tempfile.TemporaryDirectory(prefix="dg-bench-log-") as tmp:
+        log_file = out / f"bench_{args.bench}.server.log" if args.keep_log else Path(tmp) / "server.log"
+        log_file.unlink(missing_ok=True)  # the server appends; counts must come from this run only
+        return module.main(args, spec, out, log_file)
+
+
+def run_gpu(args: argparse.Namespace, out: Path) -> int:
+    extra = list(args.gpu_args)
+    if "--out" not in extra:
+        extra += ["--out", str(out / "bench_gpu.json")]
+    return subprocess.call([sys.executable, "-m", "dg_model.bench_gpu", *extra])
+
+
+def _registries() -> list:
+    # `python -m dg_lsp.cli` runs the CLI as `__main__`, a second module object next to `dg_lsp.cli`: register in both.
+    out = [cli]
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if main is not None and main is not cli and getattr(spec, "name", None) == "dg_lsp.cli":
+        out.append(main)
+    return out
+
+
+for _module in _registries():
+    _module.SUBCOMMANDS["bench"] = _module.Subcommand(add_arguments, run, "benchmarks: latency, speed, memory, gpu")
