@@ -25,7 +25,8 @@ from dg_model.sampler import SamplerConfig, decoder_logits, denoise, encode, ent
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Tuned per model in its generation_config.json under "dg_engine" (keys as below)."""
+    """Tuned per model in `dg_engine.json` next to its weights (keys as below; transformers' generation config
+    rejects keys it does not know, so ours live in their own file)."""
 
     prompt_format: str | None = None  # None: FIM tokens if the tokenizer has them, else chat, else pinned-suffix
     prompt_tokens: int = 512  # the embedded model's training length; RoPE does not extrapolate far
@@ -38,8 +39,8 @@ class EngineSettings:
     @classmethod
     def from_model_dir(cls, path: Path | None) -> "EngineSettings":
         raw = {}
-        if path is not None and (path / "generation_config.json").exists():
-            raw = json.loads((path / "generation_config.json").read_text()).get("dg_engine", {})
+        if path is not None and (path / "dg_engine.json").exists():
+            raw = json.loads((path / "dg_engine.json").read_text())
         sampler = SamplerConfig(**{k: v for k, v in raw.pop("sampler", {}).items() if k in SamplerConfig.__dataclass_fields__})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known and k != "sampler"}, sampler=sampler)

@@ -66,6 +66,7 @@ class RawServer:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
         )
         self.responses: dict[str, dict[str, Any]] = {}
+        self.answered_at: dict[str, float] = {}  # monotonic time each response arrived
         self.notifications: list[dict[str, Any]] = []
         self.cond = threading.Condition()
         self.ids = itertools.count(1)
@@ -102,7 +103,9 @@ class RawServer:
                 if "method" in msg:
                     self.notifications.append(msg)
                 else:
-                    self.responses[json.dumps(msg.get("id"), sort_keys=True)] = msg
+                    key = json.dumps(msg.get("id"), sort_keys=True)
+                    self.responses[key] = msg
+                    self.answered_at[key] = time.monotonic()
                 self.cond.notify_all()
 
     def write(self, data: bytes) -> None:
@@ -153,11 +156,11 @@ class RawServer:
         with self.cond:
             return [n["params"] for n in self.notifications if n["method"] == "dg/status"]
 
-    def wait_status(self, *states: str, timeout: float = 60.0, after: int = 0) -> dict[str, Any]:
+    def wait_status(self, *states: str, timeout: float = 60.0, where: Any = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for status in self.statuses()[after:]:
-                if status["state"] in states:
+            for status in self.statuses():
+                if status["state"] in states and (where is None or where(status)):
                     return status
             assert self.alive(), f"the server exited with {self.proc.returncode}; log:\n{self.log_tail()}"
             time.sleep(0.02)
@@ -319,6 +322,9 @@ METHODS = [INLINE, "textDocument/completion", "textDocument/codeAction", "codeAc
            "textDocument/didSave", "$/setTrace", "workspace/didChangeWatchedFiles"]
 
 
+LIFECYCLE = ("initialize", "initialized", "shutdown", "exit")
+
+
 @st.composite
 def garbage_frames(draw) -> bytes:
     """Frames that are broken but self-delimiting, each followed by a line break (a conforming reader resyncs)."""
@@ -346,7 +352,7 @@ def garbage_frames(draw) -> bytes:
 
 @st.composite
 def mangled_requests(draw, uri: str) -> dict[str, Any]:
-    method = draw(st.one_of(st.sampled_from(METHODS), st.text(max_size=12)))
+    method = draw(st.one_of(st.sampled_from(METHODS), st.text(max_size=12).filter(lambda m: m not in LIFECYCLE)))
     good = {"textDocument": {"uri": uri}, "position": draw(positions), "context": {"triggerKind": 1}}
     params = draw(st.one_of(
         json_values,
@@ -500,17 +506,14 @@ def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
             if i % per_second == 0:
                 samples.append(rss(server.proc.pid))
             time.sleep(max(0.0, began + i * interval - time.monotonic()))
-        latencies = []
-        for msg_id, t0 in sent:  # every request is answered (answers arrive in order of completion)
+        for msg_id, _ in sent:  # every request is answered
             answer = server.wait(msg_id, timeout=30)
-            assert "result" in answer or answer["error"]["code"] == -32800, answer
-        with server.cond:
-            pass
+            assert "result" in answer, answer
         final = server.request(INLINE, server.inline_params(uri, line, i))  # the queue has drained
         assert "result" in final
         doc = server.document(uri)
         assert doc is not None and doc["text"].endswith("".join("abc "[k % 4] for k in range(i)) + "\n")
-        latencies = [t for t in _answer_times(server, sent)]
+        latencies = [server.answered_at[json.dumps(m)] - t0 for m, t0 in sent]
     finally:
         server.close()
     events = read_events(record)
@@ -529,10 +532,6 @@ def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
     assert last[len(last) // 2] <= 3 * first[len(first) // 2] + 0.25, (first[len(first) // 2], last[len(last) // 2])
     # memory flat: after the first second, RSS grows by less than 40 MiB
     assert samples and max(samples[1:] or samples) - samples[0] < 40 * 2**20, [s // 2**20 for s in samples]
-
-
-def _answer_times(server: RawServer, sent: list[tuple[Any, float]]) -> list[float]:
-    return [server.answered_at.get(json.dumps(m), t0) - t0 for m, t0 in sent]  # type: ignore[attr-defined]
 
 
 def test_typing_storm_10s(tmp_path):
@@ -583,7 +582,6 @@ def one_error_then_fallback(server: RawServer, tmp: Path, mentions: str, what: s
     assert len(errors) == 1 and mentions in errors[0], errors
     assert server.alive()
     if status["state"] == "error":
-        assert mentions in status["message"]
         need_hook(what)
     assert status["device"] == "cpu" and "fallback" in status["message"] and mentions in status["message"], status
     assert server.request(INLINE, server.inline_params(uri, 1, 11), timeout=60).get("result", ...) is not ...
@@ -682,7 +680,7 @@ def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
             assert all("error" in a for a in answers)  # today: an internal error per request, nothing shown
             need_hook("oom")
         assert all("result" in a for a in answers), answers
-        status = server.wait_status("ready", after=1, timeout=90)
+        status = server.wait_status("ready", "error", timeout=90, where=lambda s: s["device"] == "cpu")
         errors = server.shown(1)
         assert len(errors) == 1 and "out of" in errors[0] and "memory" in errors[0], errors
         assert status["device"] == "cpu" and "fallback" in status["message"], status
