@@ -28,7 +28,9 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 class ContextSettings:
     """Token budget for the prompt (see `dg_lsp.context.ContextBudget`)."""
 
-    max_prompt_tokens: int = field(default=768, metadata=_range(16, 32768))
+    # The embedded model was trained on 512-token prompts; 480 leaves room for the FIM tokens so the engine never
+    # re-trims (a re-trim shifts the prompt start while typing and defeats the prompt cache).
+    max_prompt_tokens: int = field(default=480, metadata=_range(16, 32768))
     suffix_share: float = field(default=0.25, metadata=_range(0.0, 0.9))
     snippet_share: float = field(default=0.15, metadata=_range(0.0, 0.9))
     max_snippets: int = field(default=3, metadata=_range(0, 16))
