@@ -429,12 +429,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, metavar="N", help="generation budget per task (default: 64 single-line, "
                    "256 multi-line)")
     p.add_argument("--out", metavar="PATH", help="write the full JSON report here")
+    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice); 1 keeps "
+                   "latency stable on a machine shared with other work")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     from dg_model.api import EngineError
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         from dg_model.loading import load_engine
 
@@ -450,12 +456,32 @@ def run_cli(args: argparse.Namespace) -> int:
     tasks = build_tasks(args.kind)
     report = run_tasks(engine, tasks, args.kind, limit=args.limit, seed=args.seed, timeout=args.timeout,
                        workers=args.workers, max_tokens=args.max_tokens, progress=progress)
-    report = {"mode": args.mode, "model": args.model or "embedded", "load_s": round(load_s, 2), **report}
+    report = {"mode": args.mode, "model": args.model or "embedded", "load_s": round(load_s, 2),
+              "torch_threads": torch.get_num_threads(), "provenance": provenance(args.model), **report}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(headline(report), indent=2))
     return 0
+
+
+def provenance(model: str | None) -> dict[str, str]:
+    """Short sha256s of the weights, engine settings and decoding code a run used, to tell runs apart later."""
+    import hashlib
+
+    here = Path(__file__).parent
+    model_dir = here / "embedded" if model is None else Path(model).expanduser()
+    files = [model_dir / name for name in ("model.safetensors", "dg_engine.json", "generation_config.json", "config.json")]
+    files += [here / name for name in ("engine.py", "sampler.py", "prompts.py", "fim.py")]
+    out = {}
+    for f in files:
+        if f.is_file():
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            out[str(f.relative_to(here)) if f.is_relative_to(here) else str(f)] = h.hexdigest()[:12]
+    return out
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:

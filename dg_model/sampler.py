@@ -39,6 +39,9 @@ class SamplerConfig:
     # free/steps_left tokens, so the canvas is complete by max_steps. A small model's late-step argmax over a
     # still-noisy canvas is much worse than its early confident tokens; the 26B can afford full re-noising.
     freeze_accepted: bool = True
+    # Added to each position's entropy when ranking what to commit: > 0 prefers left-to-right order, which a small
+    # model needs (its confident tokens far from the cursor are often wrong); 0 is pure entropy order.
+    position_bias: float = 0.0
 
 
 @dataclass
@@ -139,6 +142,8 @@ def denoise(
         t0 = time.perf_counter()
         logits = logits_fn(x, sc) / temperature_at(cfg, step)
         token_entropy = entropy(logits)
+        if cfg.position_bias:
+            token_entropy = token_entropy + cfg.position_bias * torch.linspace(0, 1, x.shape[1], device=x.device)
         argmax = torch.where(committed if cfg.freeze_accepted else pinned, x, logits.argmax(-1))
         if cfg.greedy and greedy_rows is None:
             sample = logits.argmax(-1)

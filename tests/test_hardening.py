@@ -39,8 +39,10 @@ from typing import Any
 import pytest
 from conftest import REPO, TESTS, fake_spec, server_env
 from fake_engine import read_events
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+from lsprotocol.types import METHOD_TO_TYPES
 
 from dg_lsp import cli
 
@@ -238,19 +240,31 @@ def utf16(text: str) -> bytes:
     return text.encode("utf-16-le", "surrogatepass")
 
 
-def model_offset(text: str, pos: dict[str, int]) -> int:
+def uint(value: Any) -> int | None:
+    """A position field as lsprotocol structures it: leniently ("3" -> 3, 1.5 -> 1, true -> 1), then range-checked
+    (uinteger is 0..2**31-1); None when the field does not structure and the notification is dropped."""
+    try:
+        n = int(value) if isinstance(value, (bool, int, float, str)) else None
+    except (ValueError, OverflowError):
+        return None
+    return n if n is not None and 0 <= n < 2**31 else None
+
+
+def model_offset(text: str, pos: dict[str, Any]) -> int:
     """LSP utf-16 position -> offset, per the spec and the server's documented clamping: a line past the end means
     the end of the document, a character past the end of its line (or inside a surrogate pair) rounds down."""
     starts = [0] + [m.end() for m in _BREAK.finditer(text)]
-    if pos["line"] >= len(starts):
+    line, character = uint(pos["line"]), uint(pos["character"])
+    assert line is not None and character is not None
+    if line >= len(starts):
         return len(text)
-    start = starts[pos["line"]]
+    start = starts[line]
     m = _BREAK.search(text, start)
     end = m.start() if m else len(text)
     units = 0
     for i in range(start, end):
         width = 2 if ord(text[i]) > 0xFFFF else 1
-        if units + width > pos["character"]:
+        if units + width > character:
             return i
         units += width
     return end
@@ -277,7 +291,7 @@ def well_formed(change: Any) -> bool:
         p = rng.get(key)
         if not isinstance(p, dict) or set(p) != {"line", "character"}:
             return False
-        if any(type(p[k]) is not int or not 0 <= p[k] < 2**31 for k in ("line", "character")):
+        if any(uint(p[k]) is None for k in ("line", "character")):
             return False
     return True
 
@@ -305,11 +319,11 @@ changes = st.one_of(
     st.fixed_dictionaries({"range": st.fixed_dictionaries({"start": positions, "end": positions}), "text": texts}),
     st.fixed_dictionaries({"text": texts}),  # whole document
 )
+# (a non-string "text" is left out: see test_did_change_with_non_string_text_is_dropped)
 bad_changes = st.one_of(
     st.fixed_dictionaries({"range": st.fixed_dictionaries({"start": bad_positions, "end": positions}), "text": texts}),
-    st.fixed_dictionaries({"range": st.fixed_dictionaries({"start": positions, "end": positions}),
-                           "text": st.one_of(st.integers(), st.none())}),
     st.fixed_dictionaries({"range": st.text(max_size=3), "text": texts}),
+    st.fixed_dictionaries({"range": st.fixed_dictionaries({"start": positions}), "text": texts}),
 )
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False), st.text(max_size=8)),
@@ -323,6 +337,7 @@ METHODS = [INLINE, "textDocument/completion", "textDocument/codeAction", "codeAc
 
 
 LIFECYCLE = ("initialize", "initialized", "shutdown", "exit")
+_FUZZ_IDS = itertools.count(1)
 
 
 @st.composite
@@ -350,6 +365,11 @@ def garbage_frames(draw) -> bytes:
     return raw + b"\r\n"
 
 
+def is_notification(method: str) -> bool:
+    types = METHOD_TO_TYPES.get(method)
+    return types is not None and types[0].__name__.endswith("Notification")
+
+
 @st.composite
 def mangled_requests(draw, uri: str) -> dict[str, Any]:
     method = draw(st.one_of(st.sampled_from(METHODS), st.text(max_size=12).filter(lambda m: m not in LIFECYCLE)))
@@ -362,7 +382,10 @@ def mangled_requests(draw, uri: str) -> dict[str, Any]:
         st.just({"textDocument": {"uri": "file:///etc/passwd"}, "position": {"line": 0, "character": 0},
                  "context": {"triggerKind": 1}}),
     ))
-    msg_id = draw(st.one_of(st.integers(0, 2**31), st.text(min_size=1, max_size=6).map(lambda s: "fz-" + s)))
+    # ids are unique among requests in flight (JSON-RPC requires it), whatever their type
+    n = next(_FUZZ_IDS)
+    msg_id = draw(st.one_of(st.integers(0, 999).map(lambda k: n * 1000 + k),
+                            st.text(max_size=6).map(lambda s: f"fz{n}-{s}")))
     return {"method": method, "params": params, "id": msg_id}
 
 
@@ -391,7 +414,11 @@ def still_answers(server: RawServer) -> None:
 
 
 def fuzz_settings(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=n <= FUZZ_EXAMPLES, database=None,
+    # The default run neither shrinks (a failing example is printed with its draws; shrinking through a subprocess
+    # can take minutes) nor varies from run to run; the slow run explores and shrinks.
+    quick = n <= FUZZ_EXAMPLES
+    phases = (Phase.explicit, Phase.generate) if quick else tuple(Phase)
+    return settings(max_examples=n, deadline=None, derandomize=quick, database=None, phases=phases,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture, HealthCheck.large_base_example])
 
@@ -406,7 +433,8 @@ def _fuzz_protocol(server: RawServer, data: st.DataObject) -> None:
         else:
             msg = data.draw(mangled_requests(uri), label="request")
             server.request_async(msg["method"], msg["params"], msg["id"])
-            expect.append(msg["id"])
+            if not is_notification(msg["method"]):  # see test_request_for_a_notification_method_is_answered
+                expect.append(msg["id"])
     for msg_id in expect:  # every well-formed request gets a result or an error
         answer = server.wait(msg_id)
         assert ("result" in answer) != ("error" in answer), answer
@@ -462,6 +490,27 @@ def test_fuzz_documents_stay_in_sync(fuzz_server, data):
 @given(data=st.data())
 def test_fuzz_big_run(fuzz_server, data):
     (_fuzz_protocol if data.draw(st.booleans()) else _fuzz_document)(fuzz_server, data)
+
+
+@pytest.mark.xfail(strict=True, reason="pygls structures a request whose method is an LSP notification as that "
+                   "notification and never answers it; DgProtocol.structure_message should answer InvalidRequest")
+def test_request_for_a_notification_method_is_answered(fuzz_server):
+    msg_id = fuzz_server.request_async("textDocument/didSave", {"textDocument": {"uri": "file:///x.py"}})
+    answer = fuzz_server.wait(msg_id, timeout=3)
+    assert "error" in answer
+
+
+@pytest.mark.xfail(strict=True, reason="lsprotocol's converter turns a non-string `text` into str(text): a didChange "
+                   "with text null replaces the document with 'None'; DgProtocol should drop the notification")
+@pytest.mark.parametrize("text", [None, 5])
+def test_did_change_with_non_string_text_is_dropped(fuzz_server, text):
+    uri = (fuzz_server.tmp / f"text-{next(fuzz_server.uris)}.py").as_uri()
+    fuzz_server.open(uri, PY)
+    for change in ({"text": text}, {"range": {"start": {"line": 0, "character": 0},
+                                              "end": {"line": 0, "character": 0}}, "text": text}):
+        fuzz_server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2},
+                                                      "contentChanges": [change]})
+    assert fuzz_server.document(uri) == {"text": PY, "version": 1}
 
 
 def test_fuzz_survivor_has_one_shown_message_at_most(fuzz_server):
@@ -529,6 +578,9 @@ def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
     # no backlog: the last third of the answers is not slower than the first third (relative, with slack)
     third = len(latencies) // 3
     first, last = sorted(latencies[:third]), sorted(latencies[-third:])
+    print(f"storm: {len(sent)} requests in {seconds} s, jobs {len(starts)} started, {len(cancelled)} cancelled; "
+          f"answer p50 first third {first[len(first) // 2] * 1000:.0f} ms, last third {last[len(last) // 2] * 1000:.0f}"
+          f" ms; RSS MiB {[x // 2**20 for x in samples]}")
     assert last[len(last) // 2] <= 3 * first[len(first) // 2] + 0.25, (first[len(first) // 2], last[len(last) // 2])
     # memory flat: after the first second, RSS grows by less than 40 MiB
     assert samples and max(samples[1:] or samples) - samples[0] < 40 * 2**20, [s // 2**20 for s in samples]
@@ -632,7 +684,7 @@ def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
 FAULTY_ENGINE = '''
 """The tests' fake engine, plus faults: {"oom": true} raises CUDA-style out-of-memory from every job."""
 import importlib.util, sys
-_spec = importlib.util.spec_from_file_location("_real_fake_engine", {path!r})
+_spec = importlib.util.spec_from_file_location("_real_fake_engine", __PATH__)
 _real = importlib.util.module_from_spec(_spec)
 sys.modules["_real_fake_engine"] = _real
 _spec.loader.exec_module(_real)
@@ -651,7 +703,7 @@ class Faulty(_real.FakeEngine):
 
 def from_spec(spec):
     import json
-    opts = json.loads(spec or "{{}}")
+    opts = json.loads(spec or "{}")
     if opts.pop("oom", False):
         engine = _real.from_spec(json.dumps(opts))
         faulty = Faulty(texts=engine.texts, steps=engine.steps, step_ms=engine.step_ms, record=engine.record)
@@ -665,7 +717,7 @@ def from_spec(spec):
 def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
     shims = tmp_path / "shims"
     shims.mkdir()
-    (shims / "fake_engine.py").write_text(FAULTY_ENGINE.format(path=str(TESTS / "fake_engine.py")))
+    (shims / "fake_engine.py").write_text(FAULTY_ENGINE.replace("__PATH__", repr(str(TESTS / "fake_engine.py"))))
     record = tmp_path / "events.jsonl"
     server = start(tmp_path, fake={"oom": True, "text": "a + b", "record": str(record)}, shims=shims)
     try:

@@ -243,8 +243,20 @@ def _real_engine_or_skip(mode: str):
     return load_engine(None, device="cpu", mode=mode)
 
 
+@pytest.fixture
+def one_thread():
+    """On a loaded 2-core machine torch's 2 intra-op threads can make a decoder step 20x slower (spinning OpenMP
+    barriers); one thread keeps this test's runtime predictable. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mode", ["diffusion", "ar"])
-def test_smoke_embedded_model(mode, single, multi):
+def test_smoke_embedded_model(mode, single, multi, one_thread):
     engine = _real_engine_or_skip(mode)
     for kind, tasks in (("single-line", single), ("multi-line", multi)):
         limit = 5 if kind == "single-line" else 1

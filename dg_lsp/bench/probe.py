@@ -110,14 +110,15 @@ def install() -> None:
     def create_server(settings=None):
         ls = create(settings)
 
+        # pygls passes the server only to a first parameter named `ls` (or annotated with a resolvable type)
         @ls.feature(DOCUMENT_METHOD)
-        def debug_document(ls_: server.DgServer, params: Any) -> dict[str, Any] | None:
-            uri = params.uri if hasattr(params, "uri") else (params or {}).get("uri")
-            doc = ls_.workspace.text_documents.get(unquote(uri)) if isinstance(uri, str) else None
+        def debug_document(ls: server.DgServer, params: Any) -> dict[str, Any] | None:
+            uri = getattr(params, "uri", None) if not isinstance(params, dict) else params.get("uri")
+            doc = ls.workspace.text_documents.get(unquote(uri)) if isinstance(uri, str) else None
             return None if doc is None else {"text": doc.source, "version": doc.version}
 
         @ls.feature(MEMORY_METHOD)
-        def debug_memory(ls_: server.DgServer, params: Any) -> dict[str, int]:
+        def debug_memory(ls: server.DgServer, params: Any) -> dict[str, int]:
             return {**_proc_status(), **_cuda_memory()}
 
         return ls
