@@ -79,6 +79,8 @@ class DiffusionEngine:
         self.format = choose_format(tokenizer, settings.prompt_format)
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
         self._caches: OrderedDict[str, _CachedPrompt] = OrderedDict()
+        # A one-line job is over once a newline is committed after the first position: what follows is dropped.
+        self.newline_ids = tuple(i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
 
     # ------------------------------------------------------------------ Engine protocol
     def count_tokens(self, text: str) -> int:
@@ -191,7 +193,8 @@ class DiffusionEngine:
             result = denoise(lambda x, sc: decoder_logits(self.model, x, batched, sc), canvas, pinned,
                              self.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
                              self._drafts(job.on_draft, prefix=tokens[0]), greedy_rows=self._greedy_rows(n),
-                             stop_ids=tuple(self.eos_ids))
+                             stop_ids=tuple(self.eos_ids),
+                             late_stop_ids=self.newline_ids if job.kind == "line" else ())
             stats.steps += result.steps
             stats.decoder_ms += result.step_ms
             free = canvas_len - len(tail)

@@ -102,9 +102,11 @@ def accept_mask(token_entropy: torch.Tensor, free: torch.Tensor, bound: float) -
     return torch.zeros_like(chosen).scatter(-1, order, chosen)
 
 
-def _ended(x: torch.Tensor, committed: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
-    """[B] rows whose canvas holds a committed stop token with everything before it committed."""
-    is_stop = committed & torch.isin(x, stop)
+def _ended(x: torch.Tensor, committed: torch.Tensor, stop: torch.Tensor, late_stop: torch.Tensor) -> torch.Tensor:
+    """[B] rows whose canvas holds a committed stop token with everything before it committed. `late_stop` ids
+    (newlines, for a one-line job) end a row only after its first position, so a leading newline does not."""
+    late = torch.isin(x, late_stop) & (torch.arange(x.shape[1], device=x.device) > 0)
+    is_stop = committed & (torch.isin(x, stop) | late)
     first = torch.where(is_stop.any(-1), is_stop.float().argmax(-1), torch.full_like(x[:, 0], x.shape[1]))
     before = torch.arange(x.shape[1], device=x.device)[None] < first[:, None]
     return is_stop.any(-1) & (committed | ~before).all(-1)
@@ -126,12 +128,14 @@ def denoise(
     on_step: Callable[[torch.Tensor], None] | None = None,
     greedy_rows: torch.Tensor | None = None,
     stop_ids: tuple[int, ...] = (),
+    late_stop_ids: tuple[int, ...] = (),
 ) -> DenoiseResult:
     """Refine `canvas` [B, C] (pinned positions hold their tokens, free ones start as given, e.g. noise).
     `greedy_rows` [B] bool overrides `cfg.greedy` per row: candidate 0 stays greedy while the others sample."""
     x = canvas.clone()
     committed = pinned.clone()
     stop = torch.tensor(stop_ids, dtype=torch.long, device=canvas.device)
+    late_stop = torch.tensor(late_stop_ids, dtype=torch.long, device=canvas.device)
     sc: torch.Tensor | None = None
     argmax = prev = None
     stable, step_ms = 0, []
@@ -168,7 +172,9 @@ def denoise(
         if on_step is not None:
             on_step(argmax)
         if cfg.freeze_accepted:
-            if bool(committed.all()) or (len(stop_ids) and bool(_ended(x, committed, stop).all())):
+            if bool(committed.all()) or (
+                (stop_ids or late_stop_ids) and bool(_ended(x, committed, stop, late_stop).all())
+            ):
                 break
             continue
         stable = stable + 1 if prev is not None and torch.equal(argmax, prev) else 0
