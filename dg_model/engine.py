@@ -202,14 +202,16 @@ class DiffusionEngine:
                 row, lp = result.tokens[i, :free].tolist(), result.logprobs[i, :free].tolist()
                 if not done[i]:
                     cut = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
+                    if job.kind == "line":  # what follows the line break is dropped, so it is not output either
+                        cut = next((j + 1 for j, t in enumerate(row[:cut]) if j > 0 and t in self.newline_ids), cut)
                     tokens[i] += row[:cut]
                     logprobs[i] += lp[: (cut + 1) if cut is not None else None]
                     done[i] = cut is not None or bool(tail)
-            stats.new_tokens += sum(1 for t in result.tokens[0, :free].tolist() if t not in self.eos_ids)
             if job.kind == "line" and "\n" in self.tokenizer.decode(tokens[0]).lstrip("\n"):
                 break
             if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
                 encode(self.model, result.tokens, batched, batched.get_seq_length())
+        stats.new_tokens = len(tokens[0][: job.max_tokens])
         return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
 
     def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
@@ -222,6 +224,7 @@ class DiffusionEngine:
             if job.cancel is not None and job.cancel.is_set():
                 raise Cancelled()
             t0 = time.perf_counter()
+            stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
             logp = torch.log_softmax(lm_logits(self.model, hidden[:, -1]), -1)[0]
             token = int(logp.argmax())
             if token in eos:
@@ -231,12 +234,10 @@ class DiffusionEngine:
             if job.kind == "line" and "\n" in self.tokenizer.decode(out).lstrip("\n"):
                 break
             hidden = encode(self.model, torch.tensor([[token]], device=self.device), cache, cache.get_seq_length())
-            stats.steps += 1
             stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
             if job.on_draft is not None:
                 job.on_draft(self.tokenizer.decode(out))
         stats.new_tokens = len(out)
-        stats.steps = max(stats.steps, 1)
         return [self.tokenizer.decode(out)], [_mean(logprobs)]
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
