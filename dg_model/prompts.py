@@ -71,9 +71,10 @@ def build_prompt(
                 f"{CURSOR}, no explanation, no code fences.\n```\n{body}\n```",
             }
         ]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
-        return Prompt(list(ids)[-max_tokens:], [])
+        # Render then encode: the template already holds the special tokens, and the return type of
+        # apply_chat_template(tokenize=True) differs between transformers versions.
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return Prompt(tokenizer.encode(text, add_special_tokens=False)[-max_tokens:], [])
     if fmt == "pinned-suffix":
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         prefix_ids = encode(prefix[-max_tokens * 6 :])[-(max_tokens - len(bos)) :]

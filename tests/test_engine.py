@@ -119,3 +119,24 @@ def test_embedded_model_settles_a_canvas_in_few_forwards():
     assert result.candidates and result.candidates[0].text.split("\n")[0].strip(), "the embedded model produced nothing"
     # A whole 64-token canvas settles in a handful of forwards: parallel decoding with an adaptive stop.
     assert result.stats.steps <= engine.settings.sampler.max_steps < engine.settings.block_canvas // 4
+
+
+def test_chat_format_for_checkpoints_without_fim_tokens(tiny):
+    from dg_model.prompts import CURSOR, build_prompt, choose_format, clean_answer
+
+    model, tok = tiny
+    chat_tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                       pad_token="<pad>")
+    chat_tok.chat_template = (
+        "{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}model\n{% endif %}"
+    )
+    assert choose_format(chat_tok, None) == "fim-spm"  # FIM tokens win when present
+    prompt = build_prompt(chat_tok, "chat", PREFIX, SUFFIX, 512)
+    text = chat_tok.decode(prompt.ids)
+    assert CURSOR in text and "return " in text and "print(read('x'))" in text and text.endswith("model\n")
+    assert clean_answer("```python\nfh.read()\n```\nThis reads the file.", "chat") == "fh.read()"
+    assert clean_answer("fh.read()", "fim-spm") == "fh.read()"
+    engine = DiffusionEngine(model, chat_tok, EngineSettings(prompt_format="chat", sampler=SamplerConfig(max_steps=2)),
+                             name="tiny-chat")
+    assert engine.infill(InfillJob(PREFIX, SUFFIX)).stats.prompt_tokens == len(prompt.ids)
