@@ -40,7 +40,7 @@ class Subcommand(NamedTuple):
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
-SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd", "dg_lsp.bench")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from lsprotocol import types
 from dg_model.api import Engine, InfillJob, JobResult, RewriteJob
 
 from . import languages
-from .engines import load_engine, model_label
+from .engines import FAKE_PREFIX, load_engine, model_label
 
 if TYPE_CHECKING:
     from .server import DgServer
@@ -69,8 +69,10 @@ class FallbackEngine:
 
 
 def applies(settings: Settings) -> bool:
-    """Whether there is something to fall back to: not when the fallback itself is what failed."""
-    return settings.engine_key != TARGET
+    """Whether there is something to fall back to: not when the fallback itself is what failed, and never from a
+    test engine (`fake:`) to a real model, which would make server tests slow and their failures hide."""
+    model, target = settings.model or "", TARGET[0] or ""
+    return settings.engine_key != TARGET and (not model.startswith(FAKE_PREFIX) or target.startswith(FAKE_PREFIX))
 
 
 def _first_line(text: str, limit: int = 300) -> str:

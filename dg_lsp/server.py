@@ -16,14 +16,14 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import FeatureRequestError, JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.workspace import TextDocument
 
 from dg_model.api import Cancelled, EngineError
 
-from . import convert, pipeline
+from . import convert, fallback, pipeline
 from .engines import model_label
 from .jobs import Job, JobRunner, ModelNotReady
 from .postprocess import Edit
@@ -44,6 +44,21 @@ class _Shared:
     waiters: int = 0
 
 
+def _check_message(data: dict[str, Any], respond: Callable[..., Any]) -> None:
+    """Reject what lsprotocol would accept wrongly: a notification method sent as a request (never answered), and
+    a didChange whose text is not a string (lsprotocol turns null into "None" and corrupts the document)."""
+    method = data["method"]
+    types_for = types.METHOD_TO_TYPES.get(method)
+    if "id" in data and types_for is not None and types_for[0].__name__.endswith("Notification"):
+        error = JsonRpcInvalidRequest(f"{method} is a notification; it must not carry an id")
+        respond(data["id"], error=error.to_response_error())
+        raise error
+    if method == types.TEXT_DOCUMENT_DID_CHANGE:
+        changes = (data.get("params") or {}).get("contentChanges") if isinstance(data.get("params"), dict) else None
+        if isinstance(changes, list) and any(not isinstance(c, dict) or not isinstance(c.get("text"), str) for c in changes):
+            raise JsonRpcInvalidParams("didChange: every contentChanges[i].text must be a string")
+
+
 class DgProtocol(LanguageServerProtocol):
     """pygls' protocol with LSP-correct incremental sync.
 
@@ -55,6 +70,8 @@ class DgProtocol(LanguageServerProtocol):
 
     def structure_message(self, data: dict[str, Any]):
         """pygls drops a request whose params do not deserialize without answering it; JSON-RPC wants an error."""
+        if "jsonrpc" in data and isinstance(data.get("method"), str):
+            _check_message(data, self._send_response)
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -63,6 +80,16 @@ class DgProtocol(LanguageServerProtocol):
                 message = f"invalid params for {data['method']}: {cause}".splitlines()[0]
                 self._send_response(data["id"], error=JsonRpcInvalidParams(message).to_response_error())
             raise
+
+    def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None):
+        # pygls 2.1 files a future for every message, notifications included, under a fresh id and never removes
+        # it: ~1.6 KB leaked per keystroke. Drop it once the handler is done.
+        def done(future, _callback=callback):
+            if self._request_futures.get(msg_id) is future:
+                del self._request_futures[msg_id]
+            _callback(future)
+
+        super()._execute_handler(msg_id, handler, done, args, kwargs)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
     def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
@@ -253,6 +280,9 @@ class DgServer(LanguageServer):
         except EngineError as exc:
             log.error("%s: engine error: %s", key, exc)
             self.log_message(f"dg-lsp: model error: {exc}", types.MessageType.Error)
+        except Exception as exc:  # noqa: BLE001 - CUDA OOM falls back; anything else stays the request's error
+            if not fallback.handle_job_error(self, exc):
+                raise
         return None
 
     def _job_done(self, share_key: tuple | None, shared: _Shared, result: asyncio.Future) -> None:
@@ -298,6 +328,6 @@ def create_server(settings: Settings | None = None) -> DgServer:
     from .features import completion, inline, lifecycle, rewrite
 
     server = DgServer(settings)
-    for feature in (lifecycle, inline, completion, rewrite):
+    for feature in (lifecycle, inline, completion, rewrite, fallback):
         feature.register(server)
     return server

@@ -73,10 +73,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_gpu(args: argparse.Namespace, out: Path) -> int:
+    """`python -m dg_model.bench_gpu` in its own process (it owns the GPU), then its chart."""
     extra = list(args.gpu_args)
     if "--out" not in extra:
         extra += ["--out", str(out / "bench_gpu.json")]
-    return subprocess.call([sys.executable, "-m", "dg_model.bench_gpu", *extra])
+    code = subprocess.call([sys.executable, "-m", "dg_model.bench_gpu", *extra])
+    result = Path(extra[extra.index("--out") + 1])
+    if code == 0 and result.is_file():
+        import json
+
+        from . import chart
+
+        chart.gpu(json.loads(result.read_text()), result.with_suffix(".png"))
+    return code
 
 
 def _registries() -> list:

@@ -81,6 +81,7 @@ def memory(r: dict[str, Any], path: Path) -> bool:
     m = r["rss_mib"]
     ax1.axhline(_num(m["idle"]), linestyle="--", color="tab:gray", label=f"idle {_num(m['idle']):.0f} MiB")
     ax1.set(xlabel="s", ylabel="MiB", title=f"server RSS during {r['load']['keystrokes']} keystrokes")
+    ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
     bars = {"before model": m["before_model"], "idle": m["idle"], "load max": m["load"]["max"],
             "after load": m["after_load"], "peak (HWM)": m["peak_hwm"]}
@@ -105,7 +106,7 @@ def speed(r: dict[str, Any], path: Path) -> bool:
                ("mean_steps", "forwards per task"), ("pass_at_1", "pass@1")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2))
     width = 0.38
-    for ax, (key, label) in zip(axes, metrics):
+    for ax, (key, label) in zip(axes, metrics, strict=True):
         for j, mode in enumerate(("diffusion", "ar")):
             vals = [_num(r["kinds"][k][mode].get(key)) for k in kinds]
             xs = [i + (j - 0.5) * width for i in range(len(kinds))]
@@ -116,6 +117,33 @@ def speed(r: dict[str, Any], path: Path) -> bool:
     ratios = ", ".join(f"{k}: {_num(r['kinds'][k]['ratio']['tok_per_s']):.2f}x tok/s, "
                        f"{_num(r['kinds'][k]['ratio']['task_latency']):.2f}x per task" for k in kinds)
     fig.suptitle(f"diffusion vs AR, {r['model']} on {r['device']}: {ratios}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def gpu(r: dict[str, Any], path: Path) -> bool:
+    """`dg_model.bench_gpu` results: decoder step time per canvas and the projected tokens/s."""
+    plt = _plt()
+    if plt is None:
+        return _skip(path)
+    canvases = list(r["steps"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.bar(canvases, [_num(r["steps"][c]["step_ms"]) for c in canvases], color="tab:blue")
+    prefill = _num(r.get("prefill_ms"))
+    ax1.set(xlabel="canvas (tokens)", ylabel="decoder step (ms, median)", title=f"prefill {prefill:.0f} ms")
+    width = 0.38
+    for j, k in enumerate(("15", "20")):
+        xs = [i + (j - 0.5) * width for i in range(len(canvases))]
+        ax2.bar(xs, [_num(r["steps"][c]["tok_per_s"].get(k)) for c in canvases], width, label=f"{k} tokens/forward")
+    ax2.set_xticks(range(len(canvases)), canvases)
+    ax2.set(xlabel="canvas (tokens)", ylabel="projected tokens/s", title="projected decode speed")
+    ax2.legend(fontsize=8, loc="lower right")
+    peak = (r.get("memory_after_steps") or {}).get("peak_gib")
+    vram = f", VRAM peak {peak:.1f} GiB" if peak else ""
+    fig.suptitle(f"{r['config']} on {r['device']}: experts {r['expert_bits']}-bit, dense {r['dense_bits']}-bit{vram}",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -37,7 +37,7 @@ class LatencyConfig:
     file: str | None = None  # default: textwrap.py from the stdlib
     region: str = "auto"  # "auto" | "START-END" (1-based lines, inclusive)
     chars: int = 300  # type at most this many characters of the region
-    keystroke_ms: float = 60.0  # between keystrokes (~170 characters per minute... per second: 16)
+    keystroke_ms: float = 60.0  # between keystrokes: ~16 characters per second, a fast typist
     pause: str = "token"  # "token": after each token boundary; "N": every N characters
     pause_ms: float = 150.0  # think time after an answer at a pause
     every_keystroke: bool = True  # request at every keystroke (VS Code), not only at pauses
@@ -205,7 +205,7 @@ async def _first_request(server: Server, doc: Document, timeout: float) -> float
     msg_id, first = server.inline(doc, automatic=False)
     try:
         await asyncio.wait_for(asyncio.shield(first), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         server.cancel(msg_id)
         return None
     return (time.perf_counter() - t0) * 1000
@@ -240,7 +240,7 @@ async def _type(server: Server, doc: Document, typed: str, cfg: LatencyConfig):
                 sample.latency_ms = (time.perf_counter() - sample.sent) * 1000
                 sample.items = len(result.items) if result is not None else 0
                 sample.outcome = "items" if sample.items else "empty"
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 sample.outcome = "timeout"
                 server.cancel(msg_id)
             except Exception:  # noqa: BLE001 - an error answer is an outcome to count
@@ -269,7 +269,7 @@ async def _collect(samples: list[tuple[Sample, asyncio.Future]], timeout: float)
             sample.outcome = "items" if sample.items else "empty"
         except JsonRpcRequestCancelled:
             sample.outcome = "cancelled"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             sample.outcome = "timeout"
         except Exception:  # noqa: BLE001
             sample.outcome = "error"
@@ -289,7 +289,7 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
     done = [r for r in jobs if r.get("outcome") == "done"]
     prompt = [float(r.get("prompt_tokens", 0)) for r in done]
     reused = [float(r.get("reused_tokens", 0)) for r in done]
-    reencoded = [p - r for p, r in zip(prompt, reused)]
+    reencoded = [p - r for p, r in zip(prompt, reused, strict=True)]
     per_step = [ms for r in done for ms in r.get("decoder_ms", [])]
     tokens = {
         "full_encode_mean": summary(prompt)["mean"],
@@ -301,10 +301,11 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
     }
     return {
         "bench": "latency",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()},
         "server": {"model": spec.model or "embedded", "device": spec.device, "quantize": spec.quantize,
-                   "probe": spec.probe, "status": status, "load_s": load_s, "rss_bytes_at_end": memory.get("rss_bytes")},
+                   "probe": spec.probe, "status": status, "load_s": load_s,
+                   "rss_bytes_at_end": memory.get("rss_bytes")},
         "config": asdict(cfg),
         "file": str(path),
         "region": {"start_line": source.count("\n", 0, start) + 1, "chars": len(typed)},

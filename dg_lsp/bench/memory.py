@@ -59,7 +59,7 @@ async def _sample(server: Server, every_s: float, out: list[tuple[float, int]], 
             out.append((time.monotonic() - t0, rss))
         try:
             await asyncio.wait_for(stop.wait(), every_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -135,7 +135,7 @@ async def run(cfg: MemoryConfig, spec: ServerSpec, log_file: Path) -> dict[str, 
     cuda_peak = max([*cuda_peaks, result["debug_memory"].get("cuda_peak_bytes", 0)] or [0])
     return {
         "bench": "memory",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "server": {"model": spec.model or "embedded", "device": spec.device, "quantize": spec.quantize,
                    "status": status, "load_s": result["load_s"]},
@@ -153,6 +153,8 @@ async def run(cfg: MemoryConfig, spec: ServerSpec, log_file: Path) -> dict[str, 
         },
         "cuda": {"peak_allocated_mib": cuda_peak / MIB if cuda_peak else None,
                  "reserved_mib": result["debug_memory"].get("cuda_reserved_bytes", 0) / MIB or None},
+        # left in the server after the load; request_futures grows by one per notification while pygls leaks them
+        "server_tables": {k: v for k, v in result["debug_memory"].items() if not k.endswith("bytes")},
         "engine_jobs": {"jobs": len(log.stats), "done": sum(1 for r in log.stats if r.get("outcome") == "done"),
                         "cancelled": sum(1 for r in log.stats if r.get("outcome") == "cancelled")},
         "timeline": [[round(t, 3), round(rss / MIB, 2)] for t, rss in samples],
@@ -167,6 +169,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"(growth {m['growth_idle_to_after']:+.1f} MiB), peak (VmHWM) {m['peak_hwm']:.0f} MiB")
     if r["cuda"]["peak_allocated_mib"]:
         print(f"  CUDA peak allocated {r['cuda']['peak_allocated_mib']:.0f} MiB")
+    if r["server_tables"]:
+        print(f"  after the load: {r['server_tables']}")
     print(f"  load: {r['load']}")
 
 

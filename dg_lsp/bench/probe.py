@@ -7,7 +7,7 @@ Everything the server does is unchanged (same `cli.main`, handlers, job runner a
   tokens re-encoded per keystroke without the server having to expose `JobStats`;
 - `dg/debug/document` `{uri}` -> `{text, version}` | null: the server's copy of an open document, so the hardening
   fuzz can check that incremental sync kept it equal to the client's;
-- `dg/debug/memory` `{}` -> `{rss_bytes, hwm_bytes, cuda_allocated_bytes?, cuda_peak_bytes?, cuda_reserved_bytes?}`.
+- `dg/debug/memory` `{}` -> `{rss_bytes, hwm_bytes, cuda_*_bytes?, request_futures, documents, cached_answers}`.
 
 pygls' per-message DEBUG logging is kept at WARNING, so `--log-level debug` (needed for the job runner's
 "superseded" lines) does not log every didChange body.
@@ -119,7 +119,13 @@ def install() -> None:
 
         @ls.feature(MEMORY_METHOD)
         def debug_memory(ls: server.DgServer, params: Any) -> dict[str, int]:
-            return {**_proc_status(), **_cuda_memory()}
+            # what grows when something leaks: pygls' table of handler futures, open documents, cached answers
+            tables = {
+                "request_futures": len(ls.protocol._request_futures),
+                "documents": len(ls.workspace.text_documents),
+                "cached_answers": len(getattr(ls, "_cache", ())),
+            }
+            return {**_proc_status(), **_cuda_memory(), **tables}
 
         return ls
 

@@ -141,16 +141,19 @@ class Server:
             ),
         )
         future = self.client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+        # Cancelled requests are answered with an error nobody may read: mark it retrieved (no asyncio warning).
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         return msg_id, future
 
     def cancel(self, msg_id: str) -> None:
         self.client.cancel_request(types.CancelParams(id=msg_id))
 
     async def debug_memory(self) -> dict[str, int]:
-        return dict(await self.client.protocol.send_request_async(MEMORY_METHOD, {}))
+        return _plain(await self.client.protocol.send_request_async(MEMORY_METHOD, {}))
 
     async def debug_document(self, uri: str) -> dict[str, Any] | None:
-        return await self.client.protocol.send_request_async(DOCUMENT_METHOD, {"uri": uri})
+        result = await self.client.protocol.send_request_async(DOCUMENT_METHOD, {"uri": uri})
+        return None if result is None else _plain(result)
 
     def proc_memory(self) -> dict[str, int]:
         return proc_memory(self.pid)
@@ -162,7 +165,7 @@ class Server:
                 await asyncio.wait_for(self.client.shutdown_async(None), timeout)
                 self.client.exit(None)
                 await asyncio.wait_for(proc.wait(), timeout)
-        except (asyncio.TimeoutError, RuntimeError, ConnectionError):
+        except (TimeoutError, RuntimeError, ConnectionError):
             pass
         finally:
             if proc is not None and proc.returncode is None:
@@ -172,6 +175,11 @@ class Server:
             if self._stderr_task is not None:
                 self._stderr_task.cancel()
         return proc.returncode if proc is not None else None
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """pygls hands results of non-LSP methods over as namedtuples."""
+    return obj._asdict() if hasattr(obj, "_asdict") else dict(obj)
 
 
 async def _drain(stream: asyncio.StreamReader | None) -> None:
@@ -263,6 +271,9 @@ class LogSummary:
     errors: list[str]  # ERROR lines
 
 
+_CANCELLED = re.compile(r": (cancelled or superseded|document changed|cancelled at step \d+|cancelled while waiting)")
+
+
 def read_log(path: Path) -> LogSummary:
     probe, native, errors = [], [], []
     superseded = cancelled = 0
@@ -279,7 +290,7 @@ def read_log(path: Path) -> LogSummary:
             (probe if " dg_lsp.bench.probe: " in line else native).append(record)
         elif re.search(r"job for .* superseded", line):
             superseded += 1
-        elif re.search(r": (cancelled or superseded|document changed|cancelled at step \d+|cancelled while waiting)", line):
+        elif _CANCELLED.search(line):
             cancelled += 1
         elif " ERROR " in line:
             errors.append(line)

@@ -7,7 +7,7 @@ holds two copies), on the same seeded subset, each after one warm-up job, and co
 - new tokens per second of engine time (sum of `JobStats.new_tokens` / sum of `JobStats.total_ms`), and the same for
   the tokens that ended up in the inserted text (`used_tokens`, what the user sees);
 - tokens per forward and forwards (decoder steps for diffusion, encoder forwards for AR) per task;
-- time per task (p50 of the wall clock around `engine.infill`) and pass@1.
+- time per task (p50 and mean of the wall clock around `engine.infill`) and pass@1.
 
 Printed: the speed ratio (diffusion / AR tokens per second, and AR / diffusion time per task). Reference claims: "up to
 4x" (Google), ~5x at batch 1 (vLLM, H100); the goal is >= 4x at equal or better pass@1.
@@ -21,8 +21,9 @@ import gc
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MODES = ("diffusion", "ar")
 ROW_KEYS = ("latency_ms", "new_tokens", "used_tokens", "steps", "passed", "engine_total_ms")
@@ -30,7 +31,8 @@ ROW_KEYS = ("latency_ms", "new_tokens", "used_tokens", "steps", "passed", "engin
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", nargs="+", default=["single-line", "multi-line"], choices=["single-line", "multi-line"])
-    p.add_argument("--limit", type=int, default=40, help="tasks per kind, a seeded subset (default 40)")
+    p.add_argument("--limit", type=int, nargs="+", default=[40], metavar="N",
+                   help="tasks per kind, a seeded subset: one N for every kind or one per --kinds (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="test programs run in parallel")
     p.add_argument("--max-tokens", type=int, default=None, help="generation budget per task (default: humaneval's)")
@@ -58,11 +60,14 @@ def _free() -> None:
 def _mode_summary(report: dict[str, Any]) -> dict[str, Any]:
     rows = [r for r in report["results"] if "engine_error" not in r]
     engine_s = sum(r["engine_total_ms"] for r in rows) / 1000
+    forwards = sum(r["steps"] for r in rows)
     keep = {k: v for k, v in report.items() if k != "results"}
     return keep | {
         "tok_per_s": sum(r["new_tokens"] for r in rows) / engine_s if engine_s else 0.0,
+        "ms_per_forward": 1000 * engine_s / forwards if forwards else 0.0,  # engine time (encode included) / forwards
         "used_tok_per_s": sum(r["used_tokens"] for r in rows) / engine_s if engine_s else 0.0,
         "task_latency_p50_ms": report["latency_ms"]["p50"],
+        "task_latency_mean_ms": report["latency_ms"]["mean"],
         "rows": {k: [r.get(k) for r in report["results"]] for k in ROW_KEYS},
     }
 
@@ -75,6 +80,7 @@ def _ratio(d: dict[str, Any], a: dict[str, Any]) -> dict[str, float]:
         "tok_per_s": div(d["tok_per_s"], a["tok_per_s"]),
         "used_tok_per_s": div(d["used_tok_per_s"], a["used_tok_per_s"]),
         "task_latency": div(a["task_latency_p50_ms"], d["task_latency_p50_ms"]),  # > 1: diffusion is faster
+        "task_latency_mean": div(a["task_latency_mean_ms"], d["task_latency_mean_ms"]),
         "pass_at_1_delta": d["pass_at_1"] - a["pass_at_1"],
     }
 
@@ -84,6 +90,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
 
     model, device, quantize = args.model, args.device, args.quantize
     tasks = {kind: humaneval.build_tasks(kind) for kind in args.kinds}
+    per_kind = args.limit if len(args.limit) == len(args.kinds) else args.limit[:1] * len(args.kinds)
+    limits = dict(zip(args.kinds, per_kind, strict=True))
     per_mode: dict[str, dict[str, Any]] = {}
     engine_info: dict[str, Any] = {}
     for mode in MODES:
@@ -94,8 +102,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         _warm_up(engine)
         per_mode[mode] = {}
         for kind in args.kinds:
-            say(f"speed: {mode} {kind}, {args.limit} tasks")
-            report = humaneval.run_tasks(engine, tasks[kind], kind, limit=args.limit, seed=args.seed,
+            say(f"speed: {mode} {kind}, {limits[kind]} tasks")
+            report = humaneval.run_tasks(engine, tasks[kind], kind, limit=limits[kind], seed=args.seed,
                                          workers=args.workers, max_tokens=args.max_tokens,
                                          doc_key=f"bench-speed-{mode}", progress=lambda m: say(f"  {m}"))
             per_mode[mode][kind] = _mode_summary(report) | {"load_s": load_s}
@@ -108,30 +116,32 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     }
     return {
         "bench": "speed",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "model": engine_info.get("name", model or "embedded"),
         "device": engine_info.get("device", device),
         "quantize": quantize,
-        "limit": args.limit,
+        "limit": limits,
         "seed": args.seed,
         "kinds": kinds,
     }
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"speed: {r['model']} on {r['device']} ({r['limit']} tasks per kind, seed {r['seed']})")
-    print(f"{'kind':<12} {'mode':<10} {'tok/s':>8} {'used/s':>8} {'tok/fwd':>8} {'fwd/task':>9} {'p50 ms':>8} "
-          f"{'pass@1':>7}")
+    print(f"speed: {r['model']} on {r['device']} (tasks per kind {r['limit']}, seed {r['seed']})")
+    print(f"{'kind':<12} {'mode':<10} {'tok/s':>8} {'used/s':>8} {'tok/fwd':>8} {'fwd/task':>9} {'ms/fwd':>7} "
+          f"{'p50 ms':>8} {'pass@1':>7}")
     for kind, k in r["kinds"].items():
         for mode in MODES:
             m = k[mode]
             print(f"{kind:<12} {mode:<10} {m['tok_per_s']:>8.1f} {m['used_tok_per_s']:>8.1f} "
-                  f"{m['tokens_per_forward']:>8.2f} {m['mean_steps']:>9.1f} {m['task_latency_p50_ms']:>8.0f} "
+                  f"{m['tokens_per_forward']:>8.2f} {m['mean_steps']:>9.1f} {m['ms_per_forward']:>7.1f} "
+                  f"{m['task_latency_p50_ms']:>8.0f} "
                   f"{m['pass_at_1']:>7.3f}")
         q = k["ratio"]
         print(f"{kind:<12} speed ratio diffusion/AR: {q['tok_per_s']:.2f}x tokens/s, {q['used_tok_per_s']:.2f}x used "
-              f"tokens/s, {q['task_latency']:.2f}x per task (p50); pass@1 {q['pass_at_1_delta']:+.3f}")
+              f"tokens/s, {q['task_latency']:.2f}x per task (p50), {q['task_latency_mean']:.2f}x (mean); "
+              f"pass@1 {q['pass_at_1_delta']:+.3f}")
 
 
 def main(args: argparse.Namespace, out: Path) -> int:

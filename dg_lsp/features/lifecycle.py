@@ -27,6 +27,7 @@ from pygls.capabilities import get_capability
 
 from dg_model.api import EngineError
 
+from .. import fallback
 from ..engines import load_engine, model_label
 from ..server import DgServer
 from ..settings import SECTION, parse_settings
@@ -129,6 +130,8 @@ async def load_model(ls: DgServer) -> None:
     except Exception as exc:  # noqa: BLE001 - torch/transformers/OS failures of every kind mean "model unavailable"
         log.exception("loading %s failed", label)
         error = f"{type(exc).__name__}: {exc}"
+    if engine is None and generation == ls.load_generation:
+        engine, error = await fallback.recover(ls, settings, error)
     elapsed = time.monotonic() - started
     if generation != ls.load_generation:  # settings changed while loading; the newer load reports
         _end_progress(ls, token, "superseded")
