@@ -40,6 +40,17 @@ class Subcommand(NamedTuple):
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def registries() -> list:
+    """Modules whose SUBCOMMANDS a plug-in must fill: `python -m dg_lsp.cli` runs this file as `__main__`, a second
+    module object next to `dg_lsp.cli`, so registering in one alone would miss the other."""
+    this = sys.modules.get("dg_lsp.cli")
+    main = sys.modules.get("__main__")
+    out = [m for m in (this,) if m is not None]
+    if main is not None and main is not this and getattr(getattr(main, "__spec__", None), "name", None) == "dg_lsp.cli":
+        out.append(main)
+    return out
 SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd", "dg_lsp.bench")
 
 

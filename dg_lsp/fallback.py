@@ -21,12 +21,10 @@ Hooks (the server calls these; nothing here patches the server):
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import sys
 import threading
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -35,6 +33,7 @@ from dg_model.api import Engine, InfillJob, JobResult, RewriteJob
 
 from . import languages
 from .engines import FAKE_PREFIX, load_engine, model_label
+from .jobs import in_daemon_thread
 
 if TYPE_CHECKING:
     from .server import DgServer
@@ -80,19 +79,6 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _in_thread(fn: Any, *args: Any) -> asyncio.Future:
-    """A daemon thread, like the server's loader: a slow load never delays exit."""
-    future: Future = Future()
-
-    def target() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            future.set_exception(exc)
-
-    threading.Thread(target=target, name="dg-fallback", daemon=True).start()
-    return asyncio.wrap_future(future)
-
 
 # ------------------------------------------------------------------------------------------------ failed load
 
@@ -107,7 +93,7 @@ async def recover(ls: DgServer, settings: Settings, error: str | None) -> tuple[
     log.error("model %s failed to load (%s); falling back to the embedded model on the CPU", label, why)
     ls.set_status("loading", message=f"{label} failed to load; loading the embedded model on the CPU")
     try:
-        engine = await _in_thread(load_engine, *TARGET)
+        engine = await in_daemon_thread(load_engine, *TARGET, name="dg-fallback")
     except Exception as exc:  # noqa: BLE001 - any failure here means "no fallback either"
         log.error("the fallback model failed to load too: %s: %s", type(exc).__name__, exc)
         return None, error

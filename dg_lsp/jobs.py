@@ -11,6 +11,7 @@ Nothing here knows about LSP, so it is tested with plain threads and a fake engi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -163,3 +164,17 @@ class JobRunner:
             if job.cancel.is_set() or self._closed:
                 raise Cancelled("cancelled while waiting for the model")
             raise ModelNotReady(self._error or "the model is still loading")
+
+
+def in_daemon_thread(fn: Callable[..., Any], *args: Any, name: str = "dg-load") -> asyncio.Future:
+    """Run `fn` on a daemon thread: unlike the loop's executor, it never delays exit while a model loads."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return asyncio.wrap_future(future)

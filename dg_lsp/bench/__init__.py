@@ -88,15 +88,5 @@ def run_gpu(args: argparse.Namespace, out: Path) -> int:
     return code
 
 
-def _registries() -> list:
-    # `python -m dg_lsp.cli` runs the CLI as `__main__`, a second module object next to `dg_lsp.cli`: register in both.
-    out = [cli]
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if main is not None and main is not cli and getattr(spec, "name", None) == "dg_lsp.cli":
-        out.append(main)
-    return out
-
-
-for _module in _registries():
+for _module in cli.registries():
     _module.SUBCOMMANDS["bench"] = _module.Subcommand(add_arguments, run, "benchmarks: latency, speed, memory, gpu")

@@ -19,8 +19,7 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from lsprotocol import types
 from pygls.capabilities import get_capability
@@ -29,6 +28,7 @@ from dg_model.api import EngineError
 
 from .. import fallback
 from ..engines import load_engine, model_label
+from ..jobs import in_daemon_thread
 from ..server import DgServer
 from ..settings import SECTION, parse_settings
 
@@ -124,7 +124,7 @@ async def load_model(ls: DgServer) -> None:
     started = time.monotonic()
     engine, error = None, None
     try:
-        engine = await _in_thread(load_engine, settings.model, settings.device, settings.quantize)
+        engine = await in_daemon_thread(load_engine, settings.model, settings.device, settings.quantize)
     except EngineError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - torch/transformers/OS failures of every kind mean "model unavailable"
@@ -149,19 +149,6 @@ async def load_model(ls: DgServer) -> None:
         ls.show_message(f"dg-lsp: could not load model {label}: {error}", types.MessageType.Error)
     _end_progress(ls, token, "ready" if engine is not None else "failed")
 
-
-def _in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-    """Run `fn` on a daemon thread: unlike the loop's executor, it never delays exit while a model loads."""
-    future: Future = Future()
-
-    def target() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            future.set_exception(exc)
-
-    threading.Thread(target=target, name="dg-load", daemon=True).start()
-    return asyncio.wrap_future(future)
 
 
 async def _begin_progress(ls: DgServer, message: str) -> str | None:
