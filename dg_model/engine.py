@@ -201,7 +201,7 @@ class DiffusionEngine:
             for i in range(n):
                 row, lp = result.tokens[i, :free].tolist(), result.logprobs[i, :free].tolist()
                 if not done[i]:
-                    cut = next((j for j, t in enumerate(row) if t in self.eos_ids), None)
+                    cut = self._eos_at(row)
                     if job.kind == "line":  # what follows the line break is dropped, so it is not output either
                         cut = next((j + 1 for j, t in enumerate(row[:cut]) if j > 0 and t in self.newline_ids), cut)
                     tokens[i] += row[:cut]
@@ -243,10 +243,14 @@ class DiffusionEngine:
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []
         for row, lp in zip(tokens.tolist(), logprobs.tolist()):
-            cut = next((j for j, t in enumerate(row) if t in self.eos_ids), len(row))
+            cut = self._eos_at(row, default=len(row))
             texts.append(self.tokenizer.decode(row[:cut]))
             scores.append(_mean(lp[: cut + 1]))
         return texts, scores
+
+    def _eos_at(self, row: list[int], default: int | None = None) -> int | None:
+        """Index of the first EOS/pad in a canvas row: where the middle ends."""
+        return next((j for j, t in enumerate(row) if t in self.eos_ids), default)
 
     def _greedy_rows(self, n: int) -> torch.Tensor | None:
         if n == 1:
@@ -261,7 +265,7 @@ class DiffusionEngine:
 
         def emit(argmax: torch.Tensor) -> None:
             row = argmax[0].tolist()
-            cut = next((j for j, t in enumerate(row) if t in self.eos_ids), len(row))
+            cut = self._eos_at(row, default=len(row))
             on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
 
         return emit
