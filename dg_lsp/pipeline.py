@@ -72,6 +72,7 @@ def complete_at(
         doc_key=doc_key,
         seed=settings.seed,
         temperature=settings.temperature,
+        decoding=settings.decoding,
         cancel=cancel,
     )
     result = engine.infill(job)

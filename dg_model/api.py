@@ -35,6 +35,9 @@ class InfillJob:
     doc_key: str = ""  # stable per document (its URI): the engine keeps one prompt cache per key
     seed: int | None = None
     temperature: float | None = None  # None: the model's generation_config
+    # "diffusion": the denoising sampler; "ar": next-token decoding through the causal encoder of the same weights;
+    # "auto": what the model's engine settings recommend for this `kind` (measured per model, see dg_engine.json)
+    decoding: Literal["auto", "diffusion", "ar"] = "auto"
     cancel: threading.Event | None = None
     on_draft: Callable[[str], None] | None = None  # argmax text after each decoder step
 

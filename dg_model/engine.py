@@ -3,8 +3,9 @@
     job -> prompt ids (prompts.py) -> per-document KV cache, reused over the common prefix -> canvases denoised
     block by block (sampler.py) -> text up to EOS -> JobResult with stats
 
-The same object also decodes autoregressively through the causal encoder (`mode="ar"`): same weights, same prompt,
-same cache, the honest baseline for diffusion-vs-AR comparisons.
+The same object also decodes autoregressively through the causal encoder (`"ar"`): same weights, same prompt, same
+cache, the honest baseline for diffusion-vs-AR comparisons, and the better choice for some models and job kinds
+(`EngineSettings.decoding`, which a job's `decoding` or the engine's `mode` override).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
-
 from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
 from dg_model.prompts import build_prompt, choose_format, clean_answer
-from dg_model.sampler import SamplerConfig, decoder_logits, denoise, encode, entropy, lm_logits, noise_like
+from dg_model.forward import make_forward
+from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
+
+
+MODES = ("auto", "diffusion", "ar")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class EngineSettings:
     block_canvas: int = 64
     pinned_suffix_tokens: int = 8
     cached_documents: int = 4
+    forward: str = "auto"  # forward.FORWARDS: the lean path where it can run the model, else transformers'
+    # Decoding per job kind when neither the job nor the engine names one. Diffusion unless a model's measurements say
+    # otherwise: the embedded model's decoder is a weaker predictor than its causal encoder (model card).
+    decoding: dict[str, str] = field(default_factory=lambda: {"line": "diffusion", "block": "diffusion"})
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
@@ -49,7 +56,7 @@ class EngineSettings:
 @dataclass
 class _CachedPrompt:
     ids: list[int]
-    cache: DynamicCache
+    cache: object  # the Forward's cache type
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -60,24 +67,17 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def _expand(cache: DynamicCache, n: int, config) -> DynamicCache:
-    """A batch-n view of a batch-1 cache, for n candidates in one forward."""
-    out = DynamicCache(config=config)
-    for idx, layer in enumerate(cache.layers):
-        out.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), idx)
-    return out
-
-
 class DiffusionEngine:
-    def __init__(self, model, tokenizer, settings: EngineSettings, name: str, mode: str = "diffusion"):
-        if mode not in ("diffusion", "ar"):
-            raise EngineError(f"unknown decoding mode {mode!r}; use 'diffusion' or 'ar'")
+    def __init__(self, model, tokenizer, settings: EngineSettings, name: str, mode: str = "auto"):
+        if mode not in MODES or any(m not in MODES[1:] for m in settings.decoding.values()):
+            raise EngineError(f"unknown decoding mode {mode!r} or {settings.decoding}; use one of {', '.join(MODES)}")
         self.model, self.tokenizer, self.settings, self.name, self.mode = model, tokenizer, settings, name, mode
         self.device = str(next(model.parameters()).device)
         self.text_config = model.config.text_config
         self.vocab_size = self.text_config.vocab_size
         self.format = choose_format(tokenizer, settings.prompt_format)
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        self.fwd = make_forward(model, settings.forward)
         self._caches: OrderedDict[str, _CachedPrompt] = OrderedDict()
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
         self.newline_ids = tuple(i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
@@ -91,10 +91,11 @@ class DiffusionEngine:
         t0 = time.perf_counter()
         prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens,
                               job.context, self.settings.pinned_suffix_tokens)
-        stats = JobStats(mode=self.mode, prompt_tokens=len(prompt.ids))
+        mode = self.decoding_for(job)
+        stats = JobStats(mode=mode, prompt_tokens=len(prompt.ids))
         cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
         try:
-            if self.mode == "ar":
+            if mode == "ar":
                 texts, scores = self._ar(cache, last_hidden, len(prompt.ids), job, stats)
             else:
                 canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
@@ -121,15 +122,15 @@ class DiffusionEngine:
                                   + [self.tokenizer.pad_token_id] * (length - len(block_ids) - 1)])
             gen = torch.Generator().manual_seed(job.seed or 0)
             # The model's own uncertainty about the existing block picks what to re-noise, most uncertain first.
-            first = decoder_logits(self.model, start.to(self.device), cache, None)
+            first = self.fwd.decoder_logits(start.to(self.device), cache, None)
             stats.steps += 1
             k = max(1, round(job.renoise * length))
             worst = entropy(first[0]).topk(k).indices
             canvas = start.clone().to(self.device)
             canvas[0, worst] = noise_like(canvas[0, worst], self.vocab_size, gen)
             n = max(1, job.n)
-            batched = _expand(cache, n, self.text_config) if n > 1 else cache
-            result = denoise(lambda x, sc: decoder_logits(self.model, x, batched, sc), canvas.expand(n, -1).clone(),
+            batched = self.fwd.expand(cache, n) if n > 1 else cache
+            result = denoise(lambda x, sc: self.fwd.decoder_logits(x, batched, sc), canvas.expand(n, -1).clone(),
                              torch.zeros(n, length, dtype=torch.bool, device=self.device), self.vocab_size,
                              replace(self.settings.sampler, greedy=n == 1), gen, job.cancel,
                              self._drafts(job.on_draft), greedy_rows=self._greedy_rows(n))
@@ -142,19 +143,28 @@ class DiffusionEngine:
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
 
+    def decoding_for(self, job: InfillJob) -> str:
+        """The job's own choice, else the engine's, else the model's recommendation for the job's kind."""
+        for choice in (job.decoding, self.mode):
+            if choice != "auto":
+                if choice not in MODES:
+                    raise EngineError(f"unknown decoding mode {choice!r}; use one of {', '.join(MODES)}")
+                return choice
+        return self.settings.decoding.get(job.kind, "diffusion")
+
     # ------------------------------------------------------------------ prompt cache
-    def _prompt_cache(self, key: str, ids: list[int], stats: JobStats) -> tuple[DynamicCache, torch.Tensor]:
+    def _prompt_cache(self, key: str, ids: list[int], stats: JobStats):
         """Cache holding `ids`, re-encoding only what differs from this document's last prompt.
         Returns the final encoder state of the last prompt token (the AR mode's first prediction)."""
         entry = self._caches.pop(key, None) if key else None
         reuse = _common_prefix(entry.ids, ids) if entry else 0
         reuse = min(reuse, len(ids) - 1)  # always re-encode the last token: its state starts AR decoding
         if entry is None or reuse == 0:
-            entry, reuse = _CachedPrompt([], DynamicCache(config=self.text_config)), 0
+            entry, reuse = _CachedPrompt([], self.fwd.new_cache()), 0
         else:
             self._trim(entry.cache, reuse)
         t0 = time.perf_counter()
-        hidden = encode(self.model, torch.tensor([ids[reuse:]], device=self.device), entry.cache, reuse)
+        hidden = self.fwd.encode(torch.tensor([ids[reuse:]], device=self.device), entry.cache, reuse)
         stats.encode_ms = (time.perf_counter() - t0) * 1e3
         stats.reused_tokens = reuse
         entry.ids = list(ids)
@@ -164,11 +174,8 @@ class DiffusionEngine:
                 self._caches.popitem(last=False)
         return entry.cache, hidden[:, -1:]
 
-    @staticmethod
-    def _trim(cache: DynamicCache, length: int) -> None:
-        extra = cache.get_seq_length() - length
-        if extra > 0:
-            cache.crop(-extra)
+    def _trim(self, cache, length: int) -> None:
+        self.fwd.trim(cache, length)
 
     # ------------------------------------------------------------------ decoding
     def _diffuse(self, cache, prompt_len, canvas_len, pinned_tail, job: InfillJob, stats: JobStats):
@@ -177,7 +184,7 @@ class DiffusionEngine:
         sampler = self.settings.sampler
         if job.temperature is not None:
             sampler = replace(sampler, temperature_start=job.temperature, temperature_end=job.temperature)
-        batched = _expand(cache, n, self.text_config) if n > 1 else cache
+        batched = self.fwd.expand(cache, n) if n > 1 else cache
         tokens: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[float]] = [[] for _ in range(n)]
         done = [False] * n
@@ -190,7 +197,7 @@ class DiffusionEngine:
             if tail:
                 canvas[:, -len(tail):] = torch.tensor(tail, device=self.device)
                 pinned[:, -len(tail):] = True
-            result = denoise(lambda x, sc: decoder_logits(self.model, x, batched, sc), canvas, pinned,
+            result = denoise(lambda x, sc: self.fwd.decoder_logits(x, batched, sc), canvas, pinned,
                              self.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
                              self._drafts(job.on_draft, prefix=tokens[0]), greedy_rows=self._greedy_rows(n),
                              stop_ids=tuple(self.eos_ids),
@@ -210,7 +217,7 @@ class DiffusionEngine:
             if job.kind == "line" and "\n" in self.tokenizer.decode(tokens[0]).lstrip("\n"):
                 break
             if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
-                encode(self.model, result.tokens, batched, batched.get_seq_length())
+                self.fwd.encode(result.tokens, batched, self.fwd.seq_length(batched))
         stats.new_tokens = len(tokens[0][: job.max_tokens])
         return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
 
@@ -225,7 +232,7 @@ class DiffusionEngine:
                 raise Cancelled()
             t0 = time.perf_counter()
             stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
-            logp = torch.log_softmax(lm_logits(self.model, hidden[:, -1]), -1)[0]
+            logp = torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]), -1)[0]
             token = int(logp.argmax())
             if token in eos:
                 break
@@ -233,7 +240,7 @@ class DiffusionEngine:
             logprobs.append(float(logp[token]))
             if job.kind == "line" and "\n" in self.tokenizer.decode(out).lstrip("\n"):
                 break
-            hidden = encode(self.model, torch.tensor([[token]], device=self.device), cache, cache.get_seq_length())
+            hidden = self.fwd.encode(torch.tensor([[token]], device=self.device), cache, self.fwd.seq_length(cache))
             stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
             if job.on_draft is not None:
                 job.on_draft(self.tokenizer.decode(out))

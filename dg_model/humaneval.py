@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -347,7 +348,7 @@ def run_tasks(
                 raw=raw, completion=postprocess(raw, task), score=result.candidates[0].score if result.candidates else None,
                 steps=st.steps, new_tokens=st.new_tokens, tokens_per_forward=st.tokens_per_forward,
                 engine_total_ms=st.total_ms, prompt_tokens=st.prompt_tokens, reused_tokens=st.reused_tokens,
-                empty=not result.candidates,
+                empty=not result.candidates, decoding=st.mode,
             )
         # tokens that ended up in the inserted text, whatever else the engine decoded and threw away
         row["used_tokens"] = count(row["completion"]) if row["completion"] else 0
@@ -384,6 +385,7 @@ def run_tasks(
         "seed": seed,
         "max_tokens": budget,
         "timeout_s": timeout,
+        "decoding": dict(Counter(r["decoding"] for r in ran)),  # what each job decoded with ("auto" resolves per kind)
         "pass_at_1": round(sum(r["passed"] for r in rows) / n, 4) if n else 0.0,
         "passed": sum(r["passed"] for r in rows),
         "exact_match": round(sum(r["exact"] for r in rows) / n, 4) if n else 0.0,
@@ -420,8 +422,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """`dg-lsp eval humaneval ...` (the model flags --model/--device/--quantize come from the CLI)."""
     p.add_argument("suite", choices=["humaneval"], help="the benchmark")
     p.add_argument("--kind", choices=KINDS, required=True, help="single-line or multi-line infilling")
-    p.add_argument("--mode", choices=["diffusion", "ar"], default="diffusion",
-                   help="decode with the diffusion sampler or autoregressively (default: diffusion)")
+    p.add_argument("--mode", choices=["auto", "diffusion", "ar"], default="auto",
+                   help="decoding: the diffusion sampler, autoregressive through the encoder, or auto: what the "
+                        "model's engine settings pick per job kind, as the server does (default: auto)")
     p.add_argument("--limit", type=int, metavar="N", help="run a seeded subset of N tasks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed and subset seed (default: 0)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per test program (default: 3)")

@@ -143,7 +143,7 @@ def load_model(
     return model.eval(), tokenizer, model.generation_config
 
 
-def load_engine(source: str | None = None, device: str = "auto", quantize: str = "none", mode: str = "diffusion"):
+def load_engine(source: str | None = None, device: str = "auto", quantize: str = "none", mode: str = "auto"):
     """The `Engine` the server uses: `load_model` plus the model's tuned engine settings."""
     from dg_model.engine import DiffusionEngine, EngineSettings
 

@@ -1,10 +1,8 @@
 """Our denoising loop over DiffusionGemma's encoder and decoder.
 
 The stock `generate()` cannot pin tokens, stop on a cancel, reuse a prompt cache or size the canvas per request, so
-this module re-implements the sampler as small functions (gpt-fast style) around two model calls:
-
-    encode(model, ids, cache)            -> encoder states [1, T, H], cache extended by T
-    decoder_logits(model, canvas, cache, sc_logits) -> soft-capped logits [B, C, V] (cache read-only)
+this module re-implements the sampler as small functions (gpt-fast style) around one model call,
+`logits_fn(canvas, sc_logits) -> logits` (a `forward.Forward`'s `decoder_logits` bound to a prompt cache).
 
 Each step predicts every canvas position, accepts the lowest-entropy tokens whose summed entropy (minus the
 largest) stays under `entropy_bound`, and re-noises the rest with random vocabulary ids: self-correction. Pinned
@@ -50,37 +48,6 @@ class DenoiseResult:
     logprobs: torch.Tensor  # [B, C] log-probability of each final token
     steps: int
     step_ms: list[float]
-
-
-def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    logits = logits.float()
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def positions(start: torch.Tensor | int, length: int, device) -> torch.Tensor:
-    return (torch.as_tensor(start, device=device).view(-1, 1) + torch.arange(length, device=device)).long()
-
-
-def encode(model, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
-    """Append `ids` [B, T] to `cache` through the causal encoder; returns final-norm states [B, T, H]."""
-    out = model.model.encoder(input_ids=ids, past_key_values=cache, position_ids=positions(start, ids.shape[1], ids.device))
-    return out.last_hidden_state
-
-
-def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    return softcap(model.lm_head(hidden), model.config.text_config.final_logit_softcapping)
-
-
-def decoder_logits(model, canvas: torch.Tensor, cache, sc_logits: torch.Tensor | None) -> torch.Tensor:
-    """Canvas [B, C] -> logits [B, C, V]. The decoder attends to the whole cache and the canvas, bidirectionally."""
-    start = cache.get_seq_length()
-    hidden = model.model.decoder(
-        decoder_input_ids=canvas,
-        past_key_values=cache,
-        self_conditioning_logits=sc_logits,
-        decoder_position_ids=positions(start, canvas.shape[1], canvas.device).expand(canvas.shape[0], -1),
-    ).last_hidden_state
-    return lm_logits(model, hidden)
 
 
 def noise_like(canvas: torch.Tensor, vocab_size: int, generator: torch.Generator | None) -> torch.Tensor:

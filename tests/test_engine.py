@@ -1,6 +1,7 @@
 """Engine mechanics on a tiny random-weight DiffusionGemma (no training, no download) and on the embedded model."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from dg_model.api import Cancelled, EngineError, InfillJob, RewriteJob
 from dg_model.architecture import TINY, build_config
 from dg_model.engine import DiffusionEngine, EngineSettings
 from dg_model.loading import EMBEDDED_DIR, load_engine
-from dg_model.sampler import SamplerConfig, decoder_logits, encode, lm_logits
+from dg_model.forward import decoder_logits, encode, lm_logits
+from dg_model.sampler import SamplerConfig
 from transformers import PreTrainedTokenizerFast
 
 
@@ -42,8 +44,8 @@ def test_cache_reuse_gives_the_logits_of_a_fresh_encode(tiny):
     fresh = DynamicCache(config=tiny[0].config.text_config)
     encode(tiny[0], torch.tensor([cached.ids]), fresh, 0)
     canvas = torch.randint(7, 500, (1, 16))
-    a = decoder_logits(tiny[0], canvas, cached.cache, None)
-    b = decoder_logits(tiny[0], canvas, fresh, None)
+    a = engine.fwd.decoder_logits(canvas, cached.cache, None)
+    b = decoder_logits(tiny[0], canvas, fresh, None)  # transformers' modules on a fresh cache: the reference
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
@@ -140,3 +142,20 @@ def test_chat_format_for_checkpoints_without_fim_tokens(tiny):
     engine = DiffusionEngine(model, chat_tok, EngineSettings(prompt_format="chat", sampler=SamplerConfig(max_steps=2)),
                              name="tiny-chat")
     assert engine.infill(InfillJob(PREFIX, SUFFIX)).stats.prompt_tokens == len(prompt.ids)
+
+
+def test_decoding_follows_the_job_then_the_engine_then_the_models_choice_per_kind(tiny):
+    model, tok = tiny
+    settings = EngineSettings(decoding={"line": "ar", "block": "diffusion"}, sampler=SamplerConfig(max_steps=2))
+    auto = DiffusionEngine(model, tok, settings, name="tiny")
+    line, block = InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4), InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=4)
+    assert auto.infill(line).stats.mode == "ar"
+    assert auto.infill(block).stats.mode == "diffusion"
+    assert auto.infill(replace(line, decoding="diffusion")).stats.mode == "diffusion"
+    forced = DiffusionEngine(model, tok, settings, name="tiny", mode="diffusion")
+    assert forced.infill(line).stats.mode == "diffusion"
+    assert forced.infill(replace(line, decoding="ar")).stats.mode == "ar"
+    with pytest.raises(EngineError, match="unknown decoding"):
+        auto.infill(replace(line, decoding="fast"))
+    with pytest.raises(EngineError, match="unknown decoding"):
+        DiffusionEngine(model, tok, EngineSettings(decoding={"line": "fast"}), name="tiny")

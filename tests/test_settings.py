@@ -31,8 +31,10 @@ def test_camel_case_keys_and_nested_context():
         "temperature": 0.7,
         "seed": 7,
         "logLevel": "debug",
+        "decoding": "ar",
     })
     assert bad == []
+    assert s.decoding == "ar"
     assert (s.model, s.device, s.quantize, s.candidates, s.seed, s.log_level) == ("/models/dg", "cpu", "4bit", 3, 7, "debug")
     assert s.context.max_prompt_tokens == 1024 and s.context.suffix_share == 0.3
     assert s.context.max_snippets == 3  # unspecified nested keys keep their default
@@ -127,3 +129,8 @@ def test_any_json_gives_settings_and_never_raises(raw):
     assert isinstance(s, Settings) and isinstance(bad, list)
     # Whatever survived is well-typed: the result serializes and parses back without complaints.
     assert parse_settings(to_json(s)) == (s, [])
+
+
+def test_an_unknown_decoding_keeps_auto_and_is_named():
+    s, bad = parse_settings({"decoding": "fast"})
+    assert s.decoding == "auto" and any("decoding" in b for b in bad)

@@ -13,7 +13,8 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_model.architecture import TINY, build_config
-from dg_model.sampler import SamplerConfig, decoder_logits, denoise, encode, noise_like
+from dg_model.forward import decoder_logits, encode
+from dg_model.sampler import SamplerConfig, denoise, noise_like
 from dg_model.tokenizer import BOS, EOS, PAD
 from dg_model.train import TrainConfig, collate, losses
 

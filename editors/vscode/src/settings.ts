@@ -27,6 +27,7 @@ export const SERVER_SETTINGS = {
   debounceMs: 'integer',
   modelWaitMs: 'integer',
   renoise: 'number',
+  decoding: 'string',
   temperature: 'number-or-null',
   seed: 'integer-or-null',
   logLevel: 'string',

@@ -1,0 +1,127 @@
+"""The model calls the engine makes, behind one small `Forward` protocol with two implementations.
+
+    encode(ids, cache, start)          -> final-norm encoder states [B, T, H]; the cache grows by T
+    decoder_logits(canvas, cache, sc)  -> soft-capped logits [B, C, V]; the cache is only read
+    lm_logits(hidden)                  -> soft-capped logits (the AR mode's next-token head)
+
+`HFForward` calls transformers' `DiffusionGemmaForBlockDiffusion` modules with a `DynamicCache`: every checkpoint,
+every device, quantized experts included. `dg_model.lean.LeanForward` is a compact re-implementation over the same
+weight tensors with a preallocated cache, for unquantized models on one device (the embedded model on a CPU), where
+the library's per-call overhead was ~2/3 of a decoder step. `make_forward` picks one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+log = logging.getLogger(__name__)
+
+FORWARDS = ("auto", "hf", "lean")
+
+
+class Forward(Protocol):
+    kind: str  # "hf" | "lean"
+
+    def new_cache(self) -> Any: ...
+
+    def seq_length(self, cache) -> int: ...
+
+    def trim(self, cache, length: int) -> None: ...
+
+    def expand(self, cache, n: int) -> Any: ...
+
+    def encode(self, ids: torch.Tensor, cache, start: int) -> torch.Tensor: ...
+
+    def decoder_logits(self, canvas: torch.Tensor, cache, sc_logits: torch.Tensor | None) -> torch.Tensor: ...
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+# ---------------------------------------------------------------------------------------------- transformers' modules
+
+
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    logits = logits.float()
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def positions(start: torch.Tensor | int, length: int, device) -> torch.Tensor:
+    return (torch.as_tensor(start, device=device).view(-1, 1) + torch.arange(length, device=device)).long()
+
+
+def encode(model, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
+    """Append `ids` [B, T] to `cache` through the causal encoder; returns final-norm states [B, T, H]."""
+    out = model.model.encoder(input_ids=ids, past_key_values=cache, position_ids=positions(start, ids.shape[1], ids.device))
+    return out.last_hidden_state
+
+
+def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    return softcap(model.lm_head(hidden), model.config.text_config.final_logit_softcapping)
+
+
+def decoder_logits(model, canvas: torch.Tensor, cache, sc_logits: torch.Tensor | None) -> torch.Tensor:
+    """Canvas [B, C] -> logits [B, C, V]. The decoder attends to the whole cache and the canvas, bidirectionally."""
+    start = cache.get_seq_length()
+    hidden = model.model.decoder(
+        decoder_input_ids=canvas,
+        past_key_values=cache,
+        self_conditioning_logits=sc_logits,
+        decoder_position_ids=positions(start, canvas.shape[1], canvas.device).expand(canvas.shape[0], -1),
+    ).last_hidden_state
+    return lm_logits(model, hidden)
+
+
+class HFForward:
+    kind = "hf"
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config.text_config
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.config)
+
+    def seq_length(self, cache: DynamicCache) -> int:
+        return cache.get_seq_length()
+
+    def trim(self, cache: DynamicCache, length: int) -> None:
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)
+
+    def expand(self, cache: DynamicCache, n: int) -> DynamicCache:
+        """A batch-n copy of a batch-1 cache, for n candidates in one forward."""
+        out = DynamicCache(config=self.config)
+        for idx, layer in enumerate(cache.layers):
+            out.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), idx)
+        return out
+
+    def encode(self, ids, cache, start):
+        return encode(self.model, ids, cache, start)
+
+    def decoder_logits(self, canvas, cache, sc_logits):
+        return decoder_logits(self.model, canvas, cache, sc_logits)
+
+    def lm_logits(self, hidden):
+        return lm_logits(self.model, hidden)
+
+
+def make_forward(model, kind: str = "auto") -> Forward:
+    """`auto`: the lean path where it supports the model (see `lean.unsupported`), else transformers' modules."""
+    from dg_model.lean import LeanForward, unsupported
+
+    if kind not in FORWARDS:
+        raise ValueError(f"forward {kind!r}: choose one of {', '.join(FORWARDS)}")
+    if kind == "hf":
+        return HFForward(model)
+    reason = unsupported(model)
+    if reason is None:
+        return LeanForward(model)
+    if kind == "lean":
+        raise ValueError(f"the lean forward cannot run this model: {reason}")
+    log.info("using transformers' forward: %s", reason)
+    return HFForward(model)

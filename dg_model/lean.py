@@ -1,0 +1,242 @@
+"""A lean inference forward for DiffusionGemma: the same math as transformers' modules, over the same weight tensors,
+without their per-call machinery (gpt-fast style).
+
+On the embedded model on a CPU, a decoder step through transformers' modules spent ~2/3 of its time outside the
+matmuls: mask and position builders, a `DynamicCache` that concatenates keys on every call, per-expert index loops,
+output-recording hooks. Here a step is one function per layer over packed projections, a preallocated KV cache that the
+canvas writes into past its end (so a decoder step never copies the prompt's keys), one RoPE table and experts
+computed for their routed tokens only. The result matches `HFForward` to float rounding (tests/test_lean.py).
+
+Shapes: B batch, T new tokens, C canvas, H hidden, h heads, g kv heads, d head dim, L cached length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dg_model.forward import softcap
+
+
+def unsupported(model) -> str | None:
+    """Why the lean forward cannot run `model`, or None."""
+    text = model.config.text_config
+    if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()):
+        return "quantized weights"
+    if len({p.device for p in model.parameters()}) > 1:
+        return "weights on several devices"
+    if getattr(text, "use_bidirectional_attention", None) == "all":
+        return "a bidirectional encoder"
+    if "sliding_attention" in text.layer_types and text.sliding_window < text.max_position_embeddings:
+        return "sliding-window layers (their cache keeps only the window)"
+    if getattr(text, "use_clipped_linears", False):
+        return "clipped linears"
+    return None
+
+
+@dataclass
+class LeanCache:
+    """Keys and values per layer, [B, g, capacity, d], valid up to `length`; grows by doubling."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2]
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    # transformers' DiffusionGemmaRMSNorm: float32 statistics, scale applied as is (no 1 + w)
+    xf = x.float()
+    out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    return (out * weight.float() if weight is not None else out).type_as(x)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+class _Layer:
+    """One transformer layer's weights, packed for few large matmuls. Encoder and decoder share the tensors."""
+
+    def __init__(self, layer, eps: float):
+        attn = layer.self_attn
+        self.eps = eps
+        self.h, self.d = attn.q_proj.out_features // attn.head_dim, attn.head_dim
+        self.g = attn.k_proj.out_features // attn.head_dim
+        self.k_is_v = attn.v_proj is None  # global layers reuse the key projection for values (own norm, no RoPE)
+        self.layer_type = attn.layer_type
+        projections = [attn.q_proj.weight, attn.k_proj.weight] + ([] if self.k_is_v else [attn.v_proj.weight])
+        self.qkv = torch.cat(projections).detach()
+        self.o = attn.o_proj.weight
+        self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
+        self.norms = {name: getattr(layer, name).weight for name in (
+            "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+            "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")}
+        self.gate_up = torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach()
+        self.down = layer.mlp.down_proj.weight
+        self.act = layer.mlp.act_fn
+        router = layer.router
+        self.router_proj, self.router_scale = router.proj.weight, (router.scale * router.scalar_root_size).detach()
+        self.per_expert_scale, self.top_k = router.per_expert_scale, router.config.top_k_experts
+        self.experts_gate_up, self.experts_down = layer.experts.gate_up_proj, layer.experts.down_proj
+        self.expert_act = layer.experts.act_fn
+        self.scalar = layer.layer_scalar
+
+    def qkv_states(self, x: torch.Tensor, cos, sin):
+        """x [B, T, H] (normed) -> q [B, h, T, d], k and v [B, g, T, d]."""
+        B, T, _ = x.shape
+        q, k, *v = (x @ self.qkv.T).split([self.h * self.d, self.g * self.d] + ([] if self.k_is_v else [self.g * self.d]), -1)
+        v = (k if self.k_is_v else v[0]).view(B, T, self.g, self.d)
+        q = _rotate(_rms(q.view(B, T, self.h, self.d), self.q_norm, self.eps), cos, sin)
+        k = _rotate(_rms(k.view(B, T, self.g, self.d), self.k_norm, self.eps), cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2), _rms(v, None, self.eps).transpose(1, 2)
+
+    def moe(self, x_route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Router on the residual, experts on its pre-norm: [N, H] -> [N, H]."""
+        scores = (_rms(x_route, None, self.eps) * self.router_scale) @ self.router_proj.T
+        weights, index = torch.softmax(scores, -1, dtype=torch.float32).topk(self.top_k, -1)
+        weights = (weights / weights.sum(-1, keepdim=True)) * self.per_expert_scale[index]
+        out = torch.zeros_like(x)
+        for e in index.unique().tolist():
+            rows, slot = torch.where(index == e)
+            gate, up = (x[rows] @ self.experts_gate_up[e].T).chunk(2, -1)
+            y = (self.expert_act(gate) * up) @ self.experts_down[e].T
+            out.index_add_(0, rows, (y * weights[rows, slot, None]).to(out.dtype))
+        return out
+
+    def __call__(self, x: torch.Tensor, cos, sin, attend) -> torch.Tensor:
+        n = self.norms
+        q, k, v = self.qkv_states(_rms(x, n["input_layernorm"], self.eps), cos, sin)
+        a = attend(q, k, v)  # [B, h, T, d]
+        a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) @ self.o.T
+        x = x + _rms(a, n["post_attention_layernorm"], self.eps)
+        gate, up = (_rms(x, n["pre_feedforward_layernorm"], self.eps) @ self.gate_up.T).chunk(2, -1)
+        dense = _rms((self.act(gate) * up) @ self.down.T, n["post_feedforward_layernorm_1"], self.eps)
+        flat = x.reshape(-1, x.shape[-1])
+        experts = self.moe(flat, _rms(flat, n["pre_feedforward_layernorm_2"], self.eps)).view_as(x)
+        experts = _rms(experts, n["post_feedforward_layernorm_2"], self.eps)
+        x = x + _rms(dense + experts, n["post_feedforward_layernorm"], self.eps)
+        return x * self.scalar
+
+
+class LeanForward:
+    kind = "lean"
+
+    def __init__(self, model):
+        text = model.config.text_config
+        enc, dec = model.model.encoder.language_model, model.model.decoder
+        self.eps, self.softcap = text.rms_norm_eps, text.final_logit_softcapping
+        self.enc_layers = [_Layer(layer, self.eps) for layer in enc.layers]
+        self.dec_layers = [_Layer(layer, self.eps) for layer in dec.layers]
+        self.enc_norm, self.dec_norm = enc.norm.weight, dec.norm.weight
+        self.enc_embed, self.dec_embed = enc.embed_tokens, dec.embed_tokens
+        self.sc = dec.self_conditioning
+        self.lm_head = model.lm_head.weight
+        self.rotary = enc.rotary_emb
+        self.dtype, self.device = self.lm_head.dtype, self.lm_head.device
+        self._rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope_len = 0
+        self._grow_rope(1024)
+
+    # ------------------------------------------------------------------ cache
+    def new_cache(self, batch: int = 1, capacity: int = 640) -> LeanCache:
+        shape = lambda layer: (batch, layer.g, capacity, layer.d)  # noqa: E731
+        return LeanCache([torch.zeros(shape(x), dtype=self.dtype, device=self.device) for x in self.enc_layers],
+                         [torch.zeros(shape(x), dtype=self.dtype, device=self.device) for x in self.enc_layers])
+
+    def seq_length(self, cache: LeanCache) -> int:
+        return cache.length
+
+    def trim(self, cache: LeanCache, length: int) -> None:
+        cache.length = min(cache.length, length)
+
+    def expand(self, cache: LeanCache, n: int) -> LeanCache:
+        out = self.new_cache(n, cache.capacity)
+        for dst, src in zip(out.k + out.v, cache.k + cache.v):
+            dst[:, :, : cache.length] = src[:1, :, : cache.length]
+        out.length = cache.length
+        return out
+
+    def _reserve(self, cache: LeanCache, needed: int) -> None:
+        if needed > cache.capacity:
+            grown = max(needed, 2 * cache.capacity)
+            for store in (cache.k, cache.v):
+                for i, old in enumerate(store):
+                    new = old.new_zeros(old.shape[0], old.shape[1], grown, old.shape[3])
+                    new[:, :, : cache.length] = old[:, :, : cache.length]
+                    store[i] = new
+        self._grow_rope(needed)
+
+    def _grow_rope(self, needed: int) -> None:
+        if needed <= self._rope_len:
+            return
+        self._rope_len = max(needed, 2 * self._rope_len)
+        pos = torch.arange(self._rope_len, device=self.device)[None]
+        probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+        # transformers' own rotary module builds the table: partial and scaled RoPE variants come for free
+        for layer_type in {x.layer_type for x in self.enc_layers}:
+            cos, sin = self.rotary(probe, pos, layer_type)
+            self._rope[layer_type] = (cos[0], sin[0])  # [P, d]
+
+    def _rope_at(self, layer: _Layer, start: int, length: int):
+        cos, sin = self._rope[layer.layer_type]
+        return cos[start : start + length, None], sin[start : start + length, None]  # [T, 1, d]: broadcast over heads
+
+    # ------------------------------------------------------------------ model calls
+    @torch.inference_mode()
+    def encode(self, ids: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
+        """Append `ids` [B, T] at position `start` (== cache.length) through the causal encoder."""
+        B, T = ids.shape
+        assert start == cache.length, "the encoder appends at the end of the cache"
+        if cache.k[0].shape[0] != B:
+            assert cache.length == 0, "a cache's batch is fixed once it holds tokens"
+            fresh = self.new_cache(B, cache.capacity)
+            cache.k, cache.v = fresh.k, fresh.v
+        self._reserve(cache, start + T)
+        end = start + T
+        # queries at start..end-1 see keys 0..their own position; one token alone needs no mask
+        mask = None if T == 1 else (torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None])
+        x = self.enc_embed(ids)
+        for i, layer in enumerate(self.enc_layers):
+            def attend(q, k, v, i=i):
+                cache.k[i][:, :, start:end], cache.v[i][:, :, start:end] = k, v
+                return F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], mask,
+                                                      scale=1.0, enable_gqa=True)
+
+            x = layer(x, *self._rope_at(layer, start, T), attend)
+        cache.length = end
+        return _rms(x, self.enc_norm, self.eps)
+
+    @torch.inference_mode()
+    def decoder_logits(self, canvas: torch.Tensor, cache: LeanCache, sc_logits: torch.Tensor | None) -> torch.Tensor:
+        """Canvas [B, C] -> logits [B, C, V]: bidirectional over the cache and the canvas. The canvas's keys go past
+        the cache's end, where the next call overwrites them; `cache.length` does not move."""
+        B, C = canvas.shape
+        start = cache.length
+        if cache.k[0].shape[0] != B:
+            raise ValueError(f"a batch-{cache.k[0].shape[0]} cache cannot serve a batch-{B} canvas; expand it first")
+        self._reserve(cache, start + C)
+        end = start + C
+        x = self.dec_embed(canvas)
+        if sc_logits is not None:
+            soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(self.dtype) @ self.dec_embed.weight
+            x = self.sc(x, soft * self.dec_embed.embed_scale.to(self.dtype))
+        else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
+            x = _rms(x, None, self.eps)
+        for i, layer in enumerate(self.dec_layers):
+            def attend(q, k, v, i=i):
+                cache.k[i][:, :, start:end], cache.v[i][:, :, start:end] = k, v
+                return F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end],
+                                                      scale=1.0, enable_gqa=True)
+
+            x = layer(x, *self._rope_at(layer, start, C), attend)
+        return self.lm_logits(_rms(x, self.dec_norm, self.eps))
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return softcap(hidden @ self.lm_head.T, self.softcap)

@@ -1,0 +1,108 @@
+"""The lean forward computes what transformers' modules compute, on the same weights, through every cache move the
+engine makes: chunked prompt encodes, canvases, self-conditioning, batch expansion, block-AR appends, trims, growth."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from dg_model.api import InfillJob, RewriteJob
+from dg_model.architecture import TINY, build_config
+from dg_model.engine import DiffusionEngine
+from dg_model.forward import HFForward, make_forward
+from dg_model.lean import LeanForward, unsupported
+from dg_model.loading import load_engine
+
+VOCAB = 512
+
+
+def _model(layer_types=None, sliding_window=None, seed=0):
+    torch.manual_seed(seed)
+    cfg = build_config(VOCAB, 16, max_positions=256, **TINY)
+    if layer_types:
+        cfg.text_config.layer_types = layer_types
+    if sliding_window:
+        cfg.text_config.sliding_window = sliding_window
+    model = DiffusionGemmaForBlockDiffusion(cfg).eval()
+    # Random norms, scales and layer scalars: with their initial ones a misplaced norm or scale would go unseen.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "scale" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+        for layer in list(model.model.encoder.language_model.layers) + list(model.model.decoder.layers):
+            layer.layer_scalar.fill_(0.9)
+    return model
+
+
+@pytest.fixture(scope="module", params=[None, ["sliding_attention", "full_attention"]], ids=["global", "mixed"])
+def pair(request):
+    # "mixed": a sliding layer (own value projection) next to a global one (values from the key projection)
+    model = _model(request.param)
+    assert unsupported(model) is None
+    return HFForward(model), LeanForward(model)
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_prompt_in_chunks_then_canvases_match_transformers(pair):
+    hf, lean = pair
+    ids = torch.randint(7, VOCAB, (1, 40))
+    ch, cl = hf.new_cache(), lean.new_cache(capacity=8)  # small: the lean cache must grow on the way
+    for lo, hi in ((0, 25), (25, 39), (39, 40)):
+        close(hf.encode(ids[:, lo:hi], ch, lo), lean.encode(ids[:, lo:hi], cl, lo))
+    assert hf.seq_length(ch) == lean.seq_length(cl) == 40
+    canvas = torch.randint(7, VOCAB, (1, 16))
+    first = hf.decoder_logits(canvas, ch, None)
+    close(first, lean.decoder_logits(canvas, cl, None))
+    close(hf.decoder_logits(canvas, ch, first), lean.decoder_logits(canvas, cl, first))  # self-conditioned
+    assert lean.seq_length(cl) == 40, "a decoder step must not grow the prompt"
+    close(hf.lm_logits(hf.encode(ids[:, :1], hf.new_cache(), 0)), lean.lm_logits(lean.encode(ids[:, :1], lean.new_cache(), 0)))
+
+
+@torch.inference_mode()
+def test_trim_expand_and_block_append_match_transformers(pair):
+    hf, lean = pair
+    ids = torch.randint(7, VOCAB, (1, 30))
+    ch, cl = hf.new_cache(), lean.new_cache()
+    hf.encode(ids, ch, 0), lean.encode(ids, cl, 0)
+    hf.trim(ch, 22), lean.trim(cl, 22)  # the user edited the prompt after token 22
+    tail = torch.randint(7, VOCAB, (1, 5))
+    close(hf.encode(tail, ch, 22), lean.encode(tail, cl, 22))
+    bh, bl = hf.expand(ch, 3), lean.expand(cl, 3)  # three candidates
+    canvas = torch.randint(7, VOCAB, (3, 16))
+    close(hf.decoder_logits(canvas, bh, None), lean.decoder_logits(canvas, bl, None))
+    close(hf.encode(canvas, bh, 27), lean.encode(canvas, bl, 27))  # block-AR: the canvas becomes prompt
+    nxt = torch.randint(7, VOCAB, (3, 16))
+    close(hf.decoder_logits(nxt, bh, None), lean.decoder_logits(nxt, bl, None))
+    assert lean.seq_length(cl) == 27, "expanding copies the cache, it does not share it"
+    with pytest.raises(ValueError, match="expand it first"):
+        lean.decoder_logits(nxt, cl, None)
+
+
+def test_auto_falls_back_to_transformers_where_lean_cannot_run():
+    model = _model(["sliding_attention", "full_attention"], sliding_window=16)
+    assert "sliding" in unsupported(model)
+    assert make_forward(model, "auto").kind == "hf"
+    with pytest.raises(ValueError, match="sliding"):
+        make_forward(model, "lean")
+    with pytest.raises(ValueError, match="choose one of"):
+        make_forward(model, "fast")
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "ar"])
+def test_embedded_engine_answers_the_same_on_both_forwards(mode):
+    engine = load_engine(None, mode=mode)
+    assert engine.fwd.kind == "lean", "the embedded model on a CPU should take the lean path"
+    hf = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, forward="hf"), engine.name, mode=mode)
+    assert hf.fwd.kind == "hf"
+    prefix = "import os\n\n\ndef read_lines(path):\n    with open(path) as fh:\n        "
+    for job in (InfillJob(prefix, "\n", kind="line", doc_key="a"),
+                InfillJob(prefix + "return fh.read", "\n", kind="block", max_tokens=40, doc_key="a")):
+        assert [c.text for c in engine.infill(job).candidates] == [c.text for c in hf.infill(job).candidates]
+    if mode == "diffusion":
+        job = RewriteJob(prefix=prefix, block="return fh.readlines()\n", suffix="", doc_key="a")
+        assert [c.text for c in engine.rewrite(job).candidates] == [c.text for c in hf.rewrite(job).candidates]
