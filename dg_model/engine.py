@@ -222,30 +222,47 @@ class DiffusionEngine:
         return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
 
     def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
-        """Greedy next-token decoding through the causal encoder and its KV cache."""
-        out: list[int] = []
-        logprobs: list[float] = []
-        hidden = last_hidden
-        eos = self.eos_ids
-        while len(out) < job.max_tokens:
+        """Next-token decoding through the causal encoder and its KV cache. Candidate 0 is greedy; with `job.n` > 1 the
+        others sample (at the job's temperature, else the sampler's final one) in the same batched forward."""
+        n = max(1, job.n)
+        gen = torch.Generator().manual_seed(job.seed or 0)
+        temperature = job.temperature if job.temperature is not None else self.settings.sampler.temperature_end
+        batched = self.fwd.expand(cache, n) if n > 1 else cache
+        hidden = last_hidden.expand(n, -1, -1) if n > 1 else last_hidden
+        out: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        done = [job.max_tokens <= 0] * n
+        while not all(done):
             if job.cancel is not None and job.cancel.is_set():
                 raise Cancelled()
             t0 = time.perf_counter()
             stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
-            logp = torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]), -1)[0]
-            token = int(logp.argmax())
-            if token in eos:
+            logp = torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]), -1)  # [n, V]
+            tokens = logp.argmax(-1)
+            if n > 1:
+                probs = torch.softmax(logp[1:] / max(temperature, 1e-3), -1).cpu()
+                tokens[1:] = torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(tokens.device)
+            for i, token in enumerate(tokens.tolist()):
+                if done[i]:
+                    continue
+                if token in self.eos_ids:
+                    done[i] = True
+                    continue
+                out[i].append(token)
+                logprobs[i].append(float(logp[i, token]))
+                ended_line = job.kind == "line" and "\n" in self.tokenizer.decode(out[i]).lstrip("\n")
+                done[i] = ended_line or len(out[i]) >= job.max_tokens
+            if all(done):
                 break
-            out.append(token)
-            logprobs.append(float(logp[token]))
-            if job.kind == "line" and "\n" in self.tokenizer.decode(out).lstrip("\n"):
-                break
-            hidden = self.fwd.encode(torch.tensor([[token]], device=self.device), cache, self.fwd.seq_length(cache))
+            # finished rows are fed pad and ignored: one batched forward for all candidates
+            feed = torch.tensor([[self.tokenizer.pad_token_id if d else t] for d, t in zip(done, tokens.tolist())],
+                                device=self.device)
+            hidden = self.fwd.encode(feed, batched, self.fwd.seq_length(batched))
             stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
             if job.on_draft is not None:
-                job.on_draft(self.tokenizer.decode(out))
-        stats.new_tokens = len(out)
-        return [self.tokenizer.decode(out)], [_mean(logprobs)]
+                job.on_draft(self.tokenizer.decode(out[0]))
+        stats.new_tokens = len(out[0])
+        return [self.tokenizer.decode(o) for o in out], [_mean(lp) for lp in logprobs]
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []

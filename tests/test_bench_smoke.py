@@ -1,4 +1,4 @@
-"""Smoke runs of `dg-lsp bench latency|speed|memory|gpu`: each runs end to end on small settings and its numbers are
+"""Smoke runs of `dg-lsp bench latency|speed|memory|forward|gpu`: each runs end to end on small settings and its numbers are
 sane (consistent counts, ordered percentiles, positive rates). Never an absolute timing bound.
 
 latency and memory drive the real stdio server with the fake engine; speed runs `dg_model.humaneval` on a few tasks
@@ -229,3 +229,16 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
     assert cmd[1:3] == ["-m", "dg_model.bench_gpu"] and cmd[3:5] == ["--bits", "16"]
     assert cmd[5:] == ["--out", str(out / "bench_gpu.json")]
     png(out / "bench_gpu.png")
+
+
+def test_forward_compares_both_paths_on_the_embedded_model(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(monkeypatch, "bench", "forward", "--out", str(out), "--rounds", "3", "--canvases", "8,16",
+                   "--prompt-tokens", "64", "--device", "cpu") == 0
+    r = json.loads((out / "bench_forward.json").read_text())
+    assert list(r["ops"]) == ["encode", "ar_step", "canvas_8", "canvas_16"]
+    assert r["max_logit_diff"] < 1e-3, "the lean forward must compute what transformers' modules compute"
+    for o in r["ops"].values():
+        assert o["hf_ms"] > 0 and o["lean_ms"] > 0 and o["speedup"] == pytest.approx(o["hf_ms"] / o["lean_ms"], rel=1e-2)
+    png(out / "bench_forward.png")
+    assert "speed-up" in capsys.readouterr().out

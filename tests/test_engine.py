@@ -159,3 +159,14 @@ def test_decoding_follows_the_job_then_the_engine_then_the_models_choice_per_kin
         auto.infill(replace(line, decoding="fast"))
     with pytest.raises(EngineError, match="unknown decoding"):
         DiffusionEngine(model, tok, EngineSettings(decoding={"line": "fast"}), name="tiny")
+
+
+def test_ar_candidates_are_batched_with_the_greedy_one_first(tiny):
+    engine = make(tiny, mode="ar")
+    greedy = engine.infill(InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6))
+    job = InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6, n=4, seed=3, temperature=1.5)
+    a, b = engine.infill(job), engine.infill(job)
+    assert a.candidates[0].text == greedy.candidates[0].text
+    assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+    assert len(a.candidates) > 1, "a random tiny model sampled at 1.5 should not repeat the greedy answer 3 times"
+    assert a.stats.steps <= 6 and a.stats.mode == "ar"

@@ -1,10 +1,11 @@
-"""`dg-lsp bench latency|speed|memory|gpu [--out DIR]`: benchmarks, each writing JSON and a PNG chart to DIR.
+"""`dg-lsp bench latency|speed|memory|forward|gpu [--out DIR]`: benchmarks, each writing JSON and a PNG chart to DIR.
 
     latency  inline completion while typing a real file through the stdio server: p50/p95 time-to-result,
              cancellations, prompt tokens re-encoded per keystroke vs a full encode      (dg_lsp.bench.latency)
     speed    diffusion vs AR decoding of one checkpoint on HumanEval infilling: tok/s, tokens per forward, decoder
              steps, pass@1, the speed ratio                                                 (dg_lsp.bench.speed)
     memory   server RSS before the model, idle, under a typing storm and after; peak VRAM with CUDA
+    forward  transformers' modules vs the lean forward on one model: encode, AR step, decoder steps (dg_lsp.bench.forward)
     gpu      the 26B-A4B architecture on CUDA: `python -m dg_model.bench_gpu` (arguments after `--` go to it)
 
 The model flags (--model/--device/--quantize) work as for the server. Registers itself as the `bench` sub-command on
@@ -21,18 +22,19 @@ from pathlib import Path
 
 from .. import cli
 
-BENCHES = ("latency", "speed", "memory", "gpu")
+BENCHES = ("latency", "speed", "memory", "forward", "gpu")
 DEFAULT_OUT = "bench_results"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    from . import latency, memory, speed  # argparse-only imports at module level there
+    from . import forward, latency, memory, speed  # argparse-only imports at module level there
 
     helps = {
         "latency": (latency.add_arguments, "inline completion latency while typing, through the stdio server"),
         "speed": (speed.add_arguments, "diffusion vs AR decoding on HumanEval infilling tasks"),
         "memory": (memory.add_arguments, "server RSS idle and under load, peak VRAM with CUDA"),
+        "forward": (forward.add_arguments, "transformers' modules vs the lean forward, step by step"),
         "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_model.bench_gpu)"),
     }
     for name, (add, help_) in helps.items():
@@ -57,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.bench == "gpu":
         return run_gpu(args, out)
-    if args.bench == "speed":
-        from . import speed
+    if args.bench in ("speed", "forward"):
+        from . import forward, speed
 
-        return speed.main(args, out)
+        return (speed if args.bench == "speed" else forward).main(args, out)
     from . import latency, memory
     from .session import ServerSpec
 

@@ -1,4 +1,4 @@
-"""`python -m dg_lsp.bench latency|speed|memory|gpu ...`: the same as `dg-lsp bench ...`."""
+"""`python -m dg_lsp.bench latency|speed|memory|forward|gpu ...`: the same as `dg-lsp bench ...`."""
 
 import sys
 

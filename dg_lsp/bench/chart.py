@@ -123,6 +123,29 @@ def speed(r: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def forward(r: dict[str, Any], path: Path) -> bool:
+    plt = _plt()
+    if plt is None:
+        return _skip(path)
+    ops = list(r["ops"])
+    fig, ax = plt.subplots(figsize=(1.6 * len(ops) + 2, 4.2))
+    width = 0.38
+    for j, (kind, color) in enumerate((("hf", "tab:gray"), ("lean", "tab:green"))):
+        xs = [i + (j - 0.5) * width for i in range(len(ops))]
+        ax.bar(xs, [_num(r["ops"][op][f"{kind}_ms"]) for op in ops], width, label=kind, color=color)
+    for i, op in enumerate(ops):
+        top = max(_num(r["ops"][op]["hf_ms"]), _num(r["ops"][op]["lean_ms"]))
+        ax.annotate(f"{_num(r['ops'][op]['speedup']):.2f}x", (i, top), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(ops)), ops)
+    ax.set(ylabel="median ms", title=f"transformers' modules vs lean forward, {r['model']} on {r['device']}, "
+                                     f"{r['torch_threads']} thread(s), prompt {r['prompt_tokens']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def gpu(r: dict[str, Any], path: Path) -> bool:
     """`dg_model.bench_gpu` results: decoder step time per canvas and the projected tokens/s."""
     plt = _plt()
