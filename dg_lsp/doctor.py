@@ -111,6 +111,10 @@ def _model(report, args: argparse.Namespace) -> None:
         report("FAIL", "model load", f"{label}: {type(exc).__name__}: {exc}")
         return
     report("ok", "model load", f"{engine.name} on {engine.device} in {seconds:.1f}s")
+    settings = getattr(engine, "settings", None)
+    if settings is not None and hasattr(engine, "fwd"):  # the real engine (test doubles have neither)
+        kinds = ", ".join(f"{kind} {mode}" for kind, mode in settings.decoding.items())
+        report("ok", "decoding", f"{kinds} (setting decoding: auto); forward: {engine.fwd.kind}")
     job = InfillJob(prefix="def add(a, b):\n    return ", suffix="\n", kind="line", max_tokens=8, seed=0)
     try:
         result, seconds = _timed(lambda: engine.infill(job))
@@ -119,4 +123,4 @@ def _model(report, args: argparse.Namespace) -> None:
         return
     text = result.candidates[0].text if result.candidates else ""
     steps = result.stats.steps
-    report("ok", "completion", f"{seconds * 1000:.0f} ms, {steps} steps -> {text!r}")
+    report("ok", "completion", f"{seconds * 1000:.0f} ms, {steps} {result.stats.mode} steps -> {text!r}")

@@ -111,7 +111,9 @@ class HFForward:
 
 
 def make_forward(model, kind: str = "auto") -> Forward:
-    """`auto`: the lean path where it supports the model (see `lean.unsupported`), else transformers' modules."""
+    """`auto`: the lean path on a CPU where it supports the model (see `lean.unsupported`), else transformers'
+    modules. On a GPU `auto` keeps transformers' modules: the lean path's per-expert loop syncs with the host, and it
+    has been measured on CPUs only; `lean` asks for it anyway."""
     from dg_model.lean import LeanForward, unsupported
 
     if kind not in FORWARDS:
@@ -119,6 +121,8 @@ def make_forward(model, kind: str = "auto") -> Forward:
     if kind == "hf":
         return HFForward(model)
     reason = unsupported(model)
+    if reason is None and kind == "auto" and next(model.parameters()).device.type != "cpu":
+        reason = "not on a CPU"
     if reason is None:
         return LeanForward(model)
     if kind == "lean":

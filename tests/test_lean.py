@@ -93,6 +93,11 @@ def test_auto_falls_back_to_transformers_where_lean_cannot_run():
         make_forward(model, "fast")
 
 
+def test_auto_keeps_transformers_off_the_cpu():
+    model = _model().to("meta")  # no GPU here: any non-CPU device takes the same branch
+    assert make_forward(model, "auto").kind == "hf"
+
+
 @pytest.mark.parametrize("mode", ["diffusion", "ar"])
 def test_embedded_engine_answers_the_same_on_both_forwards(mode):
     engine = load_engine(None, mode=mode)

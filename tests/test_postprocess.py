@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dg_lsp import languages
@@ -261,6 +261,7 @@ FRAGMENTS = [
     raw=st.lists(st.sampled_from(FRAGMENTS), max_size=25).map("".join),
     kind=st.sampled_from(["line", "block"]),
 )
+@example(language_id="c", where=0.3984375, raw="f(a)\nx", kind="block")  # `int f(int a|) {`: closer tail at column 0
 def test_never_adds_parse_errors(language_id: str, where: float, raw: str, kind: str) -> None:
     text = DOCS[language_id]
     offset = int(len(text) * where)
@@ -268,7 +269,11 @@ def test_never_adds_parse_errors(language_id: str, where: float, raw: str, kind:
     if edit is None:
         return
     assert edit.start == offset and offset <= edit.end <= len(text)
-    assert edit.text.strip() and edit.text == edit.text.rstrip() or edit.text.endswith((" ", "\t"))
+    # No trailing whitespace, except the line break + indentation that puts a closer right after the cursor on its
+    # own line below a block (`{|}`, `(|)`); at column 0 that indentation is empty.
+    line_rest = text[offset:].split("\n", 1)[0].strip()
+    closer_tail = kind == "block" and line_rest[:1] in ("}", ")", "]") and edit.text.rstrip(" \t").endswith("\n")
+    assert edit.text.strip() and (edit.text == edit.text.rstrip() or edit.text.endswith((" ", "\t")) or closer_tail)
     if kind == "line":
         assert "\n" not in edit.text
     assert errors(apply(text, edit), language_id) <= errors(text, language_id)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bench in ("speed", "forward"):
         from . import forward, speed
 
-        return (speed if args.bench == "speed" else forward).main(args, out)
+        return run_in_process(args.bench, speed if args.bench == "speed" else forward, args, out)
     from . import latency, memory
     from .session import ServerSpec
 
@@ -72,6 +72,25 @@ def run(args: argparse.Namespace) -> int:
         log_file = out / f"bench_{args.bench}.server.log" if args.keep_log else Path(tmp) / "server.log"
         log_file.unlink(missing_ok=True)  # the server appends; counts must come from this run only
         return module.main(args, spec, out, log_file)
+
+
+def run_in_process(name: str, module, args: argparse.Namespace, out: Path) -> int:
+    """The benchmarks that load the model here: `module.run` -> bench_NAME.json, `chart.NAME` -> .png, the report."""
+    from dg_model.api import EngineError
+
+    from . import chart
+    from .session import write_json
+
+    try:
+        result = module.run(args, say=lambda m: print(m, file=sys.stderr, flush=True))
+    except EngineError as exc:
+        print(f"dg-lsp: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    write_json(out / f"bench_{name}.json", result)
+    getattr(chart, name)(result, out / f"bench_{name}.png")
+    module.print_report(result)
+    print(f"wrote {out / f'bench_{name}.json'} and {out / f'bench_{name}.png'}")
+    return 0
 
 
 def run_gpu(args: argparse.Namespace, out: Path) -> int:

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import platform
 import statistics
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -129,20 +128,3 @@ def print_report(r: dict[str, Any]) -> None:
     for op, o in r["ops"].items():
         print(f"{op:<12} {o['hf_ms']:>9.2f} {o['lean_ms']:>9.2f} {o['speedup']:>8.2f}x")
 
-
-def main(args: argparse.Namespace, out: Path) -> int:
-    from dg_model.api import EngineError
-
-    try:
-        result = run(args, say=lambda m: print(m, file=sys.stderr, flush=True))
-    except EngineError as exc:
-        print(f"dg-lsp: cannot load the model: {exc}", file=sys.stderr)
-        return 1
-    from . import chart
-    from .session import write_json
-
-    write_json(out / "bench_forward.json", result)
-    chart.forward(result, out / "bench_forward.png")
-    print_report(result)
-    print(f"wrote {out / 'bench_forward.json'} and {out / 'bench_forward.png'}")
-    return 0

@@ -22,7 +22,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 MODES = ("diffusion", "ar")
@@ -143,21 +142,3 @@ def print_report(r: dict[str, Any]) -> None:
               f"tokens/s, {q['task_latency']:.2f}x per task (p50), {q['task_latency_mean']:.2f}x (mean); "
               f"pass@1 {q['pass_at_1_delta']:+.3f}")
 
-
-def main(args: argparse.Namespace, out: Path) -> int:
-    from dg_model.api import EngineError
-
-    try:
-        result = run(args, say=lambda m: print(m, file=sys.stderr, flush=True))
-    except EngineError as exc:
-        print(f"dg-lsp: cannot load the model: {exc}", file=sys.stderr)
-        return 1
-    from .session import write_json
-
-    write_json(out / "bench_speed.json", result)
-    from . import chart
-
-    chart.speed(result, out / "bench_speed.png")
-    print_report(result)
-    print(f"wrote {out / 'bench_speed.json'} and {out / 'bench_speed.png'}")
-    return 0
