@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"step": state["step"], "val": {k: round(v, 4) for k, v in val.items()}}), flush=True)
             if val["loss"] < state["best_val"]:
                 state["best_val"] = val["loss"]
+                state["best_step"] = state["step"]
+                save_checkpoint(model, optimizer, cfg, state, out / "best")  # what to export when a run ends badly
+                print(json.dumps({"checkpoint": str(out / "best"), "step": state["step"]}), flush=True)
         if time.time() - last_ckpt > cfg.ckpt_minutes * 60:
             state["minutes"] += (time.time() - last_ckpt) / 60
             last_ckpt = time.time()
