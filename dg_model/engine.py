@@ -189,6 +189,7 @@ class DiffusionEngine:
         logprobs: list[list[float]] = [[] for _ in range(n)]
         done = [False] * n
         tail = pinned_tail if len(pinned_tail) < canvas_len else []
+        indent = cursor_indent(job.prefix)
         while not all(done) and len(tokens[0]) < job.max_tokens:
             if job.cancel is not None and job.cancel.is_set():
                 raise Cancelled()
@@ -216,10 +217,15 @@ class DiffusionEngine:
                     done[i] = cut is not None or bool(tail)
             if job.kind == "line" and "\n" in self.tokenizer.decode(tokens[0]).lstrip("\n"):
                 break
+            if job.kind == "block" and block_end(self.tokenizer.decode(tokens[0]), indent) is not None:
+                break
             if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
                 self.fwd.encode(result.tokens, batched, self.fwd.seq_length(batched))
         stats.new_tokens = len(tokens[0][: job.max_tokens])
-        return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
+        texts = [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens]
+        if job.kind == "block":
+            texts = [t[: block_end(t, indent)] for t in texts]
+        return texts, [_mean(lp) for lp in logprobs]
 
     def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
         """Next-token decoding through the causal encoder and its KV cache. Candidate 0 is greedy; with `job.n` > 1 the
@@ -232,6 +238,7 @@ class DiffusionEngine:
         out: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[float]] = [[] for _ in range(n)]
         done = [job.max_tokens <= 0] * n
+        indent = cursor_indent(job.prefix)
         while not all(done):
             if job.cancel is not None and job.cancel.is_set():
                 raise Cancelled()
@@ -250,8 +257,9 @@ class DiffusionEngine:
                     continue
                 out[i].append(token)
                 logprobs[i].append(float(logp[i, token]))
-                ended_line = job.kind == "line" and "\n" in self.tokenizer.decode(out[i]).lstrip("\n")
-                done[i] = ended_line or len(out[i]) >= job.max_tokens
+                text = self.tokenizer.decode(out[i])
+                ended = "\n" in text.lstrip("\n") if job.kind == "line" else block_end(text, indent) is not None
+                done[i] = ended or len(out[i]) >= job.max_tokens
             if all(done):
                 break
             # finished rows are fed pad and ignored: one batched forward for all candidates
@@ -262,7 +270,10 @@ class DiffusionEngine:
             if job.on_draft is not None:
                 job.on_draft(self.tokenizer.decode(out[0]))
         stats.new_tokens = len(out[0])
-        return [self.tokenizer.decode(o) for o in out], [_mean(lp) for lp in logprobs]
+        texts = [self.tokenizer.decode(o) for o in out]
+        if job.kind == "block":
+            texts = [t[: block_end(t, indent)] for t in texts]
+        return texts, [_mean(lp) for lp in logprobs]
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []
@@ -293,6 +304,25 @@ class DiffusionEngine:
             on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
 
         return emit
+
+
+def cursor_indent(prefix: str) -> int:
+    """Indentation of the line the cursor is on (its leading blanks, or all of it when it is blank so far)."""
+    line = prefix.rsplit("\n", 1)[-1]
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def block_end(text: str, indent: int) -> int | None:
+    """Where a block written at the cursor's `indent` ends: at the line break before the first later line that starts
+    further left (the model has moved on to the code after the block), else None. A line still blank says nothing."""
+    start = text.find("\n")
+    while start != -1:
+        stop = text.find("\n", start + 1)
+        line = text[start + 1 : stop if stop != -1 else len(text)]
+        if line.strip() and len(line) - len(line.lstrip(" \t")) < indent:
+            return start
+        start = stop
+    return None
 
 
 def _mean(values: list[float]) -> float:

@@ -170,3 +170,14 @@ def test_ar_candidates_are_batched_with_the_greedy_one_first(tiny):
     assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
     assert len(a.candidates) > 1, "a random tiny model sampled at 1.5 should not repeat the greedy answer 3 times"
     assert a.stats.steps <= 6 and a.stats.mode == "ar"
+
+
+def test_block_end_is_the_first_later_line_left_of_the_cursor():
+    from dg_model.engine import block_end, cursor_indent
+
+    assert cursor_indent("def f():\n    ") == 4 and cursor_indent("def f():\n    x = 1") == 4 and cursor_indent("x") == 0
+    body = "x = 1\n    if x:\n        y = 2\n\n    return y"
+    assert block_end(body, 4) is None  # deeper lines and blank lines stay in the block
+    assert block_end(body + "\n\ndef g():\n", 4) == len(body) + 1  # cut at the break before `def g`
+    assert block_end("x = 1\n  ", 4) is None  # a line still blank says nothing yet
+    assert block_end("a\nb", 0) is None  # at column 0 nothing is further left
