@@ -25,6 +25,9 @@ def unsupported(model) -> str | None:
     text = model.config.text_config
     if any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16) for p in model.parameters()):
         return "quantized weights"
+    layers = list(model.model.encoder.language_model.layers) + list(model.model.decoder.layers)
+    if any(not isinstance(getattr(layer.experts, "gate_up_proj", None), torch.Tensor) for layer in layers):
+        return "quantized experts"
     if len({p.device for p in model.parameters()}) > 1:
         return "weights on several devices"
     if getattr(text, "use_bidirectional_attention", None) == "all":

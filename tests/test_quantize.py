@@ -145,6 +145,18 @@ def test_encoder_and_decoder_share_one_quantized_copy(tiny):
     assert len({id(m) for m in experts_of(q, "QuantizedExperts")}) == len(q.model.decoder.layers)
 
 
+
+def test_quantized_models_keep_transformers_forward(tiny):
+    from dg_model.forward import make_forward
+    from dg_model.lean import unsupported
+
+    _, model, _, _ = tiny
+    q = quantize_experts(copy.deepcopy(model), 4)
+    assert unsupported(q) == "quantized experts" and make_forward(q, "auto").kind == "hf"
+    quantize_dense(q, 8, torch.device("cpu"))
+    assert unsupported(q) == "quantized weights"
+
+
 @pytest.mark.parametrize("bits, ratio", [(4, 7.0), (8, 3.7)])
 def test_expert_bytes_shrink(tiny, bits, ratio):
     """Packed weights + fp32 block scales vs fp32: NF4 is 32/4.5 = 7.1x (3.6x vs bf16), 8-bit 32/8.5 = 3.8x (1.9x vs
