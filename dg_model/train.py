@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_model.architecture import TINY, build_config
+from dg_model.architecture import SIZES, build_config
 from dg_model.corpus import read_jsonl
 from dg_model.fim import far_snippet, sample_fim, training_example
 from dg_model.tokenizer import PAD, SPECIAL_TOKENS
@@ -39,7 +39,7 @@ class TrainConfig:
     corpus: str
     tokenizer: str
     out: str
-    size: str = "embedded"
+    size: str = "embedded"  # architecture.SIZES: tiny | embedded | medium (ignored with --resume)
     prompt_tokens: int = 512
     canvas: int = 64
     batch: int = 64
@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.resume:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(cfg.resume, dtype=torch.float32)
     else:
-        sizes = TINY if cfg.size == "tiny" else {}
-        model = DiffusionGemmaForBlockDiffusion(build_config(tok.get_vocab_size(), cfg.canvas, **sizes))
+        if cfg.size not in SIZES:
+            raise SystemExit(f"--size {cfg.size}: choose one of {', '.join(SIZES)} (dg_model/architecture.py)")
+        model = DiffusionGemmaForBlockDiffusion(build_config(tok.get_vocab_size(), cfg.canvas, **SIZES[cfg.size]))
     model.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

@@ -242,3 +242,11 @@ def test_forward_compares_both_paths_on_the_embedded_model(monkeypatch, tmp_path
         assert o["hf_ms"] > 0 and o["lean_ms"] > 0 and o["speedup"] == pytest.approx(o["hf_ms"] / o["lean_ms"], rel=1e-2)
     png(out / "bench_forward.png")
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_forward_prices_an_untrained_size(monkeypatch, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(monkeypatch, "bench", "forward", "--size", "tiny", "--out", str(out), "--rounds", "2",
+                   "--canvases", "8", "--prompt-tokens", "32", "--device", "cpu") == 0
+    r = json.loads((out / "bench_forward.json").read_text())
+    assert r["model"] == "random tiny" and r["params"] < 2_000_000 and r["max_logit_diff"] < 1e-3

@@ -29,12 +29,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--canvases", default=",".join(map(str, CANVASES)), help="decoder canvas sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per operation (default 30)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as the server on 2 cores)")
+    p.add_argument("--size", help="instead of loading --model, build an architecture.SIZES preset (tiny, embedded, "
+                                  "medium) with random weights: the cost of a size before anyone trains it")
 
 
 def _prompt_ids(tokenizer, n: int) -> list[int]:
     text = Path(textwrap.__file__).read_text()
     ids = tokenizer.encode(text, add_special_tokens=False)
     return (ids * (n // max(1, len(ids)) + 1))[:n]
+
+
+def _random_model(size: str, device: str):
+    import torch
+    from transformers import DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
+
+    from dg_model.architecture import SIZES, build_config
+    from dg_model.loading import EMBEDDED_DIR, pick_device
+
+    if size not in SIZES:
+        raise SystemExit(f"dg-lsp: --size {size}: choose one of {', '.join(SIZES)}")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(EMBEDDED_DIR)
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(build_config(tokenizer.vocab_size, 64, **SIZES[size]))
+    return model.to(pick_device(device)).eval(), tokenizer
 
 
 def _time(fn: Callable[[], Any]) -> float:
@@ -51,7 +68,10 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     from dg_model.loading import load_model
 
     torch.set_num_threads(args.threads)
-    model, tokenizer, _ = load_model(args.model, args.device, args.quantize)
+    if getattr(args, "size", None):
+        model, tokenizer = _random_model(args.size, args.device)
+    else:
+        model, tokenizer, _ = load_model(args.model, args.device, args.quantize)
     reason = unsupported(model)
     if reason:
         raise SystemExit(f"dg-lsp: the lean forward cannot run this model ({reason}); nothing to compare")
@@ -111,7 +131,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         "bench": "forward",
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version()},
-        "model": args.model or "embedded",
+        "model": f"random {args.size}" if getattr(args, "size", None) else (args.model or "embedded"),
+        "params": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "prompt_tokens": n,
@@ -122,7 +143,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"forward: {r['model']} on {r['device']}, {r['torch_threads']} thread(s), prompt {r['prompt_tokens']} tokens, "
+    print(f"forward: {r['model']} ({r['params'] / 1e6:.1f} M parameters) on {r['device']}, {r['torch_threads']} thread(s), "
+          f"prompt {r['prompt_tokens']} tokens, "
           f"medians of {r['rounds']} alternating rounds; max |logit diff| {r['max_logit_diff']:.2e}")
     print(f"{'operation':<12} {'hf ms':>9} {'lean ms':>9} {'speed-up':>9}")
     for op, o in r["ops"].items():
