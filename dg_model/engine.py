@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
-from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
-from dg_model.prompts import build_prompt, choose_format, clean_answer
-from dg_model.forward import make_forward
-from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
 
+from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.forward import make_forward
+from dg_model.prompts import build_prompt, choose_format, clean_answer
+from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
+from dg_model.stops import block_end, cursor_indent, loop_start
 
 MODES = ("auto", "diffusion", "ar")
 
@@ -215,6 +216,9 @@ class DiffusionEngine:
                     tokens[i] += row[:cut]
                     logprobs[i] += lp[: (cut + 1) if cut is not None else None]
                     done[i] = cut is not None or bool(tail)
+                    if (loop := loop_start(tokens[i])) is not None:
+                        del tokens[i][loop:], logprobs[i][loop + 1 :]
+                        done[i] = True
             if job.kind == "line" and "\n" in self.tokenizer.decode(tokens[0]).lstrip("\n"):
                 break
             if job.kind == "block" and block_end(self.tokenizer.decode(tokens[0]), indent) is not None:
@@ -257,6 +261,10 @@ class DiffusionEngine:
                     continue
                 out[i].append(token)
                 logprobs[i].append(float(logp[i, token]))
+                if (cut := loop_start(out[i])) is not None:
+                    del out[i][cut:], logprobs[i][cut:]
+                    done[i] = True
+                    continue
                 text = self.tokenizer.decode(out[i])
                 ended = "\n" in text.lstrip("\n") if job.kind == "line" else block_end(text, indent) is not None
                 done[i] = ended or len(out[i]) >= job.max_tokens
@@ -304,25 +312,6 @@ class DiffusionEngine:
             on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
 
         return emit
-
-
-def cursor_indent(prefix: str) -> int:
-    """Indentation of the line the cursor is on (its leading blanks, or all of it when it is blank so far)."""
-    line = prefix.rsplit("\n", 1)[-1]
-    return len(line) - len(line.lstrip(" \t"))
-
-
-def block_end(text: str, indent: int) -> int | None:
-    """Where a block written at the cursor's `indent` ends: at the line break before the first later line that starts
-    further left (the model has moved on to the code after the block), else None. A line still blank says nothing."""
-    start = text.find("\n")
-    while start != -1:
-        stop = text.find("\n", start + 1)
-        line = text[start + 1 : stop if stop != -1 else len(text)]
-        if line.strip() and len(line) - len(line.lstrip(" \t")) < indent:
-            return start
-        start = stop
-    return None
 
 
 def _mean(values: list[float]) -> float:

@@ -173,7 +173,7 @@ def test_ar_candidates_are_batched_with_the_greedy_one_first(tiny):
 
 
 def test_block_end_is_the_first_later_line_left_of_the_cursor():
-    from dg_model.engine import block_end, cursor_indent
+    from dg_model.stops import block_end, cursor_indent
 
     assert cursor_indent("def f():\n    ") == 4 and cursor_indent("def f():\n    x = 1") == 4 and cursor_indent("x") == 0
     body = "x = 1\n    if x:\n        y = 2\n\n    return y"
@@ -181,3 +181,14 @@ def test_block_end_is_the_first_later_line_left_of_the_cursor():
     assert block_end(body + "\n\ndef g():\n", 4) == len(body) + 1  # cut at the break before `def g`
     assert block_end("x = 1\n  ", 4) is None  # a line still blank says nothing yet
     assert block_end("a\nb", 0) is None  # at column 0 nothing is further left
+
+
+def test_loop_start_keeps_one_copy_of_a_cycle():
+    from dg_model.stops import loop_start
+
+    assert loop_start([5] + [1, 2] * 12) == 3  # (1 2) over 24 tokens: keep 5 1 2
+    assert loop_start([9] + [7] * 24) == 2
+    assert loop_start([5] + [1, 2] * 11) is None  # 22 tokens: could still be a literal such as [0, 0, ...]
+    assert loop_start([1, 2, 3, 4, 5, 6, 7] * 3) is None  # three copies of a long cycle are not yet a loop
+    assert loop_start([0] + [1, 2, 3, 4, 5, 6, 7] * 4) == 8
+    assert loop_start(list(range(30))) is None and loop_start([]) is None
