@@ -102,7 +102,7 @@ class DiffusionEngine:
                 canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
                 texts, scores = self._diffuse(cache, len(prompt.ids), canvas, prompt.pinned_tail, job, stats)
         finally:
-            self._trim(cache, len(prompt.ids))
+            self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
         return JobResult(_dedupe(cands), stats)
@@ -140,7 +140,7 @@ class DiffusionEngine:
             texts, scores = self._texts(result.tokens, result.logprobs)
             stats.new_tokens = sum(1 for t in result.tokens[0].tolist() if t not in self.eos_ids)
         finally:
-            self._trim(cache, len(prompt.ids))
+            self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
 
@@ -163,7 +163,7 @@ class DiffusionEngine:
         if entry is None or reuse == 0:
             entry, reuse = _CachedPrompt([], self.fwd.new_cache()), 0
         else:
-            self._trim(entry.cache, reuse)
+            self.fwd.trim(entry.cache, reuse)
         t0 = time.perf_counter()
         hidden = self.fwd.encode(torch.tensor([ids[reuse:]], device=self.device), entry.cache, reuse)
         stats.encode_ms = (time.perf_counter() - t0) * 1e3
@@ -174,9 +174,6 @@ class DiffusionEngine:
             while len(self._caches) > self.settings.cached_documents:
                 self._caches.popitem(last=False)
         return entry.cache, hidden[:, -1:]
-
-    def _trim(self, cache, length: int) -> None:
-        self.fwd.trim(cache, length)
 
     # ------------------------------------------------------------------ decoding
     def _diffuse(self, cache, prompt_len, canvas_len, pinned_tail, job: InfillJob, stats: JobStats):

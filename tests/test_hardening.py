@@ -692,10 +692,16 @@ def test_corrupt_weights_fall_back_to_the_embedded_model(tmp_path):
         server.close()
 
 
-def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
+def failing_import(tmp_path: Path, module: str, message: str) -> Path:
+    """A directory to put first on the server's PYTHONPATH, holding a `module` whose import fails with `message`."""
     shims = tmp_path / "shims"
-    (shims / "bitsandbytes").mkdir(parents=True)
-    (shims / "bitsandbytes" / "__init__.py").write_text("raise ImportError('No module named bitsandbytes (test)')\n")
+    (shims / module).mkdir(parents=True)
+    (shims / module / "__init__.py").write_text(f"raise ImportError({message!r})\n")
+    return shims
+
+
+def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
+    shims = failing_import(tmp_path, "bitsandbytes", "No module named bitsandbytes (test)")
     server = start(tmp_path, "--model", str(EMBEDDED), "--quantize", "4bit", shims=shims,
                    fallback_to=FAKE_FALLBACK)
     try:
@@ -776,9 +782,7 @@ def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
 
 
 def test_missing_grammar_means_plain_text_context_and_one_warning(tmp_path):
-    shims = tmp_path / "shims"
-    (shims / "tree_sitter_python").mkdir(parents=True)
-    (shims / "tree_sitter_python" / "__init__.py").write_text("raise ImportError('tree-sitter-python (test)')\n")
+    shims = failing_import(tmp_path, "tree_sitter_python", "tree-sitter-python (test)")
     record = tmp_path / "events.jsonl"
     server = start(tmp_path, fake=fake_spec(text="a + b", record=str(record)), shims=shims)
     try:

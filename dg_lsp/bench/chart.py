@@ -26,6 +26,21 @@ def _skip(path: Path) -> bool:
     return False
 
 
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _side_by_side(ax, groups: list[str], series: list[tuple[str, list[float], str | None]], width: float = 0.38):
+    """One bar per series in each group, next to each other; series = (label, values per group, colour or None)."""
+    for j, (label, values, color) in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, values, width, label=label, color=color)
+    ax.set_xticks(range(len(groups)), groups)
+
+
 def _num(x: Any) -> float:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else 0.0
 
@@ -64,10 +79,7 @@ def latency(r: dict[str, Any], path: Path) -> bool:
     ax3.tick_params(axis="x", labelsize=8)
     ax3.title.set_fontsize(8)
     fig.suptitle(f"dg-lsp latency: {r['server']['status'].get('message', '')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def memory(r: dict[str, Any], path: Path) -> bool:
@@ -91,10 +103,7 @@ def memory(r: dict[str, Any], path: Path) -> bool:
     ax2.set(ylabel="MiB", title="memory")
     ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.suptitle(f"dg-lsp memory: {r['server']['status'].get('message', '')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def speed(r: dict[str, Any], path: Path) -> bool:
@@ -105,22 +114,15 @@ def speed(r: dict[str, Any], path: Path) -> bool:
     metrics = [("tok_per_s", "new tokens / s"), ("tokens_per_forward", "tokens per forward"),
                ("mean_steps", "forwards per task"), ("pass_at_1", "pass@1")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2))
-    width = 0.38
     for ax, (key, label) in zip(axes, metrics, strict=True):
-        for j, mode in enumerate(("diffusion", "ar")):
-            vals = [_num(r["kinds"][k][mode].get(key)) for k in kinds]
-            xs = [i + (j - 0.5) * width for i in range(len(kinds))]
-            ax.bar(xs, vals, width, label=mode, color="tab:green" if mode == "diffusion" else "tab:gray")
-        ax.set_xticks(range(len(kinds)), kinds)
+        _side_by_side(ax, kinds, [(mode, [_num(r["kinds"][k][mode].get(key)) for k in kinds], color)
+                                  for mode, color in (("diffusion", "tab:green"), ("ar", "tab:gray"))])
         ax.set_title(label)
     axes[0].legend(fontsize=8)
     ratios = ", ".join(f"{k}: {_num(r['kinds'][k]['ratio']['tok_per_s']):.2f}x tok/s, "
                        f"{_num(r['kinds'][k]['ratio']['task_latency']):.2f}x per task" for k in kinds)
     fig.suptitle(f"diffusion vs AR, {r['model']} on {r['device']}: {ratios}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def forward(r: dict[str, Any], path: Path) -> bool:
@@ -129,21 +131,15 @@ def forward(r: dict[str, Any], path: Path) -> bool:
         return _skip(path)
     ops = list(r["ops"])
     fig, ax = plt.subplots(figsize=(1.6 * len(ops) + 2, 4.2))
-    width = 0.38
-    for j, (kind, color) in enumerate((("hf", "tab:gray"), ("lean", "tab:green"))):
-        xs = [i + (j - 0.5) * width for i in range(len(ops))]
-        ax.bar(xs, [_num(r["ops"][op][f"{kind}_ms"]) for op in ops], width, label=kind, color=color)
+    _side_by_side(ax, ops, [(kind, [_num(r["ops"][op][f"{kind}_ms"]) for op in ops], color)
+                            for kind, color in (("hf", "tab:gray"), ("lean", "tab:green"))])
     for i, op in enumerate(ops):
         top = max(_num(r["ops"][op]["hf_ms"]), _num(r["ops"][op]["lean_ms"]))
         ax.annotate(f"{_num(r['ops'][op]['speedup']):.2f}x", (i, top), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(ops)), ops)
     ax.set(ylabel="median ms", title=f"transformers' modules vs lean forward, {r['model']} on {r['device']}, "
                                      f"{r['torch_threads']} thread(s), prompt {r['prompt_tokens']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def gpu(r: dict[str, Any], path: Path) -> bool:
@@ -156,18 +152,12 @@ def gpu(r: dict[str, Any], path: Path) -> bool:
     ax1.bar(canvases, [_num(r["steps"][c]["step_ms"]) for c in canvases], color="tab:blue")
     prefill = _num(r.get("prefill_ms"))
     ax1.set(xlabel="canvas (tokens)", ylabel="decoder step (ms, median)", title=f"prefill {prefill:.0f} ms")
-    width = 0.38
-    for j, k in enumerate(("15", "20")):
-        xs = [i + (j - 0.5) * width for i in range(len(canvases))]
-        ax2.bar(xs, [_num(r["steps"][c]["tok_per_s"].get(k)) for c in canvases], width, label=f"{k} tokens/forward")
-    ax2.set_xticks(range(len(canvases)), canvases)
+    _side_by_side(ax2, canvases, [(f"{k} tokens/forward", [_num(r["steps"][c]["tok_per_s"].get(k)) for c in canvases],
+                                    None) for k in ("15", "20")])
     ax2.set(xlabel="canvas (tokens)", ylabel="projected tokens/s", title="projected decode speed")
     ax2.legend(fontsize=8, loc="lower right")
     peak = (r.get("memory_after_steps") or {}).get("peak_gib")
     vram = f", VRAM peak {peak:.1f} GiB" if peak else ""
     fig.suptitle(f"{r['config']} on {r['device']}: experts {r['expert_bits']}-bit, dense {r['dense_bits']}-bit{vram}",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
