@@ -242,7 +242,10 @@ def postprocess(raw: str, text: str, offset: int, language_id: str, kind: Litera
     if not middle.strip():
         return None
 
-    lines = _cut_at_suffix(_shape(_drop_prefix_repeats(middle.split("\n"), doc), doc, kind, spec), doc)
+    lines = _drop_prefix_repeats(middle.split("\n"), doc)
+    if not lines:  # nothing but a repeat of the lines above
+        return None
+    lines = _cut_at_suffix(_shape(lines, doc, kind, spec), doc)
     if not lines:
         return None
     end = offset

@@ -102,6 +102,13 @@ def test_python_leading_line_repeating_the_prefix_is_dropped() -> None:
     assert complete("def f():<CURSOR>\n", "\ndef f():\n    return 1", "python", "block") == "def f():\n    return 1\n"
 
 
+def test_completion_that_only_repeats_the_line_above_is_dropped() -> None:
+    # found by sampling candidates on HumanEval: every line was a repeat, which left nothing to shape (IndexError)
+    marked = "def f(a):\n    d = abs(a)\n    if d < 1:\n        <CURSOR>\n"
+    assert complete(marked, "if d < 1:", "python", "line") is None
+    assert complete(marked, "if d < 1:\n", "python", "block") is None
+
+
 def test_python_body_indented_from_column_zero_is_moved_under_header() -> None:
     assert (
         complete("    def f(self):<CURSOR>\n", "\nreturn self.x", "python", "block")
