@@ -8,6 +8,7 @@ nothing in this module raises for a bad or unknown language id or document.
 
 from __future__ import annotations
 
+import ast
 import bisect
 import functools
 import importlib
@@ -198,6 +199,22 @@ def parse(source: bytes, language_id: str | None) -> Tree | None:
         return parser.parse(source)
     except Exception:  # the bindings raise on pathological input (e.g. a timeout); treat as "no syntax"
         return None
+
+
+def compiles(source: str, language_id: str | None) -> bool | None:
+    """A compiler-grade syntax verdict where the standard library has one, else None.
+
+    Python only: tree-sitter's Python grammar accepts what Python refuses (an unexpected indent, a header with no
+    body), which are the commonest ways a generated line breaks a file (HumanEval single-line: 40% of the embedded
+    model's wrong lines).
+    """
+    if normalize(language_id) != "python":
+        return None
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: NUL bytes
+        return False
+    return True
 
 
 def grammar_status() -> dict[str, bool]:

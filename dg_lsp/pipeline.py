@@ -14,7 +14,7 @@ from typing import Sequence
 from dg_model.api import Engine, InfillJob, RewriteJob
 
 from .context import ContextBudget, build_context, enclosing_block, should_complete
-from .postprocess import Edit, postprocess
+from .postprocess import Edit, postprocess, rank
 from .settings import Settings
 
 # Context and validation look at most this far (in characters) from the cursor: a multi-MB file still completes,
@@ -81,7 +81,7 @@ def complete_at(
         edit = postprocess(cand.text, window, offset, language_id, ctx.kind)
         if edit is not None and edit.text and edit not in edits:
             edits.append(edit)
-    return [_shift(e, base) for e in edits]
+    return [_shift(e, base) for e in rank(edits)]
 
 
 def rewrite_range(
@@ -123,6 +123,7 @@ def rewrite_range(
     )
     result = engine.rewrite(job)
     kind = "block" if "\n" in block else "line"
+    fallback = None
     for cand in result.candidates:
         raw = cand.text
         if block.endswith("\n") and not raw.endswith("\n"):
@@ -139,8 +140,10 @@ def rewrite_range(
         # Offsets in the gap text at or after `start` are `end - start` further in the original.
         mapped = Edit(start=start, end=edit.end + base + (end - start), text=new_text)
         if text[mapped.start : mapped.end] != mapped.text:
-            return mapped
-    return None
+            if edit.compiles is not False:
+                return mapped
+            fallback = fallback or mapped  # only if no other candidate compiles
+    return fallback
 
 
 def block_range(text: str, start: int, end: int, language_id: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ Pure functions only: text in, an `Edit` (offsets into the original document) or 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from tree_sitter import Node, Tree
@@ -27,6 +27,9 @@ class Edit:
     start: int  # character offsets into the ORIGINAL document text
     end: int  # end > start: the completion also replaces text after the cursor (the rest of the line)
     text: str
+    # After the edit, does the top-level statement around it pass the language's own parser (languages.compiles)?
+    # None where there is no such check. Callers rank candidates by it; it is not part of the edit's identity.
+    compiles: bool | None = field(default=None, compare=False)
 
 
 def _bracket_tokens(spec: LanguageSpec | None) -> re.Pattern[str]:
@@ -165,12 +168,15 @@ def _drop_prefix_repeats(lines: list[str], doc: Doc) -> list[str]:
     if blank_before:
         while len(lines) > 1 and not lines[0].strip():  # the cursor line is already the empty line to fill
             lines = _onto_cursor_line(lines[1:], before)
-    above = [x for x in doc.lines[max(0, doc.row - 8) : doc.row] if x.strip()][-3:] + [before]
-    seen = {x.strip() for x in above if any(ch.isalnum() for ch in x)}
+    above = [x.strip() for x in doc.lines[max(0, doc.row - 8) : doc.row] + [before] if any(ch.isalnum() for ch in x)]
     first = 0 if blank_before else 1
+    # An echo repeats the last lines above in their order, ending with the one just above. A line that only matches
+    # an earlier one is often right: a second `return False` two lines below the first.
     skip = first
-    while skip < len(lines) and lines[skip].strip() in seen:
-        skip += 1
+    for k in range(min(3, len(above), len(lines) - first), 0, -1):
+        if [x.strip() for x in lines[first : first + k]] == above[-k:]:
+            skip = first + k
+            break
     if skip == first:
         return lines
     return _onto_cursor_line(lines[skip:], before) if blank_before else [lines[0], *lines[skip:]]
@@ -286,4 +292,22 @@ def postprocess(raw: str, text: str, offset: int, language_id: str, kind: Litera
         if kept is None:
             return None
         result = kept
-    return Edit(offset, end, result.replace("\n", eol))
+    result = result.replace("\n", eol)
+    return Edit(offset, end, result, _compiles(doc, text, offset, end, result, language_id))
+
+
+def rank(edits: list[Edit]) -> list[Edit]:
+    """The model's order, except that an edit after which the code no longer compiles goes last: tree-sitter forgives
+    what Python does not (an unexpected indent, a header without a body)."""
+    return sorted(edits, key=lambda e: e.compiles is False)
+
+
+def _compiles(doc: Doc, text: str, start: int, end: int, new: str, language_id: str) -> bool | None:
+    """languages.compiles over the top-level statement(s) the edit touches, as they read after it."""
+    if languages.compiles("", language_id) is None:
+        return None
+    lo_row, hi_row = top_level_region(doc.lines, doc.row, doc.locate(end)[0] + 1)
+    lo, hi = doc.offset_of(lo_row, 0), doc.offset_of(hi_row - 1, len(doc.lines[hi_row - 1]))
+    if hi - lo > MAX_PARSE_CHARS:
+        return None
+    return languages.compiles(text[lo:start] + new + text[end:hi], language_id)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.beam import beam_search
 from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
@@ -42,6 +43,9 @@ class EngineSettings:
     # Decoding per job kind when neither the job nor the engine names one. Diffusion unless a model's measurements say
     # otherwise: the embedded model's decoder is a weaker predictor than its causal encoder (model card).
     decoding: dict[str, str] = field(default_factory=lambda: {"line": "diffusion", "block": "diffusion"})
+    # Beam width of AR decoding (at least the job's `n`): 1 is greedy; wider returns more candidates for the editor
+    # to rank by syntax, at the cost of a batched forward per token.
+    ar_beam: int = 1
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
@@ -229,56 +233,47 @@ class DiffusionEngine:
         return texts, [_mean(lp) for lp in logprobs]
 
     def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
-        """Next-token decoding through the causal encoder and its KV cache. Candidate 0 is greedy; with `job.n` > 1 the
-        others sample (at the job's temperature, else the sampler's final one) in the same batched forward."""
-        n = max(1, job.n)
-        gen = torch.Generator().manual_seed(job.seed or 0)
-        temperature = job.temperature if job.temperature is not None else self.settings.sampler.temperature_end
-        batched = self.fwd.expand(cache, n) if n > 1 else cache
-        hidden = last_hidden.expand(n, -1, -1) if n > 1 else last_hidden
-        out: list[list[int]] = [[] for _ in range(n)]
-        logprobs: list[list[float]] = [[] for _ in range(n)]
-        done = [job.max_tokens <= 0] * n
+        """Next-token decoding through the causal encoder and its KV cache: a beam of `max(job.n, ar_beam)` (width 1
+        is greedy decoding). Every finished beam is a candidate, best first, so a model tuned for a wider beam returns
+        alternatives even for `n=1`: the editor side ranks them again by what still parses."""
+        width = max(job.n, self.settings.ar_beam)
+        batched = self.fwd.expand(cache, width) if width > 1 else cache
         indent = cursor_indent(job.prefix)
-        while not all(done):
-            if job.cancel is not None and job.cancel.is_set():
-                raise Cancelled()
+        stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
+
+        def finish(tokens: list[int]) -> int | None:
+            if (cut := loop_start(tokens)) is not None:
+                return cut
+            text = self.tokenizer.decode(tokens)
+            ended = "\n" in text.lstrip("\n") if job.kind == "line" else block_end(text, indent) is not None
+            return len(tokens) if ended or len(tokens) >= job.max_tokens else None
+
+        def advance(parents: list[int], tokens: list[int]) -> torch.Tensor:
             t0 = time.perf_counter()
-            stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
-            logp = torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]), -1)  # [n, V]
-            tokens = logp.argmax(-1)
-            if n > 1:
-                probs = torch.softmax(logp[1:] / max(temperature, 1e-3), -1).cpu()
-                tokens[1:] = torch.multinomial(probs, 1, generator=gen).squeeze(-1).to(tokens.device)
-            for i, token in enumerate(tokens.tolist()):
-                if done[i]:
-                    continue
-                if token in self.eos_ids:
-                    done[i] = True
-                    continue
-                out[i].append(token)
-                logprobs[i].append(float(logp[i, token]))
-                if (cut := loop_start(out[i])) is not None:
-                    del out[i][cut:], logprobs[i][cut:]
-                    done[i] = True
-                    continue
-                text = self.tokenizer.decode(out[i])
-                ended = "\n" in text.lstrip("\n") if job.kind == "line" else block_end(text, indent) is not None
-                done[i] = ended or len(out[i]) >= job.max_tokens
-            if all(done):
-                break
-            # finished rows are fed pad and ignored: one batched forward for all candidates
-            feed = torch.tensor([[self.tokenizer.pad_token_id if d else t] for d, t in zip(done, tokens.tolist())],
-                                device=self.device)
+            pad = width - len(parents)  # rows beyond the live beams copy beam 0 and are fed pad; nobody reads them
+            rows = parents + [parents[0]] * pad
+            if rows != list(range(width)):
+                self.fwd.reorder(batched, torch.tensor(rows), prompt_len)
+            feed = torch.tensor([[t] for t in tokens + [self.tokenizer.pad_token_id] * pad], device=self.device)
             hidden = self.fwd.encode(feed, batched, self.fwd.seq_length(batched))
+            logp = torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]).float(), -1)[: len(parents)]
             stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
-            if job.on_draft is not None:
-                job.on_draft(self.tokenizer.decode(out[0]))
-        stats.new_tokens = len(out[0])
-        texts = [self.tokenizer.decode(o) for o in out]
+            return logp
+
+        if job.max_tokens <= 0:
+            return [""], [0.0]
+        on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
+        first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
+        result = beam_search(first, advance, width, finish, self.eos_ids, job.cancel, on_step)
+        stats.steps += result.steps
+        # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
+        # flatters it (one EOS log-prob against a line's sum divided by its length's square root).
+        best = sorted(result.hypotheses, key=lambda h: not h.tokens)
+        stats.new_tokens = len(best[0].tokens)
+        texts = [self.tokenizer.decode(h.tokens) for h in best]
         if job.kind == "block":
             texts = [t[: block_end(t, indent)] for t in texts]
-        return texts, [_mean(lp) for lp in logprobs]
+        return texts, [h.score for h in best]
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []

@@ -34,6 +34,11 @@ class Forward(Protocol):
 
     def expand(self, cache, n: int) -> Any: ...
 
+    def reorder(self, cache, rows: torch.Tensor, start: int = 0) -> None:
+        """Row i of the batch becomes old row `rows[i]` (beam search); positions before `start` are equal in every
+        row already and may be left alone."""
+        ...
+
     def encode(self, ids: torch.Tensor, cache, start: int) -> torch.Tensor: ...
 
     def decoder_logits(self, canvas: torch.Tensor, cache, sc_logits: torch.Tensor | None) -> torch.Tensor: ...
@@ -99,6 +104,9 @@ class HFForward:
         for idx, layer in enumerate(cache.layers):
             out.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), idx)
         return out
+
+    def reorder(self, cache: DynamicCache, rows: torch.Tensor, start: int = 0) -> None:
+        cache.reorder_cache(rows)
 
     def encode(self, ids, cache, start):
         return encode(self.model, ids, cache, start)

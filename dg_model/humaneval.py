@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from dg_model.api import Engine, InfillJob
+from dg_model.api import Candidate, Engine, InfillJob
 from dg_model.sandbox import ExecResult, run_program
 
 Kind = Literal["single-line", "multi-line"]
@@ -152,6 +152,14 @@ def select(tasks: Sequence[InfillTask], limit: int | None, seed: int = 0) -> lis
 
 
 # ------------------------------------------------------------------------------------------------ post-processing
+Chooser = Callable[[InfillTask, Sequence[Candidate]], str]
+
+
+def first_candidate(task: InfillTask, candidates: Sequence[Candidate]) -> str:
+    """The engine's best candidate, cut to what the task asks for."""
+    return postprocess(candidates[0].text, task) if candidates else ""
+
+
 def postprocess(candidate: str, task: InfillTask) -> str:
     """The text inserted at the cursor for the engine's `candidate`."""
     candidate = candidate.replace("\r\n", "\n")
@@ -227,12 +235,17 @@ def run_tasks(
     max_tokens: int | None = None,
     doc_key: str = "humaneval",
     progress: Callable[[str], None] | None = None,
+    candidates: int = 1,
+    choose: Chooser | None = None,
 ) -> dict[str, Any]:
     """Run `tasks` (or a seeded subset of `limit`) through `engine`; a JSON-serializable report.
 
-    Every job gets `seed`, `n=1` and the same `doc_key` (the engine keeps one prompt cache per key, so at most one
+    Every job gets `seed`, `n=candidates` and the same `doc_key` (the engine keeps one prompt cache per key, so at most one
     is alive; consecutive tasks of one problem share most of their prompt, as successive edits in an editor would).
+    `choose` turns the engine's candidates into the one completion that is tested (default: the first candidate,
+    cut by `postprocess`); `dg-lsp eval --editor` passes the editor's own post-processing and ranking.
     """
+    choose = choose or first_candidate
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if any(t.kind != kind for t in tasks):
@@ -246,8 +259,8 @@ def run_tasks(
 
     rows: list[dict[str, Any]] = []
     for i, task in enumerate(chosen):
-        job = InfillJob(prefix=task.prefix, suffix=task.suffix, kind=JOB_KIND[kind], max_tokens=budget, n=1,
-                        doc_key=doc_key, seed=seed)
+        job = InfillJob(prefix=task.prefix, suffix=task.suffix, kind=JOB_KIND[kind], max_tokens=budget,
+                        n=candidates, doc_key=doc_key, seed=seed)
         row: dict[str, Any] = {"task_id": task.task_id, "middle": task.middle}
         t0 = time.perf_counter()
         try:
@@ -261,7 +274,8 @@ def run_tasks(
             raw = result.candidates[0].text if result.candidates else ""
             st = result.stats
             row.update(
-                raw=raw, completion=postprocess(raw, task), score=result.candidates[0].score if result.candidates else None,
+                raw=raw, completion=choose(task, result.candidates), candidates=len(result.candidates),
+                score=result.candidates[0].score if result.candidates else None,
                 steps=st.steps, new_tokens=st.new_tokens, tokens_per_forward=st.tokens_per_forward,
                 engine_total_ms=st.total_ms, prompt_tokens=st.prompt_tokens, reused_tokens=st.reused_tokens,
                 empty=not result.candidates, decoding=st.mode,
@@ -300,6 +314,8 @@ def run_tasks(
         "limit": limit,
         "seed": seed,
         "max_tokens": budget,
+        "candidates": candidates,
+        "choose": getattr(choose, "__name__", str(choose)),
         "timeout_s": timeout,
         "decoding": dict(Counter(r["decoding"] for r in ran)),  # what each job decoded with ("auto" resolves per kind)
         "pass_at_1": round(sum(r["passed"] for r in rows) / n, 4) if n else 0.0,
@@ -347,13 +363,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="test programs run in parallel (default: 2)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="generation budget per task (default: 64 single-line, "
                    "256 multi-line)")
+    p.add_argument("--candidates", type=int, default=1, metavar="N", help="candidates asked of the engine per task, "
+                   "as the server's `candidates` setting (default: 1; a model may return more, see ar_beam)")
+    p.add_argument("--editor", action="store_true", help="test the completion the editor would show: the candidates "
+                   "post-processed and ranked as the server does (dg_lsp.postprocess), not the first one as is")
     p.add_argument("--out", metavar="PATH", help="write the full JSON report here")
     p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice); 1 keeps "
                    "latency stable on a machine shared with other work")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, editor_choice: Chooser | None = None) -> int:
     from dg_model.api import EngineError
 
     import torch
@@ -373,8 +393,12 @@ def run_cli(args: argparse.Namespace) -> int:
     progress = None if args.quiet else (lambda message: print(f"humaneval {args.kind} {args.mode}: {message}",
                                                                 file=sys.stderr, flush=True))
     tasks = build_tasks(args.kind)
+    if args.editor and editor_choice is None:
+        print("dg-lsp: --editor needs dg_lsp's post-processing (run it as `dg-lsp eval`)", file=sys.stderr)
+        return 2
     report = run_tasks(engine, tasks, args.kind, limit=args.limit, seed=args.seed, timeout=args.timeout,
-                       workers=args.workers, max_tokens=args.max_tokens, progress=progress)
+                       workers=args.workers, max_tokens=args.max_tokens, progress=progress, candidates=args.candidates,
+                       choose=editor_choice if args.editor else None)
     report = {"mode": args.mode, "model": args.model or "embedded", "load_s": round(load_s, 2),
               "torch_threads": torch.get_num_threads(), "provenance": provenance(args.model), **report}
     if args.out:
@@ -408,8 +432,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "results"}
 
 
-def register(subcommands: dict, subcommand_type: type) -> None:
-    subcommands["eval"] = subcommand_type(add_arguments, run_cli, "run a benchmark (humaneval infilling) on the model")
+def register(subcommands: dict, subcommand_type: type, editor_choice: Chooser | None = None) -> None:
+    subcommands["eval"] = subcommand_type(add_arguments, lambda args: run_cli(args, editor_choice),
+                                          "run a benchmark (humaneval infilling) on the model")
 
 
 def iter_tasks(kind: str) -> Iterable[dict[str, Any]]:  # pragma: no cover - for ad-hoc inspection

@@ -8,6 +8,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_model.api import Cancelled, EngineError, InfillJob, RewriteJob
+from dg_model.beam import beam_search
 from dg_model.architecture import TINY, build_config
 from dg_model.engine import DiffusionEngine, EngineSettings
 from dg_model.loading import EMBEDDED_DIR, load_engine
@@ -161,15 +162,37 @@ def test_decoding_follows_the_job_then_the_engine_then_the_models_choice_per_kin
         DiffusionEngine(model, tok, EngineSettings(decoding={"line": "fast"}), name="tiny")
 
 
-def test_ar_candidates_are_batched_with_the_greedy_one_first(tiny):
-    engine = make(tiny, mode="ar")
-    greedy = engine.infill(InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6))
-    job = InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6, n=4, seed=3, temperature=1.5)
-    a, b = engine.infill(job), engine.infill(job)
-    assert a.candidates[0].text == greedy.candidates[0].text
-    assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
-    assert len(a.candidates) > 1, "a random tiny model sampled at 1.5 should not repeat the greedy answer 3 times"
-    assert a.stats.steps <= 6 and a.stats.mode == "ar"
+@pytest.mark.parametrize("forward", ["lean", "hf"])
+def test_ar_beams_score_what_a_fresh_encode_scores(tiny, forward, monkeypatch):
+    import dg_model.engine as engine_module
+    from dg_model.beam import ALPHA
+    from dg_model.prompts import build_prompt
+
+    model, tok = tiny
+    engine = DiffusionEngine(model, tok, EngineSettings(forward=forward, ar_beam=4), name="tiny", mode="ar")
+    seen = []
+    monkeypatch.setattr(engine_module, "beam_search", lambda *a, **k: seen.append(beam_search(*a, **k)) or seen[-1])
+    job = InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6, doc_key="doc")
+    result = engine.infill(job)
+    assert len(result.candidates) > 1, "a beam of 4 returns alternatives even for n=1"
+    assert len({c.text for c in result.candidates}) == len(result.candidates)
+    scores = [c.score for c in result.candidates if c.text]  # best first; an empty middle, if any, last
+    assert scores == sorted(scores, reverse=True) and all(c.text for c in result.candidates[: len(scores)])
+    # Every beam's score is its tokens' log-probability under a from-scratch encode: the cache rows were reordered
+    # with the beams, not left with the rows they started in.
+    prompt = build_prompt(tok, engine.format, PREFIX, SUFFIX, engine.settings.prompt_tokens).ids
+    for h in seen[0].hypotheses:
+        with torch.no_grad():
+            hidden = encode(model, torch.tensor([prompt + h.tokens]), DynamicCache(config=model.config.text_config), 0)
+            logp = torch.log_softmax(lm_logits(model, hidden[0, len(prompt) - 1 :]).float(), -1)
+        want = [float(logp[i, t]) for i, t in enumerate(h.tokens)]
+        if len(h.logprobs) > len(h.tokens):  # it ended on EOS (or pad): that step's log-prob counts too
+            assert any(float(logp[len(h.tokens), e]) == pytest.approx(h.logprobs[-1], abs=1e-4) for e in engine.eos_ids)
+            want.append(h.logprobs[-1])
+        torch.testing.assert_close(torch.tensor(h.logprobs), torch.tensor(want), atol=1e-4, rtol=1e-4)
+        assert h.score == pytest.approx(sum(want) / len(want) ** ALPHA, abs=1e-4)
+    again = engine.infill(job).candidates  # from the cached prompt: the cache was trimmed back after the beams
+    assert [c.text for c in again] == [c.text for c in result.candidates]
 
 
 def test_block_end_is_the_first_later_line_left_of_the_cursor():

@@ -234,6 +234,36 @@ def test_cli_registration_and_run(tmp_path, monkeypatch, single):
     assert report["mode"] == "ar" and report["tasks"] == 4 and report["pass_at_1"] == 1.0 and report["model"] == "embedded"
 
 
+def test_editor_choice_tests_what_the_editor_would_show(tmp_path, monkeypatch, single):
+    from dg_lsp import cli
+    from dg_lsp.eval_cmd import editor_choice
+    import dg_model.loading as loading
+
+    task = next(t for t in single if t.middle.startswith("for ") and t.middle.endswith(":"))
+
+    class TwoCandidates(OracleEngine):
+        def infill(self, job):
+            self.jobs.append(job)
+            true = self.answers[(job.prefix, job.suffix)]
+            # the model's favourite leaves the body below it unexpectedly indented; the editor ranks it last
+            return JobResult([Candidate("pass", -0.1), Candidate(true, -0.5)], JobStats(steps=2, new_tokens=3))
+
+    engine = TwoCandidates.for_tasks([task])
+    assert editor_choice(task, engine.infill(InfillJob(task.prefix, task.suffix)).candidates) == task.middle
+    assert he.run_tasks(engine, [task], "single-line")["pass_at_1"] == 0.0  # the first candidate as is
+    report = he.run_tasks(engine, [task], "single-line", candidates=2, choose=editor_choice)
+    assert report["pass_at_1"] == 1.0 and report["choose"] == "editor_choice" and engine.jobs[-1].n == 2
+    assert editor_choice(task, []) == ""
+
+    monkeypatch.setattr(loading, "load_engine", lambda *a, **k: TwoCandidates.for_tasks(single), raising=False)
+    out = tmp_path / "r.json"
+    args = cli.build_parser().parse_args(["eval", "humaneval", "--kind", "single-line", "--limit", "3", "--editor",
+                                          "--candidates", "2", "--out", str(out), "--quiet"])
+    assert cli.SUBCOMMANDS["eval"].run(args) == 0
+    report = json.loads(out.read_text())
+    assert report["choose"] == "editor_choice" and report["candidates"] == 2
+
+
 # ------------------------------------------------------------------------------------------ the real embedded model
 def _real_engine_or_skip(mode: str):
     try:

@@ -83,6 +83,40 @@ def test_trim_expand_and_block_append_match_transformers(pair):
         lean.decoder_logits(nxt, cl, None)
 
 
+@torch.inference_mode()
+def test_reordered_beams_continue_from_their_parents_rows(pair):
+    hf, lean = pair
+    prompt, steps = torch.randint(7, VOCAB, (1, 20)), torch.randint(7, VOCAB, (3, 2))
+    caches = []
+    for fwd in (hf, lean):
+        c = fwd.new_cache()
+        fwd.encode(prompt, c, 0)
+        c = fwd.expand(c, 3)
+        fwd.encode(steps[:, :1], c, 20), fwd.encode(steps[:, 1:], c, 21)
+        fwd.reorder(c, torch.tensor([2, 0, 0]), start=20)  # beams 0 and 1 now continue row 2's and row 0's text
+        caches.append(c)
+    nxt = torch.randint(7, VOCAB, (3, 1))
+    out_hf, out_lean = hf.encode(nxt, caches[0], 22), lean.encode(nxt, caches[1], 22)
+    close(out_hf, out_lean)
+    fresh = lean.encode(torch.cat([prompt[0], steps[2], nxt[0]])[None], lean.new_cache(), 0)
+    close(out_lean[0], fresh[0, -1:])
+
+
+@torch.inference_mode()
+def test_cache_memory_is_never_read_before_it_is_written(pair):
+    hf, lean = pair
+    cl = lean.new_cache(capacity=8)
+    for t in cl.k + cl.v:
+        t.fill_(float("nan"))  # the cache is allocated uninitialised: any stale read would show as NaN
+    ids, canvas = torch.randint(7, VOCAB, (1, 12)), torch.randint(7, VOCAB, (2, 6))
+    ch = hf.new_cache()
+    close(hf.encode(ids, ch, 0), lean.encode(ids, cl, 0))  # grows past capacity 8 on the way
+    bh, bl = hf.expand(ch, 2), lean.expand(cl, 2)
+    close(hf.decoder_logits(canvas, bh, None), lean.decoder_logits(canvas, bl, None))
+    lean.reorder(bl, torch.tensor([1, 0]), start=12), hf.reorder(bh, torch.tensor([1, 0]))
+    close(hf.encode(canvas[:, :1], bh, 12), lean.encode(canvas[:, :1], bl, 12))
+
+
 def test_auto_falls_back_to_transformers_where_lean_cannot_run():
     model = _model(["sliding_attention", "full_attention"], sliding_window=16)
     assert "sliding" in unsupported(model)

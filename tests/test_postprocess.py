@@ -109,6 +109,14 @@ def test_completion_that_only_repeats_the_line_above_is_dropped() -> None:
     assert complete(marked, "if d < 1:\n", "python", "block") is None
 
 
+def test_a_line_that_only_matches_an_earlier_line_is_kept() -> None:
+    # HumanEval/82: the editor dropped a correct `return False` because one stood two lines above
+    marked = "def f(l):\n    if l < 2:\n        return False\n    for i in range(2, l):\n        if l % i == 0:\n            <CURSOR>\n"
+    assert complete(marked, "return False", "python", "line") == marked.replace(CURSOR, "return False")
+    echo = "def f():\n    a = 1\n    b = 2\n    <CURSOR>\n"
+    assert complete(echo, "a = 1\n    b = 2\n    c = 3", "python", "block") == echo.replace(CURSOR, "c = 3")
+
+
 def test_python_body_indented_from_column_zero_is_moved_under_header() -> None:
     assert (
         complete("    def f(self):<CURSOR>\n", "\nreturn self.x", "python", "block")
@@ -284,3 +292,41 @@ def test_never_adds_parse_errors(language_id: str, where: float, raw: str, kind:
     if kind == "line":
         assert "\n" not in edit.text
     assert errors(apply(text, edit), language_id) <= errors(text, language_id)
+
+
+# ---- ranking by the language's own parser -----------------------------------------------------------------------
+
+
+GAP = "def total(numbers):\n    result = 0\n    <CURSOR>\n        result += n\n    return result\n"
+
+
+def test_python_edits_say_whether_the_code_still_compiles() -> None:
+    text, offset = at(GAP)
+    header = postprocess("for n in numbers:", text, offset, "python", "line")
+    statement = postprocess("print(numbers)", text, offset, "python", "line")
+    assert header is not None and header.compiles is True
+    # tree-sitter takes the unexpected indent after a plain statement; Python does not
+    assert statement is not None and statement.compiles is False
+    js = postprocess("x = 1;", *at("function f() {\n  <CURSOR>\n}\n"), "javascript", "line")
+    assert js is not None and js.compiles is None
+
+
+def test_ranking_moves_edits_that_break_compilation_last_and_keeps_the_models_order_otherwise() -> None:
+    from dg_lsp.postprocess import rank
+
+    a, b, c, d = (Edit(0, 0, t, ok) for t, ok in (("a", False), ("b", True), ("c", None), ("d", False)))
+    assert [e.text for e in rank([a, b, c, d])] == ["b", "c", "a", "d"]
+    assert Edit(0, 0, "x", True) == Edit(0, 0, "x", False), "the verdict is not part of the edit's identity"
+
+
+def test_complete_at_offers_the_candidate_that_compiles_first() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete_at
+    from dg_lsp.settings import Settings
+
+    text, offset = at(GAP)
+    engine = FakeEngine(texts=["print(numbers)", "for n in numbers:"])
+    edits = complete_at(engine, text, offset, "python", Settings(candidates=2))
+    assert [e.text for e in edits] == ["for n in numbers:", "print(numbers)"]
+    compile(apply(text, edits[0]), "<edit>", "exec")
