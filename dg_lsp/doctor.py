@@ -114,7 +114,8 @@ def _model(report, args: argparse.Namespace) -> None:
     settings = getattr(engine, "settings", None)
     if settings is not None and hasattr(engine, "fwd"):  # the real engine (test doubles have neither)
         kinds = ", ".join(f"{kind} {mode}" for kind, mode in settings.decoding.items())
-        report("ok", "decoding", f"{kinds} (setting decoding: auto); forward: {engine.fwd.kind}")
+        beam = f"AR beam {settings.ar_beam}" if settings.ar_beam > 1 else "AR greedy"
+        report("ok", "decoding", f"{kinds} (setting decoding: auto); {beam}; forward: {engine.fwd.kind}")
     job = InfillJob(prefix="def add(a, b):\n    return ", suffix="\n", kind="line", max_tokens=8, seed=0)
     try:
         result, seconds = _timed(lambda: engine.infill(job))
