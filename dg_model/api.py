@@ -34,7 +34,7 @@ class InfillJob:
     context: Sequence[str] = ()  # snippets from other open documents, most relevant last
     doc_key: str = ""  # stable per document (its URI): the engine keeps one prompt cache per key
     seed: int | None = None
-    temperature: float | None = None  # None: the model's generation_config
+    temperature: float | None = None  # diffusion sampling; None: the model's generation_config. AR is greedy/beam
     # "diffusion": the denoising sampler; "ar": next-token decoding through the causal encoder of the same weights;
     # "auto": what the model's engine settings recommend for this `kind` (measured per model, see dg_engine.json)
     decoding: Literal["auto", "diffusion", "ar"] = "auto"

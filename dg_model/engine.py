@@ -236,7 +236,7 @@ class DiffusionEngine:
         """Next-token decoding through the causal encoder and its KV cache: a beam of `max(job.n, ar_beam)` (width 1
         is greedy decoding). Every finished beam is a candidate, best first, so a model tuned for a wider beam returns
         alternatives even for `n=1`: the editor side ranks them again by what still parses."""
-        width = max(job.n, self.settings.ar_beam)
+        width = max(1, job.n, self.settings.ar_beam)
         batched = self.fwd.expand(cache, width) if width > 1 else cache
         indent = cursor_indent(job.prefix)
         stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
@@ -311,9 +311,10 @@ def _mean(values: list[float]) -> float:
 
 
 def _dedupe(cands: list[Candidate]) -> list[Candidate]:
+    """Distinct texts: the first candidate (greedy, or the best beam), then the others by score, empty ones last."""
     seen: set[str] = set()
     out = []
-    for c in [cands[0]] + sorted(cands[1:], key=lambda c: -c.score) if cands else []:
+    for c in [cands[0]] + sorted(cands[1:], key=lambda c: (not c.text.strip(), -c.score)) if cands else []:
         if c.text not in seen:
             seen.add(c.text)
             out.append(c)

@@ -215,3 +215,12 @@ def test_loop_start_keeps_one_copy_of_a_cycle():
     assert loop_start([1, 2, 3, 4, 5, 6, 7] * 3) is None  # three copies of a long cycle are not yet a loop
     assert loop_start([0] + [1, 2, 3, 4, 5, 6, 7] * 4) == 8
     assert loop_start(list(range(30))) is None and loop_start([]) is None
+
+
+def test_candidates_keep_the_first_then_go_by_score_with_empty_middles_last():
+    from dg_model.api import Candidate
+    from dg_model.engine import _dedupe
+
+    cands = [Candidate("a", -3.0), Candidate("", -0.1), Candidate("b", -2.0), Candidate("c", -1.0), Candidate("a", 0.0)]
+    assert [c.text for c in _dedupe(cands)] == ["a", "c", "b", ""]
+    assert _dedupe([]) == []
