@@ -201,6 +201,10 @@ def parse(source: bytes, language_id: str | None) -> Tree | None:
         return None
 
 
+def has_compiler(language_id: str | None) -> bool:
+    return normalize(language_id) == "python"
+
+
 def compiles(source: str, language_id: str | None) -> bool | None:
     """A compiler-grade syntax verdict where the standard library has one, else None.
 
@@ -208,7 +212,7 @@ def compiles(source: str, language_id: str | None) -> bool | None:
     body), which are the commonest ways a generated line breaks a file (HumanEval single-line: 40% of the embedded
     model's wrong lines).
     """
-    if normalize(language_id) != "python":
+    if not has_compiler(language_id):
         return None
     try:
         ast.parse(source)

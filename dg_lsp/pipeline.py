@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Sequence
+from typing import Literal, Sequence
 
 from dg_model.api import Engine, InfillJob, RewriteJob
 
@@ -76,12 +76,20 @@ def complete_at(
         cancel=cancel,
     )
     result = engine.infill(job)
+    return [_shift(e, base) for e in candidate_edits([c.text for c in result.candidates], window, offset, language_id,
+                                                     ctx.kind)]
+
+
+def candidate_edits(
+    texts: Sequence[str], text: str, offset: int, language_id: str, kind: Literal["line", "block"]
+) -> list[Edit]:
+    """The engine's candidate middles as distinct edits at `offset`, post-processed and ranked: best first."""
     edits: list[Edit] = []
-    for cand in result.candidates:
-        edit = postprocess(cand.text, window, offset, language_id, ctx.kind)
+    for raw in texts:
+        edit = postprocess(raw, text, offset, language_id, kind)
         if edit is not None and edit.text and edit not in edits:
             edits.append(edit)
-    return [_shift(e, base) for e in rank(edits)]
+    return rank(edits)
 
 
 def rewrite_range(

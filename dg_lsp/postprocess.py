@@ -304,7 +304,7 @@ def rank(edits: list[Edit]) -> list[Edit]:
 
 def _compiles(doc: Doc, text: str, start: int, end: int, new: str, language_id: str) -> bool | None:
     """languages.compiles over the top-level statement(s) the edit touches, as they read after it."""
-    if languages.compiles("", language_id) is None:
+    if not languages.has_compiler(language_id):
         return None
     lo_row, hi_row = top_level_region(doc.lines, doc.row, doc.locate(end)[0] + 1)
     lo, hi = doc.offset_of(lo_row, 0), doc.offset_of(hi_row - 1, len(doc.lines[hi_row - 1]))

@@ -64,7 +64,7 @@ def beam_search(
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         totals = torch.tensor([sum(h.logprobs) for h in alive])[:, None] + logp.cpu()
-        values, index = totals.flatten().topk(min(2 * width, totals.numel()))
+        index = totals.flatten().topk(min(2 * width, totals.numel())).indices
         nxt: list[tuple[int, Hypothesis]] = []
         vocab = logp.shape[-1]
         for rank, flat in enumerate(index.tolist()):

@@ -23,7 +23,7 @@ from dg_model.beam import beam_search
 from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
-from dg_model.stops import block_end, cursor_indent, loop_start
+from dg_model.stops import block_end, cursor_indent, ended, loop_start
 
 MODES = ("auto", "diffusion", "ar")
 
@@ -107,6 +107,9 @@ class DiffusionEngine:
                 texts, scores = self._diffuse(cache, len(prompt.ids), canvas, prompt.pinned_tail, job, stats)
         finally:
             self.fwd.trim(cache, len(prompt.ids))
+        if job.kind == "block":  # both decoders stop once a block has ended; what their last step wrote past it goes
+            indent = cursor_indent(job.prefix)
+            texts = [t[: block_end(t, indent)] for t in texts]
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
         return JobResult(_dedupe(cands), stats)
@@ -220,17 +223,12 @@ class DiffusionEngine:
                     if (loop := loop_start(tokens[i])) is not None:
                         del tokens[i][loop:], logprobs[i][loop + 1 :]
                         done[i] = True
-            if job.kind == "line" and "\n" in self.tokenizer.decode(tokens[0]).lstrip("\n"):
-                break
-            if job.kind == "block" and block_end(self.tokenizer.decode(tokens[0]), indent) is not None:
+            if ended(self.tokenizer.decode(tokens[0]), job.kind, indent):
                 break
             if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
                 self.fwd.encode(result.tokens, batched, self.fwd.seq_length(batched))
         stats.new_tokens = len(tokens[0][: job.max_tokens])
-        texts = [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens]
-        if job.kind == "block":
-            texts = [t[: block_end(t, indent)] for t in texts]
-        return texts, [_mean(lp) for lp in logprobs]
+        return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
 
     def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
         """Next-token decoding through the causal encoder and its KV cache: a beam of `max(job.n, ar_beam)` (width 1
@@ -244,9 +242,8 @@ class DiffusionEngine:
         def finish(tokens: list[int]) -> int | None:
             if (cut := loop_start(tokens)) is not None:
                 return cut
-            text = self.tokenizer.decode(tokens)
-            ended = "\n" in text.lstrip("\n") if job.kind == "line" else block_end(text, indent) is not None
-            return len(tokens) if ended or len(tokens) >= job.max_tokens else None
+            over = ended(self.tokenizer.decode(tokens), job.kind, indent)
+            return len(tokens) if over or len(tokens) >= job.max_tokens else None
 
         def advance(parents: list[int], tokens: list[int]) -> torch.Tensor:
             t0 = time.perf_counter()
@@ -271,8 +268,6 @@ class DiffusionEngine:
         best = sorted(result.hypotheses, key=lambda h: not h.tokens)
         stats.new_tokens = len(best[0].tokens)
         texts = [self.tokenizer.decode(h.tokens) for h in best]
-        if job.kind == "block":
-            texts = [t[: block_end(t, indent)] for t in texts]
         return texts, [h.score for h in best]
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:

@@ -240,8 +240,8 @@ def run_tasks(
 ) -> dict[str, Any]:
     """Run `tasks` (or a seeded subset of `limit`) through `engine`; a JSON-serializable report.
 
-    Every job gets `seed`, `n=candidates` and the same `doc_key` (the engine keeps one prompt cache per key, so at most one
-    is alive; consecutive tasks of one problem share most of their prompt, as successive edits in an editor would).
+    Every job gets `seed`, `n=candidates` and the same `doc_key` (the engine keeps one prompt cache per key, so at most
+    one is alive; consecutive tasks of one problem share most of their prompt, as successive edits in an editor would).
     `choose` turns the engine's candidates into the one completion that is tested (default: the first candidate,
     cut by `postprocess`); `dg-lsp eval --editor` passes the editor's own post-processing and ranking.
     """

@@ -28,6 +28,12 @@ def cursor_indent(prefix: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
+def ended(text: str, kind: str, indent: int) -> bool:
+    """Whether a middle decoded so far is complete: a line at its first line break after the start, a block at
+    `block_end`."""
+    return "\n" in text.lstrip("\n") if kind == "line" else block_end(text, indent) is not None
+
+
 def block_end(text: str, indent: int) -> int | None:
     """Where a block written at the cursor's `indent` ends: at the line break before the first later line that starts
     further left (the model has moved on to the code after the block), else None. A line still blank says nothing."""
