@@ -23,7 +23,7 @@ from pygls.workspace import TextDocument
 
 from dg_model.api import Cancelled, EngineError
 
-from . import convert, fallback, pipeline
+from . import convert, fallback, pipeline, typeahead
 from .engines import model_label
 from .jobs import Job, JobRunner, ModelNotReady
 from .postprocess import Edit
@@ -136,7 +136,10 @@ class DgServer(LanguageServer):
         self._starts: tuple[TextDocument | None, list[int]] = (None, [])  # line index of the last document used
         self._pending: dict[str, tuple] = {}  # latest completion request per document, for debouncing
         self._inflight: dict[tuple, _Shared] = {}
-        self._cache: dict[tuple, list[Edit]] = {}  # (uri, version, offset, automatic) -> edits; insertion-ordered
+        # (uri, content hash, offset, automatic) -> edits, least recently used first. Keyed by content, not version:
+        # a backspace and the same character typed again is the document of before, and gets the answer of before.
+        self._cache: dict[tuple, list[Edit]] = {}
+        self._answers: dict[str, typeahead.Answer] = {}  # uri -> the last non-empty completion, for typing along
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Errors outside a request (a malformed message, a failing notification handler): logged, and sent as
@@ -197,15 +200,18 @@ class DgServer(LanguageServer):
 
         return check
 
-    def forget(self, uri: str) -> None:
-        """The document changed or closed: cancel its jobs (their results would be stale) and drop its cache
-        entries (keyed by versions that will not come back)."""
+    def forget(self, uri: str, *, closed: bool = False) -> None:
+        """The document changed or closed: cancel its jobs (their results would be stale). What was answered stays
+        until it closes: answers are keyed by content, and a change may bring that content back."""
         for key in (uri, f"{uri}#rewrite"):
             self.jobs.cancel(key)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != unquote(uri)}
+        if closed:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != unquote(uri)}
+            self._answers.pop(unquote(uri), None)
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._answers.clear()
 
     # -- running pipeline calls --
 
@@ -213,13 +219,21 @@ class DgServer(LanguageServer):
         """Completions at `offset`, shared by inline completion and completion.
 
         Editors often send both requests for the same keystroke; they share one job (and a small cache keyed by
-        document version) instead of superseding each other or running the model twice.
+        document content) instead of superseding each other or running the model twice. While typing along with the
+        last suggestion, its untyped rest is the answer without a model call (`typeahead`); an explicit request
+        always asks the model.
         """
         if not self.settings.enabled_for(doc.language_id or ""):
             return []  # before the job: it would wait for a loading model just to answer nothing
-        key = (unquote(doc.uri), doc.version, offset, automatic)
-        if (hit := self._cache.get(key)) is not None:
+        uri = unquote(doc.uri)
+        key = (uri, len(doc.source), hash(doc.source), offset, automatic)
+        if (hit := self._cache.pop(key, None)) is not None:
+            self._cache[key] = hit  # most recently used
             return hit
+        if automatic and self.settings.type_ahead and (answer := self._answers.get(uri)) is not None:
+            if (ahead := typeahead.forward(answer, doc.source, offset)) is not None:
+                log.debug("typed ahead: %d characters, %d edits", offset - answer.offset, len(ahead))
+                return ahead
         if automatic and not await self.debounce(key):
             return []
         fn = functools.partial(
@@ -232,11 +246,15 @@ class DgServer(LanguageServer):
             doc_key=doc.uri,
             automatic=automatic,
         )
-        edits = await self.run(doc.uri, doc, lambda engine, cancel: fn(engine, cancel=cancel), share_key=key)
+        # A job is only shared within a version: a job for an older version with the same content ends as stale.
+        shared = (*key, doc.version)
+        edits = await self.run(doc.uri, doc, lambda engine, cancel: fn(engine, cancel=cancel), share_key=shared)
         if edits is not None:
             # LSP wants the replace range to contain the cursor (inline and completion alike).
             edits = [e for e in edits if e.start <= offset <= e.end]
             self._cache[key] = edits
+            if edits:
+                self._answers[uri] = typeahead.Answer(doc.source, offset, tuple(edits))
             while len(self._cache) > 32:
                 self._cache.pop(next(iter(self._cache)))
         return edits or []

@@ -52,6 +52,9 @@ class Settings:
     # adds latency (bench latency: time-to-result p50 127 ms at 50, 81 ms at 0, same CPU model). Raise it for a client
     # that asks on every keystroke with no wait of its own.
     debounce_ms: int = field(default=0, metadata=_range(0, 5000))
+    # While the user types along with a suggestion, answer with its untyped rest instead of asking the model again
+    # (dg_lsp/typeahead.py). Off: every keystroke asks the model.
+    type_ahead: bool = True
     # How long a request waits for a model that is still loading before it answers empty.
     model_wait_ms: int = field(default=2000, metadata=_range(0, 60000))
     renoise: float = field(default=0.5, metadata=_range(0.05, 1.0))  # share of a rewritten block re-noised

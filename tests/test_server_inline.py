@@ -172,3 +172,52 @@ async def test_settings_reach_the_engine_job(py_uri, tmp_path):
         start = [e for e in read_events(record) if e["event"] == "start"][-1]
         assert start["n"] == 2 and start["max_tokens"] in (40, 100)
         assert start["doc_key"] == py_uri
+
+
+def _type(s, uri: str, line: int, character: int, text: str) -> None:
+    at = types.Position(line=line, character=character)
+    s.change(uri, [types.TextEdit(range=types.Range(start=at, end=at), new_text=text)])
+
+
+async def test_typing_along_with_a_suggestion_keeps_its_rest_without_asking_the_model(py_uri, tmp_path):
+    record = tmp_path / "events.jsonl"
+    async with session(fake_spec(text="math.pi * r ** 2", record=str(record))) as s:
+        s.open(py_uri, PY)
+        assert (await s.inline(py_uri, *CURSOR, invoked=False)).items[0].insert_text == "math.pi * r ** 2"
+        for i, ch in enumerate("math.p"):
+            _type(s, py_uri, 4, 11 + i, ch)
+            (item,) = (await s.inline(py_uri, 4, 12 + i, invoked=False)).items
+            assert item.insert_text == "math.pi * r ** 2"[i + 1 :]
+            assert item.range.start == types.Position(line=4, character=12 + i)
+        assert "    return math.pi * r ** 2\n" in accept(s.texts[py_uri], item)
+        starts = [e for e in read_events(record) if e["event"] == "start"]
+        assert len(starts) == 1  # six keystrokes, one model call
+        (await s.inline(py_uri, 4, 17, invoked=True)).items  # an explicit request asks the model again
+        _type(s, py_uri, 4, 17, "e")  # "math.pe": off the suggestion
+        await s.inline(py_uri, 4, 18, invoked=False)
+        assert len([e for e in read_events(record) if e["event"] == "start"]) == 3
+
+
+async def test_type_ahead_off_asks_the_model_at_every_keystroke(py_uri, tmp_path):
+    record = tmp_path / "events.jsonl"
+    async with session(fake_spec(text="math.pi * r ** 2", record=str(record)), init_options={"typeAhead": False}) as s:
+        s.open(py_uri, PY)
+        await s.inline(py_uri, *CURSOR, invoked=False)
+        _type(s, py_uri, 4, 11, "m")
+        await s.inline(py_uri, 4, 12, invoked=False)
+        assert len([e for e in read_events(record) if e["event"] == "start"]) == 2
+
+
+async def test_a_backspace_and_the_same_character_again_get_the_answer_of_before(py_uri, tmp_path):
+    record = tmp_path / "events.jsonl"
+    async with session(fake_spec(text="math.pi * r ** 2", record=str(record))) as s:
+        s.open(py_uri, PY)
+        _type(s, py_uri, 4, 11, "x")
+        first = (await s.inline(py_uri, 4, 12, invoked=False)).items
+        s.change(py_uri, [types.TextEdit(range=types.Range(start=types.Position(line=4, character=11),
+                                                            end=types.Position(line=4, character=12)), new_text="")])
+        await s.inline(py_uri, 4, 11, invoked=False)
+        _type(s, py_uri, 4, 11, "x")
+        again = (await s.inline(py_uri, 4, 12, invoked=False)).items
+        assert [i.insert_text for i in again] == [i.insert_text for i in first]
+        assert len([e for e in read_events(record) if e["event"] == "start"]) == 2  # "x" asked once, not twice

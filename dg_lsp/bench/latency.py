@@ -43,6 +43,7 @@ class LatencyConfig:
     every_keystroke: bool = True  # request at every keystroke (VS Code), not only at pauses
     timeout_s: float = 10.0  # longest wait for one answer at a pause
     debounce_ms: int | None = None  # server setting debounceMs; None: the server's default
+    type_ahead: bool | None = None  # server setting typeAhead; None: the server's default
     time_limit_s: float = 600.0
     ready_timeout_s: float = 300.0
 
@@ -58,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-pauses", dest="every_keystroke", action="store_false", help="request only at pauses")
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="longest wait for an answer at a pause")
     p.add_argument("--debounce-ms", type=int, default=d.debounce_ms, help="server debounceMs (default: its own)")
+    p.add_argument("--type-ahead", type=lambda v: {"on": True, "off": False}[v], default=d.type_ahead,
+                   metavar="on|off", help="server typeAhead (default: its own)")
     p.add_argument("--time-limit-s", type=float, default=d.time_limit_s, help="stop typing after this long")
 
 
@@ -174,6 +177,8 @@ async def run(cfg: LatencyConfig, spec: ServerSpec, log_file: Path) -> dict[str,
     end = start + len(typed)
     if cfg.debounce_ms is not None:
         spec.init_options = {**(spec.init_options or {}), "debounceMs": cfg.debounce_ms}
+    if cfg.type_ahead is not None:
+        spec.init_options = {**(spec.init_options or {}), "typeAhead": cfg.type_ahead}
     language = spec_for(str(path))
     language_id = language.ids[0] if language else "plaintext"
 
@@ -315,7 +320,8 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
         "requests": {"sent": len(samples), "at_pauses": len(pauses), "outcomes": outcomes},
         "time_to_result_ms": summary(with_items),
         "time_to_answer_ms": summary(answered),
-        "server_jobs": {"superseded": log.superseded, "cancelled": log.cancelled, "errors": len(log.errors)},
+        "server_jobs": {"superseded": log.superseded, "cancelled": log.cancelled, "errors": len(log.errors),
+                        "typed_ahead": log.typed_ahead},
         "engine": {
             "jobs": len(jobs),
             "done": len(done),
@@ -345,7 +351,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"  time-to-result (with items) p50 {ttr['p50']:.0f} ms  p95 {ttr['p95']:.0f} ms  (n={ttr['n']})")
     print(f"  time-to-answer (all pauses)  p50 {tta['p50']:.0f} ms  p95 {tta['p95']:.0f} ms  (n={tta['n']})")
     print(f"  requests {r['requests']['sent']} {r['requests']['outcomes']}; server: superseded "
-          f"{r['server_jobs']['superseded']}, cancelled {r['server_jobs']['cancelled']}")
+          f"{r['server_jobs']['superseded']}, cancelled {r['server_jobs']['cancelled']}, answered typed-ahead "
+          f"{r['server_jobs'].get('typed_ahead', 0)}")
     print(f"  engine jobs {eng['jobs']} (done {eng['done']}, cancelled {eng['cancelled']}, errors {eng['errors']}); "
           f"encode p50 {eng['encode_ms']['p50']:.1f} ms, steps mean {eng['steps']['mean']:.1f}")
     print(f"  prompt tokens per job {tok['full_encode_mean']:.0f} (full encode) vs re-encoded "

@@ -269,6 +269,7 @@ class LogSummary:
     superseded: int  # jobs replaced by a newer one for the same document (job runner)
     cancelled: int  # jobs that ended as cancelled / superseded / stale on the server
     errors: list[str]  # ERROR lines
+    typed_ahead: int = 0  # requests answered from the last suggestion without a model call (dg_lsp.typeahead)
 
 
 _CANCELLED = re.compile(r": (cancelled or superseded|document changed|cancelled at step \d+|cancelled while waiting)")
@@ -276,7 +277,7 @@ _CANCELLED = re.compile(r": (cancelled or superseded|document changed|cancelled 
 
 def read_log(path: Path) -> LogSummary:
     probe, native, errors = [], [], []
-    superseded = cancelled = 0
+    superseded = cancelled = typed_ahead = 0
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
@@ -290,11 +291,13 @@ def read_log(path: Path) -> LogSummary:
             (probe if " dg_lsp.bench.probe: " in line else native).append(record)
         elif re.search(r"job for .* superseded", line):
             superseded += 1
+        elif " typed ahead: " in line:
+            typed_ahead += 1
         elif _CANCELLED.search(line):
             cancelled += 1
         elif " ERROR " in line:
             errors.append(line)
-    return LogSummary(probe or native, superseded, cancelled, errors)
+    return LogSummary(probe or native, superseded, cancelled, errors, typed_ahead)
 
 
 # ------------------------------------------------------------------------------------------------ numbers

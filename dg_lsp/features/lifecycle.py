@@ -77,7 +77,7 @@ def register(server: DgServer) -> None:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: DgServer, params: types.DidCloseTextDocumentParams) -> None:
-        ls.forget(params.text_document.uri)
+        ls.forget(params.text_document.uri, closed=True)
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: DgServer, params: Any) -> None:

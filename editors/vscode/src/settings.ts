@@ -26,6 +26,7 @@ export const SERVER_SETTINGS = {
   candidates: 'integer',
   debounceMs: 'integer',
   modelWaitMs: 'integer',
+  typeAhead: 'boolean',
   renoise: 'number',
   decoding: 'string',
   temperature: 'number-or-null',
@@ -121,6 +122,11 @@ function check(key: ServerSettingKey, value: unknown): { ok: true; value: unknow
       }
       if (typeof value !== 'number' || !Number.isInteger(value)) {
         return { ok: false, why: 'expected an integer or null' };
+      }
+      return { ok: true, value };
+    case 'boolean':
+      if (typeof value !== 'boolean') {
+        return { ok: false, why: 'expected true or false' };
       }
       return { ok: true, value };
     case 'boolean-map': {
