@@ -65,12 +65,12 @@ def stdlib_files() -> list[Path]:
     return [p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts)]
 
 
-def distribution_files() -> tuple[dict[str, list[Path]], dict[str, str]]:
+def distribution_files(only: set[str] | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
     files: dict[str, list[Path]] = {}
     licenses: dict[str, str] = {}
     for dist in md.distributions():
         name = dist.metadata.get("Name") or "?"
-        if name.lower() in EXCLUDED_DISTS or name in files:
+        if name.lower() in EXCLUDED_DISTS or name in files or (only is not None and name.lower() not in only):
             continue
         lic = dist_license(dist)
         if not is_permissive(lic):
@@ -82,8 +82,9 @@ def distribution_files() -> tuple[dict[str, list[Path]], dict[str, str]]:
     return files, licenses
 
 
-def collect(include_packages: bool = True) -> tuple[list[SourceFile], dict[str, str]]:
-    """All unique source files, and the licence of each distribution used."""
+def collect(include_packages: bool = True, only: set[str] | None = None) -> tuple[list[SourceFile], dict[str, str]]:
+    """All unique source files, and the licence of each distribution used. `only`: just these distributions
+    (lower-case names), no standard library: a small corpus of one kind of code to mix into training."""
     seen: set[str] = set()
     out: list[SourceFile] = []
     licenses = {"stdlib": f"PSF-2.0 (Python {sys.version.split()[0]})"}
@@ -97,10 +98,12 @@ def collect(include_packages: bool = True) -> tuple[list[SourceFile], dict[str, 
             seen.add(digest)
             out.append(SourceFile(text, origin))
 
-    for path in stdlib_files():
+    for path in stdlib_files() if only is None else []:
         add(path, "stdlib")
     if include_packages:
-        dists, dist_licenses = distribution_files()
+        dists, dist_licenses = distribution_files(only)
+        if only is not None and (missing := only - {name.lower() for name in dists}):
+            raise SystemExit(f"not installed, or not permissively licensed: {', '.join(sorted(missing))}")
         licenses.update(dist_licenses)
         for name, paths in sorted(dists.items()):
             for path in paths:
@@ -114,9 +117,9 @@ def is_validation(text: str, share: float = 0.02) -> bool:
     return digest / 0xFFFFFFFF < share
 
 
-def write_corpus(out_dir: Path, include_packages: bool = True) -> dict:
+def write_corpus(out_dir: Path, include_packages: bool = True, only: set[str] | None = None) -> dict:
     """Write train.jsonl / valid.jsonl (one {"text", "origin"} per line) and licenses.json."""
-    files, licenses = collect(include_packages)
+    files, licenses = collect(include_packages, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {"train": 0, "valid": 0}
     with open(out_dir / "train.jsonl", "w") as tr, open(out_dir / "valid.jsonl", "w") as va:
@@ -141,5 +144,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Collect the licence-checked training corpus")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--stdlib-only", action="store_true")
+    ap.add_argument("--only", help="comma-separated distributions: collect just these (no standard library)")
     args = ap.parse_args()
-    print(json.dumps(write_corpus(args.out_dir, not args.stdlib_only)))
+    only = {name.strip().lower() for name in args.only.split(",")} if args.only else None
+    print(json.dumps(write_corpus(args.out_dir, not args.stdlib_only, only)))

@@ -36,7 +36,7 @@ FIRST_NOISE_ID = len(SPECIAL_TOKENS)  # noise never draws special tokens, in tra
 
 @dataclass
 class TrainConfig:
-    corpus: str
+    corpus: str  # DIR, or DIR,DIR,... mixed by --corpus-shares (validation: the first one's held-out files)
     tokenizer: str
     out: str
     size: str = "embedded"  # architecture.SIZES: tiny | embedded | medium (ignored with --resume)
@@ -59,6 +59,8 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
+    amp: str = "auto"  # bf16 autocast: on CUDA, and on a CPU with AMX (auto); on | off
+    corpus_shares: str = ""  # share of examples drawn from each --corpus DIR, e.g. "0.5,0.5"; default: equal
     resume: str | None = None
 
 
@@ -69,9 +71,12 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
 class FimBatches(torch.utils.data.IterableDataset):
     """Endless collated batches of (prompt, prompt_mask, canvas); prompts left-padded to the batch's longest."""
 
-    def __init__(self, texts: list[str], tokenizer_path: str, cfg: TrainConfig, seed: int):
-        self.texts, self.tokenizer_path, self.cfg, self.seed = texts, tokenizer_path, cfg, seed
-        self.weights = [min(len(t), 20_000) for t in texts]
+    def __init__(self, corpora: list[list[str]], tokenizer_path: str, cfg: TrainConfig, seed: int,
+                 shares: list[float] | None = None):
+        self.corpora, self.tokenizer_path, self.cfg, self.seed = corpora, tokenizer_path, cfg, seed
+        self.shares = shares or [1.0] * len(corpora)
+        # within a corpus, files by length (capped): one huge file does not dominate
+        self.weights = [[min(len(t), 20_000) for t in texts] for texts in corpora]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -84,7 +89,8 @@ class FimBatches(torch.utils.data.IterableDataset):
         while True:
             rows = []
             while len(rows) < self.cfg.batch:
-                text = rng.choices(self.texts, self.weights)[0]
+                k = rng.choices(range(len(self.corpora)), self.shares)[0]
+                text = rng.choices(self.corpora[k], self.weights[k])[0]
                 pieces = sample_fim(text, rng)
                 if pieces is None:
                     continue
@@ -186,6 +192,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(amp: str, device: torch.device) -> bool:
+    """bf16 autocast where bf16 matmuls are native. On a CPU with AMX (Sapphire Rapids and later) a training step of
+    the embedded model ran 1.4x faster than float32 (5.0 vs 7.0 s for 16 examples, 2 threads); a CPU without it
+    emulates bf16 at a fraction of float32 speed, so `auto` stays in float32 there."""
+    if amp not in ("auto", "on", "off"):
+        raise SystemExit(f"--amp {amp}: choose auto, on or off")
+    if amp != "auto":
+        return amp == "on"
+    if device.type != "cpu":
+        return device.type == "cuda"
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, field in TrainConfig.__dataclass_fields__.items():
@@ -221,19 +243,25 @@ def main(argv: list[str] | None = None) -> None:
         state.update(saved["state"])
         state["step_at_resume"] = state["step"]
 
-    def autocast():
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+    bf16 = use_bf16(cfg.amp, device)
 
-    train_texts = read_jsonl(Path(cfg.corpus) / "train.jsonl")
-    valid_texts = read_jsonl(Path(cfg.corpus) / "valid.jsonl")
-    loader = torch.utils.data.DataLoader(FimBatches(train_texts, cfg.tokenizer, cfg, cfg.seed), batch_size=None,
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    dirs = [Path(d) for d in cfg.corpus.split(",")]
+    shares = [float(x) for x in cfg.corpus_shares.split(",")] if cfg.corpus_shares else None
+    if shares is not None and len(shares) != len(dirs):
+        raise SystemExit(f"--corpus-shares names {len(shares)} shares for {len(dirs)} corpora")
+    train_texts = [read_jsonl(d / "train.jsonl") for d in dirs]
+    valid_texts = read_jsonl(dirs[0] / "valid.jsonl")
+    batches = FimBatches(train_texts, cfg.tokenizer, cfg, cfg.seed, shares)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None,
                                          num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None,
                                          persistent_workers=cfg.workers > 0)
-    val_iter = iter(FimBatches(valid_texts, cfg.tokenizer, cfg, seed=12345))
+    val_iter = iter(FimBatches([valid_texts], cfg.tokenizer, cfg, seed=12345))
     val_batches = [tuple(x.to(device) for x in next(val_iter)) for _ in range(4)]
-    print(json.dumps({"params": n_params, "device": str(device), "train_files": len(train_texts),
+    print(json.dumps({"params": n_params, "device": str(device), "bf16": bf16,
+                      "train_files": [len(t) for t in train_texts],
                       "valid_files": len(valid_texts), "config": asdict(cfg)}), flush=True)
 
     start = time.time()
