@@ -138,6 +138,8 @@ async def load_model(ls: DgServer) -> None:
         return
     ls.jobs.set_engine(engine, error)
     ls.clear_cache()
+    # The progress bar closes before the status says so: a client that saw "ready" has seen the end of the load.
+    _end_progress(ls, token, "ready" if engine is not None else "failed")
     if engine is not None:
         message = f"{engine.name} on {engine.device}, loaded in {elapsed:.1f}s"
         log.info("model ready: %s", message)
@@ -147,7 +149,6 @@ async def load_model(ls: DgServer) -> None:
         log.error("model %s failed to load: %s", label, error)
         ls.set_status("error", message=error or "")
         ls.show_message(f"dg-lsp: could not load model {label}: {error}", types.MessageType.Error)
-    _end_progress(ls, token, "ready" if engine is not None else "failed")
 
 
 
