@@ -1,33 +1,66 @@
-"""`dg-lsp eval humaneval --kind single-line|multi-line [--mode auto|diffusion|ar] [--editor] [--out PATH]`.
+"""`dg-lsp eval humaneval --kind single-line|multi-line [--mode auto|diffusion|ar|hybrid] [--editor|--server]`.
 
 Registers the `eval` sub-command on import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`). Only the standard library,
 `dg_model.api` and tree-sitter are imported here; torch and the model load inside the command.
 
-`--editor` tests what the editor would show: every candidate goes through the server's post-processing, and the
-ranking of `dg_lsp.pipeline.candidate_edits` (as `complete_at` uses it) picks one (a candidate that no longer compiles goes last).
+`--editor` tests what the editor gets: each task's document (the middle removed, the cursor where it began) goes
+through `dg_lsp.pipeline.complete_at` with the server's default settings, as an explicit inline-completion request
+would: the context module decides the job kind (an emptied line at its indentation is a *block* job there, whatever
+the task's kind), the model's settings the decoding, and post-processing and ranking pick the edit shown.
+`--server` asks a real `dg-lsp --stdio` subprocess the same way (`eval_server.py`).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import argparse
+import dataclasses
 
 from dg_model import humaneval
-from dg_model.api import Candidate
+from dg_model.api import Engine, InfillJob, JobResult
 
 from . import cli
-from .pipeline import candidate_edits
+from .pipeline import complete_at
+from .settings import Settings
 
-_KIND: dict[str, Literal["line", "block"]] = {"single-line": "line", "multi-line": "block"}
+
+class _Recorder:
+    """The engine, remembering the last result it gave (the pipeline returns only edits)."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.last = engine, None
+        self.name, self.device = engine.name, engine.device
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def infill(self, job: InfillJob) -> JobResult:
+        self.last = self.engine.infill(job)
+        return self.last
+
+    def rewrite(self, job):  # pragma: no cover - completions only
+        return self.engine.rewrite(job)
 
 
-def editor_choice(task: humaneval.InfillTask, candidates: Sequence[Candidate]) -> str:
-    """The completion the server would show first at the task's cursor ("" when it would show nothing)."""
-    edits = candidate_edits([c.text for c in candidates], task.prefix + task.suffix, len(task.prefix), "python",
-                            _KIND[task.kind])
-    # The cursor sits at the end of an emptied line, so an edit never replaces text after it.
-    edits = [e for e in edits if e.end == e.start]
-    return edits[0].text if edits else ""
+def editor_path(engine: Engine, args: argparse.Namespace) -> humaneval.Solver:
+    settings = dataclasses.replace(Settings(), decoding=args.mode, candidates=args.candidates, seed=args.seed)
+    recorder = _Recorder(engine)
+
+    def solve(task: humaneval.InfillTask) -> tuple[str, JobResult | None]:
+        recorder.last = None
+        document = task.prefix + task.suffix
+        edits = complete_at(recorder, document, len(task.prefix), "python", settings, doc_key="humaneval")
+        # The cursor sits at the end of an emptied line, so an edit never replaces text after it.
+        edits = [e for e in edits if e.end == e.start]
+        return (edits[0].text if edits else ""), recorder.last
+
+    return solve
+
+
+def server_path(engine: Engine, args: argparse.Namespace) -> humaneval.Solver:
+    from .eval_server import ServerPath  # pygls' client and asyncio only when asked for
+
+    return ServerPath(args)
 
 
 for _module in cli.registries():
-    humaneval.register(_module.SUBCOMMANDS, _module.Subcommand, editor_choice)
+    humaneval.register(_module.SUBCOMMANDS, _module.Subcommand, editor_path, server_path)

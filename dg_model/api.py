@@ -36,8 +36,9 @@ class InfillJob:
     seed: int | None = None
     temperature: float | None = None  # diffusion sampling; None: the model's generation_config. AR is greedy/beam
     # "diffusion": the denoising sampler; "ar": next-token decoding through the causal encoder of the same weights;
+    # "hybrid": the decoder drafts, the encoder keeps what it agrees with (greedy AR's text, fewer encoder forwards);
     # "auto": what the model's engine settings recommend for this `kind` (measured per model, see dg_engine.json)
-    decoding: Literal["auto", "diffusion", "ar"] = "auto"
+    decoding: Literal["auto", "diffusion", "ar", "hybrid"] = "auto"
     cancel: threading.Event | None = None
     on_draft: Callable[[str], None] | None = None  # argmax text after each decoder step
 
@@ -60,7 +61,7 @@ class RewriteJob:
 
 @dataclass
 class JobStats:
-    mode: str = "diffusion"  # "diffusion" | "ar"
+    mode: str = "diffusion"  # "diffusion" | "ar" | "hybrid"
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens served from the per-document cache instead of re-encoded
     encode_ms: float = 0.0
@@ -68,6 +69,9 @@ class JobStats:
     decoder_ms: list[float] = field(default_factory=list)  # per step
     new_tokens: int = 0
     total_ms: float = 0.0
+    decoder_forwards: int = 0  # bidirectional decoder passes (diffusion steps, or hybrid drafts)
+    drafted: int = 0  # hybrid: draft tokens offered to the encoder, and those it agreed with
+    accepted: int = 0
 
     @property
     def tokens_per_forward(self) -> float:

@@ -23,9 +23,10 @@ from dg_model.beam import beam_search
 from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
+from dg_model.speculative import speculate
 from dg_model.stops import block_end, cursor_indent, ended, loop_start
 
-MODES = ("auto", "diffusion", "ar")
+MODES = ("auto", "diffusion", "ar", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class EngineSettings:
     # Beam width of AR decoding (at least the job's `n`): 1 is greedy; wider returns more candidates for the editor
     # to rank by syntax, at the cost of a batched forward per token.
     ar_beam: int = 1
+    # Hybrid decoding (speculative.py): the decoder drafts `draft_canvas` slots in `draft_steps` denoising steps, the
+    # encoder keeps the prefix it agrees with. The text is greedy AR's; the canvas size trades draft cost for reach.
+    draft_canvas: int = 16
+    draft_steps: int = 1
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
@@ -102,6 +107,8 @@ class DiffusionEngine:
         try:
             if mode == "ar":
                 texts, scores = self._ar(cache, last_hidden, len(prompt.ids), job, stats)
+            elif mode == "hybrid":
+                texts, scores = self._hybrid(cache, last_hidden, job, stats)
             else:
                 canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
                 texts, scores = self._diffuse(cache, len(prompt.ids), canvas, prompt.pinned_tail, job, stats)
@@ -143,6 +150,7 @@ class DiffusionEngine:
                              replace(self.settings.sampler, greedy=n == 1), gen, job.cancel,
                              self._drafts(job.on_draft), greedy_rows=self._greedy_rows(n))
             stats.steps += result.steps
+            stats.decoder_forwards += result.steps
             stats.decoder_ms += result.step_ms
             texts, scores = self._texts(result.tokens, result.logprobs)
             stats.new_tokens = sum(1 for t in result.tokens[0].tolist() if t not in self.eos_ids)
@@ -209,6 +217,7 @@ class DiffusionEngine:
                              stop_ids=tuple(self.eos_ids),
                              late_stop_ids=self.newline_ids if job.kind == "line" else ())
             stats.steps += result.steps
+            stats.decoder_forwards += result.steps
             stats.decoder_ms += result.step_ms
             free = canvas_len - len(tail)
             for i in range(n):
@@ -269,6 +278,55 @@ class DiffusionEngine:
         stats.new_tokens = len(best[0].tokens)
         texts = [self.tokenizer.decode(h.tokens) for h in best]
         return texts, [h.score for h in best]
+
+    def _hybrid(self, cache, last_hidden, job: InfillJob, stats: JobStats):
+        """Greedy AR text at the cost of fewer encoder forwards: the decoder drafts, the encoder verifies."""
+        if job.max_tokens <= 0:
+            return [""], [0.0]
+        indent = cursor_indent(job.prefix)
+        size = max(2, self.settings.draft_canvas)
+        sampler = replace(self.settings.sampler, max_steps=max(1, self.settings.draft_steps), greedy=True)
+        gen = torch.Generator().manual_seed(job.seed or 0)
+        pinned = torch.zeros(1, size, dtype=torch.bool, device=self.device)
+        pinned[0, 0] = True
+
+        def finish(tokens: list[int]) -> int | None:
+            if (cut := loop_start(tokens)) is not None:
+                return cut
+            over = ended(self.tokenizer.decode(tokens), job.kind, indent)
+            return len(tokens) if over or len(tokens) >= job.max_tokens else None
+
+        def draft(pending: int) -> list[int]:
+            canvas = noise_like(torch.zeros(1, size, dtype=torch.long), self.vocab_size, gen).to(self.device)
+            canvas[0, 0] = pending
+            result = denoise(lambda x, sc: self.fwd.decoder_logits(x, cache, sc), canvas, pinned, self.vocab_size,
+                             sampler, gen, job.cancel)
+            stats.steps += result.steps
+            stats.decoder_forwards += result.steps
+            stats.decoder_ms += result.step_ms
+            row = result.tokens[0, 1:].tolist()
+            cut = self._eos_at(row)
+            return row[: cut + 1] if cut is not None else row  # the verifier may accept the EOS too
+
+        verified_from = [0]  # the cache length before the last verify: commit keeps what follows it
+
+        def verify(seq: list[int]) -> torch.Tensor:
+            t0 = time.perf_counter()
+            verified_from[0] = self.fwd.seq_length(cache)
+            hidden = self.fwd.encode(torch.tensor([seq], device=self.device), cache, verified_from[0])
+            stats.steps += 1
+            stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
+            return torch.log_softmax(self.fwd.lm_logits(hidden[0]).float(), -1)
+
+        def commit(n: int) -> None:
+            self.fwd.trim(cache, verified_from[0] + n)
+
+        on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
+        first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
+        result = speculate(first, draft, verify, commit, finish, self.eos_ids, job.cancel, on_step)
+        stats.new_tokens = len(result.tokens)
+        stats.drafted, stats.accepted = result.drafted, result.accepted
+        return [self.tokenizer.decode(result.tokens)], [_mean(result.logprobs)]
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []

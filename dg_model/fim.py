@@ -112,6 +112,19 @@ def training_example(
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, canvas ids). Long middles are sometimes split as a later block of block-autoregressive decoding:
     the first part goes into the prompt after <fim_middle>, the canvas continues it."""
+    prompt, middle_ids = example_ids(encode, pieces, rng, prompt_tokens, canvas_length, snippets)
+    return prompt, canvas_target(middle_ids, canvas_length)
+
+
+def example_ids(
+    encode: Encode,
+    pieces: FimPieces,
+    rng: random.Random,
+    prompt_tokens: int,
+    canvas_length: int,
+    snippets: Sequence[str] = (),
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, middle ids) of `training_example`, before the middle is cut to a canvas."""
     middle_ids = encode(pieces.middle)
     done: list[int] = []
     if len(middle_ids) > canvas_length and rng.random() < 0.5:
@@ -120,7 +133,7 @@ def training_example(
     budget = prompt_tokens - min(len(done), prompt_tokens // 2)
     prompt = spm_prompt(encode, pieces.prefix, pieces.suffix, budget, snippets, suffix_share=rng.uniform(0.1, 0.4))
     prompt = prompt + done[-(prompt_tokens - len(prompt)) :] if done and prompt_tokens > len(prompt) else prompt
-    return prompt, canvas_target(middle_ids, canvas_length)
+    return prompt, middle_ids
 
 
 def far_snippet(text: str, pieces: FimPieces, rng: random.Random, lines: int = 12) -> str | None:

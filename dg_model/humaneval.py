@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from dg_model.api import Candidate, Engine, InfillJob
+from dg_model.api import Candidate, Engine, InfillJob, JobResult, JobStats
 from dg_model.sandbox import ExecResult, run_program
 
 Kind = Literal["single-line", "multi-line"]
@@ -153,6 +153,8 @@ def select(tasks: Sequence[InfillTask], limit: int | None, seed: int = 0) -> lis
 
 # ------------------------------------------------------------------------------------------------ post-processing
 Chooser = Callable[[InfillTask, Sequence[Candidate]], str]
+# A whole task's path from document to inserted text: (completion, the engine's result or None if it was not asked).
+Solver = Callable[[InfillTask], tuple[str, JobResult | None]]
 
 
 def first_candidate(task: InfillTask, candidates: Sequence[Candidate]) -> str:
@@ -237,13 +239,15 @@ def run_tasks(
     progress: Callable[[str], None] | None = None,
     candidates: int = 1,
     choose: Chooser | None = None,
+    solve: Solver | None = None,
 ) -> dict[str, Any]:
     """Run `tasks` (or a seeded subset of `limit`) through `engine`; a JSON-serializable report.
 
     Every job gets `seed`, `n=candidates` and the same `doc_key` (the engine keeps one prompt cache per key, so at most
     one is alive; consecutive tasks of one problem share most of their prompt, as successive edits in an editor would).
     `choose` turns the engine's candidates into the one completion that is tested (default: the first candidate,
-    cut by `postprocess`); `dg-lsp eval --editor` passes the editor's own post-processing and ranking.
+    cut by `postprocess`). `solve` replaces the whole path from task to completion: `dg-lsp eval --editor` passes the
+    server's own (context, job kind, decoding, post-processing, ranking), so the task's job kind is the server's.
     """
     choose = choose or first_candidate
     if kind not in KINDS:
@@ -257,28 +261,34 @@ def run_tasks(
     load_before = _loadavg()
     t_start = time.perf_counter()
 
-    rows: list[dict[str, Any]] = []
-    for i, task in enumerate(chosen):
+    def engine_path(task: InfillTask) -> tuple[str, JobResult | None]:
         job = InfillJob(prefix=task.prefix, suffix=task.suffix, kind=JOB_KIND[kind], max_tokens=budget,
                         n=candidates, doc_key=doc_key, seed=seed)
+        result = engine.infill(job)
+        return choose(task, result.candidates), result
+
+    rows: list[dict[str, Any]] = []
+    for i, task in enumerate(chosen):
         row: dict[str, Any] = {"task_id": task.task_id, "middle": task.middle}
         t0 = time.perf_counter()
         try:
-            result = engine.infill(job)
+            completion, result = (solve or engine_path)(task)
         except Exception as exc:  # an engine bug must show in the report, not abort a long run
             row.update(latency_ms=(time.perf_counter() - t0) * 1000, engine_error=f"{type(exc).__name__}: {exc}",
                        raw="", completion="", steps=0, new_tokens=0, tokens_per_forward=0.0, engine_total_ms=0.0,
                        prompt_tokens=0, reused_tokens=0, score=None)
         else:
             row["latency_ms"] = (time.perf_counter() - t0) * 1000
+            result = result or JobResult([], JobStats(mode="none"))  # the editor path may not ask the model
             raw = result.candidates[0].text if result.candidates else ""
             st = result.stats
             row.update(
-                raw=raw, completion=choose(task, result.candidates), candidates=len(result.candidates),
+                raw=raw, completion=completion, candidates=len(result.candidates),
                 score=result.candidates[0].score if result.candidates else None,
                 steps=st.steps, new_tokens=st.new_tokens, tokens_per_forward=st.tokens_per_forward,
                 engine_total_ms=st.total_ms, prompt_tokens=st.prompt_tokens, reused_tokens=st.reused_tokens,
-                empty=not result.candidates, decoding=st.mode,
+                empty=not result.candidates, decoding=st.mode, decoder_forwards=st.decoder_forwards,
+                drafted=st.drafted, accepted=st.accepted,
             )
         # tokens that ended up in the inserted text, whatever else the engine decoded and threw away
         row["used_tokens"] = count(row["completion"]) if row["completion"] else 0
@@ -331,6 +341,10 @@ def run_tasks(
         "latency_ms": _summary(latencies),  # wall clock around engine.infill
         "engine_total_ms": _summary([r["engine_total_ms"] for r in ran]),
         "mean_steps": round(sum(r["steps"] for r in ran) / len(ran), 2) if ran else 0.0,
+        # where the decoder ran (diffusion, hybrid drafts): tokens committed per decoder forward, pooled
+        "tokens_per_decoder_forward": _per_decoder_forward(ran),
+        "draft_acceptance": round(sum(r.get("accepted", 0) for r in ran) / max(1, sum(r.get("drafted", 0) for r in ran)), 3),
+        "empty_completions": sum(not r["completion"].strip() for r in rows),
         "mean_new_tokens": round(sum(r["new_tokens"] for r in ran) / len(ran), 2) if ran else 0.0,
         "mean_prompt_tokens": round(sum(r["prompt_tokens"] for r in ran) / len(ran), 1) if ran else 0.0,
         "mean_reused_tokens": round(sum(r["reused_tokens"] for r in ran) / len(ran), 1) if ran else 0.0,
@@ -349,14 +363,20 @@ def run_tasks(
     return report
 
 
+def _per_decoder_forward(rows: Sequence[dict[str, Any]]) -> float | None:
+    used = [r for r in rows if r.get("decoder_forwards")]
+    return round(sum(r["new_tokens"] for r in used) / sum(r["decoder_forwards"] for r in used), 3) if used else None
+
+
 # ---------------------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`dg-lsp eval humaneval ...` (the model flags --model/--device/--quantize come from the CLI)."""
     p.add_argument("suite", choices=["humaneval"], help="the benchmark")
     p.add_argument("--kind", choices=KINDS, required=True, help="single-line or multi-line infilling")
-    p.add_argument("--mode", choices=["auto", "diffusion", "ar"], default="auto",
-                   help="decoding: the diffusion sampler, autoregressive through the encoder, or auto: what the "
-                        "model's engine settings pick per job kind, as the server does (default: auto)")
+    p.add_argument("--mode", choices=["auto", "diffusion", "ar", "hybrid"], default="auto",
+                   help="decoding: the diffusion sampler, autoregressive through the encoder, hybrid (the decoder "
+                        "drafts, the encoder verifies), or auto: what the model's engine settings pick per job kind, "
+                        "as the server does (default: auto)")
     p.add_argument("--limit", type=int, metavar="N", help="run a seeded subset of N tasks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed and subset seed (default: 0)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per test program (default: 3)")
@@ -365,15 +385,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "256 multi-line)")
     p.add_argument("--candidates", type=int, default=1, metavar="N", help="candidates asked of the engine per task, "
                    "as the server's `candidates` setting (default: 1; a model may return more, see ar_beam)")
-    p.add_argument("--editor", action="store_true", help="test the completion the editor would show: the candidates "
-                   "post-processed and ranked as the server does (dg_lsp.postprocess), not the first one as is")
+    p.add_argument("--editor", action="store_true", help="test what the editor gets: the document with the middle "
+                   "removed and the cursor where it was, through the server's own path (context, job kind, decoding, "
+                   "post-processing, ranking; dg_lsp.pipeline.complete_at), not a job of the task's kind")
+    p.add_argument("--server", action="store_true", help="as --editor, but through a real `dg-lsp --stdio` subprocess "
+                   "(invoked inline completion at the cursor, the first item applied): keeps --editor honest")
     p.add_argument("--out", metavar="PATH", help="write the full JSON report here")
     p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice); 1 keeps "
                    "latency stable on a machine shared with other work")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
-def run_cli(args: argparse.Namespace, editor_choice: Chooser | None = None) -> int:
+EditorPath = Callable[[Engine, argparse.Namespace], Solver]
+
+
+def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: EditorPath | None = None) -> int:
     from dg_model.api import EngineError
 
     import torch
@@ -393,12 +419,19 @@ def run_cli(args: argparse.Namespace, editor_choice: Chooser | None = None) -> i
     progress = None if args.quiet else (lambda message: print(f"humaneval {args.kind} {args.mode}: {message}",
                                                                 file=sys.stderr, flush=True))
     tasks = build_tasks(args.kind)
-    if args.editor and editor_choice is None:
-        print("dg-lsp: --editor needs dg_lsp's post-processing (run it as `dg-lsp eval`)", file=sys.stderr)
+    server_path = getattr(args, "server", False)
+    if (args.editor and editor is None) or (server_path and server is None):
+        print("dg-lsp: --editor and --server need dg_lsp (run them as `dg-lsp eval`)", file=sys.stderr)
         return 2
-    report = run_tasks(engine, tasks, args.kind, limit=args.limit, seed=args.seed, timeout=args.timeout,
-                       workers=args.workers, max_tokens=args.max_tokens, progress=progress, candidates=args.candidates,
-                       choose=editor_choice if args.editor else None)
+    solve = server(engine, args) if server_path else editor(engine, args) if args.editor else None
+    try:
+        report = run_tasks(engine, tasks, args.kind, limit=args.limit, seed=args.seed, timeout=args.timeout,
+                           workers=args.workers, max_tokens=args.max_tokens, progress=progress,
+                           candidates=args.candidates, solve=solve)
+    finally:
+        if hasattr(solve, "close"):
+            solve.close()
+    report["path"] = "server" if server_path else "editor" if args.editor else "engine"
     report = {"mode": args.mode, "model": args.model or "embedded", "load_s": round(load_s, 2),
               "torch_threads": torch.get_num_threads(), "provenance": provenance(args.model), **report}
     if args.out:
@@ -432,8 +465,9 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "results"}
 
 
-def register(subcommands: dict, subcommand_type: type, editor_choice: Chooser | None = None) -> None:
-    subcommands["eval"] = subcommand_type(add_arguments, lambda args: run_cli(args, editor_choice),
+def register(subcommands: dict, subcommand_type: type, editor: EditorPath | None = None,
+             server: EditorPath | None = None) -> None:
+    subcommands["eval"] = subcommand_type(add_arguments, lambda args: run_cli(args, editor, server),
                                           "run a benchmark (humaneval infilling) on the model")
 
 

@@ -65,9 +65,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class _Layer:
-    """One transformer layer's weights, packed for few large matmuls. Encoder and decoder share the tensors."""
+    """One transformer layer's weights, packed for few large matmuls. Encoder and decoder share the tensors.
 
-    def __init__(self, layer, eps: float):
+    `trainable`: the packed tensors stay in the autograd graph of the parameters (training packs them anew each step,
+    since the optimizer replaces what a pack copied); inference packs once, detached."""
+
+    def __init__(self, layer, eps: float, trainable: bool = False):
+        keep = (lambda t: t) if trainable else (lambda t: t.detach())
         attn = layer.self_attn
         self.eps = eps
         self.h, self.d = attn.q_proj.out_features // attn.head_dim, attn.head_dim
@@ -75,17 +79,17 @@ class _Layer:
         self.k_is_v = attn.v_proj is None  # global layers reuse the key projection for values (own norm, no RoPE)
         self.layer_type = attn.layer_type
         projections = [attn.q_proj.weight, attn.k_proj.weight] + ([] if self.k_is_v else [attn.v_proj.weight])
-        self.qkv = torch.cat(projections).detach()
+        self.qkv = keep(torch.cat(projections))
         self.o = attn.o_proj.weight
         self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
         self.norms = {name: getattr(layer, name).weight for name in (
             "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
             "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")}
-        self.gate_up = torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach()
+        self.gate_up = keep(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))
         self.down = layer.mlp.down_proj.weight
         self.act = layer.mlp.act_fn
         router = layer.router
-        self.router_proj, self.router_scale = router.proj.weight, (router.scale * router.scalar_root_size).detach()
+        self.router_proj, self.router_scale = router.proj.weight, keep(router.scale * router.scalar_root_size)
         self.per_expert_scale, self.top_k = router.per_expert_scale, router.config.top_k_experts
         self.experts_gate_up, self.experts_down = layer.experts.gate_up_proj, layer.experts.down_proj
         self.expert_act = layer.experts.act_fn

@@ -189,7 +189,7 @@ def test_speed_smoke(monkeypatch, tmp_path, capsys):
     assert run_cli(monkeypatch, "bench", "speed", "--out", str(out), "--limit", "3", "--workers", "2") == 0
     r = json.loads((out / "bench_speed.json").read_text())
     png(out / "bench_speed.png")
-    assert [e.mode for e in engines] == ["diffusion", "ar"]  # one after the other, same checkpoint flags
+    assert [e.mode for e in engines] == ["diffusion", "ar", "hybrid"]  # one after the other, same checkpoint flags
     for k in r["kinds"].values():
         d, a = k["diffusion"], k["ar"]
         assert d["tasks"] == a["tasks"] == 3 and d["pass_at_1"] == a["pass_at_1"] == 1.0
@@ -197,8 +197,11 @@ def test_speed_smoke(monkeypatch, tmp_path, capsys):
         assert d["tok_per_s"] > 0 and a["tok_per_s"] > 0
         assert math.isclose(k["ratio"]["tok_per_s"], d["tok_per_s"] / a["tok_per_s"])
         assert k["ratio"]["pass_at_1_delta"] == 0
+        assert k["hybrid"]["tokens_per_forward"] > 1.0 and math.isclose(
+            k["ratio_hybrid"]["tok_per_s"], k["hybrid"]["tok_per_s"] / a["tok_per_s"])
         assert len(d["rows"]["steps"]) == len(a["rows"]["latency_ms"]) == 3
-    assert "speed ratio diffusion/AR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "speed ratio diffusion/AR" in printed and "speed ratio hybrid/AR" in printed
 
 
 @pytest.mark.slow

@@ -224,3 +224,22 @@ def test_candidates_keep_the_first_then_go_by_score_with_empty_middles_last():
     cands = [Candidate("a", -3.0), Candidate("", -0.1), Candidate("b", -2.0), Candidate("c", -1.0), Candidate("a", 0.0)]
     assert [c.text for c in _dedupe(cands)] == ["a", "c", "b", ""]
     assert _dedupe([]) == []
+
+
+@pytest.mark.parametrize("forward", ["lean", "hf"])
+@pytest.mark.parametrize("kind", ["line", "block"])
+def test_hybrid_decoding_writes_greedy_ar_text(tiny, forward, kind):
+    model, tok = tiny
+    settings = EngineSettings(forward=forward, ar_beam=1, draft_canvas=6, sampler=SamplerConfig(max_steps=2))
+    ar = DiffusionEngine(model, tok, settings, name="tiny", mode="ar")
+    hybrid = DiffusionEngine(model, tok, replace(settings, draft_steps=2), name="tiny", mode="hybrid")
+    for prefix in (PREFIX, "def add(a, b):\n    ", "x = [1, 2"):
+        job = InfillJob(prefix, SUFFIX, kind=kind, max_tokens=12, doc_key="doc")
+        want = ar.infill(job)
+        got = hybrid.infill(job)
+        assert [c.text for c in got.candidates] == [want.candidates[0].text]
+        s = got.stats
+        assert s.mode == "hybrid" and s.decoder_forwards >= 1 and 0 <= s.accepted <= s.drafted
+        assert s.new_tokens == want.stats.new_tokens
+        again = hybrid.infill(job)  # from the cached prompt: the cache was trimmed back after the rounds
+        assert [c.text for c in again.candidates] == [c.text for c in got.candidates]

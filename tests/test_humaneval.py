@@ -234,9 +234,10 @@ def test_cli_registration_and_run(tmp_path, monkeypatch, single):
     assert report["mode"] == "ar" and report["tasks"] == 4 and report["pass_at_1"] == 1.0 and report["model"] == "embedded"
 
 
-def test_editor_choice_tests_what_the_editor_would_show(tmp_path, monkeypatch, single):
+def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path, monkeypatch, single):
     from dg_lsp import cli
-    from dg_lsp.eval_cmd import editor_choice
+    from dg_lsp.eval_cmd import editor_path
+    import argparse
     import dg_model.loading as loading
 
     task = next(t for t in single if t.middle.startswith("for ") and t.middle.endswith(":"))
@@ -244,24 +245,25 @@ def test_editor_choice_tests_what_the_editor_would_show(tmp_path, monkeypatch, s
     class TwoCandidates(OracleEngine):
         def infill(self, job):
             self.jobs.append(job)
-            true = self.answers[(job.prefix, job.suffix)]
             # the model's favourite leaves the body below it unexpectedly indented; the editor ranks it last
-            return JobResult([Candidate("pass", -0.1), Candidate(true, -0.5)], JobStats(steps=2, new_tokens=3))
+            return JobResult([Candidate("pass", -0.1), Candidate(task.middle, -0.5)], JobStats(steps=2, new_tokens=3))
 
-    engine = TwoCandidates.for_tasks([task])
-    assert editor_choice(task, engine.infill(InfillJob(task.prefix, task.suffix)).candidates) == task.middle
-    assert he.run_tasks(engine, [task], "single-line")["pass_at_1"] == 0.0  # the first candidate as is
-    report = he.run_tasks(engine, [task], "single-line", candidates=2, choose=editor_choice)
-    assert report["pass_at_1"] == 1.0 and report["choose"] == "editor_choice" and engine.jobs[-1].n == 2
-    assert editor_choice(task, []) == ""
+    engine = TwoCandidates()
+    assert he.run_tasks(engine, [task], "single-line")["pass_at_1"] == 0.0  # the engine's first candidate as is
+    args = argparse.Namespace(mode="auto", candidates=1, seed=0)
+    report = he.run_tasks(engine, [task], "single-line", solve=editor_path(engine, args))
+    assert report["pass_at_1"] == 1.0
+    # the server's own decision: a cursor on an emptied line is a block job, whatever the benchmark calls the task
+    job = engine.jobs[-1]
+    assert job.kind == "block" and job.decoding == "auto" and job.prefix.endswith(task.prefix[-40:])
 
-    monkeypatch.setattr(loading, "load_engine", lambda *a, **k: TwoCandidates.for_tasks(single), raising=False)
+    monkeypatch.setattr(loading, "load_engine", lambda *a, **k: TwoCandidates(), raising=False)
     out = tmp_path / "r.json"
     args = cli.build_parser().parse_args(["eval", "humaneval", "--kind", "single-line", "--limit", "3", "--editor",
-                                          "--candidates", "2", "--out", str(out), "--quiet"])
+                                          "--mode", "hybrid", "--out", str(out), "--quiet"])
     assert cli.SUBCOMMANDS["eval"].run(args) == 0
     report = json.loads(out.read_text())
-    assert report["choose"] == "editor_choice" and report["candidates"] == 2
+    assert report["tasks"] == 3 and report["mode"] == "hybrid"
 
 
 # ------------------------------------------------------------------------------------------ the real embedded model
@@ -296,3 +298,26 @@ def test_smoke_embedded_model(mode, single, multi, one_thread):
         assert report["latency_ms"]["p50"] > 0 and report["mean_steps"] > 0 and report["tokens_per_forward"] > 0
         assert report["results"][0]["used_tokens"] >= 0 and "load_avg" in report
         json.dumps(report)
+
+
+def test_a_real_server_subprocess_shows_what_the_in_process_editor_path_tests(single, one_thread):
+    """`eval --server` (a `dg-lsp --stdio` subprocess, as an editor drives it) and `eval --editor` (the same path in
+    process) insert the same text for every task: the in-process benchmark measures what the editor gets."""
+    import argparse
+
+    from dg_lsp.eval_cmd import editor_path
+    from dg_lsp.eval_server import ServerPath
+
+    engine = _real_engine_or_skip("auto")
+    tasks = [t for t in single if t.problem_id in ("HumanEval/0", "HumanEval/2", "HumanEval/4")][:6]
+    args = argparse.Namespace(mode="auto", candidates=1, seed=0, model=None, device="cpu", quantize="none")
+    editor = he.run_tasks(engine, tasks, "single-line", solve=editor_path(engine, args))
+    server = ServerPath(args)
+    try:
+        served = he.run_tasks(engine, tasks, "single-line", solve=server)
+    finally:
+        server.close()
+    shown = [r["completion"] for r in editor["results"]]
+    assert [r["completion"] for r in served["results"]] == shown
+    assert any(c.strip() for c in shown), "the model completes some of these lines"
+    assert served["passed"] == editor["passed"]

@@ -15,17 +15,22 @@ def _file(name: str) -> str:
     return f"def {name}():\n    {name}_0 = 0\n{body}    return {name}_39\n"
 
 
-def test_shares_pick_the_corpus_each_example_comes_from():
-    cfg = train.TrainConfig(corpus="-", tokenizer=str(EMBEDDED_DIR), out="-", batch=16, prompt_tokens=96, canvas=16)
+@pytest.mark.parametrize("objective", ["block", "canvas"])
+def test_shares_pick_the_corpus_each_example_comes_from(objective):
+    cfg = train.TrainConfig(corpus="-", tokenizer=str(EMBEDDED_DIR), out="-", batch=16, prompt_tokens=96, canvas=16,
+                            objective=objective)
     tok = Tokenizer.from_file(str(EMBEDDED_DIR / "tokenizer.json"))
     corpora = [[_file("alpha")], [_file("omega")]]
+
+    def rows(batch) -> list[str]:
+        ids = batch["ids"] if objective == "block" else torch.cat([batch[0], batch[2]], 1)
+        return [tok.decode(row.tolist()) for row in ids]
+
     for shares, seen, unseen in (([0.0, 1.0], "omega", "alpha"), ([1.0, 0.0], "alpha", "omega")):
-        prompt, mask, canvas = next(iter(train.FimBatches(corpora, cfg.tokenizer, cfg, seed=0, shares=shares)))
-        text = "".join(tok.decode(row.tolist()) for row in torch.cat([prompt, canvas], 1))
+        text = "".join(rows(next(iter(train.FimBatches(corpora, cfg.tokenizer, cfg, seed=0, shares=shares)))))
         assert seen in text and unseen not in text
-    prompt, _, canvas = next(iter(train.FimBatches(corpora, cfg.tokenizer, cfg, seed=0)))  # equal shares by default
-    rows = [tok.decode(row.tolist()) for row in torch.cat([prompt, canvas], 1)]
-    assert any("alpha" in r for r in rows) and any("omega" in r for r in rows)
+    decoded = rows(next(iter(train.FimBatches(corpora, cfg.tokenizer, cfg, seed=0))))  # equal shares by default
+    assert any("alpha" in r for r in decoded) and any("omega" in r for r in decoded)
 
 
 def test_a_corpus_of_chosen_distributions_has_only_their_files_and_licences():

@@ -116,12 +116,13 @@ def speed(r: dict[str, Any], path: Path) -> bool:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2))
     for ax, (key, label) in zip(axes, metrics, strict=True):
         _side_by_side(ax, kinds, [(mode, [_num(r["kinds"][k][mode].get(key)) for k in kinds], color)
-                                  for mode, color in (("diffusion", "tab:green"), ("ar", "tab:gray"))])
+                                  for mode, color in (("diffusion", "tab:green"), ("ar", "tab:gray"),
+                                                      ("hybrid", "tab:blue")) if mode in r["kinds"][kinds[0]]])
         ax.set_title(label)
     axes[0].legend(fontsize=8)
     ratios = ", ".join(f"{k}: {_num(r['kinds'][k]['ratio']['tok_per_s']):.2f}x tok/s, "
                        f"{_num(r['kinds'][k]['ratio']['task_latency']):.2f}x per task" for k in kinds)
-    fig.suptitle(f"diffusion vs AR, {r['model']} on {r['device']}: {ratios}", fontsize=9)
+    fig.suptitle(f"diffusion / hybrid vs AR, {r['model']} on {r['device']}: diffusion {ratios}", fontsize=9)
     return _save(plt, fig, path)
 
 

@@ -1,17 +1,19 @@
-"""`dg-lsp bench speed`: diffusion against autoregressive decoding of the same checkpoint, same HumanEval tasks.
+"""`dg-lsp bench speed`: diffusion, autoregressive and hybrid decoding of the same checkpoint, same HumanEval tasks.
 
 The tasks and their scoring are `dg_model.humaneval`'s (`build_tasks` + `run_tasks`); this module only runs them
-twice, once per decoding mode (`load_engine(..., mode="diffusion"|"ar")`, loaded one after the other so the GPU never
-holds two copies), on the same seeded subset, each after one warm-up job, and compares:
+once per decoding mode (`load_engine(..., mode="diffusion"|"ar"|"hybrid")`, loaded one after the other so the GPU
+never holds two copies), on the same seeded subset, each after one warm-up job, and compares:
 
 - new tokens per second of engine time (sum of `JobStats.new_tokens` / sum of `JobStats.total_ms`), and the same for
   the tokens that ended up in the inserted text (`used_tokens`, what the user sees);
 - tokens per forward and forwards (decoder steps for diffusion, encoder forwards for AR) per task;
-- time per task (p50 and mean of the wall clock around `engine.infill`) and pass@1.
+- time per task (p50 and mean of the wall clock around `engine.infill`) and pass@1;
+- for hybrid (the decoder drafts, the encoder verifies: greedy AR's text), tokens per decoder forward and the share
+  of drafted tokens the encoder accepted.
 
 AR is greedy here (`ar_beam` 1) whatever the model's engine settings say: the speed baseline is one token per forward.
 
-Printed: the speed ratio (diffusion / AR tokens per second, and AR / diffusion time per task). Reference claims: "up to
+Printed: the speed ratios against AR (tokens per second, and AR / mode time per task). Reference claims: "up to
 4x" (Google), ~5x at batch 1 (vLLM, H100); the goal is >= 4x at equal or better pass@1.
 """
 
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-MODES = ("diffusion", "ar")
+MODES = ("diffusion", "ar", "hybrid")
 ROW_KEYS = ("latency_ms", "new_tokens", "used_tokens", "steps", "passed", "engine_total_ms")
 
 
@@ -117,8 +119,9 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         del engine
         _free()
     kinds = {
-        kind: {"diffusion": per_mode["diffusion"][kind], "ar": per_mode["ar"][kind],
-               "ratio": _ratio(per_mode["diffusion"][kind], per_mode["ar"][kind])}
+        kind: {**{mode: per_mode[mode][kind] for mode in MODES},
+               "ratio": _ratio(per_mode["diffusion"][kind], per_mode["ar"][kind]),
+               "ratio_hybrid": _ratio(per_mode["hybrid"][kind], per_mode["ar"][kind])}
         for kind in args.kinds
     }
     return {
@@ -146,8 +149,11 @@ def print_report(r: dict[str, Any]) -> None:
                   f"{m['tokens_per_forward']:>8.2f} {m['mean_steps']:>9.1f} {m['ms_per_forward']:>7.1f} "
                   f"{m['task_latency_p50_ms']:>8.0f} "
                   f"{m['pass_at_1']:>7.3f}")
-        q = k["ratio"]
-        print(f"{kind:<12} speed ratio diffusion/AR: {q['tok_per_s']:.2f}x tokens/s, {q['used_tok_per_s']:.2f}x used "
-              f"tokens/s, {q['task_latency']:.2f}x per task (p50), {q['task_latency_mean']:.2f}x (mean); "
-              f"pass@1 {q['pass_at_1_delta']:+.3f}")
+        h = k["hybrid"]
+        print(f"{kind:<12} hybrid: {h.get('tokens_per_decoder_forward') or 0:.2f} tokens per decoder forward, "
+              f"{h.get('draft_acceptance', 0):.0%} of drafted tokens accepted")
+        for name, q in (("diffusion", k["ratio"]), ("hybrid", k["ratio_hybrid"])):
+            print(f"{kind:<12} speed ratio {name}/AR: {q['tok_per_s']:.2f}x tokens/s, {q['used_tok_per_s']:.2f}x "
+                  f"used tokens/s, {q['task_latency']:.2f}x per task (p50), {q['task_latency_mean']:.2f}x (mean); "
+                  f"pass@1 {q['pass_at_1_delta']:+.3f}")
 

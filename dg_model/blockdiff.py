@@ -1,0 +1,245 @@
+"""Block diffusion over whole training sequences, so every token supervises the denoiser (BD3-LM, Arriola et al.
+2025), in DiffusionGemma's own terms.
+
+A row is one FIM example laid out as the engine decodes it: `prompt + middle + EOS + pad` (the canvas region). The
+row is cut into blocks with a boundary exactly where the engine's first canvas starts (after `<fim_middle>`): blocks
+of the canvas region are canvas-sized (a middle longer than one canvas continues in the next block, as block-
+autoregressive decoding does), blocks of the prompt random-sized (more denoising practice on real code, conditioned
+on the clean code before it). One forward runs the clean row (the causal encoder: causal-LM loss) and a noised copy
+(the bidirectional decoder: denoising loss on every position) over their concatenation with a block-structured mask:
+
+                 keys: clean                     noised
+    clean query        causal                     -
+    noised query       clean, before its block    its own block
+
+which is what inference computes: the encoder's KV cache of the context, and a canvas attending to it and to
+itself. The layers are `lean._Layer`s packed per step with gradients: the same math as transformers' modules, checked
+against them in tests/test_blockdiff.py. Shapes: B rows, N positions, H hidden, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dg_model.fim import canvas_target
+from dg_model.lean import _Layer, _rms
+from dg_model.tokenizer import PAD, SPECIAL_TOKENS
+
+FIRST_NOISE_ID = len(SPECIAL_TOKENS)  # noise never draws special tokens, in training and in the sampler
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How rows are cut. The canvas region's block size is drawn per row from `canvases` (the engine's canvases);
+    prompt blocks are drawn from [prompt_block_min, prompt_block_max]."""
+
+    canvases: Sequence[int] = (16, 24, 32, 64)
+    middle_tokens: int = 64  # the canvas region keeps at most max(this, one canvas) tokens
+    prompt_block_min: int = 4
+    prompt_block_max: int = 32
+    prompt_weight: float = 0.5  # denoising weight of prompt blocks; the canvas region (the product's task) has 1
+    pad_weight: float = 0.1  # pad after EOS inside the canvas region: the model must learn where a middle ends
+
+
+@dataclass
+class BlockRow:
+    ids: list[int]  # prompt + canvas region
+    starts: list[int]  # first position of each block, ascending from 0
+    weight: list[float]  # denoising weight per position
+    middle_from: int  # first position of the canvas region (== len(prompt))
+
+
+def block_row(prompt: list[int], middle: list[int], layout: BlockLayout, rng: random.Random) -> BlockRow:
+    canvas = rng.choice(tuple(layout.canvases))
+    blocks = min(math.ceil((len(middle) + 1) / canvas), max(1, layout.middle_tokens // canvas))
+    region = canvas_target(middle, canvas * blocks)
+    starts = [len(prompt) + canvas * i for i in range(blocks)]
+    s = len(prompt)
+    while s > 0:  # prompt blocks, walking back from the canvas start
+        s = max(0, s - rng.randint(layout.prompt_block_min, layout.prompt_block_max))
+        starts.insert(0, s)
+    weight = [layout.prompt_weight] * len(prompt) + [layout.pad_weight if t == PAD else 1.0 for t in region]
+    return BlockRow(prompt + region, starts, weight, len(prompt))
+
+
+def collate_rows(rows: Sequence[BlockRow]) -> dict[str, torch.Tensor]:
+    """Right-padded tensors. `start[b, i]`: first position of i's block (a padding position is a block of its own,
+    so nothing real attends to it and its attention row is never empty)."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    start = torch.arange(width).repeat(len(rows), 1)
+    weight = torch.zeros(len(rows), width)
+    real = torch.zeros(len(rows), width, dtype=torch.bool)
+    middle = torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        n = len(r.ids)
+        ids[b, :n] = torch.tensor(r.ids)
+        bounds = r.starts + [n]
+        for lo, hi in zip(bounds, bounds[1:]):
+            start[b, lo:hi] = lo
+        weight[b, :n] = torch.tensor(r.weight)
+        real[b, :n] = True
+        middle[b, r.middle_from : n] = True
+    return {"ids": ids, "start": start, "weight": weight, "real": real, "middle": middle}
+
+
+def block_mask(start: torch.Tensor) -> torch.Tensor:
+    """[B, N] block starts -> [B, 1, 2N, 2N] boolean attention mask over (clean, noised) x (clean, noised)."""
+    B, N = start.shape
+    pos = torch.arange(N, device=start.device)
+    clean_clean = (pos[:, None] >= pos[None, :]).expand(B, N, N)
+    noised_clean = pos[None, None, :] < start[:, :, None]
+    noised_noised = start[:, :, None] == start[:, None, :]
+    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], 2)
+    return torch.cat([top, torch.cat([noised_clean, noised_noised], 2)], 1)[:, None]
+
+
+def noise_blocks(ids: torch.Tensor, start: torch.Tensor, vocab: int, t: torch.Tensor | None, eps: float,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform-state noise at one rate per block (t ~ U(eps, 1) unless given, [B, N] or broadcastable)."""
+    if t is None:
+        t = (torch.rand(ids.shape, generator=gen, device=ids.device) * (1 - eps) + eps).gather(1, start)
+    noise = torch.randint(FIRST_NOISE_ID, vocab, ids.shape, generator=gen, device=ids.device)
+    return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
+
+
+class BlockForward:
+    """The clean + noised forward over a model's parameters (rebuilt per step: packs carry this step's weights)."""
+
+    def __init__(self, model):
+        text = model.config.text_config
+        self.enc, self.dec = model.model.encoder.language_model, model.model.decoder
+        self.eps, self.softcap = text.rms_norm_eps, text.final_logit_softcapping
+        self.layers = [_Layer(layer, self.eps, trainable=True) for layer in self.enc.layers]
+        # the only per-half difference inside the shared layers: each side's layer scalar (a buffer, not tied)
+        self.scalars = [(enc.layer_scalar, dec.layer_scalar) for enc, dec in zip(self.enc.layers, self.dec.layers)]
+        self.lm_head = model.lm_head.weight
+
+    def hidden(self, ids, noised, start, sc_logits=None, sc_rows=None) -> torch.Tensor:
+        """Final hidden states [B, 2N, H]: clean positions first, then noised ones."""
+        N = ids.shape[1]
+        noised_mask = block_mask(start)[:, :, N:]  # [B, 1, N, 2N]
+        x_dec = self.dec.embed_tokens(noised)
+        if sc_logits is not None:
+            soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(x_dec.dtype) @ self.dec.embed_tokens.weight
+            soft = soft * self.dec.embed_tokens.embed_scale.to(x_dec.dtype) * sc_rows.to(x_dec.dtype)[:, None, None]
+            x_dec = self.dec.self_conditioning(x_dec, soft)
+        else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
+            x_dec = _rms(x_dec, None, self.eps)
+        x = torch.cat([self.enc.embed_tokens(ids), x_dec.to(self.enc.embed_tokens.weight.dtype)], 1)
+        pos = torch.arange(N, device=ids.device)[None]
+        rope = {}
+        for layer in self.layers:
+            if layer.layer_type not in rope:
+                cos, sin = self.enc.rotary_emb(x, pos, layer.layer_type)
+                rope[layer.layer_type] = (torch.cat([cos[0], cos[0]])[:, None], torch.cat([sin[0], sin[0]])[:, None])
+
+        def attend(q, k, v):
+            # clean queries see clean keys only: a causal call that skips the masked half, then the noised queries
+            clean = F.scaled_dot_product_attention(q[:, :, :N], k[:, :, :N], v[:, :, :N], is_causal=True, scale=1.0,
+                                                   enable_gqa=True)
+            noised = F.scaled_dot_product_attention(q[:, :, N:], k, v, noised_mask, scale=1.0, enable_gqa=True)
+            return torch.cat([clean, noised], 2)
+
+        for layer, (enc_scalar, dec_scalar) in zip(self.layers, self.scalars):
+            layer.scalar = torch.cat([enc_scalar.expand(N), dec_scalar.expand(N)])[:, None]  # [2N, 1]
+            x = layer(x, *rope[layer.layer_type], attend)
+        return _rms(x, self.enc.norm.weight, self.eps)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh((h @ self.lm_head.T).float() / self.softcap) * self.softcap
+
+
+def _chunk_loss_and_grad(hc, W, tc, wc, scale, cap: float):
+    """One chunk of rows: (sum of weighted losses, argmax hits, d loss / d logits before the cap)."""
+    t = torch.tanh((hc @ W.T).float() / cap)
+    s = t * cap
+    lse = torch.logsumexp(s, -1)
+    hits = s.argmax(-1) == tc
+    onehot = F.one_hot(tc, s.shape[1]).to(s.dtype)
+    g = (torch.exp(s - lse[:, None]) - onehot) * (wc * scale)[:, None] * (1 - t * t)
+    return ((lse - s.gather(1, tc[:, None])[:, 0]) * wc).sum(), hits, g.to(hc.dtype)
+
+
+@functools.cache
+def _compiled_chunk():
+    # inductor fuses the ~12 passes over each [chunk, V] block into two: 4x faster on this CPU (bench_train.json)
+    return torch.compile(_chunk_loss_and_grad, dynamic=False)
+
+
+class _SoftcapCrossEntropy(torch.autograd.Function):
+    """Weighted mean cross-entropy of soft-capped logits `cap * tanh(h @ W.T / cap)`, computed in row chunks with
+    its gradients in the same pass (the fused linear cross-entropy of Liger and others): the [rows, V] logits never
+    exist for autograd, which held ~5 GB per step of the embedded model at batch 16. Returns the loss and, per row,
+    whether the argmax is the target."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, row_weight, cap: float, chunk: int, compiled: bool):
+        W = weight.to(h.dtype) if h.dtype == torch.bfloat16 else weight
+        step = _compiled_chunk() if compiled else _chunk_loss_and_grad
+        M = h.shape[0]
+        pad = -M % chunk  # whole chunks only: one compiled shape
+        hp = F.pad(h.to(W.dtype), (0, 0, 0, pad))
+        tp, wp = F.pad(targets, (0, pad)), F.pad(row_weight, (0, pad))
+        scale = 1.0 / row_weight.sum().clamp(min=1e-9)  # a tensor: a float would be compiled in as a constant
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        hits = torch.empty(M + pad, dtype=torch.bool, device=h.device)
+        grad_h = torch.empty_like(hp)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+        for lo in range(0, M + pad, chunk):
+            hc = hp[lo : lo + chunk]
+            part, hits[lo : lo + chunk], g = step(hc, W, tp[lo : lo + chunk], wp[lo : lo + chunk], scale, cap)
+            loss += part
+            grad_h[lo : lo + chunk] = g @ W
+            grad_w += (g.T @ hc).float()
+        ctx.save_for_backward(grad_h[:M].to(h.dtype), grad_w)
+        hits = hits[:M]
+        ctx.mark_non_differentiable(hits)
+        return loss * scale, hits
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_hits):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None, None, None
+
+
+def softcap_cross_entropy(h, weight, targets, row_weight=None, cap: float = 30.0, chunk: int = 2048,
+                          compiled: bool = False):
+    """(weighted mean loss, per-row argmax hits) of the soft-capped LM head on hidden rows `h` [M, H]. `compiled`:
+    through torch.compile (training; a one-off compile of ~30 s), else eager (same numbers)."""
+    row_weight = torch.ones(h.shape[0], device=h.device) if row_weight is None else row_weight
+    return _SoftcapCrossEntropy.apply(h, weight, targets, row_weight.float(), cap, chunk, compiled)
+
+
+def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps: float = 0.02,
+           t: torch.Tensor | None = None, ar_weight: float = 1.0, compiled: bool = False) -> dict[str, torch.Tensor]:
+    ids, start, weight, real, middle = (batch[k] for k in ("ids", "start", "weight", "real", "middle"))
+    B, N = ids.shape
+    fwd = BlockForward(model)
+    noised = noise_blocks(ids, start, model.config.text_config.vocab_size, t, noise_eps)
+    sc_logits = sc_rows = None
+    if self_cond:  # the sampler feeds each step the previous step's logits; half the rows learn to use them
+        with torch.no_grad():
+            sc_logits = fwd.logits(fwd.hidden(ids, noised, start)[:, N:])
+        sc_rows = torch.rand(B, device=ids.device) < 0.5
+    h = fwd.hidden(ids, noised, start, sc_logits, sc_rows)
+    h_clean, h_noised = h[:, :N], h[:, N:]
+
+    sel = weight > 0  # denoising: every position of every block predicts its clean token
+    diffusion, hit = softcap_cross_entropy(h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap,
+                                            compiled=compiled)
+    in_canvas = (middle & (ids != PAD))[sel]
+    canvas_acc = (hit & in_canvas).sum() / in_canvas.sum().clamp(min=1)
+
+    pairs = real[:, :-1] & real[:, 1:] & (ids[:, 1:] != PAD)  # causal LM: prompt, middle and its EOS
+    ar, _ = softcap_cross_entropy(h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap,
+                                  compiled=compiled)
+    return {"loss": diffusion + ar_weight * ar, "diffusion": diffusion, "ar": ar, "canvas_acc": canvas_acc,
+            "denoised_tokens": (sel & (ids != PAD)).sum(), "ar_tokens": pairs.sum()}

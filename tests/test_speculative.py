@@ -1,0 +1,94 @@
+"""Self-speculative decoding gives exactly greedy AR's tokens whatever the drafts are; good drafts only save rounds."""
+
+import threading
+
+import pytest
+import torch
+
+from dg_model.api import Cancelled
+from dg_model.speculative import speculate
+
+V, EOS = 12, 1
+# A deterministic "language": after token t comes NEXT[t]; the text from 5 is 5 6 7 8 9 10 EOS.
+NEXT = {5: 6, 6: 7, 7: 8, 8: 9, 9: 10, 10: EOS, 11: 5, 2: 11}
+
+
+def logp_after(token: int) -> torch.Tensor:
+    row = torch.full((V,), -10.0)
+    row[NEXT.get(token, EOS)] = -0.1
+    return torch.log_softmax(row, -1)
+
+
+class Verifier:
+    """A cache as a list: verify appends, commit trims back."""
+
+    def __init__(self):
+        self.cache, self.verified_from, self.calls = [], 0, 0
+
+    def verify(self, seq):
+        self.calls += 1
+        self.verified_from = len(self.cache)
+        self.cache += seq
+        return torch.stack([logp_after(t) for t in seq])
+
+    def commit(self, n):
+        del self.cache[self.verified_from + n :]
+
+
+def run(draft, finish=lambda tokens: None, **kw):
+    v = Verifier()
+    out = speculate(logp_after(11), draft, v.verify, v.commit, finish, {EOS}, **kw)
+    return out, v
+
+
+GREEDY = [5, 6, 7, 8, 9, 10]
+
+
+def chain(p: int, k: int) -> list[int]:
+    """The true next k tokens after p (stopping at EOS)."""
+    out = []
+    while len(out) < k and p != EOS:
+        p = NEXT[p]
+        out.append(p)
+    return out
+
+
+def test_perfect_drafts_commit_many_tokens_per_round():
+    out, v = run(lambda p: chain(p, 3))
+    # round 1: 5 + 6 7 8 accepted; round 2: 9 + 10 EOS accepted
+    assert out.tokens == GREEDY and out.rounds == 2 and out.accepted == out.drafted == 5
+    assert v.cache == GREEDY + [EOS]  # only committed tokens stay in the cache (an accepted EOS too)
+
+
+@pytest.mark.parametrize("draft", [lambda p: [], lambda p: [3, 3, 3], lambda p: [NEXT.get(p, 3), 3, NEXT.get(p, 3)]])
+def test_any_draft_gives_the_greedy_text(draft):
+    out, v = run(draft)
+    assert out.tokens == GREEDY
+    assert v.cache == GREEDY[: len(v.cache)]  # what the cache holds is always a prefix of the committed text
+    assert len(out.logprobs) == len(GREEDY) + 1 and out.logprobs[-1] == pytest.approx(float(logp_after(10)[EOS]))
+
+
+def test_wrong_drafts_cost_one_token_per_round():
+    out, _ = run(lambda p: [3, 4])
+    assert out.accepted == 0 and out.rounds == len(GREEDY) and out.drafted == 2 * len(GREEDY)
+
+
+def test_an_accepted_eos_ends_the_middle_and_finish_cuts_it():
+    out, _ = run(lambda p: [NEXT[p], EOS] if p == 9 else [])
+    assert out.tokens == GREEDY and out.accepted == 2
+    out, _ = run(lambda p: [NEXT.get(p, 3)], finish=lambda tokens: 3 if len(tokens) >= 4 else None)
+    assert out.tokens == GREEDY[:3]
+
+
+def test_cancel_stops_before_the_next_round():
+    stop = threading.Event()
+    calls = []
+
+    def draft(p):
+        calls.append(p)
+        stop.set()
+        return [3]
+
+    with pytest.raises(Cancelled):
+        run(draft, cancel=stop)
+    assert len(calls) == 1
