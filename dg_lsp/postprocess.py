@@ -15,6 +15,7 @@ from typing import Literal
 from tree_sitter import Node, Tree
 
 from dg_lsp import languages
+from dg_model.stops import same_line
 from dg_lsp.languages import FULL_PARSE_CHARS, MAX_PARSE_CHARS, Doc, LanguageSpec, indent_width, top_level_region
 
 _PAIRS = {")": "(", "]": "[", "}": "{"}
@@ -90,13 +91,6 @@ def _balance(middle: str, stack: list[str], closed: int, pattern: re.Pattern[str
             else:
                 return middle[: m.start()]
     return middle
-
-
-def _same_line(a: str, b: str) -> bool:
-    """Lines match when their code matches; lines of bare punctuation (`}`, `)`) must match with indentation too."""
-    if not any(ch.isalnum() for ch in b):
-        return a.rstrip() == b.rstrip()
-    return a.strip() == b.strip()
 
 
 def _indent_style(lines: list[str], row: int, spec: LanguageSpec | None) -> tuple[str, int] | None:
@@ -197,9 +191,9 @@ def _cut_at_suffix(lines: list[str], doc: Doc) -> list[str]:
         return lines
     blank_before = not doc.before.strip()
     for i in range(0 if blank_before else 1, len(lines)):
-        if _same_line(lines[i] if i else doc.before + lines[i], heads[0]):
+        if same_line(lines[i] if i else doc.before + lines[i], heads[0]):
             following = next((x for x in lines[i + 1 :] if x.strip()), None)
-            if following is None or len(heads) < 2 or _same_line(following, heads[1]):
+            if following is None or len(heads) < 2 or same_line(following, heads[1]):
                 return lines[:i]
     return lines
 

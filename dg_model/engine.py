@@ -232,7 +232,7 @@ class DiffusionEngine:
                     if (loop := loop_start(tokens[i])) is not None:
                         del tokens[i][loop:], logprobs[i][loop + 1 :]
                         done[i] = True
-            if ended(self.tokenizer.decode(tokens[0]), job.kind, indent):
+            if ended(self.tokenizer.decode(tokens[0]), job.kind, indent, job.suffix):
                 break
             if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
                 self.fwd.encode(result.tokens, batched, self.fwd.seq_length(batched))
@@ -245,14 +245,8 @@ class DiffusionEngine:
         alternatives even for `n=1`: the editor side ranks them again by what still parses."""
         width = max(1, job.n, self.settings.ar_beam)
         batched = self.fwd.expand(cache, width) if width > 1 else cache
-        indent = cursor_indent(job.prefix)
+        finish = self._finish(job)
         stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
-
-        def finish(tokens: list[int]) -> int | None:
-            if (cut := loop_start(tokens)) is not None:
-                return cut
-            over = ended(self.tokenizer.decode(tokens), job.kind, indent)
-            return len(tokens) if over or len(tokens) >= job.max_tokens else None
 
         def advance(parents: list[int], tokens: list[int]) -> torch.Tensor:
             t0 = time.perf_counter()
@@ -283,18 +277,11 @@ class DiffusionEngine:
         """Greedy AR text at the cost of fewer encoder forwards: the decoder drafts, the encoder verifies."""
         if job.max_tokens <= 0:
             return [""], [0.0]
-        indent = cursor_indent(job.prefix)
         size = max(2, self.settings.draft_canvas)
         sampler = replace(self.settings.sampler, max_steps=max(1, self.settings.draft_steps), greedy=True)
         gen = torch.Generator().manual_seed(job.seed or 0)
         pinned = torch.zeros(1, size, dtype=torch.bool, device=self.device)
         pinned[0, 0] = True
-
-        def finish(tokens: list[int]) -> int | None:
-            if (cut := loop_start(tokens)) is not None:
-                return cut
-            over = ended(self.tokenizer.decode(tokens), job.kind, indent)
-            return len(tokens) if over or len(tokens) >= job.max_tokens else None
 
         def draft(pending: int) -> list[int]:
             canvas = noise_like(torch.zeros(1, size, dtype=torch.long), self.vocab_size, gen).to(self.device)
@@ -323,10 +310,22 @@ class DiffusionEngine:
 
         on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
         first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
-        result = speculate(first, draft, verify, commit, finish, self.eos_ids, job.cancel, on_step)
+        result = speculate(first, draft, verify, commit, self._finish(job), self.eos_ids, job.cancel, on_step)
         stats.new_tokens = len(result.tokens)
         stats.drafted, stats.accepted = result.drafted, result.accepted
         return [self.tokenizer.decode(result.tokens)], [_mean(result.logprobs)]
+
+    def _finish(self, job: InfillJob):
+        """Where a middle decoded token by token ends: a loop's start, the job kind's end, or the budget."""
+        indent = cursor_indent(job.prefix)
+
+        def finish(tokens: list[int]) -> int | None:
+            if (cut := loop_start(tokens)) is not None:
+                return cut
+            over = ended(self.tokenizer.decode(tokens), job.kind, indent, job.suffix)
+            return len(tokens) if over or len(tokens) >= job.max_tokens else None
+
+        return finish
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []

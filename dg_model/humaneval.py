@@ -292,6 +292,7 @@ def run_tasks(
             )
         # tokens that ended up in the inserted text, whatever else the engine decoded and threw away
         row["used_tokens"] = count(row["completion"]) if row["completion"] else 0
+        row["middle_tokens"] = count(task.middle)
         row["exact"] = normalize_ws(row["completion"]) == normalize_ws(task.middle)
         rows.append(row)
         if (i + 1) % 25 == 0 or i + 1 == len(chosen):
@@ -345,6 +346,7 @@ def run_tasks(
         "tokens_per_decoder_forward": _per_decoder_forward(ran),
         "draft_acceptance": round(sum(r.get("accepted", 0) for r in ran) / max(1, sum(r.get("drafted", 0) for r in ran)), 3),
         "empty_completions": sum(not r["completion"].strip() for r in rows),
+        "length": _length_summary(rows),
         "mean_new_tokens": round(sum(r["new_tokens"] for r in ran) / len(ran), 2) if ran else 0.0,
         "mean_prompt_tokens": round(sum(r["prompt_tokens"] for r in ran) / len(ran), 1) if ran else 0.0,
         "mean_reused_tokens": round(sum(r["reused_tokens"] for r in ran) / len(ran), 1) if ran else 0.0,
@@ -361,6 +363,18 @@ def run_tasks(
         "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
     }
     return report
+
+
+def _length_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """How the inserted text's length (tokens) compares with the true middle's, over non-empty completions: where a
+    middle ends is the model's guess (EOS in a canvas, or where decoding stopped)."""
+    shown = [r["used_tokens"] - r["middle_tokens"] for r in rows if r["completion"].strip()]
+    if not shown:
+        return {"completions": 0}
+    return {"completions": len(shown), "same": round(sum(d == 0 for d in shown) / len(shown), 3),
+            "within_2": round(sum(abs(d) <= 2 for d in shown) / len(shown), 3),
+            "shorter": round(sum(d < 0 for d in shown) / len(shown), 3),
+            "median_diff": percentile([float(d) for d in shown], 50)}
 
 
 def _per_decoder_forward(rows: Sequence[dict[str, Any]]) -> float | None:

@@ -28,10 +28,36 @@ def cursor_indent(prefix: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
-def ended(text: str, kind: str, indent: int) -> bool:
+def ended(text: str, kind: str, indent: int, suffix: str = "") -> bool:
     """Whether a middle decoded so far is complete: a line at its first line break after the start, a block at
-    `block_end`."""
-    return "\n" in text.lstrip("\n") if kind == "line" else block_end(text, indent) is not None
+    `block_end` or once it re-types the `suffix` (`reaches_suffix`)."""
+    if kind == "line":
+        return "\n" in text.lstrip("\n")
+    return block_end(text, indent) is not None or reaches_suffix(text, suffix)
+
+
+def same_line(a: str, b: str) -> bool:
+    """Lines match when their code matches; lines of bare punctuation (`}`, `)`) must match with indentation too."""
+    if not any(ch.isalnum() for ch in b):
+        return a.rstrip() == b.rstrip()
+    return a.strip() == b.strip()
+
+
+def reaches_suffix(text: str, suffix: str) -> bool:
+    """Whether a block has started re-typing the code after the cursor: a complete line after its first that is the
+    suffix's first non-blank line, and (when the suffix has one) a next complete line that is its second. Editors'
+    post-processing cuts such a repeat anyway (dg_lsp.postprocess); stopping here saves the forwards it costs: at a
+    cursor on an emptied line inside a body, the model otherwise writes the rest of the body again."""
+    heads = [x for x in suffix[:4000].split("\n") if x.strip()][:2]
+    complete = text.split("\n")[:-1]  # the last line may still grow
+    if not heads or len(complete) < 2:
+        return False
+    for i in range(1, len(complete)):
+        if same_line(complete[i], heads[0]):
+            following = next((x for x in complete[i + 1 :] if x.strip()), None)
+            if len(heads) < 2 or (following is not None and same_line(following, heads[1])):
+                return True
+    return False
 
 
 def block_end(text: str, indent: int) -> int | None:

@@ -243,3 +243,17 @@ def test_hybrid_decoding_writes_greedy_ar_text(tiny, forward, kind):
         assert s.new_tokens == want.stats.new_tokens
         again = hybrid.infill(job)  # from the cached prompt: the cache was trimmed back after the rounds
         assert [c.text for c in again.candidates] == [c.text for c in got.candidates]
+
+
+def test_a_block_ends_once_it_retypes_the_suffix():
+    from dg_model.stops import ended, reaches_suffix
+
+    suffix = "\n    total += x\n    return total\n"
+    assert reaches_suffix("total = 0\n    total += x\n    return total\n", suffix)
+    assert not reaches_suffix("total = 0\n    total += x\n    return total", suffix)  # last line not complete yet
+    assert not reaches_suffix("total = 0\n    total += x\n    total -= 1\n", suffix)  # only the first line repeats
+    assert not reaches_suffix("total += x\n", suffix)  # the middle's own first line is never a repeat
+    assert reaches_suffix("a\n    total += x\n", "\n    total += x\n")  # a one-line suffix
+    assert not reaches_suffix("a\n)\n", "\n    )\n")  # bare punctuation must match with its indentation
+    assert ended("total = 0\n    total += x\n    return total\n", "block", 4, suffix)
+    assert not ended("total = 0\n    total += x\n    return total\n", "block", 4)  # no suffix given: no such stop
