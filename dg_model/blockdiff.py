@@ -69,10 +69,10 @@ def block_row(prompt: list[int], middle: list[int], layout: BlockLayout, rng: ra
     return BlockRow(prompt + region, starts, weight, len(prompt))
 
 
-def collate_rows(rows: Sequence[BlockRow]) -> dict[str, torch.Tensor]:
-    """Right-padded tensors. `start[b, i]`: first position of i's block (a padding position is a block of its own,
-    so nothing real attends to it and its attention row is never empty)."""
-    width = max(len(r.ids) for r in rows)
+def collate_rows(rows: Sequence[BlockRow], width: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded tensors, `width` wide at least. `start[b, i]`: first position of i's block (a padding position
+    is a block of its own, so nothing real attends to it and its attention row is never empty)."""
+    width = max(width, *(len(r.ids) for r in rows))
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
     start = torch.arange(width).repeat(len(rows), 1)
     weight = torch.zeros(len(rows), width)
@@ -110,22 +110,37 @@ def noise_blocks(ids: torch.Tensor, start: torch.Tensor, vocab: int, t: torch.Te
     return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
 
 
-class BlockForward:
-    """The clean + noised forward over a model's parameters (rebuilt per step: packs carry this step's weights)."""
+def _dense_moe(layer: _Layer, x_route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`_Layer.moe` with every expert run on every token and unrouted ones weighted 0: the same output and gradients,
+    static shapes for torch.compile (the routed version's per-expert gathers are data-dependent)."""
+    scores = (_rms(x_route, None, layer.eps) * layer.router_scale) @ layer.router_proj.T
+    weights, index = torch.softmax(scores, -1, dtype=torch.float32).topk(layer.top_k, -1)
+    weights = (weights / weights.sum(-1, keepdim=True)) * layer.per_expert_scale[index]
+    routed = torch.zeros(scores.shape, dtype=weights.dtype, device=x.device).scatter(1, index, weights)  # [M, E]
+    gate, up = torch.einsum("mh,eih->emi", x, layer.experts_gate_up).chunk(2, -1)
+    y = torch.einsum("emi,ehi->emh", layer.expert_act(gate) * up, layer.experts_down)
+    return torch.einsum("emh,me->mh", y, routed.to(y.dtype))
 
-    def __init__(self, model):
+
+class BlockForward:
+    """The clean + noised forward over a model's parameters (rebuilt per step: packs carry this step's weights).
+    `compiled`: the layers run through torch.compile (dense experts; fixed row width, or it recompiles per width)."""
+
+    def __init__(self, model, compiled: bool = False):
         text = model.config.text_config
         self.enc, self.dec = model.model.encoder.language_model, model.model.decoder
         self.eps, self.softcap = text.rms_norm_eps, text.final_logit_softcapping
         self.layers = [_Layer(layer, self.eps, trainable=True) for layer in self.enc.layers]
+        if compiled:
+            for layer in self.layers:
+                layer.moe = functools.partial(_dense_moe, layer)
+        self.run_layers = torch.compile(self._run_layers, dynamic=False) if compiled else self._run_layers
         # the only per-half difference inside the shared layers: each side's layer scalar (a buffer, not tied)
         self.scalars = [(enc.layer_scalar, dec.layer_scalar) for enc, dec in zip(self.enc.layers, self.dec.layers)]
         self.lm_head = model.lm_head.weight
 
     def hidden(self, ids, noised, start, sc_logits=None, sc_rows=None) -> torch.Tensor:
         """Final hidden states [B, 2N, H]: clean positions first, then noised ones."""
-        N = ids.shape[1]
-        noised_mask = block_mask(start)[:, :, N:]  # [B, 1, N, 2N]
         x_dec = self.dec.embed_tokens(noised)
         if sc_logits is not None:
             soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(x_dec.dtype) @ self.dec.embed_tokens.weight
@@ -134,7 +149,12 @@ class BlockForward:
         else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
             x_dec = _rms(x_dec, None, self.eps)
         x = torch.cat([self.enc.embed_tokens(ids), x_dec.to(self.enc.embed_tokens.weight.dtype)], 1)
-        pos = torch.arange(N, device=ids.device)[None]
+        return self.run_layers(x, start)
+
+    def _run_layers(self, x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        N = start.shape[1]
+        noised_mask = block_mask(start)[:, :, N:]  # [B, 1, N, 2N]
+        pos = torch.arange(N, device=x.device)[None]
         rope = {}
         for layer in self.layers:
             if layer.layer_type not in rope:
@@ -222,7 +242,7 @@ def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps:
            t: torch.Tensor | None = None, ar_weight: float = 1.0, compiled: bool = False) -> dict[str, torch.Tensor]:
     ids, start, weight, real, middle = (batch[k] for k in ("ids", "start", "weight", "real", "middle"))
     B, N = ids.shape
-    fwd = BlockForward(model)
+    fwd = BlockForward(model, compiled)
     noised = noise_blocks(ids, start, model.config.text_config.vocab_size, t, noise_eps)
     sc_logits = sc_rows = None
     if self_cond:  # the sampler feeds each step the previous step's logits; half the rows learn to use them
