@@ -283,9 +283,12 @@ class DiffusionEngine:
         pinned = torch.zeros(1, size, dtype=torch.bool, device=self.device)
         pinned[0, 0] = True
 
-        def draft(pending: int) -> list[int]:
+        def draft(pending: int, hint: list[int]) -> list[int]:
             canvas = noise_like(torch.zeros(1, size, dtype=torch.long), self.vocab_size, gen).to(self.device)
             canvas[0, 0] = pending
+            hint = hint[: size - 1]
+            if hint:  # the last draft's guesses past its first miss: a partly denoised start, not pinned
+                canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=self.device)
             result = denoise(lambda x, sc: self.fwd.decoder_logits(x, cache, sc), canvas, pinned, self.vocab_size,
                              sampler, gen, job.cancel)
             stats.steps += result.steps

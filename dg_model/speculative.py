@@ -33,7 +33,7 @@ class SpecResult:
 
 def speculate(
     first: torch.Tensor,
-    draft: Callable[[int], list[int]],
+    draft: Callable[[int, list[int]], list[int]],
     verify: Callable[[list[int]], torch.Tensor],
     commit: Callable[[int], None],
     finish: Callable[[list[int]], int | None],
@@ -44,13 +44,15 @@ def speculate(
     """Greedy decoding, several tokens per round.
 
     first [V]: log-probabilities of the token after the context (the prompt encode computed them already).
-    draft(p): tokens the denoiser proposes after `p` (the cache holds everything before `p`).
+    draft(p, hint): tokens the denoiser proposes after `p` (the cache holds everything before `p`); `hint` is what the
+        last draft guessed for those positions (its tokens after the first rejected one), a better start than noise.
     verify(seq): encode `seq` (`p` + draft) at the cache's end; [len(seq), V] log-probabilities of each next token.
     commit(n): keep the first n of the tokens just verified in the cache, drop the rest.
     finish(tokens): where the middle ends (a cut index) once it has ended, else None.
     """
     pending, pending_lp = int(first.argmax()), float(first.max())
     out = SpecResult([], [])
+    hint: list[int] = []
     while True:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
@@ -62,7 +64,7 @@ def speculate(
         if (cut := finish(out.tokens)) is not None:
             del out.tokens[cut:], out.logprobs[cut:]
             return out
-        proposal = draft(pending)
+        proposal = draft(pending, hint)
         logp = verify([pending] + proposal)
         best = logp.argmax(-1).tolist()
         agree = 0
@@ -85,3 +87,4 @@ def speculate(
         if on_step is not None:
             on_step(out.tokens)
         pending, pending_lp = best[agree], float(logp[agree, best[agree]])
+        hint = proposal[agree + 1 :]

@@ -54,13 +54,13 @@ def chain(p: int, k: int) -> list[int]:
 
 
 def test_perfect_drafts_commit_many_tokens_per_round():
-    out, v = run(lambda p: chain(p, 3))
+    out, v = run(lambda p, hint: chain(p, 3))
     # round 1: 5 + 6 7 8 accepted; round 2: 9 + 10 EOS accepted
     assert out.tokens == GREEDY and out.rounds == 2 and out.accepted == out.drafted == 5
     assert v.cache == GREEDY + [EOS]  # only committed tokens stay in the cache (an accepted EOS too)
 
 
-@pytest.mark.parametrize("draft", [lambda p: [], lambda p: [3, 3, 3], lambda p: [NEXT.get(p, 3), 3, NEXT.get(p, 3)]])
+@pytest.mark.parametrize("draft", [lambda p, h: [], lambda p, h: [3, 3, 3], lambda p, h: [NEXT.get(p, 3), 3, NEXT.get(p, 3)]])
 def test_any_draft_gives_the_greedy_text(draft):
     out, v = run(draft)
     assert out.tokens == GREEDY
@@ -69,14 +69,14 @@ def test_any_draft_gives_the_greedy_text(draft):
 
 
 def test_wrong_drafts_cost_one_token_per_round():
-    out, _ = run(lambda p: [3, 4])
+    out, _ = run(lambda p, h: [3, 4])
     assert out.accepted == 0 and out.rounds == len(GREEDY) and out.drafted == 2 * len(GREEDY)
 
 
 def test_an_accepted_eos_ends_the_middle_and_finish_cuts_it():
-    out, _ = run(lambda p: [NEXT[p], EOS] if p == 9 else [])
+    out, _ = run(lambda p, h: [NEXT[p], EOS] if p == 9 else [])
     assert out.tokens == GREEDY and out.accepted == 2
-    out, _ = run(lambda p: [NEXT.get(p, 3)], finish=lambda tokens: 3 if len(tokens) >= 4 else None)
+    out, _ = run(lambda p, h: [NEXT.get(p, 3)], finish=lambda tokens: 3 if len(tokens) >= 4 else None)
     assert out.tokens == GREEDY[:3]
 
 
@@ -84,7 +84,7 @@ def test_cancel_stops_before_the_next_round():
     stop = threading.Event()
     calls = []
 
-    def draft(p):
+    def draft(p, hint):
         calls.append(p)
         stop.set()
         return [3]
@@ -92,3 +92,14 @@ def test_cancel_stops_before_the_next_round():
     with pytest.raises(Cancelled):
         run(draft, cancel=stop)
     assert len(calls) == 1
+
+
+def test_each_draft_gets_the_last_drafts_guesses_past_its_first_miss():
+    hints = []
+
+    def draft(p, hint):
+        hints.append(hint)
+        return [NEXT.get(p, 3), 3, 4, 5]  # right, then wrong: 4 and 5 are the guesses for the positions after
+
+    out, _ = run(draft)
+    assert out.tokens == GREEDY and hints[0] == [] and all(h == [4, 5] for h in hints[1:])
