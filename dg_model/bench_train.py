@@ -2,8 +2,9 @@
 
 The first recipe (`canvas`: transformers' modules, one 64-slot canvas per example), block diffusion through the eager
 lean layers (`block_eager`) and through torch.compile (`block`, what `train` runs). Alternating rounds of one optimizer
-step each (the same batch size, bf16 autocast where `train --amp auto` would use it), after a warm-up step of each. Reported per objective: median step time, positions
-run through the model per second, and supervised tokens per step and per example: denoised (the decoder's loss) and
+step each (the same batch size, bf16 autocast where `train --amp auto` would use it), after two warm-up steps of each
+(with and without self-conditioning: two compiled graphs). Reported per objective: median step time, positions run
+through the model per second, and supervised tokens per step and per example: denoised (the decoder's loss) and
 next-token (the encoder's causal-LM loss). Writes `bench_results/bench_train.json`.
 """
 
@@ -49,18 +50,20 @@ def main(argv: list[str] | None = None) -> None:
         runs[name] = dict(cfg=cfg, model=model, opt=torch.optim.AdamW(model.parameters(), lr=1e-5), batches=batches,
                           times=[], positions=[], denoised=[], ar=[])
     random.seed(0)
-    for round_ in range(args.rounds + 1):
+    warm_up = 2  # one step with self-conditioning and one without: each is its own compiled graph
+    for round_ in range(args.rounds + warm_up):
         for name, _, _ in VARIANTS:
             r = runs[name]
             batch = next(r["batches"])
+            cfg = replace(r["cfg"], self_cond_prob=float(round_ == 0)) if round_ < warm_up else r["cfg"]
             t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = step_losses(r["model"], batch, r["cfg"])
+                out = step_losses(r["model"], batch, cfg)
             r["opt"].zero_grad(set_to_none=True)
             out["loss"].backward()
             r["opt"].step()
-            if round_ == 0:
-                continue  # warm-up (and torch.compile's one-off compile)
+            if round_ < warm_up:
+                continue  # warm-up (and torch.compile's one-off compiles)
             r["times"].append(time.perf_counter() - t0)
             r["positions"].append(batch_tokens(batch, r["cfg"]))
             r["denoised"].append(int(out["denoised_tokens"]))

@@ -102,20 +102,6 @@ def sample_fim(text: str, rng: random.Random) -> FimPieces | None:
     return None
 
 
-def training_example(
-    encode: Encode,
-    pieces: FimPieces,
-    rng: random.Random,
-    prompt_tokens: int,
-    canvas_length: int,
-    snippets: Sequence[str] = (),
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, canvas ids). Long middles are sometimes split as a later block of block-autoregressive decoding:
-    the first part goes into the prompt after <fim_middle>, the canvas continues it."""
-    prompt, middle_ids = example_ids(encode, pieces, rng, prompt_tokens, canvas_length, snippets)
-    return prompt, canvas_target(middle_ids, canvas_length)
-
-
 def example_ids(
     encode: Encode,
     pieces: FimPieces,
@@ -124,7 +110,9 @@ def example_ids(
     canvas_length: int,
     snippets: Sequence[str] = (),
 ) -> tuple[list[int], list[int]]:
-    """(prompt ids, middle ids) of `training_example`, before the middle is cut to a canvas."""
+    """(prompt ids, middle ids) of one training example; `canvas_target` cuts the middle to a canvas. Long middles are
+    sometimes split as a later block of block-autoregressive decoding: the first part goes into the prompt after
+    <fim_middle>, and the middle continues it."""
     middle_ids = encode(pieces.middle)
     done: list[int] = []
     if len(middle_ids) > canvas_length and rng.random() < 0.5:

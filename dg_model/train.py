@@ -33,7 +33,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_model.architecture import SIZES, build_config
 from dg_model.corpus import read_jsonl
 from dg_model import blockdiff
-from dg_model.fim import example_ids, far_snippet, sample_fim, training_example
+from dg_model.fim import canvas_target, example_ids, far_snippet, sample_fim
 from dg_model.tokenizer import PAD, SPECIAL_TOKENS
 
 FIRST_NOISE_ID = len(SPECIAL_TOKENS)  # noise never draws special tokens, in training and in the sampler
@@ -106,13 +106,11 @@ class FimBatches(torch.utils.data.IterableDataset):
                 snips = []
                 if rng.random() < self.cfg.snippet_prob and (s := far_snippet(text, pieces, rng)):
                     snips.append(s)
-                if self.cfg.objective == "block":
-                    layout = block_layout(self.cfg)
-                    canvas = max(layout.canvases)
-                    prompt, middle = example_ids(encode, pieces, rng, self.cfg.prompt_tokens, canvas, snips)
-                    rows.append(blockdiff.block_row(prompt, middle, layout, rng))
-                else:
-                    rows.append(training_example(encode, pieces, rng, self.cfg.prompt_tokens, self.cfg.canvas, snips))
+                block = self.cfg.objective == "block"
+                canvas = max(block_layout(self.cfg).canvases) if block else self.cfg.canvas
+                prompt, middle = example_ids(encode, pieces, rng, self.cfg.prompt_tokens, canvas, snips)
+                rows.append(blockdiff.block_row(prompt, middle, block_layout(self.cfg), rng) if block
+                            else (prompt, canvas_target(middle, canvas)))
             if self.cfg.objective == "block":  # compiled layers: one row width, or a recompile per width
                 layout = block_layout(self.cfg)
                 widest = self.cfg.prompt_tokens + max(layout.middle_tokens, *layout.canvases)
