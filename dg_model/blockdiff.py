@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dg_model.fim import canvas_target
+from dg_model.forward import softcap
 from dg_model.lean import _Layer, _rms
 from dg_model.tokenizer import PAD, SPECIAL_TOKENS
 
@@ -174,7 +175,7 @@ class BlockForward:
         return _rms(x, self.enc.norm.weight, self.eps)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.tanh((h @ self.lm_head.T).float() / self.softcap) * self.softcap
+        return softcap(h @ self.lm_head.T, self.softcap)
 
 
 def _chunk_loss_and_grad(hc, W, tc, wc, scale, cap: float):

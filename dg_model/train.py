@@ -33,10 +33,10 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_model.architecture import SIZES, build_config
 from dg_model.corpus import read_jsonl
 from dg_model import blockdiff
+from dg_model.blockdiff import FIRST_NOISE_ID
 from dg_model.fim import canvas_target, example_ids, far_snippet, sample_fim
-from dg_model.tokenizer import PAD, SPECIAL_TOKENS
+from dg_model.tokenizer import PAD
 
-FIRST_NOISE_ID = len(SPECIAL_TOKENS)  # noise never draws special tokens, in training and in the sampler
 
 
 @dataclass
@@ -95,6 +95,11 @@ class FimBatches(torch.utils.data.IterableDataset):
         def encode(s: str) -> list[int]:
             return tok.encode(s, add_special_tokens=False).ids
 
+        block = self.cfg.objective == "block"
+        layout = block_layout(self.cfg) if block else None
+        canvas = max(layout.canvases) if block else self.cfg.canvas
+        # compiled layers want one row width, or they recompile per width
+        width = self.cfg.prompt_tokens + max(layout.middle_tokens, canvas) if block and self.cfg.compile else 0
         while True:
             rows = []
             while len(rows) < self.cfg.batch:
@@ -106,17 +111,10 @@ class FimBatches(torch.utils.data.IterableDataset):
                 snips = []
                 if rng.random() < self.cfg.snippet_prob and (s := far_snippet(text, pieces, rng)):
                     snips.append(s)
-                block = self.cfg.objective == "block"
-                canvas = max(block_layout(self.cfg).canvases) if block else self.cfg.canvas
                 prompt, middle = example_ids(encode, pieces, rng, self.cfg.prompt_tokens, canvas, snips)
-                rows.append(blockdiff.block_row(prompt, middle, block_layout(self.cfg), rng) if block
+                rows.append(blockdiff.block_row(prompt, middle, layout, rng) if block
                             else (prompt, canvas_target(middle, canvas)))
-            if self.cfg.objective == "block":  # compiled layers: one row width, or a recompile per width
-                layout = block_layout(self.cfg)
-                widest = self.cfg.prompt_tokens + max(layout.middle_tokens, *layout.canvases)
-                yield blockdiff.collate_rows(rows, widest if self.cfg.compile else 0)
-            else:
-                yield collate(rows)
+            yield blockdiff.collate_rows(rows, width) if block else collate(rows)
 
 
 def block_layout(cfg: TrainConfig) -> blockdiff.BlockLayout:
