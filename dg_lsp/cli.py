@@ -3,6 +3,7 @@
     dg-lsp [--stdio | --tcp [HOST:]PORT] [--model M] [--device D] [--quantize Q] [--log-file F] [--log-level L]
     dg-lsp complete FILE:LINE:COL     the completion the server would give there (1-based line and column)
     dg-lsp rewrite FILE:START-END     the rewrite of lines START..END (1-based, inclusive)
+    dg-lsp fix FILE:START-END         lines START..END with their slips fixed, or why nothing changed
     dg-lsp doctor                     what is installed, where the model is, whether it loads, how fast
 
 `complete` and `rewrite` call the same `dg_lsp.pipeline` functions as the LSP handlers. More sub-commands (eval,
@@ -18,8 +19,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from lsprotocol.types import Position
 
@@ -28,7 +30,7 @@ from dg_model.api import EngineError
 from . import convert, doctor
 from .engines import load_engine
 from .languages import spec_for
-from .settings import Settings
+from .settings import RemoteSettings, Settings
 
 log = logging.getLogger("dg_lsp")
 
@@ -77,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport = parser.add_mutually_exclusive_group()
     transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     transport.add_argument(
-        "--tcp", metavar="[HOST:]PORT", type=_host_port, help="listen for one LSP client on TCP (host 127.0.0.1 unless given)"
+        "--tcp", metavar="[HOST:]PORT", type=_host_port,
+        help="listen for one LSP client on TCP (host 127.0.0.1 unless given)"
     )
     _add_model_flags(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -101,14 +104,23 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None
     # Sub-parsers repeat these with SUPPRESS defaults so they work before or after the sub-command name without
     # the sub-parser's defaults overwriting values given before it.
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    parser.add_argument("--model", metavar="PATH|HF_ID", default=d(None), help="model weights (default: the embedded model)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d("auto"), help="where the model runs (default: auto)")
+    parser.add_argument("--model", metavar="PATH|HF_ID", default=d(None),
+                        help="model weights (default: the embedded model)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d("auto"),
+                        help="where the model runs (default: auto)")
     parser.add_argument(
-        "--quantize", choices=["none", "8bit", "4bit"], default=d("none"), help="weight quantization, CUDA only (default: none)"
+        "--quantize", choices=["none", "8bit", "4bit"], default=d("none"),
+        help="weight quantization, CUDA only (default: none)"
     )
+    parser.add_argument("--remote", metavar="URL", default=d(None),
+                        help="use the model served at this OpenAI-compatible /v1 base (vLLM) instead of a local one; "
+                        "API key from DG_LSP_API_KEY (docs/remote.md)")
+    parser.add_argument("--remote-model", metavar="NAME", default=d(None),
+                        help="the served model's name (default: the one model the server lists)")
     parser.add_argument("--log-file", metavar="PATH", default=d(None), help="write logs here instead of stderr")
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default=d("info"), help="log verbosity (default: info)"
+        "--log-level", choices=["debug", "info", "warning", "error"], default=d("info"),
+        help="log verbosity (default: info)"
     )
 
 
@@ -133,15 +145,21 @@ def setup_logging(log_file: str | None, level: str) -> None:
     root.setLevel(level.upper())
     # pygls logs every message body at INFO; a 5 MB didOpen would flood the log.
     logging.getLogger("pygls").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)  # a line per request
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The base settings the command line gives; client settings merge over these."""
-    return Settings(model=args.model, device=args.device, quantize=args.quantize, log_level=args.log_level)
+    return Settings(model=args.model, device=args.device, quantize=args.quantize, log_level=args.log_level,
+                    remote=RemoteSettings(url=args.remote, model=args.remote_model))
 
 
 def engine_from(args: argparse.Namespace):
     """Load the engine the flags name (for sub-commands). Raises EngineError."""
+    if args.remote:
+        from . import remote
+
+        return remote.connect(settings_from(args))
     return load_engine(args.model, device=args.device, quantize=args.quantize)
 
 
@@ -214,6 +232,26 @@ def run_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_fix(args: argparse.Namespace) -> int:
+    path, first, last = _split_target(args.target, range_sep="-")
+    text, language = _read(path, args.language)
+    starts = convert.line_starts(text)
+    if last < first:
+        _fail(f"empty line range {first}-{last}")
+    start = _line_offset(text, starts, first)
+    end = starts[last] if last < len(starts) else len(text)
+    engine = _engine_or_exit(args)
+    from .fix import fix_range
+
+    result = fix_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
+    edit = result.edit
+    if edit is None or args.json:
+        return _print_edits(args, text, [edit] if edit else [], result.message)
+    print(f"dg-lsp: {result.message}", file=sys.stderr)
+    sys.stdout.write(text[start : edit.start] + edit.text + text[edit.end : max(end, edit.end)])
+    return 0
+
+
 def _split_target(target: str, range_sep: str | None = None) -> tuple[Path, int, int]:
     try:
         if range_sep:
@@ -282,6 +320,7 @@ def _fail(message: str, code: int = 2):
 
 SUBCOMMANDS["complete"] = Subcommand(_add_complete_args, run_complete, "print the completion at FILE:LINE:COL")
 SUBCOMMANDS["rewrite"] = Subcommand(_add_rewrite_args, run_rewrite, "print the rewrite of lines FILE:START-END")
+SUBCOMMANDS["fix"] = Subcommand(_add_rewrite_args, run_fix, "print lines FILE:START-END with their slips fixed")
 SUBCOMMANDS["doctor"] = Subcommand(doctor.add_arguments, doctor.run, "check the installation and the model")
 
 

@@ -12,8 +12,8 @@ import importlib.metadata
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dg_model.api import EngineError, InfillJob
 
@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{status:4}  {name}: {detail}", flush=True)
 
     report("ok", "python", f"{platform.python_version()} ({sys.executable})")
+    if getattr(args, "remote", None):  # a server runs the model: check it, not this machine's model stack
+        _grammars(report)
+        _remote(report, args)
+        return 1 if any(status == "FAIL" for status, _, _ in checks) else 0
     _torch(report)
     _bitsandbytes(report, args.quantize)
     _grammars(report)
@@ -125,3 +129,54 @@ def _model(report, args: argparse.Namespace) -> None:
     text = result.candidates[0].text if result.candidates else ""
     steps = result.stats.steps
     report("ok", "completion", f"{seconds * 1000:.0f} ms, {steps} {result.stats.mode} steps -> {text!r}")
+
+
+# What failed, by RemoteError.kind: the check that names it.
+_REMOTE_CHECKS = {"unreachable": "reachable", "timeout": "reachable", "auth": "auth", "model": "model"}
+
+
+def _remote(report, args: argparse.Namespace) -> None:
+    """Reachability, the key, the model and a completion's latency, for `--remote URL`."""
+    import os
+    import statistics
+
+    from dg_model.remote import API_KEY_ENV, RemoteError, insecure
+
+    from .remote import connect
+    from .settings import RemoteSettings, Settings
+
+    try:
+        engine = connect(Settings(remote=RemoteSettings(url=args.remote, model=getattr(args, "remote_model", None))))
+    except RemoteError as exc:
+        report("FAIL", "remote", str(exc))
+        return
+    if insecure(engine.url):
+        report("warn", "remote", f"{engine.url}: plain http to another machine; code and the key travel unencrypted")
+    else:
+        report("ok", "remote", engine.url)
+    key = os.environ.get(API_KEY_ENV)
+    report("ok", "api key", f"{API_KEY_ENV} is set (not shown)" if key else f"{API_KEY_ENV} is not set")
+    try:
+        try:
+            info = engine.check(tries=1)
+        except RemoteError as exc:
+            report("FAIL", _REMOTE_CHECKS.get(exc.kind, "remote"), str(exc))
+            return
+        report("ok", "reachable", f"GET /v1/models in {info.ms:.0f} ms")
+        report("ok", "auth", "the key is accepted" if key else "the server asks for no key")
+        report("ok", "model", f"{info.model} (served: {', '.join(info.models)}), prompt format {info.format}")
+        report("ok", "token counts", info.counting)
+        job = InfillJob(prefix="def add(a, b):\n    return ", suffix="\n", kind="line", max_tokens=8, seed=0)
+        seconds, text = [], ""
+        for _ in range(3):
+            try:
+                result, took = _timed(lambda: engine.infill(job))
+            except RemoteError as exc:
+                report("FAIL", "completion", str(exc))
+                return
+            seconds.append(took)
+            text = result.candidates[0].text if result.candidates else ""
+        report("ok", "latency", f"completion p50 {statistics.median(seconds) * 1000:.0f} ms (min "
+                                f"{min(seconds) * 1000:.0f}, max {max(seconds) * 1000:.0f}, 3 requests) -> {text!r}")
+    finally:
+        engine.close()

@@ -21,6 +21,13 @@ def model_label(model: str | None) -> str:
     return "fake" if model.startswith(FAKE_PREFIX) else model
 
 
+def settings_label(settings) -> str:
+    """What status lines call the configured backend: the served model of a remote server, else `model_label`."""
+    if settings.remote.url:
+        return settings.remote.model or "remote"
+    return model_label(settings.model)
+
+
 def load_engine(model: str | None, device: str = "auto", quantize: str = "none") -> Engine:
     """Load the engine named by `model` (path, HF id, None for the embedded model). Raises `EngineError`."""
     if model is not None and model.startswith(FAKE_PREFIX):
@@ -28,7 +35,9 @@ def load_engine(model: str | None, device: str = "auto", quantize: str = "none")
     try:
         loading = importlib.import_module("dg_model.loading")
     except ImportError as exc:
-        raise EngineError(f"the model package cannot be imported ({exc}); reinstall dg-lsp with its dependencies") from exc
+        raise EngineError(
+            f"the model package cannot be imported ({exc}); reinstall dg-lsp with its dependencies"
+        ) from exc
     return loading.load_engine(model, device=device, quantize=quantize)
 
 

@@ -1,4 +1,5 @@
-"""`dg-lsp eval humaneval --kind single-line|multi-line [--mode auto|diffusion|ar|hybrid] [--editor|--server]`.
+"""`dg-lsp eval humaneval --kind single-line|multi-line [--mode auto|diffusion|ar|hybrid] [--editor|--server]`, and
+`dg-lsp eval rewrite [--action fix|rewrite]` (eval_rewrite.py).
 
 Registers the `eval` sub-command on import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`). Only the standard library,
 `dg_model.api` and tree-sitter are imported here; torch and the model load inside the command.
@@ -62,5 +63,12 @@ def server_path(engine: Engine, args: argparse.Namespace) -> humaneval.Solver:
     return ServerPath(args)
 
 
+def _rewrite_suite() -> tuple:
+    from . import eval_rewrite
+
+    return eval_rewrite.add_arguments, eval_rewrite.run_cli
+
+
 for _module in cli.registries():
-    humaneval.register(_module.SUBCOMMANDS, _module.Subcommand, editor_path, server_path)
+    humaneval.register(_module.SUBCOMMANDS, _module.Subcommand, editor_path, server_path,
+                       others={"rewrite": _rewrite_suite()})

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
-from dg_model.api import Engine, InfillJob, JobResult, RewriteJob
+from dg_model.api import BlockScore, Engine, InfillJob, JobResult, RewriteJob, ScoreJob
 
 from . import languages
-from .engines import FAKE_PREFIX, load_engine, model_label
+from .engines import FAKE_PREFIX, load_engine, model_label, settings_label
 from .jobs import in_daemon_thread
 
 if TYPE_CHECKING:
@@ -66,10 +66,15 @@ class FallbackEngine:
     def rewrite(self, job: RewriteJob) -> JobResult:
         return self._engine.rewrite(job)
 
+    def score(self, job: ScoreJob) -> list[BlockScore]:
+        return self._engine.score(job)
+
 
 def applies(settings: Settings) -> bool:
     """Whether there is something to fall back to: not when the fallback itself is what failed, and never from a
     test engine (`fake:`) to a real model, which would make server tests slow and their failures hide."""
+    if settings.remote.url and not settings.remote.fallback:
+        return False  # a remote backend falls back only when asked to (remote.fallback)
     model, target = settings.model or "", TARGET[0] or ""
     return settings.engine_key != TARGET and (not model.startswith(FAKE_PREFIX) or target.startswith(FAKE_PREFIX))
 
@@ -88,7 +93,7 @@ async def recover(ls: DgServer, settings: Settings, error: str | None) -> tuple[
     there is no fallback or it failed too (the loader then reports `error` as before)."""
     if not applies(settings):
         return None, error
-    label = model_label(settings.model)
+    label = settings_label(settings)
     why = _first_line(error or "unknown error")
     log.error("model %s failed to load (%s); falling back to the embedded model on the CPU", label, why)
     ls.set_status("loading", message=f"{label} failed to load; loading the embedded model on the CPU")

@@ -166,7 +166,7 @@ def _load(name: str) -> Language | None:
         return None
     try:
         return Language(getattr(importlib.import_module(spec.module), spec.factory)())
-    except Exception:  # ImportError, a missing factory, an ABI the bindings reject: all mean "plain text"
+    except Exception:  # noqa: BLE001 - ImportError, a missing factory, an ABI the bindings reject: all mean "plain text"
         return None
 
 
@@ -197,7 +197,7 @@ def parse(source: bytes, language_id: str | None) -> Tree | None:
         return None
     try:
         return parser.parse(source)
-    except Exception:  # the bindings raise on pathological input (e.g. a timeout); treat as "no syntax"
+    except Exception:  # noqa: BLE001 - the bindings raise on pathological input (e.g. a timeout); treat as "no syntax"
         return None
 
 
@@ -219,6 +219,17 @@ def compiles(source: str, language_id: str | None) -> bool | None:
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: NUL bytes
         return False
     return True
+
+
+def count_errors(node: Node) -> int:
+    """ERROR and MISSING nodes under `node`: how broken tree-sitter finds the text."""
+    count, stack = 0, [node]
+    while stack:
+        n = stack.pop()
+        if n.is_error or n.is_missing:
+            count += 1
+        stack.extend(c for c in n.children if c.has_error or c.is_missing)
+    return count
 
 
 def grammar_status() -> dict[str, bool]:

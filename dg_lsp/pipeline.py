@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
-from dg_model.api import Engine, InfillJob, RewriteJob
+from dg_model.api import Engine, EngineError, InfillJob, RewriteJob, ScoreJob
 
 from .context import ContextBudget, build_context, enclosing_block, should_complete
+from .diagnose import problems
 from .postprocess import Edit, postprocess, rank
 from .settings import Settings
 
 # Context and validation look at most this far (in characters) from the cursor: a multi-MB file still completes,
 # in bounded time, from the part of it around the cursor.
 WINDOW_CHARS = 100_000
+
+# Nats a rewrite may lose against the block it replaces: e^2, about 7 times less likely, is still "as plausible".
+REWRITE_TOLERANCE = 2.0
+REWRITE_CANDIDATES = 3  # sampled in one batch: the model's score picks among them
 
 OtherDocs = Sequence[tuple[str, str, str]]  # (uri, language_id, text)
 
@@ -92,6 +98,40 @@ def candidate_edits(
     return rank(edits)
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockContext:
+    """A block cut out of its document, and the prompt context around the gap it leaves."""
+
+    start: int  # the block: text[start:end]
+    end: int
+    block: str
+    prefix: str
+    suffix: str
+    window: str  # the document without the block, cut to WINDOW_CHARS around it
+    base: int  # where `window` starts in the gap text
+    block_tokens: int
+
+
+def block_context(
+    engine: Engine, text: str, start: int, end: int, language_id: str, settings: Settings, other_docs: OtherDocs = ()
+) -> BlockContext | None:
+    """The block a rewrite or fix works on (the enclosing syntax block when the range is empty) in its context, or
+    None when there is nothing to work on."""
+    if not settings.enabled_for(language_id):
+        return None
+    start, end = block_range(text, start, end, language_id)
+    block = text[start:end]
+    if not block.strip():
+        return None
+    # The block is cut out and the context built around the gap it leaves, so prefix and suffix get the budget the
+    # block does not use.
+    window, base = _window(text[:start] + text[end:], start)
+    block_tokens = engine.count_tokens(block)
+    ctx = build_context(window, start - base, language_id, engine.count_tokens, budget_of(settings, block_tokens),
+                        other_docs)
+    return BlockContext(start, end, block, ctx.prefix, ctx.suffix, window, base, block_tokens)
+
+
 def rewrite_range(
     engine: Engine,
     text: str,
@@ -105,53 +145,65 @@ def rewrite_range(
     doc_key: str = "",
 ) -> Edit | None:
     """A rewrite of `text[start:end]` (the enclosing block when the range is empty) that still parses, or None."""
-    if not settings.enabled_for(language_id):
+    bc = block_context(engine, text, start, end, language_id, settings, other_docs)
+    if bc is None:
         return None
-    start, end = block_range(text, start, end, language_id)
-    block = text[start:end]
-    if not block.strip():
-        return None
-    # The block is cut out and the context built around the gap it leaves, so prefix and suffix get the budget the
-    # block does not use.
-    gap = text[:start] + text[end:]
-    window, base = _window(gap, start)
-    at = start - base
-    block_tokens = engine.count_tokens(block)
-    ctx = build_context(window, at, language_id, engine.count_tokens, budget_of(settings, block_tokens), other_docs)
     job = RewriteJob(
-        prefix=ctx.prefix,
-        block=block,
-        suffix=ctx.suffix,
+        prefix=bc.prefix,
+        block=bc.block,
+        suffix=bc.suffix,
         renoise=settings.renoise,
-        max_tokens=max(settings.max_block_tokens, 2 * block_tokens + 16),
-        n=settings.candidates,
+        max_tokens=max(settings.max_block_tokens, 2 * bc.block_tokens + 16),
+        n=max(settings.candidates, REWRITE_CANDIDATES),
         doc_key=doc_key,
         seed=settings.seed,
         cancel=cancel,
     )
     result = engine.rewrite(job)
-    kind = "block" if "\n" in block else "line"
-    fallback = None
-    for cand in result.candidates:
-        raw = cand.text
-        if block.endswith("\n") and not raw.endswith("\n"):
-            raw += "\n"  # models tend to drop the final newline; the block had one and the suffix expects it
-        if raw == block:
-            continue
-        edit = postprocess(raw, window, at, language_id, kind)
-        if edit is None or edit.start != at:
-            continue
-        # The post-processor strips trailing blank lines; the block's own line break(s) must stay, or the rewrite
-        # would swallow the line break before the suffix.
-        trailing = "".join(ch for ch in block[len(block.rstrip()) :] if ch in "\r\n") if edit.end == at else ""
-        new_text = edit.text if edit.text.endswith(trailing) else edit.text.rstrip() + trailing
-        # Offsets in the gap text at or after `start` are `end - start` further in the original.
-        mapped = Edit(start=start, end=edit.end + base + (end - start), text=new_text)
-        if text[mapped.start : mapped.end] != mapped.text:
-            if edit.compiles is not False:
-                return mapped
-            fallback = fallback or mapped  # only if no other candidate compiles
-    return fallback
+    edits = [e for e in (_rewrite_edit(text, bc, c.text, language_id) for c in result.candidates) if e is not None]
+    return best_rewrite(engine, text, bc, edits, language_id, doc_key, cancel)
+
+
+def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Edit | None:
+    """A rewrite candidate as an edit of `text` that changes it and still parses, or None."""
+    if bc.block.endswith("\n") and not raw.endswith("\n"):
+        raw += "\n"  # models tend to drop the final newline; the block had one and the suffix expects it
+    if raw == bc.block:
+        return None
+    at = bc.start - bc.base
+    edit = postprocess(raw, bc.window, at, language_id, "block" if "\n" in bc.block else "line")
+    if edit is None or edit.start != at or edit.compiles is False:
+        return None  # never offer a rewrite that breaks the parse
+    # The post-processor strips trailing blank lines; the block's own line break(s) must stay, or the rewrite would
+    # swallow the line break before the suffix.
+    block = bc.block
+    trailing = "".join(ch for ch in block[len(block.rstrip()) :] if ch in "\r\n") if edit.end == at else ""
+    new_text = edit.text if edit.text.endswith(trailing) else edit.text.rstrip() + trailing
+    # Offsets in the gap text at or after `start` are `end - start` further in the original.
+    mapped = Edit(start=bc.start, end=edit.end + bc.base + (bc.end - bc.start), text=new_text)
+    return mapped if text[mapped.start : mapped.end] != mapped.text else None
+
+
+def best_rewrite(engine: Engine, text: str, bc: BlockContext, edits: list[Edit], language_id: str, doc_key: str,
+                 cancel: threading.Event | None) -> Edit | None:
+    """The rewrite the model finds likeliest in place, if it adds no problem the checks see and the model finds it
+    about as likely as the block it replaces (within REWRITE_TOLERANCE nats): a small model's fresh rewrite is more
+    often wrong than right, and a rewrite that breaks working code is worse than none."""
+    def after(edit: Edit) -> tuple[str, int, int]:
+        new = text[: edit.start] + edit.text + text[edit.end :]
+        return new, bc.start, max(edit.start + len(edit.text), bc.end + len(new) - len(text))
+
+    hard_before = sum(p.hard for p in problems(text, bc.start, bc.end, language_id))
+    kept = [e for e in edits if sum(p.hard for p in problems(*after(e), language_id)) <= hard_before]
+    if not kept:
+        return None
+    blocks = [bc.block] + [after(e)[0][bc.start : after(e)[2]] for e in kept]
+    try:
+        scores = engine.score(ScoreJob(bc.prefix, bc.suffix, blocks, doc_key, cancel))
+    except EngineError:
+        return kept[0]  # an engine that cannot score (a remote API): the first candidate that parses
+    best = max(range(len(kept)), key=lambda i: scores[i + 1].logprob)
+    return kept[best] if scores[best + 1].logprob >= scores[0].logprob - REWRITE_TOLERANCE else None
 
 
 def block_range(text: str, start: int, end: int, language_id: str) -> tuple[int, int]:

@@ -12,11 +12,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tree_sitter import Node, Tree
+from tree_sitter import Tree
 
 from dg_lsp import languages
+from dg_lsp.languages import (
+    FULL_PARSE_CHARS,
+    MAX_PARSE_CHARS,
+    Doc,
+    LanguageSpec,
+    count_errors,
+    indent_width,
+    top_level_region,
+)
 from dg_model.stops import same_line
-from dg_lsp.languages import FULL_PARSE_CHARS, MAX_PARSE_CHARS, Doc, LanguageSpec, indent_width, top_level_region
 
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 _SCAN_CHARS = 4000  # brackets are matched over this much text on each side of the cursor
@@ -117,16 +125,6 @@ def _reindent(line: str, style: tuple[str, int], model_unit: int) -> str:
     return lead.expandtabs(style[1]) + body
 
 
-def _count_errors(node: Node) -> int:
-    count, stack = 0, [node]
-    while stack:
-        n = stack.pop()
-        if n.is_error or n.is_missing:
-            count += 1
-        stack.extend(c for c in n.children if c.has_error or c.is_missing)
-    return count
-
-
 def _shape(lines: list[str], doc: Doc, kind: str, spec: LanguageSpec | None) -> list[str]:
     """Indentation fixes and scope limits; lines[0] continues the cursor line."""
     before = doc.before
@@ -217,7 +215,7 @@ def _validate(
     base = languages.parse(region.encode("utf-8", "surrogatepass"), spec.name)
     if base is None:
         return "\n".join(new) + tail
-    allowed = _count_errors(base.root_node)
+    allowed = count_errors(base.root_node)
     for n in range(len(new), max(0, len(new) - _MAX_TRIES), -1):
         candidate = "\n".join(new[:n]).rstrip()
         if not candidate.strip():
@@ -225,7 +223,7 @@ def _validate(
         candidate += tail if n > 1 else ""
         edited = region[: start - lo] + candidate.replace("\n", eol) + region[end - lo :]
         tree: Tree | None = languages.parse(edited.encode("utf-8", "surrogatepass"), spec.name)
-        if tree is not None and _count_errors(tree.root_node) <= allowed:
+        if tree is not None and count_errors(tree.root_node) <= allowed:
             return candidate
     return None
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
 from lsprotocol import types
@@ -24,7 +25,7 @@ from pygls.workspace import TextDocument
 from dg_model.api import Cancelled, EngineError
 
 from . import convert, fallback, pipeline, typeahead
-from .engines import model_label
+from .engines import settings_label
 from .jobs import Job, JobRunner, ModelNotReady
 from .postprocess import Edit
 from .settings import Settings
@@ -55,7 +56,9 @@ def _check_message(data: dict[str, Any], respond: Callable[..., Any]) -> None:
         raise error
     if method == types.TEXT_DOCUMENT_DID_CHANGE:
         changes = (data.get("params") or {}).get("contentChanges") if isinstance(data.get("params"), dict) else None
-        if isinstance(changes, list) and any(not isinstance(c, dict) or not isinstance(c.get("text"), str) for c in changes):
+        if isinstance(changes, list) and any(
+            not isinstance(c, dict) or not isinstance(c.get("text"), str) for c in changes
+        ):
             raise JsonRpcInvalidParams("didChange: every contentChanges[i].text must be a string")
 
 
@@ -124,7 +127,7 @@ class DgServer(LanguageServer):
         self.jobs = JobRunner(self.settings.model_wait_ms / 1000)
         self.status: dict[str, str] = {
             "state": "loading",
-            "model": model_label(self.settings.model),
+            "model": settings_label(self.settings),
             "device": self.settings.device,
             "message": "",
         }
@@ -136,10 +139,12 @@ class DgServer(LanguageServer):
         self._starts: tuple[TextDocument | None, list[int]] = (None, [])  # line index of the last document used
         self._pending: dict[str, tuple] = {}  # latest completion request per document, for debouncing
         self._inflight: dict[tuple, _Shared] = {}
-        # (uri, content hash, offset, automatic) -> edits, least recently used first. Keyed by content, not version:
-        # a backspace and the same character typed again is the document of before, and gets the answer of before.
+        # (uri, content hash, offset, automatic, settings) -> edits, least recently used first. Keyed by content, not
+        # version: a backspace and the same character typed again is the document of before, and gets the answer of
+        # before.
         self._cache: dict[tuple, list[Edit]] = {}
         self._answers: dict[str, typeahead.Answer] = {}  # uri -> the last non-empty completion, for typing along
+        self._settings_key: tuple[Settings | None, int] = (None, 0)
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Errors outside a request (a malformed message, a failing notification handler): logged, and sent as
@@ -213,6 +218,13 @@ class DgServer(LanguageServer):
         self._cache.clear()
         self._answers.clear()
 
+    def settings_key(self) -> int:
+        """Part of every answer-cache and shared-job key: answers made under other settings (candidates, budgets,
+        decoding, ...) are never reused, not even by a request that joins a job started before a settings change."""
+        if self._settings_key[0] is not self.settings:  # each change is a new Settings object
+            self._settings_key = (self.settings, hash(repr(self.settings)))
+        return self._settings_key[1]
+
     # -- running pipeline calls --
 
     async def complete(self, doc: TextDocument, offset: int, *, automatic: bool) -> list[Edit]:
@@ -226,7 +238,7 @@ class DgServer(LanguageServer):
         if not self.settings.enabled_for(doc.language_id or ""):
             return []  # before the job: it would wait for a loading model just to answer nothing
         uri = unquote(doc.uri)
-        key = (uri, len(doc.source), hash(doc.source), offset, automatic)
+        key = (uri, len(doc.source), hash(doc.source), offset, automatic, self.settings_key())
         if (hit := self._cache.pop(key, None)) is not None:
             self._cache[key] = hit  # most recently used
             return hit
@@ -320,7 +332,7 @@ class DgServer(LanguageServer):
     def set_status(self, state: str, *, device: str | None = None, message: str = "") -> None:
         self.status = {
             "state": state,
-            "model": model_label(self.settings.model),
+            "model": settings_label(self.settings),
             "device": device or self.settings.device,
             "message": message,
         }

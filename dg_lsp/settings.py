@@ -37,6 +37,22 @@ class ContextSettings:
 
 
 @dataclass(kw_only=True)
+class RemoteSettings:
+    """An OpenAI-compatible server (vLLM) that runs the model for this editor (docs/remote.md). The API key is never a
+    setting: it comes from the environment variable DG_LSP_API_KEY, so it stays out of settings files and argv."""
+
+    url: str | None = None  # the API's /v1 base, e.g. "http://gpu-box:8000/v1"; None: run the model in this process
+    model: str | None = None  # the served model name; None: the one model the server lists
+    # "auto": FIM tokens when the model's tokenizer has them, else the chat format; or force one of them.
+    format: Literal["auto", "fim-spm", "fim-psm", "chat"] = "auto"
+    tokenizer: str | None = None  # tokenizer.json (or its folder) for exact local token counts; None: look for one
+    # A completion that takes longer answers empty; the next keystroke does not wait for it either way (it cancels).
+    timeout_ms: int = field(default=5000, metadata=_range(100, 600000))
+    # When the server fails, complete with the local model (`model`/`device`/`quantize`) instead of answering empty.
+    fallback: bool = False
+
+
+@dataclass(kw_only=True)
 class Settings:
     model: str | None = None  # path or HF id; None = the embedded model
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -44,6 +60,7 @@ class Settings:
     # Per-language switch keyed by LSP languageId; a language that is not listed is enabled.
     enable: dict[str, bool] = field(default_factory=dict)
     context: ContextSettings = field(default_factory=ContextSettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
     max_line_tokens: int = field(default=48, metadata=_range(1, 4096))
     max_block_tokens: int = field(default=192, metadata=_range(1, 4096))
     candidates: int = field(default=1, metadata=_range(1, 8))
@@ -73,6 +90,11 @@ class Settings:
         """What identifies a loaded engine: a change here means reloading the model."""
         return (self.model, self.device, self.quantize)
 
+    @property
+    def backend_key(self) -> tuple:
+        """What identifies the whole backend, the remote server included: a change here means reloading."""
+        return (*self.engine_key, self.remote.url and dataclasses.astuple(self.remote))
+
 
 def camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -99,7 +121,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict(int, (int,)))
     conv.register_structure_hook(float, _strict(float, (int, float)))
     conv.register_structure_hook(str, _strict(str, (str,)))
-    for cls in (ContextSettings, Settings):
+    for cls in (ContextSettings, RemoteSettings, Settings):
         renames = {f.name: override(rename=camel(f.name)) for f in dataclasses.fields(cls)}
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames)

@@ -8,8 +8,9 @@ fake engine and the engine without a server.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 
 class Cancelled(Exception):
@@ -59,6 +60,34 @@ class RewriteJob:
     on_draft: Callable[[str], None] | None = None
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """How well each of `blocks` fits between `prefix` and `suffix`: the self-correction actions read the block as it
+    is and rank repairs by it."""
+
+    prefix: str
+    suffix: str
+    blocks: Sequence[str]  # the block as it is first, then candidate replacements; scored in one batch
+    doc_key: str = ""
+    cancel: threading.Event | None = None
+
+
+@dataclass
+class TokenScore:
+    start: int  # the token's characters in its block: block[start:end]
+    end: int
+    logprob: float  # the causal encoder's log-probability of the token after everything before it
+    # Tokens that would fit here instead, best first, as (text, log-probability): the bidirectional decoder's reading
+    # of the block as it is (both sides in view) and the encoder's next-token choice. Only for `blocks[0]`.
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class BlockScore:
+    logprob: float  # total log-probability of the block and the end of the middle: comparable across lengths
+    tokens: list[TokenScore]
+
+
 @dataclass
 class JobStats:
     mode: str = "diffusion"  # "diffusion" | "ar" | "hybrid"
@@ -101,3 +130,5 @@ class Engine(Protocol):
     def infill(self, job: InfillJob) -> JobResult: ...
 
     def rewrite(self, job: RewriteJob) -> JobResult: ...
+
+    def score(self, job: ScoreJob) -> list[BlockScore]: ...

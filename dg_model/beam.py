@@ -12,8 +12,8 @@ Model calls stay with the caller: `advance(parents, tokens)` must reorder its ca
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Callable, Collection
 
 import torch
 

@@ -18,6 +18,7 @@ same FLOPs, bytes and routing spread as real ones (the router picks 8 of 128 exp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -197,7 +198,7 @@ def run(args) -> dict:
         canvas = torch.randint(0, vocab, (1, c), generator=g).to(device)
         sc = decoder_step(model, cache, canvas, None)  # self-conditioning input, as from a previous step
         step = _compiled_or_eager(decoder_step, (model, cache, canvas, sc), result) if args.compile else decoder_step
-        ms, times = time_ms(lambda: step(model, cache, canvas, sc), device, args.warmup, args.iters)
+        ms, times = time_ms(functools.partial(step, model, cache, canvas, sc), device, args.warmup, args.iters)
         result["steps"][str(c)] = {
             "step_ms": ms, "min_ms": min(times), "max_ms": max(times),
             "tok_per_s": {str(k): k / (ms / 1e3) for k in TOKENS_PER_FORWARD if k <= c},

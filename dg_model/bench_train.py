@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("block_eager", "block"):
         b = result["objectives"][name]
         result[f"ratios_{name}_vs_canvas"] = {
-            "denoised_tokens_per_example": round(b["denoised_tokens_per_example"] / c["denoised_tokens_per_example"], 1),
+            "denoised_tokens_per_example":
+                round(b["denoised_tokens_per_example"] / c["denoised_tokens_per_example"], 1),
             "denoised_tokens_per_s": round(b["denoised_tokens_per_s"] / c["denoised_tokens_per_s"], 1),
             "supervised_tokens_per_s": round(b["supervised_tokens_per_s"] / c["supervised_tokens_per_s"], 2),
             "positions_per_s": round(b["positions_per_s"] / c["positions_per_s"], 2),

@@ -18,11 +18,22 @@ from pathlib import Path
 
 import torch
 
-from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.api import (
+    BlockScore,
+    Cancelled,
+    Candidate,
+    EngineError,
+    InfillJob,
+    JobResult,
+    JobStats,
+    RewriteJob,
+    ScoreJob,
+)
 from dg_model.beam import beam_search
 from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
+from dg_model.scoring import score_blocks
 from dg_model.speculative import speculate
 from dg_model.stops import block_end, cursor_indent, ended, loop_start
 
@@ -54,11 +65,12 @@ class EngineSettings:
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
-    def from_model_dir(cls, path: Path | None) -> "EngineSettings":
+    def from_model_dir(cls, path: Path | None) -> EngineSettings:
         raw = {}
         if path is not None and (path / "dg_engine.json").exists():
             raw = json.loads((path / "dg_engine.json").read_text())
-        sampler = SamplerConfig(**{k: v for k, v in raw.pop("sampler", {}).items() if k in SamplerConfig.__dataclass_fields__})
+        known_sampler = SamplerConfig.__dataclass_fields__
+        sampler = SamplerConfig(**{k: v for k, v in raw.pop("sampler", {}).items() if k in known_sampler})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known and k != "sampler"}, sampler=sampler)
 
@@ -158,6 +170,20 @@ class DiffusionEngine:
             self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
+
+    @torch.inference_mode()
+    def score(self, job: ScoreJob) -> list[BlockScore]:
+        if not job.blocks:
+            return []
+        if job.cancel is not None and job.cancel.is_set():
+            raise Cancelled()
+        prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens)
+        cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, JobStats())
+        try:
+            return score_blocks(self.tokenizer, self.fwd, cache, last_hidden, list(job.blocks),
+                                self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        finally:
+            self.fwd.trim(cache, len(prompt.ids))
 
     def decoding_for(self, job: InfillJob) -> str:
         """The job's own choice, else the engine's, else the model's recommendation for the job's kind."""

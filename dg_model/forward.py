@@ -60,7 +60,8 @@ def positions(start: torch.Tensor | int, length: int, device) -> torch.Tensor:
 
 def encode(model, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
     """Append `ids` [B, T] to `cache` through the causal encoder; returns final-norm states [B, T, H]."""
-    out = model.model.encoder(input_ids=ids, past_key_values=cache, position_ids=positions(start, ids.shape[1], ids.device))
+    out = model.model.encoder(input_ids=ids, past_key_values=cache,
+                              position_ids=positions(start, ids.shape[1], ids.device))
     return out.last_hidden_state
 
 
@@ -102,7 +103,8 @@ class HFForward:
         """A batch-n copy of a batch-1 cache, for n candidates in one forward."""
         out = DynamicCache(config=self.config)
         for idx, layer in enumerate(cache.layers):
-            out.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), idx)
+            keys, values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
+            out.update(keys.contiguous(), values.contiguous(), idx)
         return out
 
     def reorder(self, cache: DynamicCache, rows: torch.Tensor, start: int = 0) -> None:

@@ -34,10 +34,11 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from dg_model.api import Candidate, Engine, InfillJob, JobResult, JobStats
 from dg_model.sandbox import ExecResult, run_program
@@ -273,7 +274,7 @@ def run_tasks(
         t0 = time.perf_counter()
         try:
             completion, result = (solve or engine_path)(task)
-        except Exception as exc:  # an engine bug must show in the report, not abort a long run
+        except Exception as exc:  # noqa: BLE001 - an engine bug must show in the report, not abort a long run
             row.update(latency_ms=(time.perf_counter() - t0) * 1000, engine_error=f"{type(exc).__name__}: {exc}",
                        raw="", completion="", steps=0, new_tokens=0, tokens_per_forward=0.0, engine_total_ms=0.0,
                        prompt_tokens=0, reused_tokens=0, score=None)
@@ -304,7 +305,7 @@ def run_tasks(
         return check_completion(pair[0], pair[1]["completion"], timeout=timeout)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for n_done, ((task, row), res) in enumerate(zip(zip(chosen, rows), pool.map(execute, zip(chosen, rows))), 1):
+        for n_done, ((_task, row), res) in enumerate(zip(zip(chosen, rows), pool.map(execute, zip(chosen, rows))), 1):
             row.update(passed=res.passed, result=res.result, exec_ms=round(res.ms, 1))
             if n_done % 100 == 0 or n_done == len(rows):
                 say(f"tested {n_done}/{len(rows)} ({time.perf_counter() - t_generated:.0f}s)")
@@ -334,17 +335,21 @@ def run_tasks(
         "exact_match": round(sum(r["exact"] for r in rows) / n, 4) if n else 0.0,
         "exact": sum(r["exact"] for r in rows),
         # mean over tasks of the per-job ratio, and the pooled ratio (all new tokens / all forwards)
-        "tokens_per_forward": round(sum(r["tokens_per_forward"] for r in with_steps) / len(with_steps), 3) if with_steps else 0.0,
+        "tokens_per_forward":
+            round(sum(r["tokens_per_forward"] for r in with_steps) / len(with_steps), 3) if with_steps else 0.0,
         "tokens_per_forward_pooled": round(sum(r["new_tokens"] for r in ran) / max(1, sum(r["steps"] for r in ran)), 3),
         # the same with only the tokens of the inserted text (post-processed) counted: what the forwards bought
-        "used_tokens_per_forward": round(sum(r["used_tokens"] / r["steps"] for r in with_steps) / len(with_steps), 3) if with_steps else 0.0,
-        "used_tokens_per_forward_pooled": round(sum(r["used_tokens"] for r in ran) / max(1, sum(r["steps"] for r in ran)), 3),
+        "used_tokens_per_forward":
+            round(sum(r["used_tokens"] / r["steps"] for r in with_steps) / len(with_steps), 3) if with_steps else 0.0,
+        "used_tokens_per_forward_pooled":
+            round(sum(r["used_tokens"] for r in ran) / max(1, sum(r["steps"] for r in ran)), 3),
         "latency_ms": _summary(latencies),  # wall clock around engine.infill
         "engine_total_ms": _summary([r["engine_total_ms"] for r in ran]),
         "mean_steps": round(sum(r["steps"] for r in ran) / len(ran), 2) if ran else 0.0,
         # where the decoder ran (diffusion, hybrid drafts): tokens committed per decoder forward, pooled
         "tokens_per_decoder_forward": _per_decoder_forward(ran),
-        "draft_acceptance": round(sum(r.get("accepted", 0) for r in ran) / max(1, sum(r.get("drafted", 0) for r in ran)), 3),
+        "draft_acceptance":
+            round(sum(r.get("accepted", 0) for r in ran) / max(1, sum(r.get("drafted", 0) for r in ran)), 3),
         "empty_completions": sum(not r["completion"].strip() for r in rows),
         "length": _length_summary(rows),
         "mean_new_tokens": round(sum(r["new_tokens"] for r in ran) / len(ran), 2) if ran else 0.0,
@@ -383,10 +388,10 @@ def _per_decoder_forward(rows: Sequence[dict[str, Any]]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, suites: Sequence[str] = ("humaneval",)) -> None:
     """`dg-lsp eval humaneval ...` (the model flags --model/--device/--quantize come from the CLI)."""
-    p.add_argument("suite", choices=["humaneval"], help="the benchmark")
-    p.add_argument("--kind", choices=KINDS, required=True, help="single-line or multi-line infilling")
+    p.add_argument("suite", choices=list(suites), help="the benchmark")
+    p.add_argument("--kind", choices=KINDS, help="humaneval: single-line or multi-line infilling (required)")
     p.add_argument("--mode", choices=["auto", "diffusion", "ar", "hybrid"], default="auto",
                    help="decoding: the diffusion sampler, autoregressive through the encoder, hybrid (the decoder "
                         "drafts, the encoder verifies), or auto: what the model's engine settings pick per job kind, "
@@ -414,10 +419,13 @@ EditorPath = Callable[[Engine, argparse.Namespace], Solver]
 
 
 def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: EditorPath | None = None) -> int:
-    from dg_model.api import EngineError
-
     import torch
 
+    from dg_model.api import EngineError
+
+    if args.kind is None:
+        print("dg-lsp: eval humaneval needs --kind single-line or --kind multi-line", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -461,7 +469,8 @@ def provenance(model: str | None) -> dict[str, str]:
 
     here = Path(__file__).parent
     model_dir = here / "embedded" if model is None else Path(model).expanduser()
-    files = [model_dir / name for name in ("model.safetensors", "dg_engine.json", "generation_config.json", "config.json")]
+    weights = ("model.safetensors", "dg_engine.json", "generation_config.json", "config.json")
+    files = [model_dir / name for name in weights]
     files += [here / name for name in ("engine.py", "sampler.py", "forward.py", "lean.py", "prompts.py", "fim.py")]
     out = {}
     for f in files:
@@ -480,9 +489,19 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(subcommands: dict, subcommand_type: type, editor: EditorPath | None = None,
-             server: EditorPath | None = None) -> None:
-    subcommands["eval"] = subcommand_type(add_arguments, lambda args: run_cli(args, editor, server),
-                                          "run a benchmark (humaneval infilling) on the model")
+             server: EditorPath | None = None, others: dict[str, tuple[Callable, Callable]] | None = None) -> None:
+    """`eval humaneval`, plus `others`: suite name -> (add its arguments, run it), for suites defined elsewhere."""
+    others = others or {}
+
+    def add(p: argparse.ArgumentParser) -> None:
+        add_arguments(p, ("humaneval", *others))
+        for add_other, _ in others.values():
+            add_other(p)
+
+    def run(args: argparse.Namespace) -> int:
+        return others[args.suite][1](args) if args.suite in others else run_cli(args, editor, server)
+
+    subcommands["eval"] = subcommand_type(add, run, f"run a benchmark ({', '.join(['humaneval', *others])})")
 
 
 def iter_tasks(kind: str) -> Iterable[dict[str, Any]]:  # pragma: no cover - for ad-hoc inspection

@@ -98,7 +98,8 @@ class _Layer:
     def qkv_states(self, x: torch.Tensor, cos, sin):
         """x [B, T, H] (normed) -> q [B, h, T, d], k and v [B, g, T, d]."""
         B, T, _ = x.shape
-        q, k, *v = (x @ self.qkv.T).split([self.h * self.d, self.g * self.d] + ([] if self.k_is_v else [self.g * self.d]), -1)
+        widths = [self.h * self.d, self.g * self.d] + ([] if self.k_is_v else [self.g * self.d])
+        q, k, *v = (x @ self.qkv.T).split(widths, -1)
         v = (k if self.k_is_v else v[0]).view(B, T, self.g, self.d)
         q = _rotate(_rms(q.view(B, T, self.h, self.d), self.q_norm, self.eps), cos, sin)
         k = _rotate(_rms(k.view(B, T, self.g, self.d), self.k_norm, self.eps), cos, sin)
@@ -216,7 +217,9 @@ class LeanForward:
         self._reserve(cache, start + T)
         end = start + T
         # queries at start..end-1 see keys 0..their own position; one token alone needs no mask
-        mask = None if T == 1 else (torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None])
+        mask = None if T == 1 else (
+            torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None]
+        )
         x = self.enc_embed(ids)
         for i, layer in enumerate(self.enc_layers):
             def attend(q, k, v, i=i):

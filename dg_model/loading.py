@@ -81,6 +81,9 @@ def resolve(source: str | None) -> tuple[str, bool]:
 # ------------------------------------------------------------------------------------------------------- loading
 def _load_parts(name: str, local_only: bool, source: str | None, dtype: torch.dtype, device_map):
     from transformers import AutoConfig, AutoTokenizer, DiffusionGemmaForBlockDiffusion
+    from transformers.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # its "Loading weights" bar goes to stderr, which editors log as [ERROR] lines
 
     kw = dict(local_files_only=local_only, trust_remote_code=False)
     try:

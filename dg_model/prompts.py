@@ -11,14 +11,21 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from dg_model.fim import spm_prompt
+from dg_model.tokenizer import BOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
 
 CURSOR = "<|cursor|>"
+REWRITE_START, REWRITE_END = "<|rewrite|>", "<|/rewrite|>"
+BOS_TEXT, FIM_PREFIX_TEXT, FIM_SUFFIX_TEXT, FIM_MIDDLE_TEXT, FILE_SEP_TEXT = (
+    SPECIAL_TOKENS[BOS], SPECIAL_TOKENS[FIM_PREFIX], SPECIAL_TOKENS[FIM_SUFFIX], SPECIAL_TOKENS[FIM_MIDDLE],
+    SPECIAL_TOKENS[FILE_SEP],
+)
 FORMATS = ("fim-spm", "fim-psm", "chat", "pinned-suffix")
-FENCE = re.compile(r"^```[\w+-]*\n(.*?)(?:\n```|$)", re.S)
+# The first fenced block, wherever it starts: answers often open with a sentence ("Here is the code:").
+FENCE = re.compile(r"^```[\w+-]*\n(.*?)(?:\n```|\Z)", re.S | re.M)
 
 
 @dataclass(frozen=True)
@@ -62,15 +69,7 @@ def build_prompt(
         head, suffix_ids, prefix_ids = ids[:s_at], ids[s_at + 1 : p_at], ids[p_at + 1 : -1]
         return Prompt(head + [tok("<fim_prefix>")] + prefix_ids + [tok("<fim_suffix>")] + suffix_ids + ids[-1:], [])
     if fmt == "chat":
-        context = "".join(f"Related code:\n```\n{s}\n```\n" for s in snippets)
-        body = prefix[-max_tokens * 3 :] + CURSOR + suffix[: max_tokens]
-        messages = [
-            {
-                "role": "user",
-                "content": f"{context}Complete the code at {CURSOR}. Reply with only the code that replaces "
-                f"{CURSOR}, no explanation, no code fences.\n```\n{body}\n```",
-            }
-        ]
+        messages = chat_messages(prefix, suffix, max_tokens, snippets)
         # Render then encode: the template already holds the special tokens, and the return type of
         # apply_chat_template(tokenize=True) differs between transformers versions.
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -82,10 +81,49 @@ def build_prompt(
     raise ValueError(f"unknown prompt format {fmt!r}")
 
 
+def chat_messages(prefix: str, suffix: str, max_tokens: int, snippets: Sequence[str] = ()) -> list[dict[str, str]]:
+    """The chat format's one user turn (also what a remote server's /v1/chat/completions gets)."""
+    context = "".join(f"Related code:\n```\n{s}\n```\n" for s in snippets)
+    body = prefix[-max_tokens * 3 :] + CURSOR + suffix[:max_tokens]
+    return [
+        {
+            "role": "user",
+            "content": f"{context}Complete the code at {CURSOR}. Reply with only the code that replaces "
+            f"{CURSOR}, no explanation, no code fences.\n```\n{body}\n```",
+        }
+    ]
+
+
+def rewrite_messages(prefix: str, block: str, suffix: str, max_tokens: int) -> list[dict[str, str]]:
+    """A rewrite as a chat turn, for servers that cannot re-noise a block in place (the remote engine)."""
+    body = prefix[-max_tokens * 3 :] + REWRITE_START + block + REWRITE_END + suffix[:max_tokens]
+    return [
+        {
+            "role": "user",
+            "content": f"Rewrite the code between {REWRITE_START} and {REWRITE_END}: the same behaviour, clearer and "
+            "correct. Reply with only the code that replaces it, no explanation, no code fences."
+            f"\n```\n{body}\n```",
+        }
+    ]
+
+
+def fim_text(prefix: str, suffix: str, fmt: str, snippets: Sequence[str] = ()) -> str:
+    """The FIM prompt of `build_prompt` as text, special tokens written out, for a server that tokenizes it itself
+    (a remote /v1/completions). Tokenized with the model's tokenizer it gives `build_prompt`'s ids when nothing is
+    trimmed: special tokens split the text, so prefix and suffix are tokenized separately, as at the cursor."""
+    head = BOS_TEXT + "".join(FILE_SEP_TEXT + s for s in snippets)
+    if fmt == "fim-spm":
+        return f"{head}{FIM_SUFFIX_TEXT}{suffix}{FIM_PREFIX_TEXT}{prefix}{FIM_MIDDLE_TEXT}"
+    if fmt == "fim-psm":
+        return f"{head}{FIM_PREFIX_TEXT}{prefix}{FIM_SUFFIX_TEXT}{suffix}{FIM_MIDDLE_TEXT}"
+    raise ValueError(f"{fmt!r} is not a FIM format")
+
+
 def clean_answer(text: str, fmt: str) -> str:
     """Chat answers come with fences or a sentence around the code; keep the code."""
     if fmt != "chat":
         return text
     stripped = text.strip("\n")
-    match = FENCE.match(stripped)
-    return match.group(1) if match else stripped.replace(CURSOR, "")
+    match = FENCE.search(stripped)
+    code = match.group(1) if match else stripped
+    return code.replace(CURSOR, "").replace(REWRITE_START, "").replace(REWRITE_END, "")

@@ -13,8 +13,8 @@ the model beyond the verifier's log-probabilities.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Callable, Collection
 
 import torch
 

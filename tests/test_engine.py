@@ -5,16 +5,15 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
+from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerFast
 
 from dg_model.api import Cancelled, EngineError, InfillJob, RewriteJob
-from dg_model.beam import beam_search
 from dg_model.architecture import TINY, build_config
+from dg_model.beam import beam_search
 from dg_model.engine import DiffusionEngine, EngineSettings
-from dg_model.loading import EMBEDDED_DIR, load_engine
 from dg_model.forward import decoder_logits, encode, lm_logits
+from dg_model.loading import EMBEDDED_DIR, load_engine
 from dg_model.sampler import SamplerConfig
-from transformers import PreTrainedTokenizerFast
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +148,8 @@ def test_decoding_follows_the_job_then_the_engine_then_the_models_choice_per_kin
     model, tok = tiny
     settings = EngineSettings(decoding={"line": "ar", "block": "diffusion"}, sampler=SamplerConfig(max_steps=2))
     auto = DiffusionEngine(model, tok, settings, name="tiny")
-    line, block = InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4), InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=4)
+    line = InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4)
+    block = InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=4)
     assert auto.infill(line).stats.mode == "ar"
     assert auto.infill(block).stats.mode == "diffusion"
     assert auto.infill(replace(line, decoding="diffusion")).stats.mode == "diffusion"
@@ -198,7 +198,8 @@ def test_ar_beams_score_what_a_fresh_encode_scores(tiny, forward, monkeypatch):
 def test_block_end_is_the_first_later_line_left_of_the_cursor():
     from dg_model.stops import block_end, cursor_indent
 
-    assert cursor_indent("def f():\n    ") == 4 and cursor_indent("def f():\n    x = 1") == 4 and cursor_indent("x") == 0
+    assert cursor_indent("def f():\n    ") == 4 and cursor_indent("def f():\n    x = 1") == 4
+    assert cursor_indent("x") == 0
     body = "x = 1\n    if x:\n        y = 2\n\n    return y"
     assert block_end(body, 4) is None  # deeper lines and blank lines stay in the block
     assert block_end(body + "\n\ndef g():\n", 4) == len(body) + 1  # cut at the break before `def g`

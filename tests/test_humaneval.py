@@ -41,7 +41,7 @@ class OracleEngine:
     jobs: list[InfillJob] = field(default_factory=list)
 
     @classmethod
-    def for_tasks(cls, tasks, **kw) -> "OracleEngine":
+    def for_tasks(cls, tasks, **kw) -> OracleEngine:
         return cls(answers={(t.prefix, t.suffix): t.middle for t in tasks}, **kw)
 
     def count_tokens(self, text: str) -> int:
@@ -62,7 +62,8 @@ def test_counts(single, multi):
     assert len(PROBLEMS) == 164
     assert len(single) == 1033  # Bavarian et al. (2022) single-line infilling count
     # up to 3 spans per problem; problems whose solution has fewer than 2 non-blank lines have none
-    eligible = sum(1 for p in PROBLEMS.values() if sum(1 for l in p["canonical_solution"].splitlines() if l.strip()) >= 2)
+    eligible = sum(1 for p in PROBLEMS.values()
+                   if sum(1 for ln in p["canonical_solution"].splitlines() if ln.strip()) >= 2)
     assert eligible * 2 <= len(multi) <= eligible * 3
     assert len({t.task_id for t in single}) == len(single) and len({t.task_id for t in multi}) == len(multi)
 
@@ -88,7 +89,8 @@ def test_cursor_at_indentation(single, multi):
 
 def test_single_line_example():
     t = he.build_tasks("single-line", {"HumanEval/0": PROBLEMS["HumanEval/0"]})
-    assert [x.middle for x in t][:2] == ["for idx, elem in enumerate(numbers):", "for idx2, elem2 in enumerate(numbers):"]
+    assert [x.middle for x in t][:2] == ["for idx, elem in enumerate(numbers):",
+                                         "for idx2, elem2 in enumerate(numbers):"]
     assert t[1].prefix.endswith(":\n        ") and t[-1].middle == "return False"
 
 
@@ -112,8 +114,8 @@ def test_postprocess(single, multi):
     t = single[0]
     assert he.postprocess("for x in y:\n    pass\n", t) == "for x in y:"
     m = next(x for x in multi if x.suffix.strip())
-    next_line = next(l for l in m.suffix.split("\n") if l.strip())
-    following = [l for l in m.suffix.split("\n") if l.strip()][:2]
+    next_line = next(ln for ln in m.suffix.split("\n") if ln.strip())
+    following = [ln for ln in m.suffix.split("\n") if ln.strip()][:2]
     assert he.postprocess(m.middle + "\n" + "\n".join(following) + "\nmore", m) == m.middle
     assert he.postprocess(m.middle + "\n" + next_line, m) == m.middle  # the candidate stops after one repeated line
     if len(following) == 2:  # a repeated first line followed by something else is kept
@@ -127,7 +129,8 @@ def test_cut_at_suffix():
     # a repeated first line alone counts when the candidate stops there; the first candidate line is never cut
     assert he.cut_at_suffix("return total", suffix) == "return total"
     suffix2 = "\n    else:\n        x = 2\n"
-    assert he.cut_at_suffix("if a:\n        x = 1\n    else:\n        y = 3", suffix2) == "if a:\n        x = 1\n    else:\n        y = 3"
+    kept = "if a:\n        x = 1\n    else:\n        y = 3"
+    assert he.cut_at_suffix(kept, suffix2) == kept
     assert he.cut_at_suffix("if a:\n        x = 1\n    else:\n        x = 2\n", suffix2) == "if a:\n        x = 1"
     assert he.cut_at_suffix("anything\nelse", "\n\n") == "anything\nelse"
 
@@ -213,8 +216,8 @@ def test_percentile():
 
 # ------------------------------------------------------------------------------------------------------------ CLI
 def test_cli_registration_and_run(tmp_path, monkeypatch, single):
-    from dg_lsp import cli, eval_cmd  # noqa: F401  (registers `eval`)
     import dg_model.loading as loading
+    from dg_lsp import cli, eval_cmd  # noqa: F401  (registers `eval`)
 
     assert "eval" in cli.SUBCOMMANDS
     calls = []
@@ -231,14 +234,16 @@ def test_cli_registration_and_run(tmp_path, monkeypatch, single):
     assert cli.SUBCOMMANDS["eval"].run(args) == 0
     assert calls == [(None, "auto", "none", "ar")]
     report = json.loads(out.read_text())
-    assert report["mode"] == "ar" and report["tasks"] == 4 and report["pass_at_1"] == 1.0 and report["model"] == "embedded"
+    assert report["mode"] == "ar" and report["tasks"] == 4
+    assert report["pass_at_1"] == 1.0 and report["model"] == "embedded"
 
 
 def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path, monkeypatch, single):
+    import argparse
+
+    import dg_model.loading as loading
     from dg_lsp import cli
     from dg_lsp.eval_cmd import editor_path
-    import argparse
-    import dg_model.loading as loading
 
     task = next(t for t in single if t.middle.startswith("for ") and t.middle.endswith(":"))
 
@@ -267,11 +272,9 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
 
 
 # ------------------------------------------------------------------------------------------ the real embedded model
-def _real_engine_or_skip(mode: str):
-    try:
-        from dg_model.loading import load_engine
-    except ImportError:
-        pytest.skip("dg_model.loading.load_engine is not there yet")
+def _real_engine(mode: str):
+    from dg_model.loading import load_engine
+
     return load_engine(None, device="cpu", mode=mode)
 
 
@@ -289,7 +292,7 @@ def one_thread():
 
 @pytest.mark.parametrize("mode", ["diffusion", "ar"])
 def test_smoke_embedded_model(mode, single, multi, one_thread):
-    engine = _real_engine_or_skip(mode)
+    engine = _real_engine(mode)
     for kind, tasks in (("single-line", single), ("multi-line", multi)):
         limit = 5 if kind == "single-line" else 1
         report = he.run_tasks(engine, tasks, kind, limit=limit, max_tokens=32)
@@ -308,7 +311,7 @@ def test_a_real_server_subprocess_shows_what_the_in_process_editor_path_tests(si
     from dg_lsp.eval_cmd import editor_path
     from dg_lsp.eval_server import ServerPath
 
-    engine = _real_engine_or_skip("auto")
+    engine = _real_engine("auto")
     tasks = [t for t in single if t.problem_id in ("HumanEval/0", "HumanEval/2", "HumanEval/4")][:6]
     args = argparse.Namespace(mode="auto", candidates=1, seed=0, model=None, device="cpu", quantize="none")
     editor = he.run_tasks(engine, tasks, "single-line", solve=editor_path(engine, args))

@@ -60,7 +60,8 @@ def test_prompt_in_chunks_then_canvases_match_transformers(pair):
     close(first, lean.decoder_logits(canvas, cl, None))
     close(hf.decoder_logits(canvas, ch, first), lean.decoder_logits(canvas, cl, first))  # self-conditioned
     assert lean.seq_length(cl) == 40, "a decoder step must not grow the prompt"
-    close(hf.lm_logits(hf.encode(ids[:, :1], hf.new_cache(), 0)), lean.lm_logits(lean.encode(ids[:, :1], lean.new_cache(), 0)))
+    close(hf.lm_logits(hf.encode(ids[:, :1], hf.new_cache(), 0)),
+          lean.lm_logits(lean.encode(ids[:, :1], lean.new_cache(), 0)))
 
 
 @torch.inference_mode()

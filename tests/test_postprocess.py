@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dg_lsp import languages
-from dg_lsp.postprocess import Edit, _count_errors, postprocess
+from dg_lsp.languages import count_errors
+from dg_lsp.postprocess import Edit, postprocess
 
 CURSOR = "<CURSOR>"
 
@@ -23,7 +24,7 @@ def apply(text: str, edit: Edit) -> str:
 def errors(text: str, language_id: str) -> int:
     tree = languages.parse(text.encode("utf-8", "surrogatepass"), language_id)
     assert tree is not None
-    return _count_errors(tree.root_node)
+    return count_errors(tree.root_node)
 
 
 def complete(marked: str, raw: str, language_id: str, kind: str) -> str | None:
@@ -111,7 +112,8 @@ def test_completion_that_only_repeats_the_line_above_is_dropped() -> None:
 
 def test_a_line_that_only_matches_an_earlier_line_is_kept() -> None:
     # HumanEval/82: the editor dropped a correct `return False` because one stood two lines above
-    marked = "def f(l):\n    if l < 2:\n        return False\n    for i in range(2, l):\n        if l % i == 0:\n            <CURSOR>\n"
+    marked = ("def f(l):\n    if l < 2:\n        return False\n    for i in range(2, l):\n        if l % i == 0:\n"
+              "            <CURSOR>\n")
     assert complete(marked, "return False", "python", "line") == marked.replace(CURSOR, "return False")
     echo = "def f():\n    a = 1\n    b = 2\n    <CURSOR>\n"
     assert complete(echo, "a = 1\n    b = 2\n    c = 3", "python", "block") == echo.replace(CURSOR, "c = 3")

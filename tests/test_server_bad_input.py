@@ -30,7 +30,8 @@ async def test_unknown_uri_is_invalid_params(py_uri):
             await s.inline("file:///never/opened.py", 0, 0)
         with pytest.raises(JsonRpcInvalidParams):
             await s.client.text_document_completion_async(
-                types.CompletionParams(text_document=types.TextDocumentIdentifier(uri="file:///x.py"), position=pos(0, 0))
+                types.CompletionParams(text_document=types.TextDocumentIdentifier(uri="file:///x.py"),
+                                       position=pos(0, 0))
             )
         await still_answers(s, py_uri)
 

@@ -4,25 +4,10 @@ still parses after the completion is applied. No fake engine anywhere here."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
-import pytest
 from conftest import apply_edits, session
 from lsprotocol import types
-
-
-def _has_loader() -> bool:
-    if importlib.util.find_spec("dg_model.loading") is None:
-        return False
-    import dg_model.loading
-
-    return hasattr(dg_model.loading, "load_engine")
-
-
-pytestmark = pytest.mark.skipif(
-    not _has_loader(), reason="dg_model.loading.load_engine is not there yet: no real model to serve"
-)
 
 # A real file from this repository with one function body emptied where the cursor goes.
 SOURCE = Path(__file__).resolve().parent.parent / "dg_lsp" / "settings.py"

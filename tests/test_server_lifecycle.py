@@ -43,7 +43,8 @@ async def test_initialize_result():
         assert caps.text_document_sync.open_close
         assert caps.inline_completion_provider is not None
         assert {".", "(", ","} <= set(caps.completion_provider.trigger_characters)
-        assert list(caps.code_action_provider.code_action_kinds) == [types.CodeActionKind.RefactorRewrite]
+        assert list(caps.code_action_provider.code_action_kinds) == [
+            types.CodeActionKind.QuickFix, types.CodeActionKind.RefactorRewrite]
         assert caps.code_action_provider.resolve_provider is True
         assert "dg.rewriteBlock" in caps.execute_command_provider.commands
 
@@ -74,7 +75,7 @@ async def test_requests_answer_empty_when_the_model_takes_too_long(py_uri):
     async with session(fake_spec(load_ms=1500), init_options={"modelWaitMs": 100}, wait_ready=False) as s:
         s.open(py_uri, PY)
         started = time.monotonic()
-        assert await s.inline(py_uri, 1, 11) is None
+        assert not (await s.inline(py_uri, 1, 11)).items
         assert time.monotonic() - started < 1.5
         await s.wait_status("ready")
         assert (await s.inline(py_uri, 1, 11)).items
@@ -88,7 +89,7 @@ async def test_load_failure_is_reported_and_the_server_keeps_answering(py_uri):
         assert any("no weights" in m.message and m.type == types.MessageType.Error for m in s.client.messages)
         s.open(py_uri, PY)
         started = time.monotonic()
-        assert await s.inline(py_uri, 1, 11) is None  # empty, at once, not an error
+        assert not (await s.inline(py_uri, 1, 11)).items  # empty, at once, not an error
         assert time.monotonic() - started < 1.0
 
 
@@ -120,7 +121,7 @@ async def test_settings_change_disables_and_reenables_a_language(py_uri):
         s.client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"dg": {"enable": {"python": False}}})
         )
-        assert await s.inline(py_uri, 1, 11) is None
+        assert not (await s.inline(py_uri, 1, 11)).items
         s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dg": {}}))
         assert (await s.inline(py_uri, 1, 11)).items
 
@@ -131,7 +132,7 @@ async def test_pull_style_configuration(py_uri):
         s.client.set_configuration({"enable": {"python": False}}, section="dg")
         s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
         await asyncio.sleep(0.3)  # the server asks workspace/configuration, then applies
-        assert await s.inline(py_uri, 1, 11) is None
+        assert not (await s.inline(py_uri, 1, 11)).items
 
 
 async def test_other_sections_are_not_ours(py_uri):
@@ -146,7 +147,7 @@ async def test_other_sections_are_not_ours(py_uri):
         s.client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"python": {"analysis": {"strict": True}}})
         )
-        assert await s.inline(py_uri, 1, 11) is None  # back to the base: flags + initializationOptions
+        assert not (await s.inline(py_uri, 1, 11)).items  # back to the base: flags + initializationOptions
         assert not s.client.messages  # and no warning about someone else's settings
 
 
@@ -168,7 +169,8 @@ async def test_model_change_reloads(py_uri):
         s.open(py_uri, PY)
         assert (await s.inline(py_uri, 1, 11)).items[0].insert_text == "a + b"
         new_model = "fake:" + json.dumps(fake_spec(text="b + a", load_ms=200))
-        s.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dg": {"model": new_model}}))
+        s.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"dg": {"model": new_model}}))
         deadline = time.monotonic() + 10
         while [st["state"] for st in s.statuses].count("ready") < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

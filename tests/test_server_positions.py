@@ -69,7 +69,8 @@ def test_reversed_range_is_an_error():
         convert.offsets_of("abc", types.Range(start=pos(0, 2), end=pos(0, 1)))
 
 
-texts = st.lists(st.sampled_from(["a", " ", "\n", "\r", "\r\n", "é", "😀", "\x0c", "\u2028", "\t"]), max_size=40).map("".join)
+PIECES = ["a", " ", "\n", "\r", "\r\n", "é", "😀", "\x0c", "\u2028", "\t"]
+texts = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,7 +109,8 @@ async def _start_of_last_job(record) -> dict:
 async def test_utf8_positions_when_negotiated(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     text = 'def f():\n    return "é" + \n'
-    async with session(fake_spec(text='"x"', record=str(record)), capabilities=client_capabilities("neovim@v0.11")) as s:
+    caps = client_capabilities("neovim@v0.11")
+    async with session(fake_spec(text='"x"', record=str(record)), capabilities=caps) as s:
         s.open(py_uri, text)
         (item,) = (await s.inline(py_uri, 1, 18)).items  # the line is 17 characters, 18 utf-8 bytes
         assert item.range.start == pos(1, 18)

@@ -1,9 +1,10 @@
 """Training and inference agree: a tiny DiffusionGemma learns a task whose answer is only in the prompt.
 
 The canvas must copy the last 12 prompt tokens, then EOS, then pad (a fixed relative offset: RoPE carries no
-absolute position, so "copy the first k" of a variable-length prompt is a much harder task). Training batches are left-padded with masks (as
-in dg_model.train); inference encodes one unpadded prompt and runs our sampler from pure noise. If positions, masks,
-the cache hand-off or the noise vocabulary disagreed between the two paths, accuracy would stay at chance.
+absolute position, so "copy the first k" of a variable-length prompt is a much harder task). Training batches are
+left-padded with masks (as in dg_model.train); inference encodes one unpadded prompt and runs our sampler from pure
+noise. If positions, masks, the cache hand-off or the noise vocabulary disagreed between the two paths, accuracy
+would stay at chance.
 """
 
 import random
@@ -55,7 +56,7 @@ def test_sampler_recovers_prompt_only_answer(trained):
         cache = DynamicCache(config=trained.config.text_config)
         encode(trained, torch.tensor([prompt]), cache, 0)
         init = noise_like(torch.zeros(1, CANVAS, dtype=torch.long), VOCAB, gen)
-        out = denoise(lambda x, sc: decoder_logits(trained, x, cache, sc), init,
+        out = denoise(lambda x, sc, cache=cache: decoder_logits(trained, x, cache, sc), init,
                       torch.zeros(1, CANVAS, dtype=torch.bool), VOCAB, SamplerConfig(max_steps=8), gen)
         got = out.tokens[0].tolist()
         k = canvas.index(EOS)

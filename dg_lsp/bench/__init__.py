@@ -5,8 +5,12 @@
     speed    diffusion vs AR decoding of one checkpoint on HumanEval infilling: tok/s, tokens per forward, decoder
              steps, pass@1, the speed ratio                                                 (dg_lsp.bench.speed)
     memory   server RSS before the model, idle, under a typing storm and after; peak VRAM with CUDA
-    forward  transformers' modules vs the lean forward on one model: encode, AR step, decoder steps (dg_lsp.bench.forward)
+    forward  transformers' modules vs the lean forward on one model: encode, AR step, decoder steps
+                                                                                          (dg_lsp.bench.forward)
     gpu      the 26B-A4B architecture on CUDA: `python -m dg_model.bench_gpu` (arguments after `--` go to it)
+    remote   what the remote path (vLLM's API) adds to server-side time, on loopback       (dg_lsp.bench.remote)
+    typing   a typing session in a real headless Neovim with the plugin, per ghost backend: suggestions shown per
+             pause, time to show, stale suggestions, accepts, start-up                  (dg_lsp.bench.typing_session)
 
 The model flags (--model/--device/--quantize) work as for the server. Registers itself as the `bench` sub-command on
 import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`); only argparse-level code runs at import.
@@ -22,13 +26,13 @@ from pathlib import Path
 
 from .. import cli
 
-BENCHES = ("latency", "speed", "memory", "forward", "gpu")
+BENCHES = ("latency", "speed", "memory", "forward", "gpu", "remote", "typing")
 DEFAULT_OUT = "bench_results"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    from . import forward, latency, memory, speed  # argparse-only imports at module level there
+    from . import forward, latency, memory, remote, speed, typing_session  # argparse-only imports there
 
     helps = {
         "latency": (latency.add_arguments, "inline completion latency while typing, through the stdio server"),
@@ -36,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "memory": (memory.add_arguments, "server RSS idle and under load, peak VRAM with CUDA"),
         "forward": (forward.add_arguments, "transformers' modules vs the lean forward, step by step"),
         "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_model.bench_gpu)"),
+        "remote": (remote.add_arguments, "what the remote (OpenAI-compatible) path adds to server-side time"),
+        "typing": (typing_session.add_arguments, "a typing session in headless Neovim with the plugin"),
     }
     for name, (add, help_) in helps.items():
         sp = sub.add_parser(name, help=help_, description=help_)
@@ -59,6 +65,14 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.bench == "gpu":
         return run_gpu(args, out)
+    if args.bench == "remote":
+        from . import remote
+
+        return remote.main(args, out)
+    if args.bench == "typing":
+        from . import typing_session
+
+        return typing_session.main(args, out)
     if args.bench in ("speed", "forward"):
         from . import forward, speed
 
@@ -110,4 +124,4 @@ def run_gpu(args: argparse.Namespace, out: Path) -> int:
 
 
 for _module in cli.registries():
-    _module.SUBCOMMANDS["bench"] = _module.Subcommand(add_arguments, run, "benchmarks: latency, speed, memory, gpu")
+    _module.SUBCOMMANDS["bench"] = _module.Subcommand(add_arguments, run, "benchmarks: latency, speed, typing, ...")

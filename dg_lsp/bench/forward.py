@@ -18,8 +18,9 @@ import platform
 import statistics
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CANVASES = (8, 16, 24, 64)
 
@@ -28,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=480, help="prompt length (default 480, the server's budget)")
     p.add_argument("--canvases", default=",".join(map(str, CANVASES)), help="decoder canvas sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per operation (default 30)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as the server on 2 cores)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1, as the server on 2 cores)")
     p.add_argument("--size", help="instead of loading --model, build an architecture.SIZES preset (tiny, embedded, "
                                   "medium) with random weights: the cost of a size before anyone trains it")
 
@@ -119,7 +121,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
                 order = ("hf", "lean") if r % 2 == 0 else ("lean", "hf")
                 for kind in order:
                     times[kind][op].append(_time(tables[kind][op]))
-            say(f"{op}: hf {statistics.median(times['hf'][op]):.2f} ms, lean {statistics.median(times['lean'][op]):.2f} ms")
+            say(f"{op}: hf {statistics.median(times['hf'][op]):.2f} ms, "
+                f"lean {statistics.median(times['lean'][op]):.2f} ms")
 
     ops_report = {}
     for op in times["hf"]:
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
                           "lean_p90_ms": round(sorted(times["lean"][op])[int(0.9 * (args.rounds - 1))], 3)}
     return {
         "bench": "forward",
-        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "model": f"random {args.size}" if getattr(args, "size", None) else (args.model or "embedded"),
         "params": sum(p.numel() for p in model.parameters()),
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"forward: {r['model']} ({r['params'] / 1e6:.1f} M parameters) on {r['device']}, {r['torch_threads']} thread(s), "
+    print(f"forward: {r['model']} ({r['params'] / 1e6:.1f} M parameters) on {r['device']}, "
+          f"{r['torch_threads']} thread(s), "
           f"prompt {r['prompt_tokens']} tokens, "
           f"medians of {r['rounds']} alternating rounds; max |logit diff| {r['max_logit_diff']:.2e}")
     print(f"{'operation':<12} {'hf ms':>9} {'lean ms':>9} {'speed-up':>9}")

@@ -27,7 +27,7 @@ from pygls.capabilities import get_capability
 from dg_model.api import EngineError
 
 from .. import fallback
-from ..engines import load_engine, model_label
+from ..engines import load_engine, settings_label
 from ..jobs import in_daemon_thread
 from ..server import DgServer
 from ..settings import SECTION, parse_settings
@@ -105,8 +105,8 @@ def apply_settings(ls: DgServer, raw: Any, *, source: str, reload: bool) -> None
         names = ", ".join(key if key == SECTION else f"{SECTION}.{key}" for key in bad)
         log.warning("invalid settings in %s: %s", source, names)
         ls.show_message(f"dg-lsp: ignoring invalid setting(s) {names} from {source}; using the default for each")
-    if reload and settings.engine_key != old.engine_key:
-        log.info("model settings changed: %s -> %s", old.engine_key, settings.engine_key)
+    if reload and settings.backend_key != old.backend_key:
+        log.info("model settings changed: %s -> %s", old.backend_key, settings.backend_key)
         start_loading(ls)
 
 
@@ -117,14 +117,20 @@ def start_loading(ls: DgServer) -> None:
 async def load_model(ls: DgServer) -> None:
     ls.load_generation += 1
     generation, settings = ls.load_generation, ls.settings
-    label = model_label(settings.model)
+    label = settings_label(settings)
     ls.jobs.set_loading()
     ls.set_status("loading", message=f"loading {label}")
     token = await _begin_progress(ls, f"Loading model {label}")
     started = time.monotonic()
     engine, error = None, None
     try:
-        engine = await in_daemon_thread(load_engine, settings.model, settings.device, settings.quantize)
+        if settings.remote.url:  # a server runs the model: connect and check it instead (dg_lsp/remote.py)
+            from .. import remote
+
+            reporter = remote.ServerReporter(ls, settings.remote.url)
+            engine = await in_daemon_thread(remote.load, settings, reporter)
+        else:
+            engine = await in_daemon_thread(load_engine, settings.model, settings.device, settings.quantize)
     except EngineError as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - torch/transformers/OS failures of every kind mean "model unavailable"
@@ -145,6 +151,10 @@ async def load_model(ls: DgServer) -> None:
         log.info("model ready: %s", message)
         ls.set_status("ready", device=engine.device, message=message)
         ls.log_message(f"dg-lsp: {message}")
+        if settings.remote.url:
+            from .. import remote
+
+            remote.after_ready(engine)  # a server that failed its start-up check: one message, dg/status error
     else:
         log.error("model %s failed to load: %s", label, error)
         ls.set_status("error", message=error or "")

@@ -6,7 +6,9 @@ It speaks the same surface as the real server:
 * `$/progress` work-done progress and the `dg/status` notification (`loading` -> `ready`) after `initialized`,
 * `textDocument/inlineCompletion` and `textDocument/completion`,
 * `textDocument/codeAction` ("Rewrite this block", kind `refactor.rewrite`, no edit) + `codeAction/resolve`,
-* `workspace/executeCommand` `dg.rewriteBlock` with `[uri, range]` (applies the edit via `workspace/applyEdit`),
+* `workspace/executeCommand` `dg.rewriteBlock` and `dg.fixBlock` with `[uri, range[, version[, options]]]`: both
+  return the WorkspaceEdit and also send it with `workspace/applyEdit`, unless `options` is `{"apply": false}` (a
+  client previewing the edit),
 * `workspace/didChangeConfiguration` with `{"settings": {"dg": {...}}}`.
 
 Suggestions (always valid Python when the document is; completion items add a trailing `  # dg` comment):
@@ -15,12 +17,16 @@ Suggestions (always valid Python when the document is; completion items add a tr
 * cursor on a blank (or whitespace-only) line -> `pass`,
 * anything else -> no suggestion.
 
-Rewrite: the selected lines (whole lines) get a `# rewritten by dg` comment line above them, at their indentation.
+Rewrite: the selected lines (whole lines) get a `# rewritten by dg` comment line above them, at their indentation
+(`dg.fixBlock`: `# fixed by dg`).
 Settings honoured: `enable` (per language id, false -> nothing), `candidates` (that many items, numbered in a
 trailing comment from the second on).
 
 Flags: `--fail-load` sends `dg/status` `error` instead of `ready`; `--crash` exits with status 3 right after
-`initialized`; `--delay-ms N` waits N ms before answering a completion.
+`initialized`; `--delay-ms N` waits N ms before answering a completion; `--null-when-empty` answers an inline
+completion with nothing to suggest with `null` (as dg-lsp once did) instead of an empty list; `--stale` answers
+each inline completion with the last suggestion it made before (text and range: made for an older text and position,
+the bug a client's stale-suggestion check must catch), nothing the first time.
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ from pygls.lsp.server import LanguageServer
 
 NAME = "dg-lsp-stub"
 REWRITE_MARK = "# rewritten by dg"
+FIX_MARK = "# fixed by dg"
 
 server = LanguageServer(NAME, "0.0.1", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
 settings: dict[str, Any] = {}
-args = argparse.Namespace(fail_load=False, crash=False, delay_ms=0)
+args = argparse.Namespace(fail_load=False, crash=False, delay_ms=0, null_when_empty=False, stale=False)
+last_made: list[types.InlineCompletionItem] = []  # --stale: the items made for the previous suggestion
 
 
 def _merge_settings(raw: Any) -> None:
@@ -119,12 +127,18 @@ def on_config(ls: LanguageServer, params: types.DidChangeConfigurationParams) ->
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
-async def on_inline(ls: LanguageServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+async def on_inline(ls: LanguageServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
     if args.delay_ms:
         await asyncio.sleep(args.delay_ms / 1000)
     text = _suggest(params.text_document.uri, params.position)
+    if args.stale:
+        old = list(last_made)
+        if text is not None:
+            rng = types.Range(start=params.position, end=params.position)
+            last_made[:] = [types.InlineCompletionItem(insert_text=text, range=rng)]
+        return types.InlineCompletionList(items=old)
     if text is None:
-        return types.InlineCompletionList(items=[])
+        return None if args.null_when_empty else types.InlineCompletionList(items=[])
     n = max(1, int(settings.get("candidates") or 1))
     items = []
     for i in range(n):
@@ -155,7 +169,7 @@ def on_completion(ls: LanguageServer, params: types.CompletionParams) -> types.C
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
-def _rewrite_edit(uri: str, rng: types.Range) -> types.WorkspaceEdit:
+def _rewrite_edit(uri: str, rng: types.Range, mark: str = REWRITE_MARK) -> types.WorkspaceEdit:
     doc = server.workspace.get_text_document(uri)
     lines = doc.lines
     start = rng.start.line
@@ -166,7 +180,7 @@ def _rewrite_edit(uri: str, rng: types.Range) -> types.WorkspaceEdit:
     first = lines[start] if start < len(lines) else ""
     indent = first[: len(first) - len(first.lstrip())]
     block = "".join(lines[start : end + 1])
-    new = indent + REWRITE_MARK + "\n" + block
+    new = indent + mark + "\n" + block
     whole = types.Range(start=types.Position(start, 0), end=types.Position(end + 1, 0))
     if end + 1 >= len(lines) and not block.endswith("\n"):
         whole = types.Range(start=types.Position(start, 0), end=types.Position(end, len(lines[end])))
@@ -192,7 +206,13 @@ def on_code_action(ls: LanguageServer, params: types.CodeActionParams) -> list[t
         types.CodeAction(
             title="Rewrite this block",
             kind=types.CodeActionKind.RefactorRewrite,
-            data={"uri": params.text_document.uri, "range": {"start": {"line": rng.start.line, "character": rng.start.character}, "end": {"line": rng.end.line, "character": rng.end.character}}},
+            data={
+                "uri": params.text_document.uri,
+                "range": {
+                    "start": {"line": rng.start.line, "character": rng.start.character},
+                    "end": {"line": rng.end.line, "character": rng.end.character},
+                },
+            },
         )
     ]
 
@@ -209,11 +229,25 @@ def on_resolve(ls: LanguageServer, action: types.CodeAction) -> types.CodeAction
     return action
 
 
+async def _block_command(ls: LanguageServer, args: tuple, mark: str, label: str) -> Any:
+    if not 2 <= len(args) <= 4:
+        raise ValueError(f"expected (uri, range[, version[, options]]), got {len(args)} arguments")
+    uri, rng = args[0], args[1]
+    options = args[3] if len(args) > 3 and isinstance(args[3], dict) else {}
+    edit = _rewrite_edit(uri, _range_from(rng), mark)
+    if options.get("apply", True):
+        await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=label))
+    return edit
+
+
 @server.command("dg.rewriteBlock")
-async def rewrite_block(ls: LanguageServer, uri: str, rng: Any) -> Any:
-    edit = _rewrite_edit(uri, _range_from(rng))
-    result = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label="Rewrite block"))
-    return {"applied": bool(result and result.applied)}
+async def rewrite_block(ls: LanguageServer, *args: Any) -> Any:
+    return await _block_command(ls, args, REWRITE_MARK, "Rewrite block")
+
+
+@server.command("dg.fixBlock")
+async def fix_block(ls: LanguageServer, *args: Any) -> Any:
+    return await _block_command(ls, args, FIX_MARK, "Fix block")
 
 
 def main() -> None:
@@ -223,6 +257,8 @@ def main() -> None:
     p.add_argument("--fail-load", action="store_true")
     p.add_argument("--crash", action="store_true")
     p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--null-when-empty", action="store_true")
+    p.add_argument("--stale", action="store_true")
     p.add_argument("--model", default=None)
     args, _ = p.parse_known_args()
     if args.model:

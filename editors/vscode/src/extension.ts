@@ -1,12 +1,14 @@
 /**
  * DiffusionGemma (dg-lsp) for VS Code: starts `dg-lsp --stdio`, lets vscode-languageclient wire inline
  * completion (ghost text), completion and code actions, and adds a status bar item, an output channel, the
- * "DiffusionGemma: Rewrite block" command and a capped restart policy with one clear error message.
+ * "DiffusionGemma: Rewrite block" / "Fix block" commands (previewed in VS Code's Refactor Preview before they apply,
+ * see preview.ts) and a capped restart policy with one clear error message.
  */
 import * as fs from 'fs';
 import * as os from 'os';
 import * as vscode from 'vscode';
 import {
+  CancellationToken,
   CloseAction,
   CodeAction,
   CodeActionKind,
@@ -23,17 +25,27 @@ import {
   RevealOutputChannelOn,
   ServerOptions,
   State,
+  WorkspaceEdit,
   WorkDoneProgress,
   WorkDoneProgressCreateRequest,
 } from 'vscode-languageclient/node';
 import { CrashBudget, OneMessage } from './lifecycle';
 import { ServerCommand, ServerNotFoundError, resolveServerCommand } from './serverCommand';
+import {
+  COMMANDS,
+  EditKind,
+  PreviewGuard,
+  TITLES,
+  commandArguments,
+  confirmation,
+  isInvalidParams,
+  isWorkspaceEdit,
+} from './preview';
 import { didChangeConfigurationParams, classifyChange, toServerSettings, ServerSettings } from './settings';
 import { DgStatusParams, StatusModel, applyStatus, present } from './status';
 
 const CLIENT_ID = 'dg'; // so vscode-languageclient reads `dg.trace.server`
 const CLIENT_NAME = 'DiffusionGemma';
-const REWRITE_COMMAND = 'dg.rewriteBlock';
 
 /** Never let the library pop up its own notifications: the controller shows exactly one. */
 class DgLanguageClient extends LanguageClient {
@@ -92,6 +104,7 @@ class Controller implements vscode.Disposable {
   private model: StatusModel = { state: 'stopped' };
   private readonly oneMessage = new OneMessage();
   private budget = new CrashBudget(2);
+  readonly previews = new PreviewGuard();
   private readonly disposables: vscode.Disposable[] = [];
 
   constructor(readonly output: vscode.LogOutputChannel) {
@@ -198,7 +211,16 @@ class Controller implements vscode.Disposable {
       initializationOptions: () => currentServerSettings(this.output),
       errorHandler: this.errorHandler(),
       middleware: {
+        // An answer for a document that changed while it was computed is dropped (VS Code would re-ask anyway).
+        provideInlineCompletionItems: async (document, position, context, token, next) => {
+          const version = document.version;
+          const result = await next(document, position, context, token);
+          return token.isCancellationRequested || document.version !== version ? [] : result;
+        },
         workspace: {
+          // While an edit is previewed, a server that applies it anyway (no `{ apply: false }` support) is refused.
+          handleApplyEdit: (params, next) =>
+            this.previews.intercepts(params) ? PreviewGuard.refusal : next(params, CancellationToken.None),
           // If the server pulls settings (workspace/configuration), answer with the mapped `dg` section.
           configuration: async (params, token, next) => {
             const result = await next(params, token);
@@ -318,10 +340,43 @@ class Controller implements vscode.Disposable {
   }
 }
 
-async function rewriteSelection(controller: Controller): Promise<void> {
+/** The server's command for `kind`, asked not to apply its edit; falls back to three arguments for older servers. */
+async function commandEdit(
+  client: LanguageClient,
+  guard: PreviewGuard,
+  kind: EditKind,
+  command: string,
+  uri: string,
+  range: unknown,
+  version: number,
+  token: vscode.CancellationToken,
+): Promise<unknown> {
+  const send = (preview: boolean) =>
+    client.sendRequest(ExecuteCommandRequest.type, { command, arguments: commandArguments(uri, range, version, preview) }, token);
+  const done = guard.begin(uri);
+  try {
+    try {
+      return await send(true);
+    } catch (e) {
+      if (!isInvalidParams(e)) {
+        throw e;
+      }
+      return await send(false); // its workspace/applyEdit is refused by the guard while we wait
+    }
+  } finally {
+    done();
+  }
+}
+
+/**
+ * "Rewrite block" / "Fix block" on the selection: get the server's WorkspaceEdit without applying it, then let the
+ * user review it in VS Code's Refactor Preview (every entry needs confirmation) and apply or discard it there.
+ */
+async function editSelection(controller: Controller, kind: EditKind): Promise<void> {
+  const title = TITLES[kind];
   const editor = vscode.window.activeTextEditor;
   if (!editor || editor.selection.isEmpty) {
-    void vscode.window.showInformationMessage('DiffusionGemma: select the lines to rewrite first.');
+    void vscode.window.showInformationMessage(`DiffusionGemma: select the lines to ${kind} first.`);
     return;
   }
   const client = controller.client;
@@ -337,10 +392,18 @@ async function rewriteSelection(controller: Controller): Promise<void> {
   const c2p = client.code2ProtocolConverter;
   const uri = c2p.asUri(doc.uri);
   const range = c2p.asRange(editor.selection);
-  await vscode.window.withProgress(
-    { location: vscode.ProgressLocation.Notification, title: 'DiffusionGemma: rewriting…', cancellable: true },
-    async (_progress, token) => {
+  const commands = client.initializeResult?.capabilities.executeCommandProvider?.commands ?? [];
+  if (kind === 'fix' && !commands.includes(COMMANDS.fix)) {
+    void vscode.window.showInformationMessage(`DiffusionGemma: this dg-lsp has no ${COMMANDS.fix} command; update it.`);
+    return;
+  }
+  const edit = await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Notification, title: `DiffusionGemma: ${title.toLowerCase()}…`, cancellable: true },
+    async (_progress, token): Promise<unknown> => {
       try {
+        if (kind === 'fix') {
+          return await commandEdit(client, controller.previews, kind, COMMANDS.fix, uri, range, version, token);
+        }
         const actions =
           (await client.sendRequest(
             CodeActionRequest.type,
@@ -355,48 +418,53 @@ async function rewriteSelection(controller: Controller): Promise<void> {
           (a): a is CodeAction => !Command.is(a) && (a.kind ?? '').startsWith(CodeActionKind.RefactorRewrite),
         );
         if (token.isCancellationRequested) {
-          return;
+          return undefined;
         }
-        if (!action) {
-          // Servers that only expose the command.
-          await client.sendRequest(ExecuteCommandRequest.type, { command: REWRITE_COMMAND, arguments: [uri, range] }, token);
-          return;
-        }
-        if (!action.edit && !action.command) {
+        if (action && !action.edit && !action.command) {
           action = await client.sendRequest(CodeActionResolveRequest.type, action, token);
         }
-        if (token.isCancellationRequested) {
-          return;
+        if (action?.edit) {
+          return action.edit;
         }
-        if (doc.version !== version) {
-          void vscode.window.showWarningMessage('DiffusionGemma: the document changed while rewriting; nothing applied.');
-          return;
-        }
-        if (action.edit) {
-          const edit = await client.protocol2CodeConverter.asWorkspaceEdit(action.edit, token);
-          if (!(await vscode.workspace.applyEdit(edit))) {
-            void vscode.window.showWarningMessage('DiffusionGemma: the rewrite could not be applied.');
-          }
-        }
-        const command: Command | undefined = action.command;
-        if (command) {
-          await client.sendRequest(ExecuteCommandRequest.type, { command: command.command, arguments: command.arguments }, token);
-        }
-        if (!action.edit && !command) {
-          void vscode.window.showInformationMessage('DiffusionGemma: no rewrite for this block.');
-        }
+        // Servers that only expose the command, or clients the server gave a command instead of a lazy edit.
+        const command = action?.command?.command ?? COMMANDS.rewrite;
+        return await commandEdit(client, controller.previews, kind, command, uri, range, version, token);
       } catch (e) {
         if (token.isCancellationRequested) {
-          return;
+          return undefined;
         }
-        controller.output.error(`Rewrite failed: ${e instanceof Error ? e.message : String(e)}`);
-        const pick = await vscode.window.showWarningMessage('DiffusionGemma: the rewrite failed.', 'Show log');
+        controller.output.error(`${title} failed: ${e instanceof Error ? e.message : String(e)}`);
+        const pick = await vscode.window.showWarningMessage(`DiffusionGemma: ${title.toLowerCase()} failed.`, 'Show log');
         if (pick) {
           controller.output.show(true);
         }
+        return undefined;
       }
     },
   );
+  if (edit === undefined) {
+    return;
+  }
+  if (!isWorkspaceEdit(edit)) {
+    void vscode.window.showInformationMessage(`DiffusionGemma: no ${kind} for this block.`);
+    return;
+  }
+  if (doc.version !== version) {
+    void vscode.window.showWarningMessage(`DiffusionGemma: the document changed during the ${kind}; nothing applied.`);
+    return;
+  }
+  // Same edits, each marked as needing confirmation: VS Code shows them in its Refactor Preview (Apply / Discard).
+  const converted = await client.protocol2CodeConverter.asWorkspaceEdit(edit as WorkspaceEdit);
+  const previewed = new vscode.WorkspaceEdit();
+  for (const [target, edits] of converted.entries()) {
+    for (const e of edits) {
+      previewed.replace(target, e.range, e.newText, confirmation(kind));
+    }
+  }
+  const applied = await vscode.workspace.applyEdit(previewed, { isRefactoring: true });
+  if (!applied) {
+    controller.output.info(`${title}: not applied (discarded in the preview, or the document changed).`);
+  }
 }
 
 let controller: Controller | undefined;
@@ -410,7 +478,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     c,
     vscode.commands.registerCommand('dg.showLog', () => output.show(true)),
     vscode.commands.registerCommand('dg.restartServer', () => c.restart()),
-    vscode.commands.registerCommand('dg.rewriteSelection', () => rewriteSelection(c)),
+    vscode.commands.registerCommand('dg.rewriteSelection', () => editSelection(c, 'rewrite')),
+    vscode.commands.registerCommand('dg.fixSelection', () => editSelection(c, 'fix')),
     vscode.workspace.onDidChangeConfiguration((e) => {
       const kind = classifyChange((section) => e.affectsConfiguration(section));
       if (kind === 'restart') {

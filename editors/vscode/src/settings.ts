@@ -21,6 +21,12 @@ export const SERVER_SETTINGS = {
   'context.suffixShare': 'number',
   'context.snippetShare': 'number',
   'context.maxSnippets': 'integer',
+  'remote.url': 'string',
+  'remote.model': 'string',
+  'remote.format': 'string',
+  'remote.tokenizer': 'string',
+  'remote.timeoutMs': 'integer',
+  'remote.fallback': 'boolean',
   maxLineTokens: 'integer',
   maxBlockTokens: 'integer',
   candidates: 'integer',
@@ -201,7 +207,7 @@ export function classifyChange(affects: (section: string) => boolean): 'none' | 
   if (CLIENT_ONLY_KEYS.some((k) => affects(`dg.${k}`))) {
     return 'restart';
   }
-  if (SERVER_SETTING_KEYS.some((k) => affects(`dg.${k}`)) || affects('dg.context')) {
+  if (SERVER_SETTING_KEYS.some((k) => affects(`dg.${k}`)) || affects('dg.context') || affects('dg.remote')) {
     return 'push';
   }
   return 'none'; // e.g. dg.trace.server, handled by the language client itself

@@ -3,8 +3,10 @@
 -- Two backends behind one small API (enable / accept / accept_line / dismiss / next / prev / trigger / visible):
 --   * "native": Neovim 0.12+'s vim.lsp.inline_completion,
 --   * "plugin": a small virtual-text implementation over textDocument/inlineCompletion, for Neovim 0.11.
--- Keys are buffer-local insert-mode mappings that fall through to the key itself when no suggestion is shown,
--- and <Tab> is not mapped unless the user asks for it.
+-- A suggestion belongs to the text and cursor position it was made for (changedtick + cursor): any edit or move
+-- that leaves them hides it, and accepting checks them again, so an old suggestion is never drawn or inserted
+-- elsewhere. Keys are buffer-local insert-mode mappings that do nothing when no suggestion is shown (or type
+-- themselves, with `keys_fallback`), and <Tab> is not mapped unless the user asks for it.
 local util = require('dg_lsp.util')
 local api = vim.api
 
@@ -75,6 +77,15 @@ local function cancel_request(st)
     end
     st.request_id = nil
   end
+end
+
+--- Are the plugin backend's items still for this text and cursor position?
+local function fresh(bufnr, st)
+  if #st.items == 0 or api.nvim_buf_get_changedtick(bufnr) ~= st.tick then
+    return false
+  end
+  local pos = cursor(bufnr)
+  return pos ~= nil and pos[1] == st.pos[1] and pos[2] == st.pos[2]
 end
 
 local function insert_text(item)
@@ -255,6 +266,12 @@ local function plugin_accept(bufnr, partial)
   if not st or #st.items == 0 then
     return false
   end
+  if not fresh(bufnr, st) then
+    -- Made for another text or position: applying its range here would insert it in the wrong place.
+    st.items = {}
+    clear(bufnr)
+    return false
+  end
   local r = resolve_item(bufnr, st)
   if not r or r.remaining == '' then
     return false
@@ -286,6 +303,127 @@ end
 
 local function native_ns()
   return api.nvim_get_namespaces()[NATIVE_NS]
+end
+
+--- Per buffer: the inlineCompletion requests in flight ({tick, pos} by request id), the last one answered, and
+--- `made`: the item the native backend shows and the {tick, pos} it was asked for.
+---@type table<integer, {pending: table<integer, table>, answered: table?, made: table?}>
+local native = {}
+
+--- The native backend's per-buffer object (vim.lsp.inline_completion's Completor), or nil. Internal to Neovim:
+--- read defensively; without it the plugin falls back to checking the request's changedtick and position only.
+local function completor(bufnr)
+  local ok, cap = pcall(require, 'vim.lsp._capability')
+  local class = ok and type(cap) == 'table' and cap.all and cap.all.inline_completion
+  local c = class and class.active and class.active[bufnr]
+  return type(c) == 'table' and c or nil
+end
+
+--- Is what the native backend shows (or would accept) made for the buffer's current text and cursor?
+local function native_fresh(bufnr)
+  local n = native[bufnr]
+  local made = n and n.made
+  if not made then
+    return false
+  end
+  local c = completor(bufnr)
+  if c and (c.current == nil or c.current ~= made.item) then
+    return false
+  end
+  local pos = cursor(bufnr)
+  return pos ~= nil
+    and api.nvim_buf_get_changedtick(bufnr) == made.tick
+    and pos[1] == made.pos[1]
+    and pos[2] == made.pos[2]
+end
+
+--- Hide the native suggestion and forget it (so neither its redraw on the next cursor move nor get() uses it).
+local function native_hide(bufnr)
+  local c = completor(bufnr)
+  if c then
+    if c.hide then
+      pcall(c.hide, c)
+    end
+    c.current = nil
+  end
+  local ns = native_ns()
+  if ns and api.nvim_buf_is_valid(bufnr) then
+    api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
+  end
+  if native[bufnr] then
+    native[bufnr].made = nil
+  end
+end
+
+local function native_check(bufnr)
+  local c = completor(bufnr)
+  local shown = (c and c.current ~= nil) or (native[bufnr] and native[bufnr].made ~= nil)
+  if shown and not native_fresh(bufnr) then
+    native_hide(bufnr)
+  end
+end
+
+--- Track which text and position the native backend's answers were made for: LspRequest 'pending' fires when
+--- the request is sent (params taken at that changedtick and cursor), 'complete' just before its handler runs.
+local function native_attach(bufnr, client)
+  native[bufnr] = { pending = {} }
+  local group = api.nvim_create_augroup('dg_lsp.ghost.native.' .. bufnr, { clear = true })
+  api.nvim_create_autocmd('LspRequest', {
+    group = group,
+    buffer = bufnr,
+    callback = function(args)
+      local d = args.data or {}
+      local n = native[bufnr]
+      if not n or d.client_id ~= client.id or not d.request or d.request.method ~= 'textDocument/inlineCompletion' then
+        return
+      end
+      if d.request.type == 'pending' then
+        n.pending[d.request_id] = { tick = api.nvim_buf_get_changedtick(bufnr), pos = cursor(bufnr) or { -1, -1 } }
+      elseif d.request.type == 'complete' then
+        n.answered = n.pending[d.request_id] or n.answered
+        n.pending[d.request_id] = nil
+        -- Runs after the native handler stored (or, for null/errors, kept) its items.
+        vim.schedule(function()
+          if native[bufnr] ~= n then
+            return
+          end
+          local c = completor(bufnr)
+          local item = c and c.current
+          if c and item ~= nil and (not n.made or n.made.item ~= item) and n.answered then
+            n.made = { item = item, tick = n.answered.tick, pos = n.answered.pos }
+          elseif not c and n.answered then
+            n.made = { tick = n.answered.tick, pos = n.answered.pos }
+          end
+          native_check(bufnr)
+        end)
+      else
+        n.pending[d.request_id] = nil
+      end
+    end,
+  })
+  -- Every edit or cursor move: hide a suggestion made for other text (Neovim 0.12 redraws its last item, at its
+  -- old position, on each cursor move until a new answer arrives).
+  api.nvim_create_autocmd({ 'TextChangedI', 'CursorMovedI', 'InsertEnter' }, {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      vim.schedule(function()
+        if native[bufnr] then
+          native_check(bufnr)
+        end
+      end)
+    end,
+  })
+  api.nvim_create_autocmd('InsertLeave', {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      if native[bufnr] then
+        native[bufnr].made = nil
+      end
+    end,
+  })
+  native[bufnr].augroup = group
 end
 
 --- The native backend's visible text, read back from its extmarks.
@@ -351,6 +489,27 @@ local function native_partial(bufnr, partial)
   end
 end
 
+-- Neovim can redraw after a typed key and before that key's TextChangedI / CursorMovedI (seen on the first key
+-- typed over an inline suggestion, and with the native backend redrawing its last item on CursorMovedI): check
+-- again at the start of every redraw, so a suggestion made for other text or another position is never drawn.
+api.nvim_set_decoration_provider(api.nvim_create_namespace('dg_lsp.ghost.guard'), {
+  on_start = function()
+    local bufnr = api.nvim_get_current_buf()
+    local mode = mode_of[bufnr]
+    if mode == 'native' then
+      if native[bufnr] then
+        pcall(native_check, bufnr)
+      end
+    elseif mode == 'plugin' then
+      local st = state[bufnr]
+      if st and #st.items > 0 and not fresh(bufnr, st) then
+        clear(bufnr)
+      end
+    end
+    return false
+  end,
+})
+
 -- ---------------------------------------------------------------------------------------------------------
 -- public API
 
@@ -363,6 +522,7 @@ function M.attach(bufnr, client, mode)
   mode_of[bufnr] = mode
   if mode == 'native' then
     vim.lsp.inline_completion.enable(true, { client_id = client.id })
+    native_attach(bufnr, client)
   else
     plugin_attach(bufnr, client)
   end
@@ -376,6 +536,10 @@ function M.detach(bufnr)
     pcall(api.nvim_del_augroup_by_id, st.augroup)
     state[bufnr] = nil
   end
+  if native[bufnr] then
+    pcall(api.nvim_del_augroup_by_id, native[bufnr].augroup)
+    native[bufnr] = nil
+  end
   clear(bufnr)
   mode_of[bufnr] = nil
 end
@@ -388,11 +552,14 @@ end
 function M.visible_text(bufnr)
   bufnr = buf(bufnr)
   if mode_of[bufnr] == 'native' then
+    if not native_fresh(bufnr) then
+      return nil
+    end
     local t = native_text(bufnr)
     return (t and t ~= '') and t or nil
   end
   local st = state[bufnr]
-  if not st or #st.items == 0 or not api.nvim_buf_is_valid(bufnr) then
+  if not st or not api.nvim_buf_is_valid(bufnr) or not fresh(bufnr, st) then
     return nil
   end
   if #api.nvim_buf_get_extmarks(bufnr, M.ns, 0, -1, {}) == 0 then
@@ -411,6 +578,10 @@ end
 function M.accept(bufnr, partial)
   bufnr = buf(bufnr)
   if mode_of[bufnr] == 'native' then
+    if not native_fresh(bufnr) then
+      native_hide(bufnr) -- made for another text or position: never insert it here
+      return false
+    end
     if partial then
       return vim.lsp.inline_completion.get({ bufnr = bufnr, on_accept = native_partial(bufnr, partial) })
     end
@@ -430,12 +601,7 @@ end
 function M.dismiss(bufnr)
   bufnr = buf(bufnr)
   if mode_of[bufnr] == 'native' then
-    local client = util.client(bufnr)
-    if client and M.visible(bufnr) then
-      -- No public "hide" in vim.lsp.inline_completion: re-enabling resets it.
-      vim.lsp.inline_completion.enable(false, { client_id = client.id })
-      vim.lsp.inline_completion.enable(true, { client_id = client.id })
-    end
+    native_hide(bufnr)
     return
   end
   local st = state[bufnr]
@@ -450,7 +616,15 @@ end
 function M.select(bufnr, count)
   bufnr = buf(bufnr)
   if mode_of[bufnr] == 'native' then
+    if not native_fresh(bufnr) then
+      native_hide(bufnr)
+      return
+    end
     vim.lsp.inline_completion.select({ bufnr = bufnr, count = count })
+    local c, n = completor(bufnr), native[bufnr]
+    if c and n and n.made then
+      n.made.item = c.current -- another candidate of the same answer: same text and position
+    end
     return
   end
   local st = state[bufnr]
@@ -480,16 +654,34 @@ function M.trigger(bufnr)
   end
 end
 
---- Buffer-local insert-mode keys. A key whose action has nothing to do types itself.
+--- Ask again as after a keystroke (automatic trigger), e.g. when the model becomes ready: requests made while it
+--- loaded were answered with nothing, and neither backend asks again until the text or the cursor changes.
+function M.refresh(bufnr)
+  bufnr = buf(bufnr)
+  if mode_of[bufnr] == 'native' then
+    local c = completor(bufnr)
+    if c and type(c.automatic_request) == 'function' then
+      pcall(c.automatic_request, c)
+    end
+    return
+  end
+  if state[bufnr] then
+    schedule_request(bufnr)
+  end
+end
+
+--- Buffer-local insert-mode keys. A key whose action has nothing to do (no suggestion shown) does nothing, or
+--- types itself when `fallback` is true (e.g. so that <Tab> as the accept key still indents).
 ---@param keys table<string, string|false>
-function M.set_keys(bufnr, keys)
+---@param fallback? boolean
+function M.set_keys(bufnr, keys, fallback)
   local function map(lhs, action, desc)
     if not lhs or lhs == '' then
       return
     end
     vim.keymap.set('i', lhs, function()
       if not M.visible(bufnr) and action ~= 'trigger' then
-        return lhs
+        return fallback and lhs or ''
       end
       vim.schedule(function()
         if action == 'accept' then

@@ -26,7 +26,9 @@ M.defaults = {
   debounce_ms = 75, -- plugin backend only; the native one waits 200 ms
   -- LSP completion menu (vim.lsp.completion); autotrigger on the server's trigger characters.
   completion = { enable = true, autotrigger = false },
-  -- Insert-mode keys; false disables one. <Tab> is not taken unless you set it here.
+  -- Insert-mode keys; false disables one. <Tab> is not taken unless you set it here. With nothing shown a key
+  -- does nothing, unless keys_fallback is true: then it types itself (its insert-mode meaning, not remapped).
+  keys_fallback = false,
   keys = {
     accept = '<M-l>',
     accept_line = '<M-j>',
@@ -38,6 +40,8 @@ M.defaults = {
   },
   -- A crashing server is restarted at most this often per 3 minutes, then left off with one message.
   max_restarts = 2,
+  -- :DgRewrite / :DgFix show the edit as a diff to apply (a, <CR>) or reject (r, q, <Esc>); false: apply at once.
+  preview = true,
 }
 
 M.opts = nil
@@ -54,6 +58,11 @@ local function notify_once(key, msg, level)
   vim.schedule(function()
     vim.notify('dg_lsp: ' .. msg, level or vim.log.levels.ERROR)
   end)
+end
+
+--- The settings as a JSON object: an empty Lua table would go out as `[]`, which the server rejects as invalid.
+local function as_object(t)
+  return (t == nil or next(t) == nil) and vim.empty_dict() or t
 end
 
 local function log_path()
@@ -137,6 +146,12 @@ local function on_status(_, result, ctx)
     )
   elseif result.state == 'ready' then
     notified['status-error-' .. ctx.client_id] = nil
+    -- Whatever was asked while the model loaded got no suggestion: ask again where the user is typing.
+    local bufnr = api.nvim_get_current_buf()
+    local client = util.client(bufnr)
+    if client and client.id == ctx.client_id and api.nvim_get_mode().mode:match('^i') then
+      require('dg_lsp.ghost').refresh(bufnr)
+    end
   end
   pcall(api.nvim_exec_autocmds, 'User', { pattern = 'DgStatus', modeline = false, data = result })
   pcall(vim.cmd.redrawstatus)
@@ -268,7 +283,7 @@ local function on_attach(client, bufnr)
       mode = ghost.native_available() and 'native' or 'plugin'
     end
     ghost.attach(bufnr, client, mode)
-    ghost.set_keys(bufnr, opts.keys or {})
+    ghost.set_keys(bufnr, opts.keys or {}, opts.keys_fallback)
   end
 end
 
@@ -279,21 +294,28 @@ function M.update_settings(settings)
   if settings and settings.enable then
     M.opts.settings.enable = vim.tbl_extend('force', M.opts.settings.enable or {}, settings.enable)
   end
-  vim.lsp.config(NAME, { settings = { dg = M.opts.settings }, init_options = M.opts.settings })
+  vim.lsp.config(NAME, { settings = { dg = as_object(M.opts.settings) }, init_options = as_object(M.opts.settings) })
   for _, client in ipairs(vim.lsp.get_clients({ name = NAME })) do
-    client.settings = { dg = vim.deepcopy(M.opts.settings) }
+    client.settings = { dg = as_object(vim.deepcopy(M.opts.settings)) }
     client:notify('workspace/didChangeConfiguration', { settings = client.settings })
   end
 end
 
-function M.rewrite(bufnr, line1, line2, on_done)
-  return require('dg_lsp.rewrite').rewrite(bufnr, line1, line2, on_done)
+function M.rewrite(bufnr, line1, line2, on_done, opts)
+  return require('dg_lsp.rewrite').rewrite(bufnr, line1, line2, on_done, opts)
+end
+
+function M.fix(bufnr, line1, line2, on_done, opts)
+  return require('dg_lsp.rewrite').fix(bufnr, line1, line2, on_done, opts)
 end
 
 local function create_commands()
   api.nvim_create_user_command('DgRewrite', function(a)
     M.rewrite(0, a.line1, a.line2)
   end, { range = true, desc = 'dg_lsp: rewrite the selected lines' })
+  api.nvim_create_user_command('DgFix', function(a)
+    M.fix(0, a.line1, a.line2)
+  end, { range = true, desc = 'dg_lsp: fix the selected lines' })
   api.nvim_create_user_command('DgRestart', function()
     crashes = {}
     notified = {}
@@ -319,6 +341,7 @@ function M.setup(opts)
     end
   end
   create_commands()
+  require('dg_lsp.rewrite').preview = M.opts.preview ~= false
   if vim.fn.has('nvim-0.11') == 0 then
     M._cmd_error = 'Neovim 0.11 or newer is required'
     notify_once('version', M._cmd_error)
@@ -335,9 +358,15 @@ function M.setup(opts)
     cmd_env = M.opts.cmd_env,
     filetypes = M.opts.filetypes,
     root_markers = M.opts.root_markers,
-    init_options = M.opts.settings,
-    settings = { dg = M.opts.settings },
-    handlers = { ['dg/status'] = on_status },
+    init_options = as_object(M.opts.settings),
+    settings = { dg = as_object(M.opts.settings) },
+    handlers = {
+      ['dg/status'] = on_status,
+      -- While :DgRewrite / :DgFix preview an edit, a server that applies it anyway is told applied = false.
+      ['workspace/applyEdit'] = function(...)
+        return require('dg_lsp.rewrite').intercept_apply_edit(...)
+      end,
+    },
     on_exit = on_exit,
   })
   local group = api.nvim_create_augroup('dg_lsp.attach', { clear = true })

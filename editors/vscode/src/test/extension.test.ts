@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { fakeContext, installFakeVscode, Recorded } from './fakeVscode';
-import { REPO, repoPython } from './lspHarness';
+import { REPO, announceSkip, repoPython, stubSkipReason } from './lspHarness';
 
 const STUB = path.join(REPO, 'editors', 'testing', 'stub_server.py');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dg-vscode-'));
@@ -46,7 +46,12 @@ async function activate(config: Record<string, unknown>): Promise<{ rec: Recorde
   return { rec, ext };
 }
 
-test('the extension: server start, status bar, one message for a crash loop, bounded restarts', async (t) => {
+const noStub = stubSkipReason();
+if (noStub) {
+  announceSkip('the extension activated against the stub server', noStub);
+}
+
+test('the extension: server start, status bar, one message for a crash loop, bounded restarts', { skip: noStub }, async (t) => {
   const counter = path.join(tmp, 'spawns');
   const server = script(
     'dg-lsp',

@@ -2,7 +2,7 @@
  * Drive a language server over stdio with vscode-languageserver-protocol / vscode-jsonrpc (the libraries
  * inside vscode-languageclient), initializing with VS Code's own client capabilities.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -51,9 +51,41 @@ export interface ServerSpec {
 export const FAKE_MODEL =
   'fake:' + JSON.stringify({ texts: ['return a + b'], rewrite: 'def greet(name):\n    return f"hello {name}"\n' });
 
+/**
+ * The Python for the stub server (and the parse checks): `DG_PYTHON`, else the checkout's `.venv`, else `python3`.
+ * It needs pygls; see `stubSkipReason`.
+ */
 export function repoPython(): string {
   const venv = path.join(REPO, '.venv', 'bin', 'python');
   return process.env.DG_PYTHON ?? (fs.existsSync(venv) ? venv : 'python3');
+}
+
+/** Why the stub server cannot run here (its Python lacks pygls), or undefined when it can. */
+export function stubSkipReason(): string | undefined {
+  const r = spawnSync(repoPython(), ['-c', 'import pygls, lsprotocol'], { timeout: 30000 });
+  if (r.status === 0) {
+    return undefined;
+  }
+  return `${repoPython()} cannot import pygls (set DG_PYTHON to a Python with dg-lsp's dependencies)`;
+}
+
+/** Print a skip where nobody can miss it (node --test only lists skips in its summary). */
+export function announceSkip(what: string, why: string): void {
+  const line = `*** SKIPPED: ${what}: ${why} ***`;
+  process.stderr.write(`\n${'*'.repeat(Math.min(line.length, 120))}\n${line}\n${'*'.repeat(Math.min(line.length, 120))}\n\n`);
+}
+
+/** Split a server command given in the environment: a JSON array, or words separated by spaces. */
+export function parseCommand(value: string): string[] {
+  const trimmed = value.trim();
+  if (trimmed.startsWith('[')) {
+    const parsed = JSON.parse(trimmed) as unknown;
+    if (!Array.isArray(parsed) || !parsed.every((p) => typeof p === 'string') || parsed.length === 0) {
+      throw new Error(`expected a JSON array of strings, got ${value}`);
+    }
+    return parsed as string[];
+  }
+  return trimmed.split(/\s+/).filter(Boolean);
 }
 
 export function stubServer(extra: string[] = []): ServerSpec {
@@ -64,12 +96,21 @@ export function stubServer(extra: string[] = []): ServerSpec {
   };
 }
 
-/** The real server, or undefined when it is not installed (or `DG_LSP_SERVER_CMD` JSON overrides it). */
+/**
+ * The real server: `DG_LSP_COMMAND` (the `dg-lsp` executable, or a whole command as a JSON array or words, e.g.
+ * `["/venv/bin/dg-lsp", "--stdio"]`, used as given; `DG_LSP_SERVER_CMD` is an older name for it), else `dg-lsp` in
+ * the checkout's `.venv`, else on `PATH`; undefined when none is found. Only a found executable gets the test
+ * engine arguments.
+ */
 export function realServer(extra: string[] = []): ServerSpec | undefined {
   const env: Record<string, string> = {};
-  const override = process.env.DG_LSP_SERVER_CMD;
+  const override = process.env.DG_LSP_COMMAND ?? process.env.DG_LSP_SERVER_CMD;
   if (override) {
-    return { name: 'dg-lsp', command: [...(JSON.parse(override) as string[]), ...extra], env };
+    const command = parseCommand(override);
+    if (command.length > 1) {
+      return { name: 'dg-lsp', command: [...command, ...extra], env };
+    }
+    return withTestEngine(command[0], extra);
   }
   const candidates = [path.join(REPO, '.venv', 'bin', 'dg-lsp')];
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
@@ -88,6 +129,11 @@ export function realServer(extra: string[] = []): ServerSpec | undefined {
   if (!exe) {
     return undefined;
   }
+  return withTestEngine(exe, extra);
+}
+
+function withTestEngine(exe: string, extra: string[]): ServerSpec {
+  const env: Record<string, string> = {};
   const model = process.env.DG_LSP_TEST_MODEL ?? FAKE_MODEL;
   const args = ['--stdio'];
   if (model !== 'default') {

@@ -1,0 +1,126 @@
+"""What is wrong with a block of code, by the exact checks that are cheap: the language's compiler (Python),
+tree-sitter's ERROR and MISSING nodes (every language), and pyflakes' undefined and unused names (Python).
+
+"Fix this block" asks this of the block as it is and of every repair it considers: a repair must leave the code with
+fewer problems than it found, or none where there were none. Checks run on the top-level statement(s) around the
+block, as the rest of the file reads them (names the file defines elsewhere count as defined), so a keystroke in a
+large file costs one small parse per candidate.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import re
+from dataclasses import dataclass
+
+from pyflakes import checker, messages
+
+from dg_lsp import languages
+from dg_lsp.languages import Doc, top_level_region
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A module's top-level definitions by their line's shape, for files that do not parse as a whole.
+_TOP_NAME = re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)|^([A-Za-z_]\w*)\s*(?::[^=]*)?=[^=]", re.M)
+_IMPORTED = re.compile(r"^(?:from\s+\S+\s+)?import\s+(.+)$", re.M)
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # "syntax" | "undefined-name" | "unused-name"
+    start: int  # document offsets of what is wrong (a syntax error: where the parser gave up)
+    end: int
+    message: str
+    name: str = ""
+
+    @property
+    def hard(self) -> bool:
+        """The code cannot be right as it is. An unused name is only a hint (a misspelt assignment, or unfinished)."""
+        return self.kind != "unused-name"
+
+
+@dataclass(frozen=True)
+class Region:
+    """The rows a block's checks read: the top-level statement(s) around it, and the names defined outside them."""
+
+    lo: int  # document offsets
+    hi: int
+    outside_names: frozenset[str]
+
+
+def region_of(text: str, start: int, end: int) -> Region:
+    doc = Doc(text, start)
+    lo_row, hi_row = top_level_region(doc.lines, doc.row, doc.locate(max(start, end - 1))[0] + 1)
+    lo = doc.offset_of(lo_row, 0)
+    hi = doc.offset_of(hi_row - 1, len(doc.lines[hi_row - 1])) if hi_row > 0 else len(text)
+    hi = min(len(text), hi + 1) if text[hi : hi + 1] == "\n" else hi
+    return Region(lo, hi, frozenset(module_names(text[:lo] + text[hi:])))
+
+
+def module_names(text: str) -> set[str]:
+    """Names a file defines at top level (functions, classes, assignments, imports)."""
+    names: set[str] = set()
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        for match in _TOP_NAME.finditer(text):
+            names.add(match.group(1) or match.group(2))
+        for match in _IMPORTED.finditer(text):
+            names.update(part.split(" as ")[-1].strip(" ()").split(".")[0] for part in match.group(1).split(","))
+        return {n for n in names if n}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        else:
+            names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return names
+
+
+def problems(text: str, start: int, end: int, language_id: str, region: Region | None = None) -> list[Problem]:
+    """Problems in the region around `text[start:end]`; names only where they fall inside the block."""
+    region = region or region_of(text, start, end)
+    source = text[region.lo : region.hi]
+    if languages.has_compiler(language_id):
+        return _python_problems(source, region, start, end)
+    tree = languages.parse(source.encode("utf-8", "surrogatepass"), language_id)
+    if tree is None:
+        return []
+    return [Problem("syntax", region.lo, region.hi, "tree-sitter error")] * languages.count_errors(tree.root_node)
+
+
+def _python_problems(source: str, region: Region, start: int, end: int) -> list[Problem]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        at = region.lo + _offset(source, exc.lineno or 1, (exc.offset or 1) - 1)
+        return [Problem("syntax", at, at, exc.msg or "invalid syntax")]
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return [Problem("syntax", region.lo, region.lo, str(exc))]
+    found = []
+    flakes = checker.Checker(tree, filename="<block>", builtins=set(region.outside_names))
+    for msg in flakes.messages:
+        kind = {messages.UndefinedName: "undefined-name", messages.UnusedVariable: "unused-name"}.get(type(msg))
+        if kind is None:
+            continue
+        name = str(msg.message_args[0])
+        at = region.lo + _offset(source, msg.lineno, msg.col)
+        name_at = source.find(name, at - region.lo) + region.lo
+        if start <= name_at < end:
+            found.append(Problem(kind, name_at, name_at + len(name), msg.message % msg.message_args, name))
+    return found
+
+
+def _offset(source: str, lineno: int, col: int) -> int:
+    lines = source.splitlines(keepends=True)
+    return sum(len(x) for x in lines[: max(0, lineno - 1)]) + max(0, col)
+
+
+def name_pool(text: str, language_id: str) -> set[str]:
+    """Names a repair may use: every identifier in the file, plus the language's keywords and builtins."""
+    pool = set(IDENTIFIER.findall(text))
+    if languages.has_compiler(language_id):
+        pool |= set(keyword.kwlist) | {n for n in dir(builtins) if not n.startswith("_")}
+    return pool

@@ -1,0 +1,179 @@
+"""Candidate repairs of a block: small edits proposed from exact diagnoses and from the model's own reading.
+
+Pure functions, text in, candidate blocks out. Nothing here decides: `fix.py` keeps the candidates the checks accept
+(`diagnose.py`) and the model prefers. Proposals are cheap and many; each kind answers one way code slips:
+
+- `renames`: a name that is undefined, unused or written only once becomes a close spelling of a name the file uses
+  (or a keyword / builtin): misspelt names, whatever their token count.
+- `bracket_repairs`: an opener left unclosed gets its closer at each place it could go on its line (or at the end of
+  a later line); a stray closer is dropped; a header line gets its missing colon.
+- `operator_flips`: a comparison or +/- operator turned around (`<`/`>`, `<=`/`>=`, `==`/`!=`, `+`/`-`), the slip
+  no check sees; only the model can tell which way is meant.
+- `substitutions`: where the model would put another token than the one written (a wrong name of one token, an
+  operator), that token: DiffusionGemma's self-correction signal.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from dg_model.api import TokenScore
+
+from .diagnose import IDENTIFIER, Problem
+
+_OPEN = {"(": ")", "[": "]", "{": "}"}
+_CLOSE = {v: k for k, v in _OPEN.items()}
+_SPECIAL = re.compile(r"^<[^<>\s]+>$")  # <eos>, <pad>, <fim_middle>: never code
+_HEADER = re.compile(r"^\s*(if|elif|else|for|while|def|class|try|except|finally|with|async\s+def|async\s+for)\b")
+CLOSE_MATCHES = 3
+Spans = Sequence[tuple[int, int]] | None  # character ranges of a block the model finds unlikely
+_FLIPS = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "!=", "!=": "==", "+": "-", "-": "+"}
+# An operator standing alone between operands (not part of `->`, `+=`, `**`, `<<`, ...).
+_OPERATOR = re.compile(r"(?<![-+*/%<>=!&|^~])(<=|>=|==|!=|<|>|\+|-)(?![-+*/%<>=!&|^~])")
+
+
+def renames(block: str, text: str, found: Sequence[Problem], pool: Iterable[str], block_start: int,
+            suspicious: Spans = None) -> list[str]:
+    """The block with one suspect name respelt as a close name from `pool`, for each suspect and each close name.
+    Suspects: the names the checks flag, every name on a syntax error's line, and names written only once in the file
+    where they overlap a `suspicious` span (None: wherever they are)."""
+    counts = Counter(IDENTIFIER.findall(text))
+    suspects = {p.name for p in found if p.name} | {
+        m.group(0) for m in IDENTIFIER.finditer(block)
+        if counts[m.group(0)] == 1 and not m.group(0).isupper() and _within(m.start(), m.end(), suspicious)
+    }
+    # A syntax error's line: every identifier on it is suspect (a misspelt keyword reads as a name: `retrun x`).
+    for p in found:
+        if p.kind == "syntax" and block_start <= p.start <= block_start + len(block):
+            line_start = block.rfind("\n", 0, p.start - block_start) + 1
+            line_end = block.find("\n", p.start - block_start)
+            suspects.update(IDENTIFIER.findall(block[line_start : line_end if line_end >= 0 else len(block)]))
+    choices = sorted(set(pool))
+    out = []
+    for name in sorted(suspects):
+        others = [c for c in choices if c != name and abs(len(c) - len(name)) <= 2]
+        for close in difflib.get_close_matches(name, others, n=CLOSE_MATCHES, cutoff=0.7):
+            out.append(re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", close, block))
+    return _distinct(out, block)
+
+
+def bracket_repairs(block: str, line_comment: str = "#") -> list[str]:
+    unclosed, stray = _unbalanced(block, line_comment)
+    out = [block[:at] + block[at + 1 :] for at in stray]
+    for at, opener in unclosed:
+        closer = _OPEN[opener]
+        line_end = block.find("\n", at)
+        line_end = len(block) if line_end < 0 else line_end
+        content_end = len(block[:line_end].rstrip())
+        spots = [i for i in range(at + 1, content_end + 1) if _boundary(block, i)]
+        # ... or the end of a later line of the block (a call or literal spread over lines)
+        pos = line_end
+        while pos < len(block):
+            nxt = block.find("\n", pos + 1)
+            nxt = len(block) if nxt < 0 else nxt
+            spots.append(len(block[:nxt].rstrip()))
+            pos = nxt
+        out += [block[:i] + closer + block[i:] for i in spots]
+    for match in re.finditer(r"[^\n]*", block):
+        line = match.group(0)
+        if _HEADER.match(line) and not line.rstrip().endswith(":"):
+            end = match.start() + len(line.rstrip())
+            out.append(block[:end] + ":" + block[end:])
+    return _distinct(out, block)
+
+
+def operator_flips(block: str, line_comment: str = "#", suspicious: Spans = None) -> list[str]:
+    """The block with one operator outside strings and comments turned around, for each operator that overlaps a
+    `suspicious` span (None: every operator)."""
+    code = _code_mask(block, line_comment)
+    out = []
+    for match in _OPERATOR.finditer(block):
+        if code[match.start()] and _within(match.start(), match.end(), suspicious):
+            out.append(block[: match.start()] + _FLIPS[match.group(1)] + block[match.end() :])
+    return _distinct(out, block)
+
+
+def substitutions(block: str, tokens: Sequence[TokenScore], limit: int = 8) -> list[str]:
+    """The block with one token replaced by one the model prefers there, the strongest preferences first."""
+    options = []
+    for token in tokens:
+        for alt, logprob in token.alternatives:
+            if not alt or _SPECIAL.match(alt.strip()) or alt == block[token.start : token.end]:
+                continue
+            options.append((logprob - token.logprob, token.start, token.end, alt))
+    options.sort(key=lambda o: -o[0])
+    out = [block[:s] + alt + block[e:] for _, s, e, alt in options]
+    return _distinct(out, block)[:limit]
+
+
+def _code_mask(block: str, line_comment: str) -> list[bool]:
+    """Per character: is it code (not inside a string literal or a line comment)? A rough lexer, the same for every
+    language: quotes, triple quotes, backslash escapes, one line comment marker."""
+    mask = [True] * len(block)
+    i, quote = 0, ""
+    while i < len(block):
+        ch = block[i]
+        if quote:
+            mask[i] = False
+            if ch == "\\":
+                mask[i : i + 2] = [False] * len(mask[i : i + 2])
+                i += 2
+                continue
+            if block.startswith(quote, i):
+                mask[i : i + len(quote)] = [False] * len(quote)
+                i += len(quote)
+                quote = ""
+                continue
+            if ch == "\n" and len(quote) == 1:
+                quote = ""  # an unterminated one-line string: the tokenizer would stop here too
+        elif line_comment and block.startswith(line_comment, i):
+            nl = block.find("\n", i)
+            nl = len(block) if nl < 0 else nl
+            mask[i:nl] = [False] * (nl - i)
+            i = nl
+            continue
+        elif ch in "\"'`":
+            quote = block[i : i + 3] if block[i : i + 3] in ('"""', "'''") else ch
+            mask[i : i + len(quote)] = [False] * len(quote)
+            i += len(quote)
+            continue
+        i += 1
+    return mask
+
+
+def _unbalanced(block: str, line_comment: str) -> tuple[list[tuple[int, str]], list[int]]:
+    """(openers never closed, as (offset, char)), and closers with nothing to close. Strings and comments skipped;
+    a closer that does not match the innermost opener closes the nearest one it matches, leaving the ones between
+    unclosed (`f(a[1)`: the `[` is unclosed)."""
+    stack: list[tuple[int, str]] = []
+    unclosed, stray = [], []
+    for i, (ch, code) in enumerate(zip(block, _code_mask(block, line_comment))):
+        if not code:
+            continue
+        if ch in _OPEN:
+            stack.append((i, ch))
+        elif ch in _CLOSE:
+            match = next((k for k in range(len(stack) - 1, -1, -1) if stack[k][1] == _CLOSE[ch]), None)
+            if match is None:
+                stray.append(i)
+            else:
+                unclosed += stack[match + 1 :]
+                del stack[match:]
+    return sorted(unclosed + stack), stray
+
+
+def _within(start: int, end: int, spans: Spans) -> bool:
+    return spans is None or any(s < end and start < e for s, e in spans)
+
+
+def _boundary(block: str, i: int) -> bool:
+    """Between two tokens: not inside a name or number."""
+    before, after = block[i - 1 : i], block[i : i + 1]
+    return not (before.isalnum() or before == "_") or not (after.isalnum() or after == "_")
+
+
+def _distinct(candidates: Iterable[str], block: str) -> list[str]:
+    return [c for c in dict.fromkeys(candidates) if c != block]

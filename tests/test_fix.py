@@ -1,0 +1,155 @@
+""""Fix this block": the checks (diagnose), the repairs they propose (repairs), the choice (fix), and the real
+embedded model repairing slips while leaving working code alone."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+from fake_engine import FakeEngine
+
+from dg_lsp import diagnose, repairs
+from dg_lsp.fix import MARGIN, _Option, choose, fix_range
+from dg_lsp.settings import Settings
+from dg_model.api import TokenScore
+
+
+def block_of(text: str, first: int, last: int) -> tuple[int, int]:
+    lines = text.splitlines(keepends=True)
+    return sum(map(len, lines[:first])), sum(map(len, lines[: last + 1]))
+
+
+def apply(text: str, result) -> str:
+    e = result.edit
+    return text if e is None else text[: e.start] + e.text + text[e.end :]
+
+
+# ---------------------------------------------------------------------------------------------------- diagnose
+def test_problems_name_syntax_errors_and_undefined_names_in_the_block_only():
+    text = "import os\n\ndef f(numbers):\n    total = 0\n    for n in numbrs:\n        total += n\n    return total\n"
+    start, end = block_of(text, 4, 5)
+    (problem,) = diagnose.problems(text, start, end, "python")
+    assert problem.kind == "undefined-name" and problem.name == "numbrs"
+    assert text[problem.start : problem.end] == "numbrs"
+    # outside the block, the same slip is not this block's problem
+    assert diagnose.problems(text, *block_of(text, 3, 3), "python") == []
+    broken = text.replace("total += n", "total += abs(n")
+    assert [p.kind for p in diagnose.problems(broken, start, end + 1, "python")] == ["syntax"]
+
+
+def test_names_defined_elsewhere_in_the_file_count_as_defined():
+    text = "LIMIT = 3\n\n\ndef f(x):\n    return min(x, LIMIT)\n\n\ndef g():\n    return f(1)\n"
+    assert diagnose.problems(text, *block_of(text, 4, 4), "python") == []
+
+
+def test_other_languages_are_checked_by_tree_sitter():
+    good = "function f(a) {\n  return g(a);\n}\n"
+    assert diagnose.problems(good, *block_of(good, 1, 1), "javascript") == []
+    bad = good.replace("g(a);", "g(a;")
+    assert diagnose.problems(bad, *block_of(bad, 1, 1), "javascript")
+
+
+# ----------------------------------------------------------------------------------------------------- repairs
+def test_bracket_repairs_close_an_unclosed_opener_where_it_belongs():
+    block = "        result += abs(x\n"
+    assert "        result += abs(x)\n" in repairs.bracket_repairs(block)
+    # the inner bracket of `f(a[1)` is the unclosed one
+    assert "    y = f(a[1])\n" in repairs.bracket_repairs("    y = f(a[1)\n")
+    assert "    if x > 0:\n" in repairs.bracket_repairs("    if x > 0\n")
+    # brackets in strings and comments are not code
+    assert repairs.bracket_repairs("    s = '(' # )\n") == []
+
+
+def test_renames_respell_a_suspect_name_as_a_close_name_of_the_file():
+    text = "def f(numbers):\n    for n in numbrs:\n        print(n)\n"
+    start, end = block_of(text, 1, 2)
+    found = diagnose.problems(text, start, end, "python")
+    out = repairs.renames(text[start:end], text, found, diagnose.name_pool(text, "python"), start)
+    assert "    for n in numbers:\n        print(n)\n" in out
+
+
+def test_substitutions_follow_the_models_preferences_and_skip_special_tokens():
+    block = "return a - b"
+    tokens = [TokenScore(0, 6, -0.1, []), TokenScore(6, 8, -0.2, []),
+              TokenScore(8, 10, -5.0, [(" +", -0.5), ("<eos>", 0.0)]), TokenScore(10, 12, -0.1, [])]
+    assert repairs.substitutions(block, tokens) == ["return a + b"]
+
+
+# ------------------------------------------------------------------------------------------------------ choose
+def test_working_code_changes_only_for_a_wide_margin():
+    current = _Option("a", [], logprob=-10.0)
+    assert choose(current, [_Option("b", [], logprob=-10.0 + MARGIN / 2)]) is None
+    wide = _Option("c", [], logprob=-10.0 + MARGIN + 0.1)
+    assert choose(current, [wide]) is wide
+
+
+def test_broken_code_takes_the_likeliest_repair_that_removes_a_problem():
+    syntax = diagnose.Problem("syntax", 0, 0, "invalid syntax")
+    current = _Option("x", [syntax], logprob=-5.0)
+    unlikely, likely = _Option("y", [], logprob=-30.0), _Option("z", [], logprob=-20.0)
+    still_broken = _Option("w", [syntax], logprob=-1.0)
+    assert choose(current, [unlikely, likely, still_broken]) is likely
+    assert choose(current, [still_broken]) is None
+
+
+def test_fix_with_a_stand_in_model_repairs_a_misspelt_keyword_and_leaves_good_code():
+    engine = FakeEngine()
+    broken = "def add(a, b):\n    retrun a + b\n"
+    result = fix_range(engine, broken, *block_of(broken, 1, 1), "python", Settings())
+    assert apply(broken, result) == "def add(a, b):\n    return a + b\n"
+    good = "def add(a, b):\n    return a + b\n"
+    result = fix_range(engine, good, *block_of(good, 1, 1), "python", Settings())
+    assert result.edit is None and "nothing to fix" in result.message
+
+
+# ------------------------------------------------------------------------------------------- the embedded model
+@pytest.fixture(scope="module")
+def embedded_engine():
+    from dg_model.loading import load_engine
+
+    return load_engine(None)
+
+
+SLIPS = [
+    ("def add(a, b):\n    retrun a + b\n", (1, 1), "return a + b"),
+    ("def total(xs):\n    result = 0\n    for x in xs:\n        result += abs(x\n    return result\n", (1, 3),
+     "result += abs(x)"),
+    ("def count_even(numbers):\n    count = 0\n    for n in numbrs:\n        if n % 2 == 0:\n            count += 1\n"
+     "    return count\n", (1, 4), "for n in numbers:"),
+]
+
+
+@pytest.mark.parametrize("text,lines,expected", SLIPS, ids=["keyword", "bracket", "name"])
+def test_embedded_model_repairs_slips(embedded_engine, text, lines, expected):
+    result = fix_range(embedded_engine, text, *block_of(text, *lines), "python", Settings())
+    fixed = apply(text, result)
+    assert expected in fixed
+    ast.parse(fixed)
+
+
+def test_embedded_model_leaves_working_code_alone(embedded_engine):
+    text = ("def count_even(numbers):\n    count = 0\n    for n in numbers:\n        if n % 2 == 0:\n"
+            "            count += 1\n    return count\n")
+    result = fix_range(embedded_engine, text, *block_of(text, 1, 4), "python", Settings())
+    assert result.edit is None and result.message == "nothing to fix in this block"
+
+
+# ----------------------------------------------------------------------------------------- rewrite, ranked likewise
+REWRITE_DOC = "def add(a, b):\n    s = a + b\n    return s\n\n\nprint(add(1, 2))\n"
+
+
+@pytest.mark.parametrize("candidate,offered", [
+    ("    return a + b\n", True),  # parses, as likely as the block (the stand-in scores shorter blocks higher)
+    ("    return a + c\n", False),  # parses, but `c` is undefined: the checks refuse it
+    ("    s = a + b\n    t = s * 2 + s - 1 if s else s + 0\n    return s\n", False),  # far less likely than the block
+    ("    return (a +\n", False),  # does not parse
+])
+def test_rewrite_offers_only_a_candidate_that_keeps_the_checks_and_the_likelihood(candidate, offered):
+    from dg_lsp.pipeline import rewrite_range
+
+    engine = FakeEngine(rewrite_text=candidate)
+    edit = rewrite_range(engine, REWRITE_DOC, *block_of(REWRITE_DOC, 1, 2), "python", Settings())
+    assert (edit is not None) == offered
+    if offered:
+        new = REWRITE_DOC[: edit.start] + edit.text + REWRITE_DOC[edit.end :]
+        assert new == "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"

@@ -1,0 +1,379 @@
+"""The remote backend (issue 16): `RemoteEngine` against a local OpenAI-compatible server that answers through our own
+fake engine (`dg_lsp.bench.openai_stub`), the server-side guard, and the real `dg-lsp --stdio` / `doctor --remote`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import REPO, fake_spec, server_env, session
+from fake_engine import FakeEngine
+
+from dg_lsp.bench.openai_stub import EMBEDDED_TOKENIZER, ConstantEngine, StubServer
+from dg_lsp.remote import RemoteGuard
+from dg_lsp.settings import parse_settings
+from dg_model.api import Cancelled, InfillJob, RewriteJob
+from dg_model.prompts import build_prompt, fim_text
+from dg_model.remote import API_KEY_ENV, RemoteConfig, RemoteEngine, RemoteError, insecure
+
+KEY = "sk-test-7f3a9c"
+PREFIX, SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+
+
+@pytest.fixture
+def fake() -> FakeEngine:
+    return FakeEngine(texts=["a + b", "a - b", "b + a"], steps=4)
+
+
+@pytest.fixture
+def stub(fake):
+    with StubServer(fake, model="m", api_key=KEY) as server:
+        yield server
+
+
+def engine(stub: StubServer, key: str | None = KEY, **config) -> RemoteEngine:
+    return RemoteEngine(RemoteConfig(**{"url": stub.url, "model": "m", **config}), api_key=key)
+
+
+def posts(stub: StubServer, path: str) -> list[dict]:
+    return [r for r in stub.requests if r["path"] == path]
+
+
+# -- prompt formats --
+
+
+def test_fim_text_tokenizes_to_the_local_prompt():
+    """The text prompt a server tokenizes is the engine's own FIM prompt: special tokens split it the same way."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(EMBEDDED_TOKENIZER))
+
+    class Adapter:
+        def encode(self, s, add_special_tokens=False):
+            return tok.encode(s, add_special_tokens=add_special_tokens).ids
+
+    local = build_prompt(Adapter(), "fim-spm", PREFIX, SUFFIX, 4096, ["import os\n"]).ids
+    assert tok.encode(fim_text(PREFIX, SUFFIX, "fim-spm", ["import os\n"]), add_special_tokens=False).ids == local
+
+
+def test_fim_format_renders_tokens_into_prompt(stub, fake):
+    result = engine(stub, format="fim-spm").infill(InfillJob(prefix=PREFIX, suffix=SUFFIX))
+    assert [c.text for c in result.candidates] == ["a + b"]
+    (req,) = posts(stub, "/v1/completions")
+    body = req["body"]
+    assert "suffix" not in body  # vLLM answers it with HTTP 400
+    assert body["prompt"] == fim_text(PREFIX, SUFFIX, "fim-spm") and body["add_special_tokens"] is False
+    assert body["temperature"] == 0.0 and body["n"] == 1
+    job = fake.calls[-1][1]
+    assert (job.prefix, job.suffix) == (PREFIX, SUFFIX)  # the server's engine saw our context, unchanged
+
+
+def test_chat_format_strips_fences_and_prose(stub, fake):
+    eng = engine(stub, format="chat")
+    result = eng.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX))
+    assert [c.text for c in result.candidates] == ["a + b"]  # the stub wraps it in "Here is the code:\n```python"
+    assert posts(stub, "/v1/chat/completions") and not posts(stub, "/v1/completions")
+    fake.rewrite_text = "y = 3\n"
+    rewritten = eng.rewrite(RewriteJob(prefix="x = 1\n", block="y = 2\n", suffix="z = 3\n"))
+    assert rewritten.candidates[0].text == "y = 3\n"
+    assert fake.calls[-1][1].block == "y = 2\n"
+
+
+def test_auto_format_from_the_servers_tokenizer():
+    """A tokenizer with our FIM tokens (the embedded model's, asked through /tokenize) gets the FIM format."""
+    with StubServer(ConstantEngine(), model="m") as server:
+        eng = RemoteEngine(RemoteConfig(url=server.url, model="m"))
+        assert eng.check().format == "fim-spm"
+    with StubServer(FakeEngine(), model="m") as server:  # counts 4 characters per token: no FIM tokens
+        assert RemoteEngine(RemoteConfig(url=server.url, model="m")).check().format == "chat"
+
+
+def test_n_candidates_in_one_request(stub):
+    result = engine(stub, format="fim-spm").infill(InfillJob(prefix=PREFIX, suffix=SUFFIX, n=3))
+    assert [c.text for c in result.candidates] == ["a + b", "a - b", "b + a"]
+    (req,) = posts(stub, "/v1/completions")
+    assert req["body"]["n"] == 3
+
+
+def test_connections_are_reused(stub):
+    eng = engine(stub, format="fim-spm")
+    for _ in range(5):
+        eng.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX))
+    assert len({r["port"] for r in stub.requests}) == 1
+
+
+# -- the key --
+
+
+def test_key_is_sent_as_bearer_token(stub):
+    engine(stub).check()
+    assert {r["authorization"] for r in stub.requests} == {f"Bearer {KEY}"}
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_missing_or_wrong_key(stub, key):
+    with pytest.raises(RemoteError) as err:
+        engine(stub, key=key).check()
+    assert err.value.kind == "auth" and stub.url in str(err.value) and API_KEY_ENV in str(err.value)
+    assert "wrong-key" not in str(err.value)
+
+
+# -- each failure: one kind, one sentence naming the URL --
+
+
+def test_unknown_model(stub):
+    with pytest.raises(RemoteError) as err:
+        engine(stub, model="other").check()
+    assert err.value.kind == "model" and "'other'" in str(err.value) and "it serves: m" in str(err.value)
+
+
+def test_bad_request(stub):
+    eng = engine(stub, format="fim-spm")
+    eng.check()
+    stub.fail = (400, "This model's maximum context length is 8192 tokens")
+    with pytest.raises(RemoteError) as err:
+        eng.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX))
+    assert err.value.kind == "request" and "HTTP 400" in str(err.value) and "maximum context" in str(err.value)
+
+
+def test_timeout(stub):
+    eng = engine(stub, format="fim-spm", timeout_s=0.3)
+    eng.check()
+    stub.delay_s = 5
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as err:
+        eng.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX))
+    assert err.value.kind == "timeout" and stub.url in str(err.value)
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_unreachable():
+    eng = RemoteEngine(RemoteConfig(url="http://127.0.0.1:9/v1", model="m"))
+    with pytest.raises(RemoteError) as err:
+        eng.check()
+    assert err.value.kind == "unreachable" and "http://127.0.0.1:9/v1" in str(err.value)
+
+
+def test_bad_url_is_a_config_error():
+    with pytest.raises(RemoteError) as err:
+        RemoteEngine(RemoteConfig(url="gpu-box:8000"))
+    assert err.value.kind == "config"
+
+
+# -- typing: cancellation closes the request --
+
+
+def test_cancel_closes_the_http_request(stub, fake):
+    eng = engine(stub, format="fim-spm")
+    eng.check()
+    fake.steps, fake.step_ms = 200, 10  # two seconds of "denoising" on the server
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        eng.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX, cancel=cancel))
+    assert time.monotonic() - t0 < 0.4  # the caller is free at once
+    deadline = time.monotonic() + 2
+    while not any(kind == "cancelled" for kind, _ in stub.events) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gone = [t for kind, t in stub.events if kind == "cancelled"]
+    assert gone and gone[0] - t0 < 0.5  # the server saw the connection close and stopped the job
+
+
+# -- token counts --
+
+
+def test_token_counts_from_tokenize_local_tokenizer_or_estimate():
+    with StubServer(FakeEngine(), model="m") as server:
+        eng = RemoteEngine(RemoteConfig(url=server.url, model="m"))
+        assert "/tokenize" in eng.check().counting
+        assert eng.count_tokens("x" * 40) == 10  # the fake engine's count, from the server
+    with StubServer(ConstantEngine(), model="m") as server:  # the same tokenizer as the file named here
+        eng = RemoteEngine(RemoteConfig(url=server.url, model="m", tokenizer=str(EMBEDDED_TOKENIZER)))
+        assert eng.check().counting.startswith("local tokenizer")
+        calls = len(server.requests)
+        assert eng.count_tokens(PREFIX) == ConstantEngine().count_tokens(PREFIX)
+        assert len(server.requests) == calls  # no round trip
+    with StubServer(FakeEngine(), model="m", tokenize=False) as server:
+        eng = RemoteEngine(RemoteConfig(url=server.url, model="m"))
+        assert eng.check().counting.startswith("estimate")
+        assert eng.count_tokens("x" * 30) == 10
+
+
+def test_remote_engine_does_not_import_torch():
+    code = "import sys, dg_model.remote, dg_lsp.remote; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=server_env(), timeout=60)
+
+
+def test_insecure_urls():
+    assert insecure("http://10.1.2.3:8000/v1") and insecure("http://gpu-box:8000/v1")
+    assert not insecure("http://127.0.0.1:8000/v1") and not insecure("http://localhost:8000/v1")
+    assert not insecure("https://gpu-box/v1") and not insecure("http://[::1]:8000/v1")
+
+
+def test_settings_are_camel_case():
+    settings, bad = parse_settings({"remote": {"url": "http://h:8000/v1", "model": "m", "timeoutMs": 2000,
+                                               "fallback": True, "format": "chat"}})
+    assert not bad and settings.remote.timeout_ms == 2000 and settings.remote.fallback
+    assert parse_settings({"remote": {"apiKey": "x"}})[1] == ["remote.apiKey"]  # never a setting
+    assert settings.backend_key != parse_settings({})[0].backend_key
+
+
+# -- the guard: one message per outage, answers meanwhile, recovery --
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.statuses: list[tuple[str, str]] = []
+        self.logs: list[str] = []
+
+    def show(self, message, error):
+        self.shown.append(message)
+
+    def status(self, state, message):
+        self.statuses.append((state, message))
+
+    def log(self, message):
+        self.logs.append(message)
+
+
+def test_guard_reports_once_answers_empty_and_recovers(stub):
+    rec = Recorder()
+    guard = RemoteGuard(engine(stub, format="fim-spm"), None, rec)
+    stub.fail = (503, "loading")
+    job = InfillJob(prefix=PREFIX, suffix=SUFFIX)
+    for _ in range(5):
+        t0 = time.monotonic()
+        assert guard.infill(job).candidates == []
+        assert time.monotonic() - t0 < 0.5
+    assert len(rec.shown) == 1 and stub.url in rec.shown[0]
+    assert rec.statuses == [("error", rec.statuses[0][1])] and stub.url in rec.statuses[0][1]
+    assert len(posts(stub, "/v1/models")) == 1  # backing off: the server was asked once, not five times
+    stub.fail = None
+    guard._retry_at = 0  # the back-off has passed
+    assert [c.text for c in guard.infill(job).candidates] == ["a + b"]
+    assert rec.statuses[-1][0] == "ready" and len(rec.shown) == 1
+    assert all(KEY not in m for m in rec.shown + [s for _, s in rec.statuses] + rec.logs)
+
+
+def test_guard_falls_back_to_the_local_engine(stub):
+    rec = Recorder()
+    guard = RemoteGuard(engine(stub, key="wrong"), FakeEngine(texts=["local"]), rec)
+    result = guard.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX))
+    assert [c.text for c in result.candidates] == ["local"]
+    assert rec.statuses[0][0] == "ready" and "completing with fake" in rec.statuses[0][1]
+
+
+@pytest.mark.parametrize("fault", ["key", "model", "400", "timeout"])
+def test_guard_one_message_per_failure(stub, fault):
+    rec = Recorder()
+    eng = engine(stub, format="fim-spm", timeout_s=0.3, key="wrong" if fault == "key" else KEY,
+                 model="other" if fault == "model" else "m")
+    if fault in ("400", "timeout"):
+        eng.check()
+        stub.fail = (400, "bad prompt") if fault == "400" else None
+        stub.delay_s = 5 if fault == "timeout" else 0
+    guard = RemoteGuard(eng, None, rec)
+    for _ in range(3):
+        t0 = time.monotonic()
+        assert guard.infill(InfillJob(prefix=PREFIX, suffix=SUFFIX)).candidates == []
+        assert time.monotonic() - t0 < 1.0  # within the request's timeout, every time
+    assert len(rec.shown) == 1 and stub.url in rec.shown[0]
+    assert rec.statuses[0][0] == "error" and stub.url in rec.statuses[0][1]
+
+
+def test_load_warns_about_plain_http_to_another_machine(monkeypatch):
+    from dg_lsp import remote
+
+    def down(self, tries=1, cancel=None):  # no traffic leaves this machine in tests
+        raise RemoteError("unreachable", f"cannot reach {self.url}")
+
+    monkeypatch.setattr(RemoteEngine, "check", down)
+    rec = Recorder()
+    settings = parse_settings({"remote": {"url": "http://gpu-box:8000/v1", "model": "m"}})[0]
+    guard = remote.load(settings, rec)
+    assert len(rec.shown) == 1 and "plain http" in rec.shown[0] and not rec.statuses
+    remote.after_ready(guard)  # the start-up failure is reported once the loader said "ready"
+    assert len(rec.shown) == 2 and rec.statuses[-1][0] == "error"
+
+
+# -- end to end: the real server over stdio, and doctor --
+
+
+def _messages(s) -> list[str]:
+    return [m.message for m in s.client.messages]
+
+
+async def test_server_completes_through_the_remote(stub, fake, monkeypatch, py_uri):
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    args = ("--remote", stub.url, "--remote-model", "m")
+    async with session(fake_spec(text="local"), extra_args=args, init_options={"remote": {"format": "fim-spm"}}) as s:
+        ready = await s.wait_status("ready")
+        assert stub.url in ready["message"] and ready["model"] == "m"
+        s.open(py_uri, "def add(a, b):\n    return \n")
+        result = await s.inline(py_uri, 1, 11)
+        assert result.items[0].insert_text == "a + b"  # from the remote, not the local "local"
+        assert fake.calls[-1][1].prefix.endswith("return ")
+        assert {r["authorization"] for r in stub.requests} == {f"Bearer {KEY}"}
+        said = _messages(s) + [m.message for m in s.client.log_messages] + [str(x) for x in s.statuses]
+        assert all(KEY not in m for m in said)
+
+
+async def test_server_unreachable_one_message_and_answers(monkeypatch, py_uri):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    url = "http://127.0.0.1:9/v1"
+    async with session(fake_spec(), extra_args=("--remote", url, "--remote-model", "m")) as s:
+        error = await s.wait_status("error")
+        assert url in error["message"] and error["device"] == url
+        s.open(py_uri, "def add(a, b):\n    return \n")
+        for _ in range(3):
+            t0 = time.monotonic()
+            result = await s.inline(py_uri, 1, 11)
+            assert not (result and result.items) and time.monotonic() - t0 < 5
+        shown = [m for m in _messages(s) if url in m]
+        assert len(shown) == 1 and "cannot reach" in shown[0]
+
+
+async def test_server_falls_back_to_the_local_model(py_uri):
+    url = "http://127.0.0.1:9/v1"
+    options = {"remote": {"fallback": True}}
+    async with session(fake_spec(text="local"), extra_args=("--remote", url), init_options=options) as s:
+        await s.wait_status("ready")
+        s.open(py_uri, "def add(a, b):\n    return \n")
+        result = await s.inline(py_uri, 1, 11)
+        assert result.items[0].insert_text == "local"
+        assert len([m for m in _messages(s) if url in m]) == 1
+
+
+def _doctor(url: str, key: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in server_env().items() if k != API_KEY_ENV}
+    if key:
+        env[API_KEY_ENV] = key
+    cmd = [sys.executable, "-m", "dg_lsp.cli", "doctor", "--remote", url, "--remote-model", "m"]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_doctor_remote(stub):
+    ok = _doctor(stub.url, KEY)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    for check in ("reachable", "auth", "model", "latency"):
+        assert f"ok    {check}:" in ok.stdout
+    assert KEY not in ok.stdout + ok.stderr
+    refused = _doctor(stub.url, "wrong")
+    assert refused.returncode == 1 and "FAIL  auth:" in refused.stdout
+
+
+def test_bench_remote_smoke(tmp_path):
+    import argparse
+    import json
+
+    from dg_lsp.bench import remote as bench_remote
+
+    assert bench_remote.main(argparse.Namespace(places=5), tmp_path) == 0
+    result = json.loads((tmp_path / "bench_remote.json").read_text())
+    assert result["places"] == 5 and set(result["added_p50_ms"]) == {"remote", "remote+tokenize"}
+    assert result["counting"]["remote"].startswith("local tokenizer")
