@@ -31,12 +31,14 @@ _PY_OPENER = re.compile(r"\s*(async\s+)?(def|class|if|elif|else|for|while|with|t
 
 @dataclass(frozen=True)
 class ContextBudget:
-    max_prompt_tokens: int = 768  # prefix + suffix + snippets, in model tokens
-    suffix_share: float = 0.25  # share of the budget for the suffix
-    snippet_share: float = 0.15  # max share for other-document snippets
-    max_snippets: int = 3
-    line_tokens: int = 24  # middle budget when finishing a line
-    block_tokens: int = 96  # middle budget for a multi-line block
+    """No defaults here: the values come from the typed settings (`dg_lsp.pipeline.budget_of(settings)`)."""
+
+    max_prompt_tokens: int  # prefix + suffix + snippets, in model tokens
+    suffix_share: float  # share of the budget for the suffix
+    snippet_share: float  # max share for other-document snippets
+    max_snippets: int
+    line_tokens: int  # middle budget when finishing a line
+    block_tokens: int  # middle budget for a multi-line block
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Context:
     prefix: str  # kept headers/imports + trimmed window before the cursor, "\n" line endings
     suffix: str  # what follows the cursor, trimmed, "\n" line endings
     kind: Literal["line", "block"]
-    max_tokens: int  # middle budget: ~24 for "line", ~96 for "block"
+    max_tokens: int  # middle budget: the budget's line_tokens or block_tokens, by kind
     snippets: tuple[str, ...]  # from other open docs, most relevant LAST; each starts with a comment naming its file
     language: str | None  # normalized language name, None if unknown
 
@@ -159,7 +161,7 @@ def build_context(
     offset: int,
     language_id: str,
     count_tokens: Callable[[str], int],
-    budget: ContextBudget = ContextBudget(),
+    budget: ContextBudget,
     other_docs: Sequence[tuple[str, str, str]] = (),
 ) -> Context:
     doc = Doc(text, offset)

@@ -67,12 +67,11 @@ def complete_at(
     if automatic and not should_complete(window, offset, language_id):
         return []
     ctx = build_context(window, offset, language_id, engine.count_tokens, budget_of(settings), other_docs)
-    cap = settings.max_line_tokens if ctx.kind == "line" else settings.max_block_tokens
     job = InfillJob(
         prefix=ctx.prefix,
         suffix=ctx.suffix,
-        kind=ctx.kind,
-        max_tokens=min(ctx.max_tokens or cap, cap),
+        kind=ctx.kind,  # decided once, by the context module; the middle's budget for it came with it
+        max_tokens=ctx.max_tokens,
         n=settings.candidates,
         context=tuple(ctx.snippets),
         doc_key=doc_key,

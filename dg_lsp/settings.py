@@ -17,6 +17,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from dg_model.api import Decoding
+
 SECTION = "dg"
 
 
@@ -78,7 +80,7 @@ class Settings:
     temperature: float | None = field(default=None, metadata=_range(0.0, 5.0))  # diffusion only (AR: greedy/beam)
     # "auto": the model's own measured choice per job kind (dg_engine.json); "diffusion", "ar" or "hybrid" (the
     # decoder drafts, the encoder keeps what it agrees with) force one decoder for every completion. Rewrites denoise.
-    decoding: Literal["auto", "diffusion", "ar", "hybrid"] = "auto"
+    decoding: Decoding = "auto"
     seed: int | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
+
+# How a completion is decoded: the one list of choices (settings, job, engine and command line take it from here).
+# "diffusion": the denoising sampler; "ar": next-token decoding through the causal encoder of the same weights;
+# "hybrid": the decoder drafts, the encoder keeps what it agrees with (greedy AR's text, fewer encoder forwards);
+# "auto": what the model's engine settings recommend for the job's kind (measured per model, see dg_engine.json)
+Decoding = Literal["auto", "diffusion", "ar", "hybrid"]
+DECODINGS: tuple[str, ...] = get_args(Decoding)
 
 
 class Cancelled(Exception):
@@ -36,10 +43,7 @@ class InfillJob:
     doc_key: str = ""  # stable per document (its URI): the engine keeps one prompt cache per key
     seed: int | None = None
     temperature: float | None = None  # diffusion sampling; None: the model's generation_config. AR is greedy/beam
-    # "diffusion": the denoising sampler; "ar": next-token decoding through the causal encoder of the same weights;
-    # "hybrid": the decoder drafts, the encoder keeps what it agrees with (greedy AR's text, fewer encoder forwards);
-    # "auto": what the model's engine settings recommend for this `kind` (measured per model, see dg_engine.json)
-    decoding: Literal["auto", "diffusion", "ar", "hybrid"] = "auto"
+    decoding: Decoding = "auto"  # see `Decoding`
     cancel: threading.Event | None = None
     on_draft: Callable[[str], None] | None = None  # argmax text after each decoder step
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dg_model.api import (
+    DECODINGS,
     BlockScore,
     Cancelled,
     Candidate,
@@ -37,7 +38,7 @@ from dg_model.scoring import score_blocks
 from dg_model.speculative import speculate
 from dg_model.stops import block_end, cursor_indent, ended, loop_start
 
-MODES = ("auto", "diffusion", "ar", "hybrid")
+MODES = DECODINGS  # "auto" first: a job or a forced mode may say "auto", dg_engine.json picks among MODES[1:]
 
 
 @dataclass(frozen=True)

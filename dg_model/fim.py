@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dg_model.tokenizer import BOS, EOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, PAD
+from dg_model.tokenizer import BOS, EOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, PAD, SPECIAL_TOKENS
 
 Encode = Callable[[str], list[int]]
 
@@ -27,6 +27,38 @@ class FimPieces:
     suffix: str
 
 
+@dataclass(frozen=True)
+class FimIds:
+    """A tokenizer's ids of the prompt's special tokens: each checkpoint numbers them its own way."""
+
+    bos: int | None  # None: the prompt starts without one
+    fim_prefix: int
+    fim_suffix: int
+    fim_middle: int
+    file_sep: int | None  # None: the tokenizer cannot separate files, so snippets are left out
+
+
+EMBEDDED_FIM_IDS = FimIds(BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FILE_SEP)  # the embedded tokenizer's (training)
+
+
+def fim_ids(tokenizer) -> FimIds:
+    """The special-token ids of `tokenizer` (a transformers tokenizer), looked up by name. Raises ValueError when it
+    has no FIM tokens."""
+
+    def look(name: str) -> int | None:
+        i = tokenizer.convert_tokens_to_ids(name)
+        return None if i is None or i == getattr(tokenizer, "unk_token_id", None) else int(i)
+
+    bos = look(SPECIAL_TOKENS[BOS])
+    if bos is None:
+        bos = getattr(tokenizer, "bos_token_id", None)
+    fim = [look(SPECIAL_TOKENS[k]) for k in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
+    missing = [SPECIAL_TOKENS[k] for k, i in zip((FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE), fim, strict=True) if i is None]
+    if missing:
+        raise ValueError(f"the tokenizer has no {', '.join(missing)}: use a non-FIM prompt format")
+    return FimIds(bos, *fim, look(SPECIAL_TOKENS[FILE_SEP]))  # type: ignore[arg-type]
+
+
 def spm_prompt(
     encode: Encode,
     prefix: str,
@@ -34,20 +66,23 @@ def spm_prompt(
     max_tokens: int,
     snippets: Sequence[str] = (),
     suffix_share: float = 0.25,
+    ids: FimIds = EMBEDDED_FIM_IDS,
 ) -> list[int]:
-    """Token ids of an SPM prompt that fits `max_tokens`: the prefix keeps its end, the suffix its start."""
+    """Token ids of an SPM prompt that fits `max_tokens`: the prefix keeps its end, the suffix its start. `ids` are the
+    tokenizer's special tokens (`fim_ids`)."""
     suffix_ids = encode(suffix[: max_tokens * 4])[: max(int(max_tokens * suffix_share), 0)]
     room = max_tokens - len(suffix_ids) - 4
     prefix_ids = encode(prefix[-room * 6 :])[-room:] if room > 0 else []
     room -= len(prefix_ids)
-    head: list[int] = [BOS]
-    for snippet in reversed(snippets):  # most relevant last in the list -> kept first under the budget
-        ids = encode(snippet)
-        if len(ids) + 1 > room:
+    bos = [] if ids.bos is None else [ids.bos]
+    files: list[int] = []
+    for snippet in reversed(snippets if ids.file_sep is not None else ()):  # most relevant last -> kept first
+        snippet_ids = encode(snippet)
+        if len(snippet_ids) + 1 > room:
             break
-        head[1:1] = [FILE_SEP] + ids
-        room -= len(ids) + 1
-    return head + [FIM_SUFFIX] + suffix_ids + [FIM_PREFIX] + prefix_ids + [FIM_MIDDLE]
+        files[:0] = [ids.file_sep] + snippet_ids
+        room -= len(snippet_ids) + 1
+    return bos + files + [ids.fim_suffix] + suffix_ids + [ids.fim_prefix] + prefix_ids + [ids.fim_middle]
 
 
 def canvas_target(middle_ids: list[int], canvas_length: int) -> list[int]:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dg_model.api import Candidate, Engine, InfillJob, JobResult, JobStats
+from dg_model.api import DECODINGS, Candidate, Engine, InfillJob, JobResult, JobStats
 from dg_model.sandbox import ExecResult, run_program
 
 Kind = Literal["single-line", "multi-line"]
@@ -392,7 +392,7 @@ def add_arguments(p: argparse.ArgumentParser, suites: Sequence[str] = ("humaneva
     """`dg-lsp eval humaneval ...` (the model flags --model/--device/--quantize come from the CLI)."""
     p.add_argument("suite", choices=list(suites), help="the benchmark")
     p.add_argument("--kind", choices=KINDS, help="humaneval: single-line or multi-line infilling (required)")
-    p.add_argument("--mode", choices=["auto", "diffusion", "ar", "hybrid"], default="auto",
+    p.add_argument("--mode", choices=DECODINGS, default="auto",
                    help="decoding: the diffusion sampler, autoregressive through the encoder, hybrid (the decoder "
                         "drafts, the encoder verifies), or auto: what the model's engine settings pick per job kind, "
                         "as the server does (default: auto)")

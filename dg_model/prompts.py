@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dg_model.fim import spm_prompt
+from dg_model.fim import fim_ids, spm_prompt
 from dg_model.tokenizer import BOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
 
 CURSOR = "<|cursor|>"
@@ -60,14 +60,14 @@ def build_prompt(
 ) -> Prompt:
     encode = _encoder(tokenizer)
     if fmt == "fim-spm":
-        return Prompt(spm_prompt(encode, prefix, suffix, max_tokens, snippets), [])
+        return Prompt(spm_prompt(encode, prefix, suffix, max_tokens, snippets, ids=fim_ids(tokenizer)), [])
     if fmt == "fim-psm":
-        ids = spm_prompt(encode, prefix, suffix, max_tokens, snippets)
-        tok = tokenizer.convert_tokens_to_ids
+        special = fim_ids(tokenizer)
+        ids = spm_prompt(encode, prefix, suffix, max_tokens, snippets, ids=special)
         # Reorder the SPM pieces into <fim_prefix> prefix <fim_suffix> suffix <fim_middle>.
-        s_at, p_at = ids.index(tok("<fim_suffix>")), ids.index(tok("<fim_prefix>"))
+        s_at, p_at = ids.index(special.fim_suffix), ids.index(special.fim_prefix)
         head, suffix_ids, prefix_ids = ids[:s_at], ids[s_at + 1 : p_at], ids[p_at + 1 : -1]
-        return Prompt(head + [tok("<fim_prefix>")] + prefix_ids + [tok("<fim_suffix>")] + suffix_ids + ids[-1:], [])
+        return Prompt(head + [special.fim_prefix] + prefix_ids + [special.fim_suffix] + suffix_ids + ids[-1:], [])
     if fmt == "chat":
         messages = chat_messages(prefix, suffix, max_tokens, snippets)
         # Render then encode: the template already holds the special tokens, and the return type of

@@ -45,7 +45,7 @@ def test_help_documents_every_flag():
     for flag in ("--stdio", "--tcp [HOST:]PORT", "--model PATH|HF_ID", "--device {auto,cpu,cuda}",
                  "--quantize {none,8bit,4bit}", "--log-file", "--log-level", "--version"):
         assert flag in out, flag
-    for command in ("complete", "rewrite", "doctor"):
+    for command in ("complete", "rewrite", "fix", "doctor"):
         assert command in out
 
 
@@ -125,7 +125,8 @@ def test_model_that_does_not_load_exits_1(src, capsys):
 
 def test_rewrite_prints_the_rewritten_block(src, capsys):
     new = "def area(r):\n    return math.pi * r * r\n"
-    assert cli.main(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new)]) == 0
+    # the stand-in scores blocks by length unless told: this rewrite is as likely as the block, so it is offered
+    assert cli.main(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 0.0})]) == 0
     out = capsys.readouterr().out
     assert out == new
     ast.parse(SRC.replace("def area(r):\n    return \n", out))
@@ -204,3 +205,16 @@ async def test_tcp_transport(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_fix_prints_the_repaired_lines_and_says_what_it_fixed(tmp_path, capsys):
+    path = tmp_path / "slip.py"
+    path.write_text("def add(a, b):\n    retrun a + b\n\n\nprint(add(1, 2))\n")
+    assert cli.main(["fix", f"{path}:2", "--model", fake()]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "    return a + b\n" and "fixed a syntax error" in captured.err
+
+
+def test_fix_of_working_code_changes_nothing_and_exits_1(src, capsys):
+    assert cli.main(["fix", f"{src}:4-5", "--model", fake()]) == 1
+    assert "nothing to fix" in capsys.readouterr().err

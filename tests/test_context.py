@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import typing
 from pathlib import Path
@@ -11,8 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dg_lsp.context import Context, ContextBudget, build_context, enclosing_block, should_complete
+from dg_lsp.pipeline import budget_of
+from dg_lsp.settings import Settings
 
 CURSOR = "<CURSOR>"
+BUDGET = budget_of(Settings())  # what the server uses with default settings
+
+
+def budget_with(**changes: float) -> ContextBudget:
+    return dataclasses.replace(BUDGET, **changes)
 
 
 def tokens(s: str) -> int:
@@ -25,7 +33,7 @@ def at(marked: str) -> tuple[str, int]:
 
 def ctx(marked: str, language_id: str, budget: ContextBudget | None = None, **kw: object) -> Context:
     text, offset = at(marked)
-    return build_context(text, offset, language_id, tokens, budget or ContextBudget(), **kw)  # type: ignore[arg-type]
+    return build_context(text, offset, language_id, tokens, budget or BUDGET, **kw)  # type: ignore[arg-type]
 
 
 def total(c: Context) -> int:
@@ -49,7 +57,7 @@ PY_LONG = (
 
 
 def test_python_headers_and_imports_kept_far_above() -> None:
-    c = ctx(PY_LONG, "python", ContextBudget(max_prompt_tokens=300))
+    c = ctx(PY_LONG, "python", budget_with(max_prompt_tokens=300))
     lines = c.prefix.split("\n")
     assert lines[:2] == ["import os", "from dataclasses import dataclass"]
     for header in ["class Store:", "    def load(", "        self,", "        key: str,", "    ) -> bytes:"]:
@@ -58,13 +66,13 @@ def test_python_headers_and_imports_kept_far_above() -> None:
     assert c.prefix.endswith("            if part:\n                ")
     assert "x0 = compute" not in c.prefix and "x299 = compute" in c.prefix  # the window is the lines nearest
     assert c.suffix.startswith("\n        return b''")
-    assert c.kind == "block" and c.max_tokens == 96 and c.language == "python"
+    assert c.kind == "block" and c.max_tokens == BUDGET.block_tokens and c.language == "python"
     assert total(c) <= 300
 
 
 def test_kept_lines_are_whole_lines_in_document_order() -> None:
     text, offset = at(PY_LONG)
-    c = build_context(text, offset, "python", tokens, ContextBudget(max_prompt_tokens=200))
+    c = build_context(text, offset, "python", tokens, budget_with(max_prompt_tokens=200))
     doc_lines = text[:offset].split("\n")
     kept = c.prefix.split("\n")
     positions = [doc_lines.index(line) for line in kept[:-1]]
@@ -73,18 +81,18 @@ def test_kept_lines_are_whole_lines_in_document_order() -> None:
 
 
 def test_small_file_is_whole_and_suffix_gets_unused_budget() -> None:
-    c = ctx("def f(x):\n    return <CURSOR>\n" + filler(150, ""), "python", ContextBudget(max_prompt_tokens=400))
+    c = ctx("def f(x):\n    return <CURSOR>\n" + filler(150, ""), "python", budget_with(max_prompt_tokens=400))
     assert c.prefix == "def f(x):\n    return "
-    assert c.kind == "line" and c.max_tokens == 24
+    assert c.kind == "line" and c.max_tokens == BUDGET.line_tokens
     assert tokens(c.suffix) > 400 * 0.25  # more than its share: the prefix left room
     assert total(c) <= 400
 
 
 def test_suffix_share_respected_when_prefix_is_long() -> None:
     c = ctx(filler(400, "") + "y = <CURSOR>\n" + filler(400, "", "z{i} = {i}"), "python")
-    assert tokens(c.suffix) <= 768 * 0.25
+    assert tokens(c.suffix) <= BUDGET.max_prompt_tokens * 0.25
     assert c.suffix.startswith("\nz0 = 0\n")
-    assert total(c) <= 768
+    assert total(c) <= BUDGET.max_prompt_tokens
 
 
 def test_prefix_window_starts_at_a_statement_not_inside_a_call() -> None:
@@ -92,7 +100,7 @@ def test_prefix_window_starts_at_a_statement_not_inside_a_call() -> None:
     text = call * 6 + "value = <CURSOR>\n"
     starts = set()
     for budget in range(40, 400, 3):
-        c = ctx(text, "python", ContextBudget(max_prompt_tokens=budget, suffix_share=0.0))
+        c = ctx(text, "python", budget_with(max_prompt_tokens=budget, suffix_share=0.0))
         first = c.prefix.split("\n")[0]
         starts.add(first)
         assert not first.startswith("    argument_"), (budget, first)
@@ -205,7 +213,7 @@ def test_brace_languages_keep_headers_and_imports() -> None:
         ),
     ]
     for marked, language_id, headers, kind in cases:
-        c = ctx(marked, language_id, ContextBudget(max_prompt_tokens=256))
+        c = ctx(marked, language_id, budget_with(max_prompt_tokens=256))
         lines = c.prefix.split("\n")
         missing = [h for h in headers if h not in lines]
         assert not missing, (language_id, missing, c.prefix[:400])
@@ -253,7 +261,7 @@ def test_snippets_ranked_by_similarity_most_relevant_last() -> None:
     assert c.snippets[-1].startswith("# users/auth.py\ndef load_user(session_token):")
     assert c.snippets[0].startswith("# p/weak.py\n")
     assert not any("function load_user" in s for s in c.snippets)
-    assert total(c) <= 768
+    assert total(c) <= BUDGET.max_prompt_tokens
 
 
 def test_snippets_respect_share_and_count() -> None:
@@ -262,11 +270,11 @@ def test_snippets_respect_share_and_count() -> None:
         f"def step_{i}(model, batch):\n    loss = model.forward(batch)\n    loss.backward()\n\n" for i in range(60)
     )
     docs = [(f"file:///p/m{i}.py", "python", doc) for i in range(4)]
-    budget = ContextBudget(max_prompt_tokens=600, snippet_share=0.2, max_snippets=2)
+    budget = budget_with(max_prompt_tokens=600, snippet_share=0.2, max_snippets=2)
     c = ctx(here, "python", budget, other_docs=docs)
     assert 1 <= len(c.snippets) <= 2
     assert sum(tokens(s) for s in c.snippets) <= 120
-    assert ctx(here, "python", ContextBudget(max_snippets=0), other_docs=docs).snippets == ()
+    assert ctx(here, "python", budget_with(max_snippets=0), other_docs=docs).snippets == ()
     assert ctx(here, "plaintext", other_docs=docs).snippets == ()
     assert ctx(here, "python", other_docs=[("file:///same.py", "python", at(here)[0])]).snippets == ()
     assert ctx(here, "python", other_docs=[("bad",), None, ("u", "python", 3)]).snippets == ()  # type: ignore[list-item]
@@ -345,20 +353,20 @@ def test_should_complete() -> None:
 def test_bad_input_never_raises() -> None:
     text, _ = at(PY_LONG)
     for offset in (-10, 0, len(text), len(text) + 100):
-        c = build_context(text, offset, "python", tokens)
-        assert total(c) <= 768
-    empty = build_context("", 3, "python", tokens)
+        c = build_context(text, offset, "python", tokens, BUDGET)
+        assert total(c) <= BUDGET.max_prompt_tokens
+    empty = build_context("", 3, "python", tokens, BUDGET)
     assert (empty.prefix, empty.suffix, empty.kind) == ("", "", "block")
-    binary = build_context("\x00\x01ELF\x02" * 1000, 50, "python", tokens)
-    assert binary.language is None and total(binary) <= 768
-    c = build_context("x = 1\ny = ", 11, None, tokens)  # type: ignore[arg-type]
+    binary = build_context("\x00\x01ELF\x02" * 1000, 50, "python", tokens, BUDGET)
+    assert binary.language is None and total(binary) <= BUDGET.max_prompt_tokens
+    c = build_context("x = 1\ny = ", 11, None, tokens, BUDGET)  # type: ignore[arg-type]
     assert c.language is None and c.prefix == "x = 1\ny = "
     minified = "var a=" + ",".join(f"b{i}" for i in range(20000)) + ";"
-    c = build_context(minified, len(minified) // 2, "javascript", tokens)
-    assert total(c) <= 768 and c.prefix and c.suffix
-    cut = build_context("x = 1\r\ny", 6, "python", tokens)  # offset between "\r" and "\n"
+    c = build_context(minified, len(minified) // 2, "javascript", tokens, BUDGET)
+    assert total(c) <= BUDGET.max_prompt_tokens and c.prefix and c.suffix
+    cut = build_context("x = 1\r\ny", 6, "python", tokens, BUDGET)  # offset between "\r" and "\n"
     assert cut.prefix == "x = 1" and cut.suffix == "\ny"
-    surrogate = build_context("s = '\ud800'\nx = ", 15, "python", tokens)
+    surrogate = build_context("s = '\ud800'\nx = ", 15, "python", tokens, BUDGET)
     assert surrogate.prefix.endswith("x = ")
 
 
@@ -370,8 +378,8 @@ def test_giant_single_line_is_plain_text_and_bounded() -> None:
         calls.append(len(s))
         return tokens(s)
 
-    c = build_context(line, len(line) // 2, "javascript", counting)
-    assert total(c) <= 768 and line[: len(line) // 2].endswith(c.prefix)
+    c = build_context(line, len(line) // 2, "javascript", counting, BUDGET)
+    assert total(c) <= BUDGET.max_prompt_tokens and line[: len(line) // 2].endswith(c.prefix)
     assert sum(calls) < 200_000  # never tokenizes the whole megabyte line
     start, end = enclosing_block(line, 10, 10, "javascript")  # the window kept around the cursor, at most
     assert start == 0 and 10 < end <= len(line)
@@ -381,8 +389,8 @@ def test_huge_document() -> None:
     text = filler(120_000, "", "value_{i} = transform(value_{i}, factor={i})")
     assert len(text) > 2_000_000
     offset = len(text) // 2
-    c = build_context(text, offset, "python", tokens)
-    assert total(c) <= 768 and c.prefix.endswith(text[:offset].split("\n")[-1])
+    c = build_context(text, offset, "python", tokens, BUDGET)
+    assert total(c) <= BUDGET.max_prompt_tokens and c.prefix.endswith(text[:offset].split("\n")[-1])
     start, end = enclosing_block(text, offset, offset, "python")
     assert start <= offset <= end
 
@@ -403,9 +411,10 @@ def test_token_counting_is_bounded_not_quadratic() -> None:
         text = source[:size]
         for frac in (0.3, 0.7, 1.0):
             calls.clear()
-            c = build_context(text, int(size * frac), "python", counting)
-            assert len(calls) <= 40 and sum(calls) <= 30 * 768 * 3, (size, frac, len(calls), sum(calls))
-            assert total(c) <= 768
+            c = build_context(text, int(size * frac), "python", counting, BUDGET)
+            cost = (size, frac, len(calls), sum(calls))
+            assert len(calls) <= 40 and sum(calls) <= 30 * BUDGET.max_prompt_tokens * 3, cost
+            assert total(c) <= BUDGET.max_prompt_tokens
 
 
 # ---- properties ------------------------------------------------------------------------------------------------------
@@ -448,9 +457,25 @@ def test_budget_never_exceeded_by_more_than_a_line(
 ) -> None:
     text = ("\r\n" if crlf else "\n").join(lines)
     offset = int(len(text) * where)
-    budget = ContextBudget(max_prompt_tokens=max_prompt, suffix_share=suffix_share)
+    budget = budget_with(max_prompt_tokens=max_prompt, suffix_share=suffix_share)
     c = build_context(text, offset, language_id, tokens, budget)
     longest = max((tokens(line) for line in lines), default=0)
     assert total(c) <= max_prompt + longest + 1
     assert text.replace("\r\n", "\n").find(c.prefix.split("\n")[-1]) >= 0
-    assert c.kind in ("line", "block") and c.max_tokens in (24, 96)
+    assert c.kind in ("line", "block") and c.max_tokens in (BUDGET.line_tokens, BUDGET.block_tokens)
+
+
+def test_the_job_carries_the_contexts_kind_and_its_middle_budget() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete_at
+
+    settings = Settings(max_line_tokens=7, max_block_tokens=70)
+    for marked, kind, max_tokens in (("def f(x):\n    return <CURSOR>\n", "line", 7),
+                                     ("def f(x):\n    <CURSOR>\n", "block", 70)):
+        engine = FakeEngine(texts=["x"])
+        text, offset = at(marked)
+        complete_at(engine, text, offset, "python", settings)
+        c = build_context(text, offset, "python", engine.count_tokens, budget_of(settings))
+        (_, job), = engine.calls
+        assert (job.kind, job.max_tokens) == (c.kind, c.max_tokens) == (kind, max_tokens)

@@ -8,7 +8,9 @@ import pytest
 
 from dg_lsp import languages
 from dg_lsp.context import build_context, enclosing_block, should_complete
+from dg_lsp.pipeline import budget_of
 from dg_lsp.postprocess import Edit, postprocess
+from dg_lsp.settings import Settings
 
 SAMPLES = {
     "python": (
@@ -132,7 +134,7 @@ def test_missing_grammar_degrades_to_plain_text(monkeypatch: pytest.MonkeyPatch)
     assert languages.get_parser("python") is None and languages.parse(b"x = 1", "python") is None
     text = SAMPLES["python"]
     offset = text.index("print(arg)") + len("print(arg")
-    ctx = build_context(text, offset, "python", lambda s: len(s) // 3 + 1)
+    ctx = build_context(text, offset, "python", lambda s: len(s) // 3 + 1, budget_of(Settings()))
     assert ctx.prefix.endswith("print(arg") and ctx.suffix.startswith(")")
     assert should_complete(text, offset, "python") is True
     start, end = enclosing_block(text, offset, offset, "python")

@@ -55,6 +55,9 @@ def test_fim_text_tokenizes_to_the_local_prompt():
         def encode(self, s, add_special_tokens=False):
             return tok.encode(s, add_special_tokens=add_special_tokens).ids
 
+        def convert_tokens_to_ids(self, token):
+            return tok.token_to_id(token)
+
     local = build_prompt(Adapter(), "fim-spm", PREFIX, SUFFIX, 4096, ["import os\n"]).ids
     assert tok.encode(fim_text(PREFIX, SUFFIX, "fim-spm", ["import os\n"]), add_special_tokens=False).ids == local
 

@@ -136,3 +136,35 @@ def test_any_json_gives_settings_and_never_raises(raw):
 def test_an_unknown_decoding_keeps_auto_and_is_named():
     s, bad = parse_settings({"decoding": "fast"})
     assert s.decoding == "auto" and any("decoding" in b for b in bad)
+
+
+def test_decoding_choices_are_the_engines_and_settings_need_no_torch():
+    import subprocess
+    import sys
+    import typing
+
+    from dg_model.api import DECODINGS
+    from dg_model.engine import MODES
+
+    offered = typing.get_args(typing.get_type_hints(Settings)["decoding"])
+    assert offered == DECODINGS == MODES
+    for mode in offered:
+        assert parse_settings({"decoding": mode}) == (dataclasses.replace(Settings(), decoding=mode), [])
+    # The server's settings load before (and without) the model stack.
+    check = "import sys, dg_lsp.settings; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_context_budget_comes_from_the_settings():
+    from dg_lsp.pipeline import budget_of
+
+    s, bad = parse_settings({"context": {"maxPromptTokens": 1000, "maxSnippets": 1}, "maxLineTokens": 7,
+                             "maxBlockTokens": 70})
+    assert bad == []
+    for settings in (Settings(), s):
+        b = budget_of(settings)
+        c = settings.context
+        assert (b.max_prompt_tokens, b.suffix_share, b.snippet_share, b.max_snippets) == (
+            c.max_prompt_tokens, c.suffix_share, c.snippet_share, c.max_snippets)
+        assert (b.line_tokens, b.block_tokens) == (settings.max_line_tokens, settings.max_block_tokens)
+    assert budget_of(s, reserve_tokens=100).max_prompt_tokens == 900
