@@ -212,14 +212,19 @@ def run_complete(args: argparse.Namespace) -> int:
     return _print_edits(args, text, edits, "no completion here")
 
 
-def run_rewrite(args: argparse.Namespace) -> int:
+def _line_range(args: argparse.Namespace) -> tuple[Path, str, str, int, int]:
+    """FILE:START-END as (path, text, language, start, end): whole lines, the last one's line break included."""
     path, first, last = _split_target(args.target, range_sep="-")
     text, language = _read(path, args.language)
     starts = convert.line_starts(text)
     if last < first:
         _fail(f"empty line range {first}-{last}")
     start = _line_offset(text, starts, first)
-    end = starts[last] if last < len(starts) else len(text)
+    return path, text, language, start, starts[last] if last < len(starts) else len(text)
+
+
+def run_rewrite(args: argparse.Namespace) -> int:
+    path, text, language, start, end = _line_range(args)
     engine = _engine_or_exit(args)
     from . import pipeline
 
@@ -233,13 +238,7 @@ def run_rewrite(args: argparse.Namespace) -> int:
 
 
 def run_fix(args: argparse.Namespace) -> int:
-    path, first, last = _split_target(args.target, range_sep="-")
-    text, language = _read(path, args.language)
-    starts = convert.line_starts(text)
-    if last < first:
-        _fail(f"empty line range {first}-{last}")
-    start = _line_offset(text, starts, first)
-    end = starts[last] if last < len(starts) else len(text)
+    path, text, language, start, end = _line_range(args)
     engine = _engine_or_exit(args)
     from .fix import fix_range
 

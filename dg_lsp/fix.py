@@ -33,6 +33,10 @@ ROUNDS = 3
 MARGIN = 16.0
 # A token the model gives less than e^-3 (5%) in its place is one it finds unlikely.
 SUSPECT = -3.0
+# Nats per character a repair changes: a noisy channel (Kernighan, Church & Gale 1990) in which a slip of k characters
+# is about e^-2k as likely, so between repairs the model finds about as likely, the smaller one wins (`lne` is
+# likelier a slip of `len` than of `lst`).
+CHANNEL = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ class _Option:
     block: str
     problems: list[Problem]
     logprob: float = 0.0
+    edits: int = 0  # characters changed from the block it repairs
+
+    @property
+    def merit(self) -> float:
+        return self.logprob - CHANNEL * self.edits
 
     @property
     def hard(self) -> int:
@@ -149,6 +158,7 @@ class _Fixer:
         for block in dict.fromkeys(proposals):
             option = self.check(block)
             if option.hard <= current.hard and (current.hard > 0 or option.soft <= current.soft):
+                option.edits = repairs.edit_distance(current.block, block)
                 out.append(option)
         return out
 
@@ -177,18 +187,19 @@ class _Fixer:
 
 
 def choose(current: _Option, options: list[_Option]) -> _Option | None:
-    """Fewer hard problems first, then the model's likelihood; working code only changes for a wide margin."""
+    """Fewer hard problems first, then the model's likelihood less the size of the change; working code only changes
+    for a wide margin."""
     if current.hard:
         fewest = min(o.hard for o in options)
         if fewest >= current.hard:
             return None
-        return max((o for o in options if o.hard == fewest), key=lambda o: o.logprob)
+        return max((o for o in options if o.hard == fewest), key=lambda o: o.merit)
     if current.soft:  # an unused name that a respelling puts to use, if the model agrees
         fewer = [o for o in options if o.soft < current.soft and o.logprob >= current.logprob]
         if fewer:
-            return max(fewer, key=lambda o: o.logprob)
-    better = [o for o in options if o.logprob - current.logprob >= MARGIN]
-    return max(better, key=lambda o: o.logprob) if better else None
+            return max(fewer, key=lambda o: o.merit)
+    better = [o for o in options if o.merit - current.logprob >= MARGIN]
+    return max(better, key=lambda o: o.merit) if better else None
 
 
 def _describe(found: tuple[Problem, ...]) -> str:

@@ -165,6 +165,27 @@ def _unbalanced(block: str, line_comment: str) -> tuple[list[tuple[int, str]], l
     return sorted(unclosed + stack), stray
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Characters inserted, deleted, substituted or swapped (adjacent) to turn `a` into `b` (optimal string
+    alignment), over the span where they differ: how big a slip would have to be to turn the repair into the text."""
+    lo = 0
+    while lo < min(len(a), len(b)) and a[lo] == b[lo]:
+        lo += 1
+    hi = 0
+    while hi < min(len(a), len(b)) - lo and a[len(a) - 1 - hi] == b[len(b) - 1 - hi]:
+        hi += 1
+    a, b = a[lo : len(a) - hi], b[lo : len(b) - hi]
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[len(b)]
+
+
 def _within(start: int, end: int, spans: Spans) -> bool:
     return spans is None or any(s < end and start < e for s, e in spans)
 

@@ -29,9 +29,10 @@ from torch import nn
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_model.configs import load_config, tiny_config
-from dg_model.quantize import QuantizedExperts, footprint_bytes, quantize_dense
+from dg_model.quantize import Fp8Experts, QuantizedExperts, footprint_bytes, quantize_dense
 
 TOKENS_PER_FORWARD = (15, 20)
+PACKED_EXPERTS = (QuantizedExperts, Fp8Experts)  # built by `_build_experts`, never re-initialized
 
 
 # -------------------------------------------------------------------------------------------------------- building
@@ -51,12 +52,15 @@ def _random_experts(experts: nn.Module, device, dtype, std: float) -> None:
 
 
 @torch.no_grad()
-def _build_experts(model: nn.Module, device, dtype, bits: int, blocksize: int, std: float) -> None:
-    """Layer by layer: random bf16 experts on the device -> k-bit, shared by the encoder and decoder layer."""
+def _build_experts(model: nn.Module, device, dtype, bits: int, blocksize: int, std: float, convert=None) -> None:
+    """Layer by layer: random bf16 experts on the device -> k-bit (or `convert(experts)`, e.g. fp8), shared by the
+    encoder and decoder layer."""
+    if convert is None and bits != 16:
+        convert = functools.partial(QuantizedExperts, bits=bits, blocksize=blocksize)
     enc_layers, dec_layers = model.model.encoder.language_model.layers, model.model.decoder.layers
     for enc, dec in zip(enc_layers, dec_layers):
         _random_experts(enc.experts, device, dtype, std)
-        experts = enc.experts if bits == 16 else QuantizedExperts(enc.experts, bits, blocksize)
+        experts = enc.experts if convert is None else convert(enc.experts)
         enc.experts = dec.experts = experts  # the shared weights stay shared; the bf16 copy is freed here
 
 
@@ -79,18 +83,21 @@ def _materialize(model: nn.Module, device, dtype) -> None:
 def _init_rest(model: nn.Module) -> None:
     """The library's own init, run on the device, for everything but the (already built) experts."""
     for module in model.modules():
-        if type(module).__name__ != "DiffusionGemmaTextExperts" and not isinstance(module, QuantizedExperts):
+        if type(module).__name__ != "DiffusionGemmaTextExperts" and not isinstance(module, PACKED_EXPERTS):
             model._init_weights(module)
     for name, buf in model.named_buffers():
         if name.endswith("layer_scalar"):
             buf.fill_(1.0)
 
 
-def build_model(config, device, dtype, bits: int = 4, blocksize: int = 64, dense_bits: int = 16, seed: int = 0):
-    """Random-weight model on `device`: experts in `bits` (16 = unquantized), dense linears in `dense_bits`."""
+def build_model(
+    config, device, dtype, bits: int = 4, blocksize: int = 64, dense_bits: int = 16, seed: int = 0, convert=None
+):
+    """Random-weight model on `device`: experts in `bits` (16 = unquantized) or `convert(bf16 experts)`, dense
+    linears in `dense_bits`."""
     torch.manual_seed(seed)
     model = _meta_model(config)
-    _build_experts(model, device, dtype, bits, blocksize, config.text_config.initializer_range)
+    _build_experts(model, device, dtype, bits, blocksize, config.text_config.initializer_range, convert)
     _materialize(model, device, dtype)
     _init_rest(model)
     if dense_bits != 16:

@@ -279,3 +279,101 @@ def projected_footprint_bytes(
             total += n * size
     bufs = {id(b): b for b in model.buffers()}.values()
     return total + sum(b.numel() * b.element_size() for b in bufs)
+
+
+# ----------------------------------------------------------------------------------------------------- fp8 experts
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+
+
+def fp8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., N, K] float -> (fp8 [..., N, K], fp32 scale [..., N]): one scale per output row, w ~= q * scale."""
+    scale = w.detach().abs().amax(dim=-1).float().clamp(min=1e-12) / FP8_MAX
+    q = (w.float() / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def fp8_backend(device: torch.device | str) -> str:
+    """The fastest fp8 expert matmul this torch + device offer (the bench probes it before use).
+
+    "scaled_grouped_mm": `torch._scaled_grouped_mm` (CUDA sm90+, rowwise scales), one launch per projection;
+    "scaled_mm": a per-expert `torch._scaled_mm` loop (CUDA sm89+; one host sync per call, no CUDA graphs);
+    "dequant": fp8 -> compute dtype per call + grouped matmul (any device: the CPU-testable reference).
+    """
+    device = torch.device(device)
+    cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
+    if cap >= (9, 0) and hasattr(torch, "_scaled_grouped_mm"):
+        return "scaled_grouped_mm"
+    if cap >= (8, 9) and hasattr(torch, "_scaled_mm"):
+        return "scaled_mm"
+    return "dequant"
+
+
+class Fp8Experts(nn.Module):
+    """Drop-in for DiffusionGemmaTextExperts with fp8 (e4m3) weights and one fp32 scale per expert output row.
+
+    Activations are quantized per token row on the fly (dynamic rowwise scaling), so the product is what
+    `torch._scaled_grouped_mm` computes. Shapes are static (all experts take part; empty groups cost nothing; no
+    `unique`, no host sync on the grouped path), so the step can be captured in a CUDA graph.
+    """
+
+    def __init__(self, experts: nn.Module, device: str | torch.device | None = None, backend: str | None = None):
+        super().__init__()
+        self.num_experts, self.act_fn = experts.num_experts, experts.act_fn
+        with torch.no_grad():
+            for name in ("gate_up", "down"):
+                w = getattr(experts, f"{name}_proj").detach()
+                q, scale = fp8_rows(w.to(device) if device is not None else w)
+                self.register_buffer(f"{name}_fp8", q)  # [E, N, K]
+                self.register_buffer(f"{name}_scale", scale)  # [E, N]
+        self.backend = backend or fp8_backend(self.gate_up_fp8.device)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, backend={self.backend}"
+
+    def dequantize(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """All experts of projection `name` -> [E, N, K] in `dtype`."""
+        q, scale = getattr(self, f"{name}_fp8"), getattr(self, f"{name}_scale")
+        return (q.to(torch.float32) * scale.unsqueeze(-1)).to(dtype)
+
+    def _mm(self, x: torch.Tensor, name: str, offs: torch.Tensor) -> torch.Tensor:
+        """x [S, K] grouped by expert (offs [E] int32 cumulative ends) -> [S, N] in x.dtype."""
+        xq, xs = fp8_rows(x)  # [S, K] fp8, [S] fp32
+        w, ws = getattr(self, f"{name}_fp8"), getattr(self, f"{name}_scale")  # [E, N, K], [E, N]
+        if self.backend == "scaled_grouped_mm":
+            out = torch._scaled_grouped_mm(xq, w.transpose(1, 2), xs, ws, offs=offs, out_dtype=torch.bfloat16)
+            return out.to(x.dtype)
+        if self.backend == "scaled_mm":
+            out, start = x.new_zeros(x.shape[0], w.shape[1]), 0
+            for g, end in enumerate(offs.tolist()):
+                if end > start:
+                    out[start:end] = torch._scaled_mm(
+                        xq[start:end], w[g].t(), xs[start:end, None], ws[g][None], out_dtype=torch.bfloat16
+                    ).to(x.dtype)
+                start = end
+            return out
+        assert self.backend == "dequant", self.backend
+        xd = (xq.to(torch.float32) * xs.unsqueeze(-1)).to(x.dtype)  # the same activation rounding as the kernels
+        return grouped_mm(xd, self.dequantize(name, x.dtype).transpose(1, 2), offs)
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        t, k = top_k_index.shape
+        dtype = hidden_states.dtype
+        flat = top_k_index.reshape(-1)  # [T*K]
+        order = torch.argsort(flat, stable=True)
+        counts = torch.zeros(self.num_experts, dtype=torch.int32, device=flat.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))  # static shape (unlike bincount)
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)  # [E]
+        x = hidden_states[order // k]  # [T*K, H] grouped by expert
+        h = self._mm(x, "gate_up", offs)  # [T*K, 2I]
+        gate, up = h.chunk(2, dim=-1)
+        h = self._mm(self.act_fn(gate) * up, "down", offs)  # [T*K, H]
+        out = torch.empty_like(h)
+        out[order] = h  # back to (token, slot) order
+        out = out.view(t, k, -1) * top_k_weights.unsqueeze(-1)
+        return out.sum(dim=1).to(dtype)
+
+
+def fp8_expert_bytes(numel: int, rows: int) -> int:
+    """Bytes of fp8 experts: one byte per weight plus one fp32 scale per output row."""
+    return numel + 4 * rows

@@ -75,6 +75,12 @@ def test_substitutions_follow_the_models_preferences_and_skip_special_tokens():
     assert repairs.substitutions(block, tokens) == ["return a + b"]
 
 
+def test_edit_distance_counts_the_slip_not_the_block():
+    assert repairs.edit_distance("    if lne(x):\n", "    if len(x):\n") == 1  # two letters swapped
+    assert repairs.edit_distance("    if lne(x):\n", "    if lst(x):\n") == 2
+    assert repairs.edit_distance("f(a\n", "f(a)\n") == 1 and repairs.edit_distance("same", "same") == 0
+
+
 # ------------------------------------------------------------------------------------------------------ choose
 def test_working_code_changes_only_for_a_wide_margin():
     current = _Option("a", [], logprob=-10.0)
@@ -90,6 +96,9 @@ def test_broken_code_takes_the_likeliest_repair_that_removes_a_problem():
     still_broken = _Option("w", [syntax], logprob=-1.0)
     assert choose(current, [unlikely, likely, still_broken]) is likely
     assert choose(current, [still_broken]) is None
+    # between repairs about as likely, the smaller change wins: a slip of one letter beats one of two
+    near, far = _Option("len", [], logprob=-20.0, edits=1), _Option("lst", [], logprob=-19.0, edits=2)
+    assert choose(current, [far, near]) is near
 
 
 def test_fix_with_a_stand_in_model_repairs_a_misspelt_keyword_and_leaves_good_code():
