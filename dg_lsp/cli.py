@@ -230,7 +230,7 @@ def run_rewrite(args: argparse.Namespace) -> int:
 
     edit = pipeline.rewrite_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
     if edit is None or args.json:
-        return _print_edits(args, text, [edit] if edit else [], "no rewrite for this block")
+        return _print_edits(args, text, [edit] if edit else [], pipeline.NO_REWRITE)
     # The rewritten lines: the range with the edit applied (the edit may extend past the range's end).
     stop = max(end, edit.end)
     sys.stdout.write(text[start : edit.start] + edit.text + text[edit.end : stop])

@@ -26,6 +26,8 @@ WINDOW_CHARS = 100_000
 # Nats a rewrite may lose against the block it replaces: e^2, about 7 times less likely, is still "as plausible".
 REWRITE_TOLERANCE = 2.0
 REWRITE_CANDIDATES = 3  # sampled in one batch: the model's score picks among them
+# Why `rewrite_range` returned None, for the editor and the CLI alike.
+NO_REWRITE = "no rewrite of this block parsed, kept the checks and was about as likely as the block"
 
 OtherDocs = Sequence[tuple[str, str, str]]  # (uri, language_id, text)
 

@@ -145,7 +145,7 @@ async def block_edit(
                                     other_docs=ls.other_docs(doc), doc_key=doc.uri)
 
         def fn(engine, cancel):
-            return rewrite(engine, cancel=cancel), "no rewrite of this block kept the code valid"
+            return rewrite(engine, cancel=cancel), pipeline.NO_REWRITE
 
     answer = await ls.run(f"{doc.uri}#rewrite", doc, fn)
     edit, message = answer if answer is not None else (None, "the job was superseded")
