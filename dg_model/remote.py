@@ -17,13 +17,18 @@ it. Nothing here imports torch, so a thin client starts without the model stack.
 Token counts for the context budget (the context builder counts 5-15 texts per keystroke), best first:
 1. a local copy of the model's tokenizer (`remote.tokenizer`, the served model's folder, or the Hugging Face cache),
    when its count of a probe text matches the server's /tokenize (or the server has none): exact, no round trip;
-2. the server's /tokenize (vLLM serves it next to /v1), one request per new text;
+2. the server's /tokenize (vLLM serves it next to /v1), asked for the token strings too: a text it has tokenized
+   (exact) is kept with its tokens' character offsets, and a later text found inside it (the context builder counts
+   ~9 cuts of the same window per completion) is counted from those offsets with no round trip: exact when the cut
+   falls on token boundaries, else within 1-2 tokens (a cut token may re-tokenize differently). Only a text found in
+   none of the last few tokenized texts is a request;
 3. an estimate of CHARS_PER_TOKEN characters per token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import ipaddress
 import logging
@@ -32,6 +37,8 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 
 import httpx
@@ -52,6 +59,7 @@ STARTUP_BACKOFF_S = 0.25  # the start-up check retries a refused connection afte
 FIM_PROBE = "<fim_prefix><fim_suffix><fim_middle>"  # three tokens for a tokenizer with our FIM tokens
 COUNT_PROBE = "def add(a, b):\n    return a + b  # probe\n"
 UNTRIMMED = 1 << 30  # the context builder already fit prefix and suffix to the budget: the prompt helpers cut nothing
+SPAN_TEXTS = 8  # tokenized texts kept with their token offsets, to count texts inside them without a round trip
 KINDS = ("unreachable", "timeout", "auth", "model", "request", "server", "config")
 
 
@@ -159,6 +167,7 @@ class RemoteEngine:
         self._tokenizer = None
         self._server_counts = False
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._spans: list[tuple[str, list[int]]] = []  # tokenized texts, newest last, with their tokens' end offsets
 
     # ------------------------------------------------------------------ Engine protocol
     def count_tokens(self, text: str) -> int:
@@ -169,8 +178,10 @@ class RemoteEngine:
         if self._server_counts:
             if (hit := self._counts.get(text)) is not None:
                 return hit
+            if (inside := self._count_inside(text)) is not None:
+                return inside
             try:
-                count = self._run(self._tokenize(text), timeout=COUNT_TIMEOUT_S)
+                count = self._run(self._tokenize(text, spans=True), timeout=COUNT_TIMEOUT_S)
             except RemoteError as exc:
                 # Estimate until the next successful check: a down server must not cost one timeout per count.
                 log.warning("token counts from %s/tokenize failed (%s); estimating until the server is back",
@@ -182,6 +193,16 @@ class RemoteEngine:
                     self._counts.popitem(last=False)
                 return count
         return estimate_tokens(text)
+
+    def _count_inside(self, text: str) -> int | None:
+        """The count of `text` from a tokenized text it lies in: the tokens its span overlaps; None if in none."""
+        for ref, ends in reversed(self._spans):
+            start = ref.find(text)
+            if start >= 0:
+                first = bisect.bisect_right(ends, start)  # the first token ending past the cut
+                last = bisect.bisect_left(ends, start + len(text))  # the first token reaching the end
+                return max(1, last - first + 1)
+        return None
 
     def infill(self, job: InfillJob) -> JobResult:
         self._ensure_checked(job.cancel)
@@ -326,10 +347,15 @@ class RemoteEngine:
     async def _post(self, path: str, body: dict) -> dict:
         return await self._send("POST", self._base + path, body)
 
-    async def _tokenize(self, text: str) -> int:
+    async def _tokenize(self, text: str, spans: bool = False) -> int:
         body = {"model": self.name, "prompt": text, "add_special_tokens": False}
+        if spans:
+            body["return_token_strs"] = True  # vLLM; a server without it ignores the key, and texts are counted whole
         data = await self._send("POST", f"{self._root}/tokenize", body)
-        return int(data["count"]) if "count" in data else len(data.get("tokens") or [])
+        count = int(data["count"]) if "count" in data else len(data.get("tokens") or [])
+        if spans and (ends := token_ends(text, data.get("token_strs"))) is not None and len(ends) == count:
+            self._spans = [*self._spans[-(SPAN_TEXTS - 1):], (text, ends)]
+        return count
 
     def _optional(self, coro, cancel: threading.Event | None) -> int | None:
         """A /tokenize answer, or None when the server has no /tokenize (any answer but a refusal of the key)."""
@@ -395,3 +421,49 @@ def _first_line(value: object, limit: int = 200) -> str:
     if not line and isinstance(value, BaseException):
         line = type(value).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@lru_cache(maxsize=1)
+def _byte_level() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the character each byte is written as in a token string -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _token_bytes(token: str) -> bytes:
+    byte_level = _byte_level()
+    if all(ch in byte_level for ch in token):
+        return bytes(byte_level[ch] for ch in token)
+    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):  # SentencePiece byte fallback
+        try:
+            return bytes([int(token[3:5], 16)])
+        except ValueError:
+            pass
+    return token.replace("\u2581", " ").encode()
+
+
+def token_ends(text: str, token_strs) -> list[int] | None:
+    """Each token's end offset in `text` (characters), from a /tokenize answer's token strings (byte-level BPE or
+    SentencePiece spellings); None when they do not spell `text` (another spelling, or no token strings)."""
+    if not isinstance(token_strs, list) or not all(isinstance(t, str) for t in token_strs):
+        return None
+    pieces = [_token_bytes(t) for t in token_strs]
+    want = text.encode()
+    got = b"".join(pieces)
+    if got != want:
+        if got == b" " + want and pieces and pieces[0][:1] == b" ":  # a prefix space the tokenizer added
+            pieces[0] = pieces[0][1:]
+        else:
+            return None
+    byte_ends = list(accumulate(len(p) for p in pieces))
+    if len(want) == len(text):
+        return byte_ends
+    char_ends = list(accumulate(len(ch.encode()) for ch in text))  # a token ending inside a character: round up
+    return [bisect.bisect_left(char_ends, b) + 1 if b else 0 for b in byte_ends]

@@ -206,6 +206,51 @@ def test_token_counts_from_tokenize_local_tokenizer_or_estimate():
         assert eng.count_tokens("x" * 30) == 10
 
 
+def test_tokenize_counts_substrings_from_token_offsets():
+    """Counts of texts inside a tokenized text come from its token offsets: far fewer /tokenize requests per
+    completion, each count within 1 token of the real tokenizer's."""
+    import textwrap
+    from pathlib import Path
+
+    from dg_lsp import pipeline
+    from dg_lsp.settings import Settings
+
+    text = Path(textwrap.__file__).read_text(encoding="utf-8")
+    real = ConstantEngine()
+    with StubServer(ConstantEngine(), model="m") as server:
+        eng = RemoteEngine(RemoteConfig(url=server.url, model="m", format="fim-spm"))
+        assert "/tokenize" in eng.check().counting
+        counted: list[tuple[str, int]] = []
+
+        class Recorded:
+            name, device = eng.name, eng.device
+
+            def count_tokens(self, s):
+                counted.append((s, eng.count_tokens(s)))
+                return counted[-1][1]
+
+            def infill(self, job):
+                return eng.infill(job)
+
+        before = len(server.requests)
+        for offset in [i for i, ch in enumerate(text) if ch == "\n"][::3][:20]:  # typing down a file
+            assert pipeline.complete_at(Recorded(), text, offset, "python", Settings(), doc_key="t.py") is not None
+        asked = sum(1 for r in server.requests[before:] if r["path"] == "/tokenize")
+        assert asked <= 0.6 * len(counted)  # one request per new text would be ~0.9 of them (most are new)
+        assert all(abs(n - real.count_tokens(s)) <= 2 for s, n in counted)
+        whole = next(r["body"]["prompt"] for r in server.requests[before:] if r["path"] == "/tokenize")
+        assert eng.count_tokens(whole) == real.count_tokens(whole)  # a tokenized text's own count is exact
+
+
+def test_token_ends_spellings():
+    from dg_model.remote import token_ends
+
+    assert token_ends("def f", ["def", "\u0120f"]) == [3, 5]  # byte-level BPE
+    assert token_ends("é x", ["\u00c3\u00a9", "\u0120x"]) == [1, 3]  # a character in two bytes
+    assert token_ends("a b", ["\u2581a", "\u2581b"]) == [1, 3]  # SentencePiece, its prefix space dropped
+    assert token_ends("a b", ["??"]) is None and token_ends("a", None) is None
+
+
 def test_remote_engine_does_not_import_torch():
     code = "import sys, dg_model.remote, dg_lsp.remote; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=server_env(), timeout=60)

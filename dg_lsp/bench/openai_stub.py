@@ -4,7 +4,8 @@ Not a server for a team (that is vLLM: docs/remote.md): stdlib `http.server`, a 
 keep-alive, engine calls one at a time. It answers what dg-lsp's remote engine sends, the way vLLM does:
 - GET /v1/models; POST /v1/completions (the FIM prompt parsed back into prefix and suffix), POST /v1/chat/completions
   (the chat turn parsed back at the cursor or rewrite markers; the answer comes inside a fence after a sentence, as
-  instruction-tuned models write it), POST /tokenize (the engine's count). A `suffix` field gets vLLM's HTTP 400.
+  instruction-tuned models write it), POST /tokenize (the engine's count;
+  `token_strs` too when asked `return_token_strs` and the engine spells tokens). A `suffix` field gets vLLM's HTTP 400.
 - a bearer key (401 without it), unknown models (404), and faults for tests: `delay_s` before answering, `fail`
   (a forced HTTP status and message).
 - a client that disconnects mid-request cancels the engine job, as vLLM aborts it; `events` records it.
@@ -60,11 +61,15 @@ class ConstantEngine:
     _tok: object = field(default=None, repr=False)
 
     def count_tokens(self, text: str) -> int:
+        return len(self.token_strs(text))
+
+    def token_strs(self, text: str) -> list[str]:
+        """The tokens as the tokenizer spells them (vLLM's /tokenize `token_strs`)."""
         if self._tok is None:
             from tokenizers import Tokenizer
 
             self._tok = Tokenizer.from_file(str(self.tokenizer_path))
-        return len(self._tok.encode(text, add_special_tokens=False).ids) if text else 0
+        return self._tok.encode(text, add_special_tokens=False).tokens if text else []
 
     def infill(self, job: InfillJob) -> JobResult:
         return JobResult([Candidate(self.text, 0.0)], JobStats())
@@ -119,7 +124,10 @@ class StubServer:
                          "type": "NotFoundError", "code": 404}
         if path == "/tokenize":
             count = self.engine.count_tokens(body.get("prompt", ""))
-            return 200, {"count": count, "tokens": list(range(count)), "max_model_len": 8192}
+            answer = {"count": count, "tokens": list(range(count)), "max_model_len": 8192}
+            if body.get("return_token_strs") and hasattr(self.engine, "token_strs"):
+                answer["token_strs"] = self.engine.token_strs(body.get("prompt", ""))
+            return 200, answer
         if "suffix" in body:  # vLLM's answer to OpenAI's FIM field
             return 400, {"object": "error", "message": "suffix is not currently supported", "code": 400}
         if cancel.wait(self.delay_s):

@@ -5,7 +5,8 @@ The same completions (`pipeline.complete_at`: context, ONE engine call, post-pro
 - local: the engine in this process;
 - remote: a `RemoteEngine` to `dg_lsp.bench.openai_stub` in another process, which answers through the same engine,
   token counts from a local copy of the tokenizer (what a team with the model's tokenizer on disk gets);
-- remote+tokenize: the same, every new text counted by the server's /tokenize.
+- remote+tokenize: the same, token counts from the server's /tokenize (with token strings: a text inside one already
+  tokenized is counted from its token offsets, without a request).
 The engine answers a constant text at once and counts with the embedded tokenizer on both ends, so both build the same
 context and the differences are the remote path itself. Medians side by side, and the median of the per-place
 differences -> bench_remote.json.
