@@ -122,15 +122,16 @@ class _Fixer:
         return _Option(block, diagnose.problems(self.document(block), start, start + len(block), self.language_id,
                                                 region))
 
-    def score(self, blocks: list[str]) -> list[BlockScore]:
+    def score(self, blocks: list[str], detail: bool = False) -> list[BlockScore]:
+        job = ScoreJob(self.bc.prefix, self.bc.suffix, blocks, self.doc_key, self.cancel, detail)
         try:
-            return self.engine.score(ScoreJob(self.bc.prefix, self.bc.suffix, blocks, self.doc_key, self.cancel))
+            return self.engine.score(job)
         except EngineError:  # an engine that cannot read (a remote API): the checks alone decide, in proposal order
             return [BlockScore(0.0, []) for _ in blocks]
 
     def round(self, current: _Option) -> _Option | None:
         """The best repair of `current`, or None when none earns its place."""
-        here = self.score([current.block])[0]
+        here = self.score([current.block], detail=True)[0]
         current = _Option(current.block, current.problems, here.logprob)
         # Proposals no check asks for go only where the model finds the text unlikely: "only what is implausible in
         # context is re-noised". Each costs a row in the scoring batch.

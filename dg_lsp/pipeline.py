@@ -195,12 +195,16 @@ def best_rewrite(engine: Engine, text: str, bc: BlockContext, edits: list[Edit],
         return new, bc.start, max(edit.start + len(edit.text), bc.end + len(new) - len(text))
 
     hard_before = sum(p.hard for p in problems(text, bc.start, bc.end, language_id))
-    kept = [e for e in edits if sum(p.hard for p in problems(*after(e), language_id)) <= hard_before]
+    kept, blocks = [], [bc.block]
+    for edit in edits:
+        new, start, end = after(edit)
+        if sum(p.hard for p in problems(new, start, end, language_id)) <= hard_before:
+            kept.append(edit)
+            blocks.append(new[start:end])
     if not kept:
         return None
-    blocks = [bc.block] + [after(e)[0][bc.start : after(e)[2]] for e in kept]
     try:
-        scores = engine.score(ScoreJob(bc.prefix, bc.suffix, blocks, doc_key, cancel))
+        scores = engine.score(ScoreJob(bc.prefix, bc.suffix, blocks, doc_key, cancel, detail=False))
     except EngineError:
         return kept[0]  # an engine that cannot score (a remote API): the first candidate that parses
     best = max(range(len(kept)), key=lambda i: scores[i + 1].logprob)

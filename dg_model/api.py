@@ -74,6 +74,9 @@ class ScoreJob:
     blocks: Sequence[str]  # the block as it is first, then candidate replacements; scored in one batch
     doc_key: str = ""
     cancel: threading.Event | None = None
+    # Per-token scores, and the alternatives for `blocks[0]` (one more decoder forward); False: totals only, for
+    # ranking candidates.
+    detail: bool = True
 
 
 @dataclass
@@ -89,7 +92,7 @@ class TokenScore:
 @dataclass
 class BlockScore:
     logprob: float  # total log-probability of the block and the end of the middle: comparable across lengths
-    tokens: list[TokenScore]
+    tokens: list[TokenScore]  # empty unless the job asked for detail
 
 
 @dataclass

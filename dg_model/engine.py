@@ -182,7 +182,7 @@ class DiffusionEngine:
         cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, JobStats())
         try:
             return score_blocks(self.tokenizer, self.fwd, cache, last_hidden, list(job.blocks),
-                                self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+                                self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, job.detail)
         finally:
             self.fwd.trim(cache, len(prompt.ids))
 

@@ -62,15 +62,16 @@ def decoder_alternatives(fwd, cache, ids: list[int], pad_id: int, device, k: int
             for pos, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
 
 
-def score_blocks(tokenizer, fwd, cache, last_hidden, blocks: list[str], eos_id: int, pad_id: int) -> list[BlockScore]:
+def score_blocks(tokenizer, fwd, cache, last_hidden, blocks: list[str], eos_id: int, pad_id: int,
+                 detail: bool = True) -> list[BlockScore]:
     encoded = [tokenizer.encode(b, add_special_tokens=False) for b in blocks]
     logp, best_id, best_lp = encoder_logprobs(fwd, cache, last_hidden, [ids + [eos_id] for ids in encoded], pad_id)
     scores = []
     for row, ids in enumerate(encoded):
-        spans = token_spans(tokenizer, ids)
+        spans = token_spans(tokenizer, ids) if detail else []
         tokens = [TokenScore(s, e, float(logp[row, j])) for j, (s, e) in enumerate(spans)]
         scores.append(BlockScore(float(logp[row, : len(ids) + 1].sum()), tokens))
-    if encoded and encoded[0]:
+    if detail and encoded and encoded[0]:
         ids = encoded[0]
         by_decoder = decoder_alternatives(fwd, cache, ids, pad_id, last_hidden.device)
         for j, token in enumerate(scores[0].tokens):

@@ -49,3 +49,12 @@ def test_batched_scores_equal_each_block_read_alone(engine):
     # the prompt cache is left as it was: scoring again gives the same numbers
     again = engine.score(ScoreJob(prefix, suffix, blocks[:1], doc_key="k"))
     assert again[0].logprob == pytest.approx(first.logprob, abs=1e-4)
+
+
+def test_totals_only_skip_the_detail_and_keep_the_numbers(engine):
+    prefix, suffix = "def add(a, b):\n    ", "\n"
+    blocks = ["return a + b", "return a - b"]
+    full = engine.score(ScoreJob(prefix, suffix, blocks, doc_key="t"))
+    totals = engine.score(ScoreJob(prefix, suffix, blocks, doc_key="t", detail=False))
+    assert [s.logprob for s in totals] == pytest.approx([s.logprob for s in full], abs=1e-4)
+    assert all(s.tokens == [] for s in totals)

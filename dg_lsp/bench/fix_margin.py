@@ -50,7 +50,7 @@ def gains(engine, doc: str, start: int, end: int, restored: str | None = None) -
     current = fixer.check(bc.block)
     if current.problems:
         return None
-    here = fixer.score([current.block])[0]
+    here = fixer.score([current.block], detail=True)[0]
     proposals = (repairs.substitutions(current.block, here.tokens)
                  + repairs.renames(current.block, doc, [], fixer.pool, bc.start)
                  + repairs.operator_flips(current.block))
