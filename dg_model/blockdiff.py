@@ -103,10 +103,15 @@ def block_mask(start: torch.Tensor) -> torch.Tensor:
 
 
 def noise_blocks(ids: torch.Tensor, start: torch.Tensor, vocab: int, t: torch.Tensor | None, eps: float,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform-state noise at one rate per block (t ~ U(eps, 1) unless given, [B, N] or broadcastable)."""
+                 gen: torch.Generator | None = None, full: float = 0.0) -> torch.Tensor:
+    """Uniform-state noise at one rate per block (t ~ U(eps, 1) unless given, [B, N] or broadcastable); a share
+    `full` of the blocks is noised completely, the state a draft (and a first denoising step) starts from, which
+    U(eps, 1) alone almost never shows the decoder."""
     if t is None:
-        t = (torch.rand(ids.shape, generator=gen, device=ids.device) * (1 - eps) + eps).gather(1, start)
+        t = torch.rand(ids.shape, generator=gen, device=ids.device) * (1 - eps) + eps
+        if full > 0:
+            t = torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < full, 1.0, t)
+        t = t.gather(1, start)
     noise = torch.randint(FIRST_NOISE_ID, vocab, ids.shape, generator=gen, device=ids.device)
     return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
 
@@ -240,11 +245,12 @@ def softcap_cross_entropy(h, weight, targets, row_weight=None, cap: float = 30.0
 
 
 def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps: float = 0.02,
-           t: torch.Tensor | None = None, ar_weight: float = 1.0, compiled: bool = False) -> dict[str, torch.Tensor]:
+           t: torch.Tensor | None = None, ar_weight: float = 1.0, compiled: bool = False,
+           full_noise: float = 0.0) -> dict[str, torch.Tensor]:
     ids, start, weight, real, middle = (batch[k] for k in ("ids", "start", "weight", "real", "middle"))
     B, N = ids.shape
     fwd = BlockForward(model, compiled)
-    noised = noise_blocks(ids, start, model.config.text_config.vocab_size, t, noise_eps)
+    noised = noise_blocks(ids, start, model.config.text_config.vocab_size, t, noise_eps, full=full_noise)
     sc_logits = sc_rows = None
     if self_cond:  # the sampler feeds each step the previous step's logits; half the rows learn to use them
         with torch.no_grad():

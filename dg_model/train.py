@@ -69,6 +69,7 @@ class TrainConfig:
     objective: str = "block"  # block | canvas (see the module docstring)
     canvases: str = "16,24,32,64"  # block objective: canvas-region block sizes, one drawn per row
     prompt_weight: float = 0.5  # block objective: denoising weight of prompt blocks (canvas region: 1)
+    full_noise_prob: float = 0.0  # block objective: share of blocks noised completely (a draft's starting state)
     compile: bool = True  # block objective: layers and LM-head loss through torch.compile (bench_train.json)
 
 
@@ -122,12 +123,17 @@ def block_layout(cfg: TrainConfig) -> blockdiff.BlockLayout:
 
 
 def step_losses(model, batch, cfg: TrainConfig, evaluation: bool = False) -> dict[str, torch.Tensor]:
-    """The objective's losses on one batch; `evaluation`: noise rate 0.5 everywhere, no self-conditioning draw."""
+    """The objective's losses on one batch; `evaluation`: noise rate 0.5 everywhere (and 1, reported as `draft_*`;
+    `loss` stays the rate-0.5 one, so best checkpoints compare across runs), no self-conditioning draw."""
     if cfg.objective == "block":
         t = torch.full(batch["ids"].shape, 0.5, device=batch["ids"].device) if evaluation else None
         self_cond = not evaluation and random.random() < cfg.self_cond_prob
-        return blockdiff.losses(model, batch, self_cond=self_cond, noise_eps=cfg.noise_eps, t=t,
-                                ar_weight=cfg.ar_weight, compiled=cfg.compile)
+        out = blockdiff.losses(model, batch, self_cond=self_cond, noise_eps=cfg.noise_eps, t=t,
+                               ar_weight=cfg.ar_weight, compiled=cfg.compile, full_noise=cfg.full_noise_prob)
+        if evaluation:  # also from pure noise: what a draft (and diffusion's first step) sees
+            draft = blockdiff.losses(model, batch, self_cond=False, t=torch.ones_like(t), compiled=cfg.compile)
+            out["draft_diffusion"], out["draft_acc"] = draft["diffusion"], draft["canvas_acc"]
+        return out
     prompt, mask, canvas = batch
     t = torch.full((canvas.shape[0], 1), 0.5, device=canvas.device) if evaluation else None
     out = losses(model, prompt, mask, canvas, cfg, t=t)
