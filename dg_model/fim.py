@@ -100,8 +100,10 @@ def _line_starts(text: str) -> list[int]:
 def sample_fim(text: str, rng: random.Random) -> FimPieces | None:
     """Cut one editor-like FIM example from a source file.
 
-    Kinds, by share: mid-line cursor completing the line (40%), cursor at a line's indentation writing 1-3 lines
-    (25%), a multi-line span such as a block body (30%), nothing missing (5%, teaches "say nothing").
+    Kinds, by share: mid-line cursor completing the line (40%), cursor at a line's indentation (35%) writing 1-3
+    lines or, half the time, 4-12 (an editor's cursor on a new or emptied line sits after the indentation, and what
+    is missing there is often a whole body: without long middles at that cursor the model learns to stop after one
+    line), a multi-line span from a line's start (20%), nothing missing (5%, teaches "say nothing").
     """
     starts = _line_starts(text)
     lines = len(starts)
@@ -123,9 +125,9 @@ def sample_fim(text: str, rng: random.Random) -> FimPieces | None:
             end = line_end
             if rng.random() < 0.15:  # the line and the next one or two
                 end = starts[min(i + 1 + rng.randint(1, 2), lines - 1)] - 1
-        elif r < 0.65:
+        elif r < 0.75:
             cursor = indent_end
-            end = starts[min(i + rng.randint(1, 3), lines - 1)] - 1
+            end = starts[min(i + (rng.randint(1, 3) if rng.random() < 0.5 else rng.randint(4, 12)), lines - 1)] - 1
         elif r < 0.95:
             cursor = line_start
             end = starts[min(i + rng.randint(2, 12), lines - 1)] - 1

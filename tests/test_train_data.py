@@ -47,3 +47,23 @@ def test_bf16_autocast_only_where_asked_or_native():
     assert train.use_bf16("auto", torch.device("cpu")) == ("amx_bf16" in open("/proc/cpuinfo").read())
     with pytest.raises(SystemExit):
         train.use_bf16("fp8", torch.device("cpu"))
+
+
+def test_fim_cuts_at_an_indented_cursor_include_whole_bodies():
+    """An editor's cursor on an emptied line sits after the indentation; training must show long middles there."""
+    import random
+
+    from dg_model.fim import sample_fim
+
+    text = "".join(f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    if z:\n        return z\n    return y\n\n"
+                   for i in range(30))
+    rng = random.Random(0)
+    spans = []
+    for _ in range(2000):
+        p = sample_fim(text, rng)
+        assert p is not None and p.prefix + p.middle + p.suffix == text
+        if p.prefix.endswith("    ") and p.prefix.rstrip(" ").endswith("\n"):
+            spans.append(p.middle.count("\n") + 1)
+    assert len(spans) > 400
+    assert sum(n >= 4 for n in spans) > len(spans) // 4
+    assert sum(n <= 3 for n in spans) > len(spans) // 4
