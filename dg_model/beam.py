@@ -48,12 +48,14 @@ def beam_search(
     eos_ids: Collection[int],
     cancel: threading.Event | None = None,
     on_step: Callable[[list[int]], None] | None = None,
+    may_end: Callable[[list[int]], bool] | None = None,
 ) -> BeamResult:
     """Decode from `first_logp` [V] (the prediction after the prompt).
 
     `finish(tokens)` says whether a hypothesis is complete after its last token, and how many of its tokens to keep
-    (None: go on); EOS completes one without adding a token. The search stops once `width` hypotheses are complete,
-    counting only those that ranked among the `width` best of their step, so width 1 is exactly greedy decoding.
+    (None: go on); EOS completes one without adding a token, unless `may_end(tokens)` says it may not end there.
+    The search stops once `width` hypotheses are complete, counting only those that ranked among the `width` best of
+    their step, so width 1 is exactly greedy decoding.
     """
     width = max(1, width)
     alive = [Hypothesis()]
@@ -73,6 +75,8 @@ def beam_search(
             lp = float(logp[parent, token])
             if token in eos_ids:
                 # EOS and pad end a hypothesis alike: only the likelier of the two takes a place among the finished
+                if may_end is not None and not may_end(h.tokens):
+                    continue
                 if rank < width and all(d.tokens != h.tokens for d in done):
                     done.append(Hypothesis(h.tokens, h.logprobs + [lp]))
                 continue

@@ -36,7 +36,7 @@ from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
 from dg_model.scoring import score_blocks
 from dg_model.speculative import speculate
-from dg_model.stops import block_end, cursor_indent, ended, loop_start
+from dg_model.stops import block_end, can_end, cursor_indent, ended, loop_start
 
 MODES = DECODINGS  # "auto" first: a job or a forced mode may say "auto", dg_engine.json picks among MODES[1:]
 
@@ -291,7 +291,7 @@ class DiffusionEngine:
             return [""], [0.0]
         on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
         first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
-        result = beam_search(first, advance, width, finish, self.eos_ids, job.cancel, on_step)
+        result = beam_search(first, advance, width, finish, self.eos_ids, job.cancel, on_step, self._may_end(job))
         stats.steps += result.steps
         # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
         # flatters it (one EOS log-prob against a line's sum divided by its length's square root).
@@ -340,7 +340,8 @@ class DiffusionEngine:
 
         on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
         first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
-        result = speculate(first, draft, verify, commit, self._finish(job), self.eos_ids, job.cancel, on_step)
+        result = speculate(first, draft, verify, commit, self._finish(job), self.eos_ids, job.cancel, on_step,
+                           self._may_end(job))
         stats.new_tokens = len(result.tokens)
         stats.drafted, stats.accepted = result.drafted, result.accepted
         return [self.tokenizer.decode(result.tokens)], [_mean(result.logprobs)]
@@ -356,6 +357,10 @@ class DiffusionEngine:
             return len(tokens) if over or len(tokens) >= job.max_tokens else None
 
         return finish
+
+    def _may_end(self, job: InfillJob):
+        """Token-by-token decoding may not end a middle on an open header or bracket the suffix does not finish."""
+        return lambda tokens: can_end(job.prefix, self.tokenizer.decode(tokens), job.suffix)
 
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []

@@ -40,6 +40,7 @@ def speculate(
     eos_ids: Collection[int],
     cancel: threading.Event | None = None,
     on_step: Callable[[list[int]], None] | None = None,
+    may_end: Callable[[list[int]], bool] | None = None,
 ) -> SpecResult:
     """Greedy decoding, several tokens per round.
 
@@ -49,8 +50,19 @@ def speculate(
     verify(seq): encode `seq` (`p` + draft) at the cache's end; [len(seq), V] log-probabilities of each next token.
     commit(n): keep the first n of the tokens just verified in the cache, drop the rest.
     finish(tokens): where the middle ends (a cut index) once it has ended, else None.
+    may_end(tokens): whether an EOS may end the middle after `tokens` (else the best other token is taken, as beam
+        search does, so the text stays greedy AR's).
     """
-    pending, pending_lp = int(first.argmax()), float(first.max())
+
+    def choose(logp: torch.Tensor, tokens: list[int]) -> int:
+        token = int(logp.argmax())
+        if token in eos_ids and may_end is not None and not may_end(tokens):
+            ranked = logp.topk(len(eos_ids) + 1).indices.tolist()
+            token = next(t for t in ranked if t not in eos_ids)
+        return token
+
+    pending = choose(first, [])
+    pending_lp = float(first[pending])
     out = SpecResult([], [])
     hint: list[int] = []
     while True:
@@ -69,6 +81,8 @@ def speculate(
         best = logp.argmax(-1).tolist()
         agree = 0
         while agree < len(proposal) and best[agree] == proposal[agree]:
+            if proposal[agree] in eos_ids and may_end is not None and not may_end(out.tokens + proposal[:agree]):
+                break
             agree += 1
         commit(1 + agree)
         out.rounds += 1
@@ -86,5 +100,6 @@ def speculate(
                 return out
         if on_step is not None:
             on_step(out.tokens)
-        pending, pending_lp = best[agree], float(logp[agree, best[agree]])
+        pending = choose(logp[agree], out.tokens)
+        pending_lp = float(logp[agree, pending])
         hint = proposal[agree + 1 :]

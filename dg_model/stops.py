@@ -71,3 +71,53 @@ def block_end(text: str, indent: int) -> int | None:
             return start
         start = stop
     return None
+
+
+_CLOSER = {"(": ")", "[": "]", "{": "}"}
+
+
+def _code(text: str) -> tuple[str, int]:
+    """The text with string literals blanked and `#` comments cut (a cheap scan: it need not know the language, only
+    not be fooled by `"("` or `# (see below:`), and how many brackets it opens and does not close."""
+    out, depth, i, n = [], 0, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "#":
+            nl = text.find("\n", i)
+            i = n if nl == -1 else nl
+            continue
+        if ch in "'\"":
+            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else ch
+            close = text.find(quote, i + len(quote))
+            while close != -1 and len(quote) == 1 and text[close - 1] == "\\":
+                close = text.find(quote, close + 1)
+            if close == -1:
+                break
+            out.append('""' + "\n" * text.count("\n", i, close))
+            i = close + len(quote)
+            continue
+        if ch in _CLOSER:
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        out.append(ch)
+        i += 1
+    return "".join(out), depth
+
+
+def can_end(prefix: str, text: str, suffix: str) -> bool:
+    """Whether a middle may end after `text` without leaving code the suffix does not finish: a header line (ending
+    in `:`) needs a more indented line after it, an opened bracket its closer. A small model's EOS often lands right
+    after a block's first line (`if x:` and nothing under it); forbidding the EOS there lets it write the body."""
+    rest_of_line, _, after = suffix.partition("\n")
+    if rest_of_line.strip():  # the cursor's line goes on after the middle: the suffix continues whatever it opened
+        return True
+    following = next((line for line in after.split("\n") if line.strip()), "")
+    code, unclosed = _code(prefix.rsplit("\n", 1)[-1] + text)
+    if unclosed > 0 and following.lstrip()[:1] not in (")", "]", "}"):
+        return False
+    line = code.rstrip().rsplit("\n", 1)[-1]
+    if line.rstrip().endswith(":"):
+        indent = len(line) - len(line.lstrip(" \t"))
+        return len(following) - len(following.lstrip(" \t")) > indent
+    return True

@@ -75,3 +75,21 @@ def test_two_end_tokens_do_not_take_two_places_among_the_finished():
     first = dist(EOS=0.4, D=0.35, A=0.25)
     result = beam_search(first, advance, 2, lambda tokens: None, {EOS, D})
     assert [h.tokens for h in result.hypotheses] == [[], [A]]
+
+
+def test_may_end_keeps_a_hypothesis_going_past_a_forbidden_eos():
+    calls = []
+    rows: list[tuple[int, ...]] = [()]
+
+    def advance(parents, tokens):
+        nonlocal rows
+        rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+        calls.append(len(tokens))
+        return torch.stack([TABLE.get(r, dist(EOS=0.6, C=0.4)) for r in rows])
+
+    finish = lambda tokens: len(tokens) if len(tokens) >= 4 else None  # noqa: E731
+    free = beam_search(TABLE[()], advance, 1, finish, {EOS})
+    assert [h.tokens for h in free.hypotheses] == [[A, C]]
+    rows = [()]
+    held = beam_search(TABLE[()], advance, 1, finish, {EOS}, may_end=lambda tokens: len(tokens) >= 3)
+    assert [h.tokens for h in held.hypotheses] == [[A, C, C]]  # EOS after A C forbidden: C, then EOS allowed

@@ -104,3 +104,19 @@ def test_each_draft_gets_the_last_drafts_guesses_past_its_first_miss():
 
     out, _ = run(draft)
     assert out.tokens == GREEDY and hints[0] == [] and all(h == [4, 5] for h in hints[1:])
+
+
+@pytest.mark.parametrize("draft", [lambda p, h: [], lambda p, h: chain(p, 3) + [EOS, 3]])
+def test_a_forbidden_eos_is_never_taken_and_the_text_stays_greedy_beams(draft):
+    from dg_model.beam import beam_search
+
+    may_end = lambda tokens: len(tokens) >= 8  # noqa: E731
+    finish = lambda tokens: 9 if len(tokens) >= 9 else None  # noqa: E731
+    out, _ = run(draft, finish=finish, may_end=may_end)
+    assert out.tokens[:6] == GREEDY and EOS not in out.tokens and len(out.tokens) >= 8
+
+    def advance(parents, tokens):
+        return torch.stack([logp_after(t) for t in tokens])
+
+    beam = beam_search(logp_after(11), advance, 1, finish, {EOS}, may_end=may_end)
+    assert beam.hypotheses[0].tokens == out.tokens
