@@ -100,6 +100,8 @@ class DiffusionEngine:
         self.vocab_size = self.text_config.vocab_size
         self.format = choose_format(tokenizer, settings.prompt_format)
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        # Prompt-format tokens are never text: a small model sometimes writes <fim_middle> as the whole middle.
+        self._never = torch.tensor(sorted(set(tokenizer.all_special_ids) - self.eos_ids), dtype=torch.long)
         self.fwd = make_forward(model, settings.forward)
         self._caches: OrderedDict[str, _CachedPrompt] = OrderedDict()
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
@@ -158,7 +160,8 @@ class DiffusionEngine:
             canvas[0, worst] = noise_like(canvas[0, worst], self.vocab_size, gen)
             n = max(1, job.n)
             batched = self.fwd.expand(cache, n) if n > 1 else cache
-            result = denoise(lambda x, sc: self.fwd.decoder_logits(x, batched, sc), canvas.expand(n, -1).clone(),
+            result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, batched, sc)),
+                             canvas.expand(n, -1).clone(),
                              torch.zeros(n, length, dtype=torch.bool, device=self.device), self.vocab_size,
                              replace(self.settings.sampler, greedy=n == 1), gen, job.cancel,
                              self._drafts(job.on_draft), greedy_rows=self._greedy_rows(n))
@@ -171,6 +174,13 @@ class DiffusionEngine:
             self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
+
+    def _text_only(self, scores: torch.Tensor) -> torch.Tensor:
+        """Logits or log-probabilities over the vocabulary with the prompt-format tokens ruled out (finite, so the
+        sampler's entropies stay numbers)."""
+        if len(self._never):
+            scores[..., self._never.to(scores.device)] = -1e4
+        return scores
 
     @torch.inference_mode()
     def score(self, job: ScoreJob) -> list[BlockScore]:
@@ -238,7 +248,7 @@ class DiffusionEngine:
             if tail:
                 canvas[:, -len(tail):] = torch.tensor(tail, device=self.device)
                 pinned[:, -len(tail):] = True
-            result = denoise(lambda x, sc: self.fwd.decoder_logits(x, batched, sc), canvas, pinned,
+            result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, batched, sc)), canvas, pinned,
                              self.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
                              self._drafts(job.on_draft, prefix=tokens[0]), greedy_rows=self._greedy_rows(n),
                              stop_ids=tuple(self.eos_ids),
@@ -283,14 +293,14 @@ class DiffusionEngine:
                 self.fwd.reorder(batched, torch.tensor(rows), prompt_len)
             feed = torch.tensor([[t] for t in tokens + [self.tokenizer.pad_token_id] * pad], device=self.device)
             hidden = self.fwd.encode(feed, batched, self.fwd.seq_length(batched))
-            logp = torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]).float(), -1)[: len(parents)]
+            logp = self._text_only(torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]).float(), -1)[: len(parents)])
             stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
             return logp
 
         if job.max_tokens <= 0:
             return [""], [0.0]
         on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
-        first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
+        first = self._text_only(torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
         result = beam_search(first, advance, width, finish, self.eos_ids, job.cancel, on_step, self._may_end(job))
         stats.steps += result.steps
         # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
@@ -316,8 +326,8 @@ class DiffusionEngine:
             hint = hint[: size - 1]
             if hint:  # the last draft's guesses past its first miss: a partly denoised start, not pinned
                 canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=self.device)
-            result = denoise(lambda x, sc: self.fwd.decoder_logits(x, cache, sc), canvas, pinned, self.vocab_size,
-                             sampler, gen, job.cancel)
+            result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, cache, sc)), canvas, pinned,
+                             self.vocab_size, sampler, gen, job.cancel)
             stats.steps += result.steps
             stats.decoder_forwards += result.steps
             stats.decoder_ms += result.step_ms
@@ -333,13 +343,13 @@ class DiffusionEngine:
             hidden = self.fwd.encode(torch.tensor([seq], device=self.device), cache, verified_from[0])
             stats.steps += 1
             stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
-            return torch.log_softmax(self.fwd.lm_logits(hidden[0]).float(), -1)
+            return self._text_only(torch.log_softmax(self.fwd.lm_logits(hidden[0]).float(), -1))
 
         def commit(n: int) -> None:
             self.fwd.trim(cache, verified_from[0] + n)
 
         on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
-        first = torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0]
+        first = self._text_only(torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
         result = speculate(first, draft, verify, commit, self._finish(job), self.eos_ids, job.cancel, on_step,
                            self._may_end(job))
         stats.new_tokens = len(result.tokens)

@@ -258,3 +258,22 @@ def test_a_block_ends_once_it_retypes_the_suffix():
     assert not reaches_suffix("a\n)\n", "\n    )\n")  # bare punctuation must match with its indentation
     assert ended("total = 0\n    total += x\n    return total\n", "block", 4, suffix)
     assert not ended("total = 0\n    total += x\n    return total\n", "block", 4)  # no suffix given: no such stop
+
+
+@pytest.mark.parametrize("mode", ["ar", "hybrid", "diffusion"])
+@torch.no_grad()
+def test_prompt_format_tokens_are_never_written_into_a_middle(tiny, mode):
+    engine = make(tiny, mode=mode)
+    special = tiny[1].convert_tokens_to_ids("<fim_middle>")
+    lm, dec = engine.fwd.lm_logits, engine.fwd.decoder_logits
+
+    def favour(logits):  # a model whose every choice would be <fim_middle>
+        logits = logits.clone()
+        logits[..., special] = logits.max() + 50
+        return logits
+
+    engine.fwd.lm_logits = lambda h: favour(lm(h))
+    engine.fwd.decoder_logits = lambda *a: favour(dec(*a))
+    result = engine.infill(InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=8))
+    texts = [c.text for c in result.candidates]
+    assert texts and all("<fim_middle>" not in t for t in texts) and any(t.strip() for t in texts)
