@@ -3,8 +3,9 @@
 - The model does not load (weights missing or corrupt, not a DiffusionGemma, k-bit without CUDA or without
   bitsandbytes, ...): `recover` loads the embedded model on the CPU instead, shows ONE error message naming the problem
   and the fallback, and the fallback's name (hence dg/status' "ready" message) carries the reason.
-- The GPU runs out of memory while serving (CUDA OOM): `handle_job_error` shows ONE error message and swaps in the same
-  fallback in the background; requests answer empty meanwhile instead of each failing with an internal error.
+- The GPU runs out of memory while serving: the engine raises `EngineOutOfMemory` (dg_model/api.py; which errors of
+  its libraries count is the engine's business) and `handle_out_of_memory` shows ONE error message and swaps in the
+  same fallback in the background; requests answer empty meanwhile instead of each failing with an internal error.
 - A tree-sitter grammar is missing or broken: the context module already falls back to plain-text windows for that
   language; the `textDocument/didOpen` handler registered here tells the user once per language, with the fix.
 
@@ -12,30 +13,30 @@ Hooks (the server calls these; nothing here patches the server):
 - `dg_lsp/features/lifecycle.py`, `load_model`, right after the try/except around `load_engine`:
       if engine is None and generation == ls.load_generation:
           engine, error = await fallback.recover(ls, settings, error)
-- `dg_lsp/server.py`, `DgServer.run`, a last except clause after `except EngineError`:
-      except Exception as exc:  # noqa: BLE001 - CUDA OOM falls back; anything else stays the request's error
-          if not fallback.handle_job_error(self, exc):
-              raise
+- `dg_lsp/server.py`, `DgServer.run`: `except OUT_OF_MEMORY as exc: fallback.handle_out_of_memory(self, exc)`.
 - `dg_lsp/server.py`, `create_server`: `fallback` in the tuple of registered feature modules.
+What has been reported lives in `DgServer._dg_fallback`, a `FallbackState`.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
-from dg_model.api import BlockScore, Engine, InfillJob, JobResult, RewriteJob, ScoreJob
+from dg_model.api import BlockScore, Engine, EngineOutOfMemory, InfillJob, JobResult, RewriteJob, ScoreJob
 
 from . import languages
 from .engines import FAKE_PREFIX, load_engine, model_label, settings_label
 from .jobs import in_daemon_thread
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .server import DgServer
     from .settings import Settings
 
@@ -43,6 +44,16 @@ log = logging.getLogger(__name__)
 
 # What serves when the configured model cannot: the embedded model, on the CPU, unquantized. (model, device, quantize)
 TARGET: tuple[str | None, str, str] = (None, "cpu", "none")
+# What counts as out of memory: the engine's typed error, and Python's own when the host runs out outside the engine.
+OUT_OF_MEMORY = (EngineOutOfMemory, MemoryError)
+
+
+@dataclass
+class FallbackState:
+    """What this server has already told the user, so each problem is reported once."""
+
+    oom_reported: bool = False
+    grammars_reported: set[str] = field(default_factory=set)
 
 
 class FallbackEngine:
@@ -84,7 +95,6 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-
 # ------------------------------------------------------------------------------------------------ failed load
 
 
@@ -113,51 +123,24 @@ async def recover(ls: DgServer, settings: Settings, error: str | None) -> tuple[
 # ------------------------------------------------------------------------------------------------ errors while serving
 
 
-def is_oom(exc: BaseException) -> bool:
-    """CUDA (or host) out of memory, whichever way torch or a kernel library raised it."""
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom is not None and isinstance(exc, oom):
-        return True
-    return type(exc).__name__ == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
-
-
-class _State:
-    def __init__(self) -> None:
-        self.oom_reported = False
-        self.grammars_reported: set[str] = set()
-
-
-def _state(ls: DgServer) -> _State:
-    state = getattr(ls, "_dg_fallback", None)
-    if state is None:
-        state = _State()
-        ls._dg_fallback = state  # type: ignore[attr-defined]
-    return state
-
-
-def handle_job_error(ls: DgServer, exc: BaseException) -> bool:
-    """A job failed with `exc` (on the event loop, in `DgServer.run`). True when handled (the request answers
-    empty): out of memory -> one message and the fallback engine; False for anything else."""
-    if not is_oom(exc):
-        return False
-    state = _state(ls)
+def handle_out_of_memory(ls: DgServer, exc: EngineOutOfMemory | MemoryError) -> None:
+    """A job ran out of memory (on the event loop, in `DgServer.run`); the request answers empty. The first time: one
+    message, and the fallback engine loads in the background."""
+    state = ls._dg_fallback
     if state.oom_reported:
         log.debug("out of memory again (fallback already under way): %s", _first_line(str(exc)))
-        return True
+        return
     state.oom_reported = True
     label = model_label(ls.settings.model)
-    why = _first_line(f"{type(exc).__name__}: {exc}")
+    # The engine's message already names the error it caught ("OutOfMemoryError: CUDA out of memory. ...").
+    why = _first_line(str(exc) if isinstance(exc, EngineOutOfMemory) else f"{type(exc).__name__}: {exc}")
+    free_memory = getattr(exc, "free_memory", None)  # not `exc`: its traceback holds the engine being dropped
     log.error("%s ran out of memory: %s", label, why)
-    _free_cuda()
+    _free(free_memory)
     if not applies(ls.settings) or ls.jobs.engine is None or isinstance(ls.jobs.engine, FallbackEngine):
         ls.show_message(f"dg-lsp: {label} ran out of memory ({why}); completions may fail until memory is freed.",
                         types.MessageType.Error)
-        return True
+        return
     ls.show_message(
         f"dg-lsp: {label} ran out of GPU memory ({why}). Completing with the embedded model on the CPU instead; "
         "restart the server to try the GPU model again.",
@@ -180,20 +163,18 @@ def handle_job_error(ls: DgServer, exc: BaseException) -> bool:
         if generation != ls.load_generation:  # the settings changed meanwhile; that load reports
             return
         fallback = FallbackEngine(engine, f"{label} ran out of memory")
-        _free_cuda()
+        _free(free_memory)
         ls.jobs.set_engine(fallback)
         ls.call_in_loop(ls.clear_cache)
         ls.set_status("ready", device=fallback.device, message=f"{fallback.name} on {fallback.device}")
 
     threading.Thread(target=swap, name="dg-fallback", daemon=True).start()
-    return True
 
 
-def _free_cuda() -> None:
-    torch = sys.modules.get("torch")
+def _free(free_memory: Callable[[], None] | None) -> None:
     try:
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if free_memory is not None:
+            free_memory()
     except Exception:  # noqa: BLE001 - best effort
         pass
 
@@ -215,7 +196,7 @@ def grammar_problem(language_id: str | None) -> str | None:
 
 def check_grammar(ls: DgServer, language_id: str | None) -> None:
     spec = languages.spec_for(language_id)
-    state = _state(ls)
+    state = ls._dg_fallback
     if spec is None or spec.name in state.grammars_reported:
         return
     state.grammars_reported.add(spec.name)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from typing import Literal
 
-from dg_model.api import Engine, EngineError, InfillJob, RewriteJob, ScoreJob
+from dg_model.api import Engine, EngineError, InfillJob, JobResult, RewriteJob, ScoreJob
 
 from .context import ContextBudget, build_context, enclosing_block, should_complete
 from .diagnose import problems
@@ -45,6 +45,12 @@ def budget_of(settings: Settings, reserve_tokens: int = 0) -> ContextBudget:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Completions:
+    edits: list[Edit]  # best first, as `complete_at` returns them
+    result: JobResult | None  # what the engine answered (raw candidates, its `JobStats`); None: it was not asked
+
+
 def complete_at(
     engine: Engine,
     text: str,
@@ -62,12 +68,29 @@ def complete_at(
     `automatic` (typing, not an explicit request) additionally asks the context module whether this is a place to
     complete at all (not mid-word before text, not in a comment, ...).
     """
+    return complete(engine, text, offset, language_id, settings, other_docs, cancel, doc_key=doc_key,
+                    automatic=automatic).edits
+
+
+def complete(
+    engine: Engine,
+    text: str,
+    offset: int,
+    language_id: str,
+    settings: Settings,
+    other_docs: OtherDocs = (),
+    cancel: threading.Event | None = None,
+    *,
+    doc_key: str = "",
+    automatic: bool = False,
+) -> Completions:
+    """`complete_at`, with the engine's answer beside the edits: its `JobStats` for logs, evaluations and benchmarks."""
     if not settings.enabled_for(language_id):
-        return []
+        return Completions([], None)
     window, base = _window(text, offset)
     offset -= base
     if automatic and not should_complete(window, offset, language_id):
-        return []
+        return Completions([], None)
     ctx = build_context(window, offset, language_id, engine.count_tokens, budget_of(settings), other_docs)
     job = InfillJob(
         prefix=ctx.prefix,
@@ -83,8 +106,8 @@ def complete_at(
         cancel=cancel,
     )
     result = engine.infill(job)
-    return [_shift(e, base) for e in candidate_edits([c.text for c in result.candidates], window, offset, language_id,
-                                                     ctx.kind)]
+    edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind)
+    return Completions([_shift(e, base) for e in edits], result)
 
 
 def candidate_edits(

@@ -3,7 +3,8 @@
 Handlers live in `dg_lsp/features/` (one module per LSP feature) and all have the same shape: get the document ->
 convert the position with `DgServer.offset` -> one pipeline call through `DgServer.run` -> convert back ->
 `return result or None`. `DgServer.run` is where requests meet the job worker: superseding, `$/cancelRequest`,
-stale versions and "model not ready" all end there as an empty answer, never an error storm.
+stale versions, "model not ready" and out of memory all end there as an empty answer, never an error storm.
+Completion requests first go through their answer cache, typing along and debounce (`answers.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,9 +24,10 @@ from pygls.workspace import TextDocument
 
 from dg_model.api import Cancelled, EngineError
 
-from . import convert, fallback, pipeline, typeahead
+from . import convert, fallback
+from .answers import Answers, SharedJobs
 from .engines import settings_label
-from .jobs import Job, JobRunner, ModelNotReady
+from .jobs import JobRunner, ModelNotReady
 from .postprocess import Edit
 from .settings import Settings
 
@@ -36,13 +37,6 @@ __version__ = "0.1.0"
 STATUS_METHOD = "dg/status"
 # Open documents of the same language larger than this are not offered to the context builder as snippet sources.
 MAX_SNIPPET_DOC_CHARS = 1_000_000
-
-
-@dataclass(eq=False)
-class _Shared:
-    job: Job
-    result: asyncio.Future
-    waiters: int = 0
 
 
 def _check_message(data: dict[str, Any], respond: Callable[..., Any]) -> None:
@@ -137,14 +131,10 @@ class DgServer(LanguageServer):
         self.load_generation = 0  # a model load only reports if no newer one started
         self.load_task: asyncio.Future | None = None
         self._starts: tuple[TextDocument | None, list[int]] = (None, [])  # line index of the last document used
-        self._pending: dict[str, tuple] = {}  # latest completion request per document, for debouncing
-        self._inflight: dict[tuple, _Shared] = {}
-        # (uri, content hash, offset, automatic, settings) -> edits, least recently used first. Keyed by content, not
-        # version: a backspace and the same character typed again is the document of before, and gets the answer of
-        # before.
-        self._cache: dict[tuple, list[Edit]] = {}
-        self._answers: dict[str, typeahead.Answer] = {}  # uri -> the last non-empty completion, for typing along
-        self._settings_key: tuple[Settings | None, int] = (None, 0)
+        self.answers: Answers = Answers(self)  # completion answers: cache, typing along, debounce
+        self.shared_jobs: SharedJobs = SharedJobs()  # requests that would run the same job await one
+        # What fallback.py has reported (out of memory, missing grammars), so each is reported once.
+        self._dg_fallback: fallback.FallbackState = fallback.FallbackState()
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Errors outside a request (a malformed message, a failing notification handler): logged, and sent as
@@ -211,98 +201,28 @@ class DgServer(LanguageServer):
         for key in (uri, f"{uri}#rewrite"):
             self.jobs.cancel(key)
         if closed:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != unquote(uri)}
-            self._answers.pop(unquote(uri), None)
+            self.answers.forget(uri)
 
     def clear_cache(self) -> None:
-        self._cache.clear()
-        self._answers.clear()
-
-    def settings_key(self) -> int:
-        """Part of every answer-cache and shared-job key: answers made under other settings (candidates, budgets,
-        decoding, ...) are never reused, not even by a request that joins a job started before a settings change."""
-        if self._settings_key[0] is not self.settings:  # each change is a new Settings object
-            self._settings_key = (self.settings, hash(repr(self.settings)))
-        return self._settings_key[1]
+        """Settings or the model changed: no completion answered before stands."""
+        self.answers.clear()
 
     # -- running pipeline calls --
 
     async def complete(self, doc: TextDocument, offset: int, *, automatic: bool) -> list[Edit]:
-        """Completions at `offset`, shared by inline completion and completion.
-
-        Editors often send both requests for the same keystroke; they share one job (and a small cache keyed by
-        document content) instead of superseding each other or running the model twice. While typing along with the
-        last suggestion, its untyped rest is the answer without a model call (`typeahead`); an explicit request
-        always asks the model.
-        """
-        if not self.settings.enabled_for(doc.language_id or ""):
-            return []  # before the job: it would wait for a loading model just to answer nothing
-        uri = unquote(doc.uri)
-        key = (uri, len(doc.source), hash(doc.source), offset, automatic, self.settings_key())
-        if (hit := self._cache.pop(key, None)) is not None:
-            self._cache[key] = hit  # most recently used
-            return hit
-        if automatic and self.settings.type_ahead and (answer := self._answers.get(uri)) is not None:
-            if (ahead := typeahead.forward(answer, doc.source, offset)) is not None:
-                log.debug("typed ahead: %d characters, %d edits", offset - answer.offset, len(ahead))
-                return ahead
-        if automatic and not await self.debounce(key):
-            return []
-        fn = functools.partial(
-            pipeline.complete_at,
-            text=doc.source,
-            offset=offset,
-            language_id=doc.language_id or "",
-            settings=self.settings,
-            other_docs=self.other_docs(doc),
-            doc_key=doc.uri,
-            automatic=automatic,
-        )
-        # A job is only shared within a version: a job for an older version with the same content ends as stale.
-        shared = (*key, doc.version)
-        edits = await self.run(doc.uri, doc, lambda engine, cancel: fn(engine, cancel=cancel), share_key=shared)
-        if edits is not None:
-            # LSP wants the replace range to contain the cursor (inline and completion alike).
-            edits = [e for e in edits if e.start <= offset <= e.end]
-            self._cache[key] = edits
-            if edits:
-                self._answers[uri] = typeahead.Answer(doc.source, offset, tuple(edits))
-            while len(self._cache) > 32:
-                self._cache.pop(next(iter(self._cache)))
-        return edits or []
-
-    async def debounce(self, key: tuple) -> bool:
-        """Wait `debounceMs`; False when a request for another place in the same document arrived meanwhile."""
-        uri = key[0]
-        self._pending[uri] = key
-        if self.settings.debounce_ms > 0:
-            await asyncio.sleep(self.settings.debounce_ms / 1000)
-        return self._pending.get(uri) == key
+        """Completions at `offset`, shared by inline completion and completion (see `answers.py`)."""
+        return await self.answers.complete(doc, offset, automatic=automatic)
 
     async def run(self, key: str, doc: TextDocument, fn: Callable[..., Any], share_key: tuple | None = None) -> Any:
-        """Run `fn(engine, cancel)` on the job worker; None when cancelled, superseded, stale or without a model.
+        """Run `fn(engine, cancel)` on the job worker; None when cancelled, superseded, stale, without a model or out
+        of memory (which falls back, `fallback.py`).
 
         A job newer than this one for the same `key` supersedes it. Requests with the same `share_key` await the
-        same job; it is cancelled only when all of them are.
+        same job; it is cancelled only when all of them are. Any other error stays the request's error.
         """
-        shared = self._inflight.get(share_key) if share_key is not None else None
-        if shared is None or shared.job.cancel.is_set():
-            job = self.jobs.submit(key, fn, self.is_current(doc))
-            shared = _Shared(job, asyncio.wrap_future(job.future))
-            shared.result.add_done_callback(functools.partial(self._job_done, share_key, shared))
-            if share_key is not None:
-                self._inflight[share_key] = shared
-        shared.waiters += 1
+        submit = functools.partial(self.jobs.submit, key, fn, self.is_current(doc))
         try:
-            return await asyncio.shield(shared.result)
-        except asyncio.CancelledError:
-            # $/cancelRequest or shutdown cancelled this request; stop the denoise at its next step if no one
-            # else is waiting for it.
-            shared.waiters -= 1
-            if shared.waiters == 0:
-                shared.job.cancel.set()
-                shared.job.future.cancel()
-            raise
+            return await self.shared_jobs.wait(submit, share_key)
         except Cancelled as exc:
             log.debug("%s: %s", key, exc)
         except ModelNotReady as exc:
@@ -310,16 +230,9 @@ class DgServer(LanguageServer):
         except EngineError as exc:
             log.error("%s: engine error: %s", key, exc)
             self.log_message(f"dg-lsp: model error: {exc}", types.MessageType.Error)
-        except Exception as exc:  # noqa: BLE001 - CUDA OOM falls back; anything else stays the request's error
-            if not fallback.handle_job_error(self, exc):
-                raise
+        except fallback.OUT_OF_MEMORY as exc:
+            fallback.handle_out_of_memory(self, exc)
         return None
-
-    def _job_done(self, share_key: tuple | None, shared: _Shared, result: asyncio.Future) -> None:
-        if share_key is not None and self._inflight.get(share_key) is shared:
-            del self._inflight[share_key]
-        if not result.cancelled():
-            result.exception()  # mark it retrieved: every waiter may have been cancelled (no asyncio warning)
 
     # -- talking to the user --
 

@@ -28,6 +28,19 @@ class EngineError(Exception):
     """A problem the user can fix (missing weights, unknown model id, no CUDA). The message says how."""
 
 
+class EngineOutOfMemory(Exception):
+    """The job ran out of memory (GPU or host), whatever library noticed: the one type `dg_lsp` falls back on, so it
+    never needs to know torch. Not an `EngineError`: code that tolerates an engine's refusal must not swallow it.
+
+    `free_memory`, when given, returns what the engine's device allocator caches to the device; the server calls it
+    after the failure and again once the engine is dropped. It must not hold on to the engine.
+    """
+
+    def __init__(self, message: str, free_memory: Callable[[], None] | None = None) -> None:
+        super().__init__(message)
+        self.free_memory = free_memory
+
+
 @dataclass(frozen=True)
 class InfillJob:
     """Fill the gap between `prefix` and `suffix` (fill-in-the-middle at the cursor)."""

@@ -10,6 +10,7 @@ cache, the honest baseline for diffusion-vs-AR comparisons, and the better choic
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from dg_model.api import (
     Cancelled,
     Candidate,
     EngineError,
+    EngineOutOfMemory,
     InfillJob,
     JobResult,
     JobStats,
@@ -90,6 +92,28 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+def _out_of_memory_typed(method):
+    """Out of memory leaves a job as `EngineOutOfMemory`, whichever way it was raised: torch's OutOfMemoryError, a
+    kernel library's own class of that name or its "out of memory" RuntimeError, or a host MemoryError."""
+
+    @functools.wraps(method)
+    def typed(self, job):
+        try:
+            return method(self, job)
+        except Exception as exc:  # noqa: BLE001 - re-raised unchanged unless it is out of memory
+            if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError"
+                    or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())):
+                raise
+            raise EngineOutOfMemory(f"{type(exc).__name__}: {exc}", _empty_cuda_cache) from exc
+
+    return typed
+
+
+def _empty_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class DiffusionEngine:
     def __init__(self, model, tokenizer, settings: EngineSettings, name: str, mode: str = "auto"):
         if mode not in MODES or any(m not in MODES[1:] for m in settings.decoding.values()):
@@ -111,6 +135,7 @@ class DiffusionEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
 
+    @_out_of_memory_typed
     @torch.inference_mode()
     def infill(self, job: InfillJob) -> JobResult:
         t0 = time.perf_counter()
@@ -136,6 +161,7 @@ class DiffusionEngine:
         cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
         return JobResult(_dedupe(cands), stats)
 
+    @_out_of_memory_typed
     @torch.inference_mode()
     def rewrite(self, job: RewriteJob) -> JobResult:
         t0 = time.perf_counter()
@@ -182,6 +208,7 @@ class DiffusionEngine:
             scores[..., self._never.to(scores.device)] = -1e4
         return scores
 
+    @_out_of_memory_typed
     @torch.inference_mode()
     def score(self, job: ScoreJob) -> list[BlockScore]:
         if not job.blocks:

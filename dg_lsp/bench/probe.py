@@ -123,7 +123,7 @@ def install() -> None:
             tables = {
                 "request_futures": len(ls.protocol._request_futures),
                 "documents": len(ls.workspace.text_documents),
-                "cached_answers": len(getattr(ls, "_cache", ())),
+                "cached_answers": len(ls.answers),
             }
             return {**_proc_status(), **_cuda_memory(), **tables}
 
