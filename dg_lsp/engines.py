@@ -7,9 +7,12 @@ starts, answers `initialize` and reports problems even on a machine where the mo
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 
 from dg_model.api import Engine, EngineError
+
+log = logging.getLogger(__name__)
 
 FAKE_PREFIX = "fake:"
 ALLOW_FAKE_ENV = "DG_LSP_ALLOW_FAKE"
@@ -39,6 +42,19 @@ def load_engine(model: str | None, device: str = "auto", quantize: str = "none")
             f"the model package cannot be imported ({exc}); reinstall dg-lsp with its dependencies"
         ) from exc
     return loading.load_engine(model, device=device, quantize=quantize)
+
+
+def close_engine(engine: Engine | None) -> None:
+    """Release what a replaced engine holds besides memory: a remote engine's connections and thread (an engine in
+    this process has nothing to close). Any engine, any thread, any number of times; it returns at once (a request
+    still running on `engine` finishes first) and never raises."""
+    close = getattr(engine, "close", None)
+    if not callable(close):
+        return
+    try:
+        close()
+    except Exception as exc:  # noqa: BLE001 - closing the old engine must never fail installing the new one
+        log.warning("closing %s failed: %s", getattr(engine, "name", "the old engine"), exc)
 
 
 def _load_fake(spec: str) -> Engine:

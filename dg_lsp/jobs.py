@@ -23,6 +23,8 @@ from typing import Any
 
 from dg_model.api import Cancelled, Engine
 
+from .engines import close_engine
+
 log = logging.getLogger(__name__)
 
 JobFn = Callable[[Engine, threading.Event], Any]
@@ -66,15 +68,19 @@ class JobRunner:
         return self._engine
 
     def set_loading(self) -> None:
-        """A (re)load started: new jobs wait for it instead of using the engine being replaced."""
+        """A (re)load started: new jobs wait for it instead of using the engine being replaced, which is closed (a
+        remote engine's connections and thread; a request still running on it finishes first)."""
         with self._cond:
-            self._engine, self._error, self._loading = None, None, True
+            old, self._engine, self._error, self._loading = self._engine, None, None, True
             self._cond.notify_all()
+        close_engine(old)
 
     def set_engine(self, engine: Engine | None, error: str | None = None) -> None:
         with self._cond:
-            self._engine, self._error, self._loading = engine, error, False
+            old, self._engine, self._error, self._loading = self._engine, engine, error, False
             self._cond.notify_all()
+        if old is not engine:
+            close_engine(old)
 
     # -- jobs --
 

@@ -8,7 +8,9 @@
   gives ONE window/showMessage and a dg/status naming the URL, and the request answers empty, or from the local
   model with `remote.fallback`. While the server is down, requests get that answer at once without contacting it; it
   is tried again after a back-off (1 s, doubling to 30 s), so a team's editors never storm a recovering server. The
-  first answer after an outage puts dg/status back to "ready", and a later failure is shown again.
+  first answer after an outage puts dg/status back to "ready", and a later failure is shown again. Scoring (Fix,
+  Rewrite) has no remote form: the local model scores, or one message says the actions go on unranked. `close()`
+  ends the connections when settings replace the engine (`engines.close_engine`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from lsprotocol import types
 from dg_model.api import Engine, EngineError, InfillJob, JobResult, JobStats, RewriteJob
 from dg_model.remote import API_KEY_ENV, RemoteConfig, RemoteEngine, RemoteError, display_url, estimate_tokens, insecure
 
-from .engines import load_engine
+from .engines import close_engine, load_engine
 
 if TYPE_CHECKING:
     from .server import DgServer
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 STARTUP_TRIES = 3
 MIN_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
+# Shown once per engine, the first time "Fix this block" or "Rewrite this block" needs the model's scores.
+UNSCORED = ("{url} cannot score code over the OpenAI API, so \"Fix this block\" uses the checks alone (compiler, "
+            "tree-sitter, pyflakes) and \"Rewrite this block\" offers the first rewrite that parses and passes them, "
+            "unranked. Turn on remote.fallback to score with the local model.")
 
 
 class Reporter(Protocol):
@@ -112,6 +118,7 @@ class RemoteGuard:
         self._shown: str | None = None  # kind of the failure last shown; None while the server answers
         self._retry_at = 0.0
         self._backoff = 0.0
+        self._told_unscored = False
 
     @property
     def name(self) -> str:
@@ -134,11 +141,25 @@ class RemoteGuard:
         return self._call("rewrite", job)
 
     def score(self, job):
-        # Scoring has no remote form (see RemoteEngine.score): the local model does it when there is one.
-        return self.local.score(job) if self.local is not None else self.remote.score(job)
+        """Scoring has no remote form (see RemoteEngine.score): the local model scores when there is one. Without
+        one, "Fix this block" and "Rewrite this block" still work, unranked (fix.py, pipeline.best_rewrite catch the
+        EngineError); the user is told so ONCE, the first time they ask."""
+        if self.local is not None:
+            return self.local.score(job)
+        try:
+            return self.remote.score(job)
+        except EngineError:
+            with self._lock:
+                first, self._told_unscored = not self._told_unscored, True
+            if first:
+                self.reporter.show(f"dg-lsp: {UNSCORED.format(url=self.remote.url)}", error=False)
+            raise
 
     def close(self) -> None:
+        """Close the remote engine's connections (idempotent, returns at once); the server calls it when settings
+        replace this engine."""
         self.remote.close()
+        close_engine(self.local)
 
     def _call(self, method: str, job: InfillJob | RewriteJob) -> JobResult:
         if self.down and time.monotonic() < self._retry_at:

@@ -9,6 +9,7 @@ keep-alive, engine calls one at a time. It answers what dg-lsp's remote engine s
 - a bearer key (401 without it), unknown models (404), and faults for tests: `delay_s` before answering, `fail`
   (a forced HTTP status and message).
 - a client that disconnects mid-request cancels the engine job, as vLLM aborts it; `events` records it.
+- `open_connections`: the client connections open now (a closed client leaves none).
 
     python -m dg_lsp.bench.openai_stub [--port 8000] [--text "a + b" | --model PATH|embedded]
 """
@@ -86,6 +87,8 @@ class StubServer:
         self.fail: tuple[int, str] | None = None
         self.requests: list[dict] = []  # path, body, authorization, client port
         self.events: list[tuple[str, float]] = []  # ("cancelled" | "answered", time.monotonic())
+        self.open_connections = 0
+        self._connections_lock = threading.Lock()
         self._engine_lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
@@ -99,6 +102,10 @@ class StubServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def _connection(self, delta: int) -> None:
+        with self._connections_lock:
+            self.open_connections += delta
 
     def __enter__(self) -> StubServer:
         return self.start()
@@ -187,6 +194,16 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format, *args):  # noqa: A002 - http.server's signature
             pass
+
+        def setup(self):
+            super().setup()
+            stub._connection(+1)
+
+        def finish(self):
+            try:
+                super().finish()
+            finally:
+                stub._connection(-1)
 
         def do_GET(self):
             self._serve("GET", {})

@@ -27,7 +27,7 @@ from pygls.capabilities import get_capability
 from dg_model.api import EngineError
 
 from .. import fallback
-from ..engines import load_engine, settings_label
+from ..engines import close_engine, load_engine, settings_label
 from ..jobs import in_daemon_thread
 from ..server import DgServer
 from ..settings import SECTION, parse_settings
@@ -140,6 +140,7 @@ async def load_model(ls: DgServer) -> None:
         engine, error = await fallback.recover(ls, settings, error)
     elapsed = time.monotonic() - started
     if generation != ls.load_generation:  # settings changed while loading; the newer load reports
+        close_engine(engine)
         _end_progress(ls, token, "superseded")
         return
     ls.jobs.set_engine(engine, error)
