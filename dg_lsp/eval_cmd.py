@@ -5,7 +5,7 @@ Registers the `eval` sub-command on import (listed in `dg_lsp.cli.SUBCOMMAND_MOD
 `dg_model.api` and tree-sitter are imported here; torch and the model load inside the command.
 
 `--editor` tests what the editor gets: each task's document (the middle removed, the cursor where it began) goes
-through `dg_lsp.pipeline.complete_at` with the server's default settings, as an explicit inline-completion request
+through `dg_lsp.pipeline.complete` with the server's default settings, as an explicit inline-completion request
 would: the context module decides the job kind (an emptied line at its indentation is a *block* job there, whatever
 the task's kind), the model's settings the decoding, and post-processing and ranking pick the edit shown.
 `--server` asks a real `dg-lsp --stdio` subprocess the same way (`eval_server.py`).
@@ -17,42 +17,22 @@ import argparse
 import dataclasses
 
 from dg_model import humaneval
-from dg_model.api import Engine, InfillJob, JobResult
+from dg_model.api import Engine, JobResult
 
 from . import cli
-from .pipeline import complete_at
+from .pipeline import complete
 from .settings import Settings
-
-
-class _Recorder:
-    """The engine, remembering the last result it gave (the pipeline returns only edits)."""
-
-    def __init__(self, engine: Engine):
-        self.engine, self.last = engine, None
-        self.name, self.device = engine.name, engine.device
-
-    def count_tokens(self, text: str) -> int:
-        return self.engine.count_tokens(text)
-
-    def infill(self, job: InfillJob) -> JobResult:
-        self.last = self.engine.infill(job)
-        return self.last
-
-    def rewrite(self, job):  # pragma: no cover - completions only
-        return self.engine.rewrite(job)
 
 
 def editor_path(engine: Engine, args: argparse.Namespace) -> humaneval.Solver:
     settings = dataclasses.replace(Settings(), decoding=args.mode, candidates=args.candidates, seed=args.seed)
-    recorder = _Recorder(engine)
 
     def solve(task: humaneval.InfillTask) -> tuple[str, JobResult | None]:
-        recorder.last = None
         document = task.prefix + task.suffix
-        edits = complete_at(recorder, document, len(task.prefix), "python", settings, doc_key="humaneval")
+        out = complete(engine, document, len(task.prefix), "python", settings, doc_key="humaneval")
         # The cursor sits at the end of an emptied line, so an edit never replaces text after it.
-        edits = [e for e in edits if e.end == e.start]
-        return (edits[0].text if edits else ""), recorder.last
+        edits = [e for e in out.edits if e.end == e.start]
+        return (edits[0].text if edits else ""), out.result
 
     return solve
 

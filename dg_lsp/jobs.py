@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -144,6 +145,7 @@ class JobRunner:
             self._check(job)  # finished, but a newer request or an edit made the answer useless
             job.future.set_result(result)
         except BaseException as exc:  # noqa: BLE001 - every outcome, errors included, belongs to the caller
+            _drop_locals(exc)
             job.future.set_exception(exc)
         finally:
             with self._cond:
@@ -171,6 +173,20 @@ class JobRunner:
             if job.cancel.is_set() or self._closed:
                 raise Cancelled("cancelled while waiting for the model")
             raise ModelNotReady(self._error or "the model is still loading")
+
+
+def _drop_locals(exc: BaseException) -> None:
+    """Let go of what the frames of a failed job held: the traceback still says where it was raised, but no longer
+    keeps the engine's locals alive (an expanded KV cache, activations: ~12 MB for the embedded model's beam of 3).
+
+    The exception goes into the job's future, and its traceback holds `_execute`'s frame, which holds the job, which
+    holds the future: a reference cycle that only a full garbage collection frees, and a typing storm cancels jobs
+    far faster than those run (RSS grew by ~300 MB in 40 s)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips the frames still running (this one's caller)
+        exc = exc.__cause__ or exc.__context__
 
 
 def in_daemon_thread(fn: Callable[..., Any], *args: Any, name: str = "dg-load") -> asyncio.Future:

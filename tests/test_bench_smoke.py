@@ -101,7 +101,7 @@ def test_latency_smoke(monkeypatch, fake_env, tmp_path):
     assert r["time_to_result_ms"]["n"] <= r["time_to_answer_ms"]["n"] <= r["requests"]["at_pauses"]
     e = r["engine"]
     assert e["jobs"] >= 1 and e["done"] + e["cancelled"] + e["errors"] == e["jobs"]
-    assert e["steps"]["mean"] == 3  # the fake engine's JobStats came through the probe's log line
+    assert e["steps"]["mean"] == 3  # the fake engine's JobStats came through the server's log line
     assert r["tokens"]["reencoded_per_keystroke"] == 0  # the fake engine encodes nothing
     assert r["first_request_ms"] > 0 and r["server"]["status"]["state"] == "ready"
     assert (out / "bench_latency.server.log").stat().st_size > 0
@@ -117,7 +117,7 @@ def test_latency_counts_prompt_reuse_from_engine_stats(fake_env, tmp_path):
         {"kind": "infill", "outcome": "done", "prompt_tokens": 502, "reused_tokens": 498, "steps": 6},
         {"kind": "infill", "outcome": "cancelled"},
     ]
-    log.write_text("".join(f"2026 INFO dg_lsp.bench.probe: engine stats {json.dumps(x)}\n" for x in lines)
+    log.write_text("".join(f"2026 DEBUG dg_lsp.answers: engine stats {json.dumps(x)}\n" for x in lines)
                    + "2026 DEBUG dg_lsp.jobs: job for file:///a.py superseded\n")
     parsed = read_log(log)
     assert len(parsed.stats) == 3 and parsed.superseded == 1
@@ -131,17 +131,45 @@ def test_latency_counts_prompt_reuse_from_engine_stats(fake_env, tmp_path):
 def test_memory_smoke(monkeypatch, fake_env, tmp_path):
     out = tmp_path / "out"
     code = run_cli(monkeypatch, "bench", "memory", "--model", fake_model(), "--out", str(out), "--load-s", "2",
-                   "--keystroke-ms", "20", "--sample-ms", "50")
+                   "--keystroke-ms", "20", "--sample-ms", "50", "--series-s", "0.5", "--await-every", "10")
     assert code == 0
     r = json.loads((out / "bench_memory.json").read_text())
     png(out / "bench_memory.png")
     m = r["rss_mib"]
     assert 10 < m["before_model"] <= m["peak_hwm"] and 10 < m["idle"] <= m["peak_hwm"]
+    assert 10 < m["first_answer"] <= m["peak_hwm"]
     sane_summary(m["load"], n_min=5)
-    assert m["load"]["max"] <= m["peak_hwm"] + 1 and math.isfinite(m["growth_idle_to_after"])
-    assert r["load"]["keystrokes"] >= 10 and r["load"]["answered"] == r["load"]["awaited"] >= 1
+    assert m["load"]["max"] <= m["peak_hwm"] + 1 and math.isfinite(m["growth_first_answer_to_after"])
+    # the storm: a request per keystroke, the previous one cancelled while it was still in flight
+    load = r["load"]
+    assert load["keystrokes"] >= 10 and load["requests"] == load["keystrokes"]
+    assert load["awaited_answered"] == load["awaited"] >= 1 and load["answered"] >= load["awaited"]
+    assert load["answered"] <= load["requests"] and load["cancelled"] < load["requests"]
     assert r["cuda"]["peak_allocated_mib"] is None  # no CUDA in the fake server
     assert len(r["timeline"]) >= 5
+    # the series: one point per half second of the 2 s storm, in time order
+    times = [t for t, _ in r["series"]]
+    assert len(times) >= 4 and times == sorted(times) and times[0] < 0.5
+    assert r["series"][0][1] == pytest.approx(r["timeline"][0][1], abs=0.1)
+    # the probe's view: the heap after the first answer, the storm and a full collection
+    assert set(r["heap_mib"]) == {"first_answer", "after_load", "after_gc"}
+    assert all(h["in_use"] > 0 for h in r["heap_mib"].values()) and r["held_by_cycles_mib"] is not None
+    tables = r["server_tables"]
+    assert tables["documents"] == 1 and tables["request_futures"] < 10 and tables["threads"] >= 2
+    from dg_lsp.answers import MAX_CACHED
+
+    assert 1 <= tables["cached_answers"] <= MAX_CACHED  # answered far more places than that: the cache is bounded
+    assert r["engine_jobs"]["jobs"] >= 1  # the server's own `engine stats` lines
+
+
+def test_memory_series_takes_one_sample_per_interval_and_the_last():
+    from dg_lsp.bench import memory
+
+    mib = memory.MIB
+    samples = [(0.0, 100 * mib), (0.4, 101 * mib), (1.02, 102 * mib), (1.5, 103 * mib), (2.1, 104 * mib),
+               (2.3, 105 * mib)]
+    assert memory.series(samples, 1.0) == [(0.0, 100.0), (1.02, 102.0), (2.1, 104.0), (2.3, 105.0)]
+    assert memory.series([], 1.0) == []
 
 
 # -- speed: stand-in engines with the two modes' shapes --

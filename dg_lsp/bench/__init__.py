@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help=f"write bench_{name}.json and .png here (default: ./{DEFAULT_OUT})")
         if name in ("latency", "memory"):
             sp.add_argument("--no-probe", dest="probe", action="store_false",
-                            help="run plain dg-lsp instead of dg_lsp.bench.probe (no engine stats, no VRAM)")
+                            help="run plain dg-lsp instead of dg_lsp.bench.probe (no heap numbers, no VRAM)")
             sp.add_argument("--keep-log", action="store_true", help=f"keep the server log as bench_{name}.server.log")
         add(sp)
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=argparse.SUPPRESS)

@@ -8,8 +8,9 @@ characters) the typist waits for the answer: that wait is the time-to-result. Th
 (`--debounce-ms` overrides it).
 
 Reported: p50/p95 of time-to-result (answers with items, and all answers), requests cancelled by the client and jobs
-superseded or cancelled on the server, and from the engine's `JobStats` (logged by `dg_lsp.bench.probe`): prompt tokens
-per job (a full encode) against the tokens actually re-encoded (prompt - reused), per job and per keystroke.
+superseded or cancelled on the server, and from the engine's `JobStats` (the server's own `engine stats` log lines,
+`dg_lsp.answers.STATS_MARK`): prompt tokens per job (a full encode) against the tokens actually re-encoded (prompt -
+reused), per job and per keystroke.
 """
 
 from __future__ import annotations

@@ -1,76 +1,33 @@
-"""`python -m dg_lsp.bench.probe [dg-lsp flags]`: the real `dg-lsp` server plus instruments for benchmarks and tests.
+"""`python -m dg_lsp.bench.probe [dg-lsp flags]`: the real `dg-lsp` server plus debug requests for benchmarks and tests.
 
-Everything the server does is unchanged (same `cli.main`, handlers, job runner and engine); the probe adds:
+Everything the server does is unchanged (same `cli.main`, handlers, job runner and engine; the engine's `JobStats`
+come from the server's own `engine stats` log lines, `dg_lsp.answers.STATS_MARK`); the probe adds:
 
-- one log line per engine call, `engine stats {json}` (the job's `JobStats`, its kind and outcome, and the CUDA
-  memory peak when CUDA is in use), at INFO on `dg_lsp.bench.probe`, so `dg-lsp bench latency` can count prompt
-  tokens re-encoded per keystroke without the server having to expose `JobStats`;
 - `dg/debug/document` `{uri}` -> `{text, version}` | null: the server's copy of an open document, so the hardening
   fuzz can check that incremental sync kept it equal to the client's;
-- `dg/debug/memory` `{}` -> `{rss_bytes, hwm_bytes, cuda_*_bytes?, request_futures, documents, cached_answers}`.
+- `dg/debug/memory` `{collect?}` -> `{rss_bytes, hwm_bytes, cuda_*_bytes?, heap_*_bytes?, python_blocks, threads,
+  request_futures, documents, cached_answers, gc_collected?}`: the process' memory, where it sits (the C heap's
+  bytes in use and free, glibc's `mallinfo2`; Python's allocated blocks; CUDA's allocator) and the server tables
+  that grow when something leaks. `collect: true` runs a full garbage collection first: what it gives back was held
+  by reference cycles.
 
 pygls' per-message DEBUG logging is kept at WARNING, so `--log-level debug` (needed for the job runner's
-"superseded" lines) does not log every didChange body.
+"superseded" lines and the `engine stats` lines) does not log every didChange body.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import ctypes
+import ctypes.util
+import gc
 import logging
+import os
 import sys
-import time
 from typing import Any
 from urllib.parse import unquote
 
-from dg_model.api import Cancelled, InfillJob, JobResult, RewriteJob
-
-log = logging.getLogger("dg_lsp.bench.probe")  # not __name__: the probe runs as __main__
-
-STATS_MARK = "engine stats "
 DOCUMENT_METHOD = "dg/debug/document"
 MEMORY_METHOD = "dg/debug/memory"
-
-
-class StatsEngine:
-    """Delegates to the real engine; logs one `engine stats` line per infill/rewrite, cancelled ones included."""
-
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
-        self.name, self.device = engine.name, engine.device
-
-    def __getattr__(self, name: str) -> Any:  # anything else the server might use (reset caches, ...)
-        return getattr(self._engine, name)
-
-    def count_tokens(self, text: str) -> int:
-        return self._engine.count_tokens(text)
-
-    def infill(self, job: InfillJob) -> JobResult:
-        return self._timed("infill", job, self._engine.infill)
-
-    def rewrite(self, job: RewriteJob) -> JobResult:
-        return self._timed("rewrite", job, self._engine.rewrite)
-
-    def _timed(self, kind: str, job: Any, call: Any) -> JobResult:
-        started = time.perf_counter()
-        record: dict[str, Any] = {"kind": kind, "doc_key": job.doc_key, "t": time.time()}
-        try:
-            result = call(job)
-        except Cancelled:
-            record["outcome"] = "cancelled"
-            raise
-        except BaseException as exc:
-            record["outcome"] = f"error: {type(exc).__name__}"
-            raise
-        else:
-            record["outcome"] = "done"
-            record.update(dataclasses.asdict(result.stats))
-            record["candidates"] = len(result.candidates)
-            return result
-        finally:
-            record["wall_ms"] = (time.perf_counter() - started) * 1000
-            record.update(_cuda_memory())
-            log.info("%s%s", STATS_MARK, json.dumps(record))
 
 
 def _cuda_memory() -> dict[str, int]:
@@ -97,13 +54,37 @@ def _proc_status() -> dict[str, int]:
     return out
 
 
-def install() -> None:
-    """Patch the loader the lifecycle feature uses and the server factory, before `cli.main` runs."""
-    from dg_lsp import cli, server
-    from dg_lsp.features import lifecycle
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
-    load = lifecycle.load_engine
-    lifecycle.load_engine = lambda *args, **kwargs: StatsEngine(load(*args, **kwargs))
+
+def _heap() -> dict[str, int]:
+    """glibc's malloc, all arenas: bytes handed out (`in_use`), held free inside the heaps (`free`: fragmentation
+    or not yet returned), in mmapped chunks; {} without glibc >= 2.33."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return {"heap_in_use_bytes": info.uordblks, "heap_free_bytes": info.fordblks, "heap_mmapped_bytes": info.hblkhd,
+            "heap_arena_bytes": info.arena}
+
+
+def _threads() -> int:
+    """Native threads (torch's OpenMP pool included), each a potential malloc arena; 0 without /proc."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
+def install() -> None:
+    """Add the debug requests to the server factory and quieten pygls, before `cli.main` runs."""
+    from dg_lsp import cli, server
 
     create = server.create_server
 
@@ -119,13 +100,18 @@ def install() -> None:
 
         @ls.feature(MEMORY_METHOD)
         def debug_memory(ls: server.DgServer, params: Any) -> dict[str, int]:
+            collect = getattr(params, "collect", None) if not isinstance(params, dict) else params.get("collect")
+            # `{"collect": true}`: a full garbage collection first; what it frees was held by reference cycles only
+            collected = {"gc_collected": gc.collect()} if collect else {}
             # what grows when something leaks: pygls' table of handler futures, open documents, cached answers
             tables = {
                 "request_futures": len(ls.protocol._request_futures),
                 "documents": len(ls.workspace.text_documents),
                 "cached_answers": len(ls.answers),
+                "python_blocks": sys.getallocatedblocks(),
+                "threads": _threads(),
             }
-            return {**_proc_status(), **_cuda_memory(), **tables}
+            return {**_proc_status(), **_heap(), **_cuda_memory(), **tables, **collected}
 
         return ls
 
@@ -135,7 +121,6 @@ def install() -> None:
     def setup_logging(log_file: str | None, level: str) -> None:
         setup(log_file, level)
         logging.getLogger("pygls").setLevel(logging.WARNING)
-        log.setLevel(logging.INFO)
 
     cli.setup_logging = setup_logging
 

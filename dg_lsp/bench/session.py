@@ -24,7 +24,8 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from .probe import DOCUMENT_METHOD, MEMORY_METHOD, STATS_MARK
+from ..answers import STATS_MARK
+from .probe import DOCUMENT_METHOD, MEMORY_METHOD
 
 STATUS_METHOD = "dg/status"
 
@@ -34,8 +35,8 @@ class ServerSpec:
     model: str | None = None  # None: the embedded model
     device: str = "auto"
     quantize: str = "none"
-    probe: bool = True  # instrumented server (engine stats lines, dg/debug/* requests)
-    log_level: str = "debug"  # debug: the job runner's "superseded" lines
+    probe: bool = True  # instrumented server (dg/debug/* requests)
+    log_level: str = "debug"  # debug: the job runner's "superseded" lines and the `engine stats` lines
     init_options: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
@@ -148,8 +149,10 @@ class Server:
     def cancel(self, msg_id: str) -> None:
         self.client.cancel_request(types.CancelParams(id=msg_id))
 
-    async def debug_memory(self) -> dict[str, int]:
-        return _plain(await self.client.protocol.send_request_async(MEMORY_METHOD, {}))
+    async def debug_memory(self, *, collect: bool = False) -> dict[str, int]:
+        """The probe's `dg/debug/memory`; `collect`: after a full garbage collection in the server."""
+        params = {"collect": True} if collect else {}
+        return _plain(await self.client.protocol.send_request_async(MEMORY_METHOD, params))
 
     async def debug_document(self, uri: str) -> dict[str, Any] | None:
         result = await self.client.protocol.send_request_async(DOCUMENT_METHOD, {"uri": uri})
@@ -265,7 +268,7 @@ class Document:
 
 @dataclass
 class LogSummary:
-    stats: list[dict[str, Any]]  # one per engine call (probe lines, else the server's own `engine stats` lines)
+    stats: list[dict[str, Any]]  # one per completion job that asked the engine (the server's `engine stats` lines)
     superseded: int  # jobs replaced by a newer one for the same document (job runner)
     cancelled: int  # jobs that ended as cancelled / superseded / stale on the server
     errors: list[str]  # ERROR lines
@@ -276,7 +279,7 @@ _CANCELLED = re.compile(r": (cancelled or superseded|document changed|cancelled 
 
 
 def read_log(path: Path) -> LogSummary:
-    probe, native, errors = [], [], []
+    stats, errors = [], []
     superseded = cancelled = typed_ahead = 0
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -285,10 +288,9 @@ def read_log(path: Path) -> LogSummary:
     for line in lines:
         if STATS_MARK in line:
             try:
-                record = json.loads(line.split(STATS_MARK, 1)[1])
+                stats.append(json.loads(line.split(STATS_MARK, 1)[1]))
             except ValueError:
                 continue
-            (probe if " dg_lsp.bench.probe: " in line else native).append(record)
         elif re.search(r"job for .* superseded", line):
             superseded += 1
         elif " typed ahead: " in line:
@@ -297,7 +299,7 @@ def read_log(path: Path) -> LogSummary:
             cancelled += 1
         elif " ERROR " in line:
             errors.append(line)
-    return LogSummary(probe or native, superseded, cancelled, errors, typed_ahead)
+    return LogSummary(stats, superseded, cancelled, errors, typed_ahead)
 
 
 # ------------------------------------------------------------------------------------------------ numbers
