@@ -37,7 +37,7 @@ from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
 from dg_model.scoring import score_blocks
-from dg_model.speculative import speculate
+from dg_model.speculative import lookup, speculate
 from dg_model.stops import block_end, can_end, cursor_indent, ended, loop_start
 
 MODES = DECODINGS  # "auto" first: a job or a forced mode may say "auto", dg_engine.json picks among MODES[1:]
@@ -64,7 +64,9 @@ class EngineSettings:
     # Hybrid decoding (speculative.py): the decoder drafts `draft_canvas` slots in `draft_steps` denoising steps, the
     # encoder keeps the prefix it agrees with. The text is greedy AR's; the canvas size trades draft cost for reach.
     draft_canvas: int = 16
-    draft_steps: int = 1
+    draft_steps: int = 1  # 0: no denoising, the draft is the lookup's continuation alone (a baseline for the decoder)
+    # Start each draft from the context's continuation of its last tokens (speculative.lookup) where there is one.
+    draft_lookup: bool = False
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
@@ -148,7 +150,7 @@ class DiffusionEngine:
             if mode == "ar":
                 texts, scores = self._ar(cache, last_hidden, len(prompt.ids), job, stats)
             elif mode == "hybrid":
-                texts, scores = self._hybrid(cache, last_hidden, job, stats)
+                texts, scores = self._hybrid(cache, last_hidden, prompt.ids, job, stats)
             else:
                 canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
                 texts, scores = self._diffuse(cache, len(prompt.ids), canvas, prompt.pinned_tail, job, stats)
@@ -337,7 +339,7 @@ class DiffusionEngine:
         texts = [self.tokenizer.decode(h.tokens) for h in best]
         return texts, [h.score for h in best]
 
-    def _hybrid(self, cache, last_hidden, job: InfillJob, stats: JobStats):
+    def _hybrid(self, cache, last_hidden, prompt_ids: list[int], job: InfillJob, stats: JobStats):
         """Greedy AR text at the cost of fewer encoder forwards: the decoder drafts, the encoder verifies."""
         if job.max_tokens <= 0:
             return [""], [0.0]
@@ -346,13 +348,18 @@ class DiffusionEngine:
         gen = torch.Generator().manual_seed(job.seed or 0)
         pinned = torch.zeros(1, size, dtype=torch.bool, device=self.device)
         pinned[0, 0] = True
+        history = list(prompt_ids)  # what the cache holds: the prompt and the committed tokens
 
         def draft(pending: int, hint: list[int]) -> list[int]:
             canvas = noise_like(torch.zeros(1, size, dtype=torch.long), self.vocab_size, gen).to(self.device)
             canvas[0, 0] = pending
+            if self.settings.draft_lookup:
+                hint = lookup(history + [pending], size - 1) or hint
             hint = hint[: size - 1]
-            if hint:  # the last draft's guesses past its first miss: a partly denoised start, not pinned
-                canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=self.device)
+            if hint:  # a guess at what follows (the lookup's, or the last draft's past its first miss): a partly
+                canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=self.device)  # denoised start, not pinned
+            if self.settings.draft_steps <= 0:
+                return hint
             result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, cache, sc)), canvas, pinned,
                              self.vocab_size, sampler, gen, job.cancel)
             stats.steps += result.steps
@@ -363,9 +370,11 @@ class DiffusionEngine:
             return row[: cut + 1] if cut is not None else row  # the verifier may accept the EOS too
 
         verified_from = [0]  # the cache length before the last verify: commit keeps what follows it
+        verified: list[int] = []
 
         def verify(seq: list[int]) -> torch.Tensor:
             t0 = time.perf_counter()
+            verified[:] = seq
             verified_from[0] = self.fwd.seq_length(cache)
             hidden = self.fwd.encode(torch.tensor([seq], device=self.device), cache, verified_from[0])
             stats.steps += 1
@@ -374,6 +383,7 @@ class DiffusionEngine:
 
         def commit(n: int) -> None:
             self.fwd.trim(cache, verified_from[0] + n)
+            history.extend(verified[:n])
 
         on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
         first = self._text_only(torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])

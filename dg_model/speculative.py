@@ -103,3 +103,16 @@ def speculate(
         pending = choose(logp[agree], out.tokens)
         pending_lp = float(logp[agree, pending])
         hint = proposal[agree + 1 :]
+
+
+def lookup(context: list[int], k: int, longest: int = 4, shortest: int = 2) -> list[int]:
+    """The `k` tokens that followed the latest earlier occurrence of the context's last n tokens (n from `longest`
+    down to `shortest`), else []. Code repeats itself (names, calls, the suffix the middle leads into): a draft that
+    starts from such a continuation has the denoiser correcting a good guess instead of inventing from noise."""
+    for n in range(min(longest, len(context) - 1), shortest - 1, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start : start + n] == tail:
+                return context[start + n : start + n + k]
+    return []
+

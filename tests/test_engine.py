@@ -277,3 +277,14 @@ def test_prompt_format_tokens_are_never_written_into_a_middle(tiny, mode):
     result = engine.infill(InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=8))
     texts = [c.text for c in result.candidates]
     assert texts and all("<fim_middle>" not in t for t in texts) and any(t.strip() for t in texts)
+
+
+@pytest.mark.parametrize("draft", [dict(draft_steps=1, draft_lookup=True), dict(draft_steps=0, draft_lookup=True)])
+def test_hybrid_drafts_started_from_the_context_still_write_greedy_ar_text(tiny, draft):
+    model, tok = tiny
+    settings = EngineSettings(ar_beam=1, draft_canvas=6, sampler=SamplerConfig(max_steps=2))
+    ar = DiffusionEngine(model, tok, settings, name="tiny", mode="ar")
+    hybrid = DiffusionEngine(model, tok, replace(settings, **draft), name="tiny", mode="hybrid")
+    for prefix in (PREFIX, "x = f(a, b)\ny = f(a, b)\nz = f("):
+        job = InfillJob(prefix, SUFFIX, kind="block", max_tokens=12, doc_key="doc")
+        assert [c.text for c in hybrid.infill(job).candidates] == [ar.infill(job).candidates[0].text]

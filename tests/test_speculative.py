@@ -120,3 +120,14 @@ def test_a_forbidden_eos_is_never_taken_and_the_text_stays_greedy_beams(draft):
 
     beam = beam_search(logp_after(11), advance, 1, finish, {EOS}, may_end=may_end)
     assert beam.hypotheses[0].tokens == out.tokens
+
+
+def test_lookup_continues_the_latest_earlier_occurrence_of_the_longest_tail():
+    from dg_model.speculative import lookup
+
+    context = [1, 2, 3, 9, 9, 7, 2, 3, 4, 5, 6, 1, 2, 3]
+    assert lookup(context, 3) == [9, 9, 7]  # the longest tail [1, 2, 3] (at 0), not the later [2, 3] (at 6)
+    assert lookup([5, 2, 3, 8, 2, 3], 2) == [8, 2]  # the latest occurrence of [2, 3] before the tail
+    assert lookup([1, 2, 3, 4], 3) == []  # no earlier occurrence
+    assert lookup([7, 7], 3) == []  # a single-token match is not enough
+    assert lookup([4, 5, 1, 4, 5], 9) == [1, 4, 5]  # runs up to the end of the context at most
