@@ -369,7 +369,7 @@ def test_old_suggestion_is_neither_shown_nor_accepted(start_nvim: Callable[..., 
     # 1. The cursor moves to another line (no edit): the old suggestion goes, <M-l> does nothing.
     suggestion_on_line_2()
     nv.send("<Up>")  # line 1, mid-line: the stub has nothing there
-    time.sleep(0.3)  # past the first redraws; the native backend re-asks after 200 ms
+    time.sleep(0.3)  # past the first redraws; either backend re-asks after debounce_ms (75 ms)
     nothing_shown_for(1.2, "after moving up")
     nv.send("<M-l>")
     time.sleep(0.5)
@@ -399,6 +399,36 @@ def test_suggestion_made_for_an_older_text_is_not_accepted(start_nvim: Callable[
     nv.send("x<M-l>")
     time.sleep(1.0)
     assert nv.buffer().splitlines()[1] == "    x", nv.buffer()
+
+
+@pytest.mark.parametrize("ghost", GHOSTS)
+def test_debounce_applies_to_both_backends_and_ready_asks_at_once(start_nvim: Callable[..., Nvim], ghost: str) -> None:
+    """`debounce_ms` is the wait after a keystroke with either backend (Neovim 0.12's native one would ask after its
+    own fixed 200 ms), and `dg/status` ready asks again at once, without that wait: a user who stopped typing while
+    the model loaded gets a suggestion as soon as it is ready."""
+    cmd, env, _ = _server_cmd("stub")
+    nv = start_nvim({"cmd": cmd, "ghost": ghost, "debounce_ms": 2500}, env)
+    _ready(nv, 15)
+    visible = "require('dg_lsp.ghost').visible_text(0)"
+    nv.send("2GA")  # the stub suggests `pass` here at once; the editor waits 2.5 s before asking
+    time.sleep(1.0)
+    assert nv.lua(visible) is None, "asked before debounce_ms"
+    nv.wait_until(lambda: nv.lua(visible) == "pass", 20, "ghost text after the debounce")
+
+    nv.send("<C-]>")  # dismissed: nothing shown, nothing asked until the text or the cursor changes
+    nv.wait_until(lambda: nv.lua(visible) is None, 5, "dismissed")
+    time.sleep(0.5)
+    assert nv.lua(visible) is None
+    # The server says ready again (as after a model load): the editor asks now, not debounce_ms later.
+    nv.lua(
+        "(function() local c = vim.lsp.get_clients({ name = 'dg_lsp' })[1];"
+        " c.handlers['dg/status'](nil, { state = 'ready', model = 'stub', device = 'cpu' },"
+        " { client_id = c.id, method = 'dg/status', bufnr = vim.api.nvim_get_current_buf() }); return true end)()"
+    )
+    started = time.monotonic()
+    nv.wait_until(lambda: nv.lua(visible) == "pass", 20, "ghost text after ready")
+    assert time.monotonic() - started < 2.0, "the ready refresh waited for the debounce"
+    assert nv.buffer() == SAMPLE
 
 
 def test_rewrite_preview_rejected_changes_nothing(start_nvim: Callable[..., Nvim]) -> None:

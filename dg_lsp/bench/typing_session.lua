@@ -40,6 +40,7 @@ local R = {
   shown_on_screen = 0, -- of those, the ones whose first line was read back from the screen
   requests = 0,
   answers = 0,
+  requests_after_ready = {}, -- the first inlineCompletion requests sent after dg/status ready: when sent, answered
   keys = 0,
   desync = {}, -- places where the buffer was not the program's prefix (harness problems, reported)
   errors = {},
@@ -67,8 +68,17 @@ local function record_requests(client)
       -- Changes are flushed (didChange sent) before rpc.request: this is the text the server answers for.
       local snap = { text = buf_text(), row = params.position.line, col = params.position.character }
       R.requests = R.requests + 1
+      local timing = nil
+      if R.t_ready and #R.requests_after_ready < 5 then -- the first ones after ready, timed
+        timing = { t_sent = since_start(), row = snap.row, col = snap.col }
+        R.requests_after_ready[#R.requests_after_ready + 1] = timing
+      end
       local cb = callback
       callback = function(err, result, ...)
+        if timing then
+          timing.t_answered = since_start()
+          timing.items = (not err and type(result) == 'table') and #(result.items or result) or nil
+        end
         if not err and type(result) == 'table' then
           snap.items = result.items or result
           R.answers = R.answers + 1
@@ -438,6 +448,7 @@ local function pause(kind, window_ms)
     wait_for(function()
       return p.shown or (R.t_ready and since_start() > R.t_ready + cfg.startup_grace_s)
     end, cfg.startup_timeout_s * 1000, 10)
+    p.t_end = since_start()
   else
     sleep(window_ms)
   end
@@ -449,7 +460,7 @@ local function pause(kind, window_ms)
       local a = maybe_accept(p)
       p.accepted = a and a.key or nil
     end
-  elseif kind ~= 'startup' then
+  elseif kind ~= 'startup' or R.t_ready then
     local o = oracle()
     p.oracle_ms = o and o.ms
     p.model_has = o ~= nil and o.text ~= nil
@@ -461,6 +472,27 @@ local function pause(kind, window_ms)
   return p
 end
 
+--- At the start of a new line (offset at its first character): autoindent copied the line above's indentation;
+--- <BS> / <Tab> (softtabstop 4) to the program's, and step over it. False for an empty line.
+local function indent_line()
+  local line = PROGRAM:sub(offset + 1):match('^[^\n]*')
+  if line == '' then
+    return false
+  end
+  local indent = #line:match('^ *')
+  for _ = 1, 12 do
+    local row = cursor()
+    local cur = api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ''
+    local have = #cur:match('^ *')
+    if have == indent then
+      break
+    end
+    key(have > indent and '<BS>' or '<Tab>')
+  end
+  offset = offset + indent
+  return true
+end
+
 --- Type up to the end of the program, pausing where planned.
 local function type_program(line_pauses, mid_pauses)
   while offset < #PROGRAM do
@@ -468,20 +500,7 @@ local function type_program(line_pauses, mid_pauses)
     if c == '\n' then
       key('<CR>')
       offset = offset + 1
-      local line = PROGRAM:sub(offset + 1):match('^[^\n]*')
-      local indent = #line:match('^ *')
-      if line ~= '' then
-        -- Autoindent copied the line above's indentation: <BS> / <Tab> (softtabstop 4) to the program's.
-        for _ = 1, 12 do
-          local row = cursor()
-          local cur = api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ''
-          local have = #cur:match('^ *')
-          if have == indent then
-            break
-          end
-          key(have > indent and '<BS>' or '<Tab>')
-        end
-        offset = offset + indent
+      if indent_line() then
         if line_pauses[offset] then
           pause('line', cfg.pause_ms)
         end
@@ -520,9 +539,11 @@ co = coroutine.create(function()
   vim.o.lines, vim.o.columns = 100, 200 -- the whole program on screen
   offset = cfg.start_offset
   assert(buf_text() .. '\n' == PROGRAM:sub(1, offset), 'the file does not hold the program header')
-  -- `o` under the header: a new line at a line start, where the start-up pause waits for the first suggestion.
+  -- `o` under the header: a new line, indented as the program's next one; there (a place where the model has a
+  -- suggestion, see typing_session.py) the start-up pause waits for the first suggestion.
   api.nvim_input('G')
   key('o')
+  indent_line()
   local line_pauses, mid_pauses = {}, {}
   for _, o in ipairs(cfg.line_pauses) do
     line_pauses[o] = true

@@ -1,14 +1,15 @@
 """`dg-lsp bench typing`: a typing session in a real, headless Neovim with the dg_lsp plugin, per ghost backend.
 
-Neovim (`nvim --headless --clean`, the plugin on the runtimepath, `require('dg_lsp').setup({ghost = ...})` with
-default settings) starts the real `dg-lsp --stdio` on the embedded model. A driver inside Neovim
-(`typing_session.lua`) opens a file holding a program's header, waits at the first line start for the first
-suggestion (start-up), then types the rest of the program key by key at a human pace (`--key-ms`, ~9 keys/s) with
-plain autoindent, pausing (`--pause-ms`) at planned line starts (after <CR> and the indentation) and mid-line
-positions. At a pause it records whether ghost text appeared and when; when none did it asks the server directly
-whether it had a suggestion there (so "shown" can be read against "the model had one"); when the suggestion's first
-line is the start of what it is about to type it accepts it with the plugin's keys (the whole suggestion when all of
-it matches, else one line) and types only the rest.
+Neovim (`nvim --headless --clean`, the plugin on the runtimepath, `require('dg_lsp').setup({ghost = ...})` with default
+settings) starts the real `dg-lsp --stdio` on the embedded model. A driver inside Neovim (`typing_session.lua`) opens a
+file holding a program's header, opens the next line (`o`, indented as the program's) and waits there for the first
+suggestion (start-up: a place where the model has one, so the wait measures the editor and the server, not the model
+having nothing to say; when none shows it asks the server whether it had one), then types the rest of the program key by
+key at a human pace (`--key-ms`, ~9 keys/s) with plain autoindent, pausing (`--pause-ms`) at planned line starts (after
+<CR> and the indentation) and mid-line positions. At a pause it records whether ghost text appeared and when; when none
+did it asks the server directly whether it had a suggestion there (so "shown" can be read against "the model had one");
+when the suggestion's first line is the start of what it is about to type it accepts it with the plugin's keys (the
+whole suggestion when all of it matches, else one line) and types only the rest.
 
 What is drawn is sampled at every redraw and checked against the answers the server gave for the buffer's current
 text and cursor (recorded at the RPC layer, below both backends): a drawn suggestion that was made for other text or
@@ -86,7 +87,11 @@ def main():
 if __name__ == "__main__":
     main()
 '''
-HEADER_LINES = 6  # docstring, imports, two blank lines: typing starts at `def parse_line`
+# Docstring, imports, `def parse_line(line):` and its first statement: typing starts in its body, at the start of
+# `if len(parts) < 3:`, where the embedded model has a suggestion (unlike a blank line before the first `def` or the
+# first line of a body, where it has none): the start-up pause measures the time to the first suggestion there. The
+# start-up record says whether the model had one (`startup_model_has`), in case another model has not.
+HEADER_LINES = 8
 MID_AFTER = ("= ", "(", ".", " in ", "return ")  # mid-line pauses right after one of these
 
 
@@ -283,6 +288,9 @@ def summarize(raw: dict[str, Any], session: Session) -> dict[str, Any]:
     def share(ps: list[dict[str, Any]]) -> float | None:
         return sum(1 for p in ps if p["shown"]) / len(ps) if ps else None
 
+    def ms(later: float | None, earlier: float | None) -> float | None:
+        return None if later is None or earlier is None else (later - earlier) * 1000
+
     def shows(kind: str) -> dict[str, float]:
         return summary([p["time_to_show_ms"] for p in pauses if p["kind"] == kind and p["shown"]])
 
@@ -290,6 +298,14 @@ def summarize(raw: dict[str, Any], session: Session) -> dict[str, Any]:
     has = [p for p in ready if p.get("model_has")]
     startup = raw.get("startup_pause") or {}
     t_ready, t_first = raw.get("t_ready"), raw.get("t_first_shown")
+    first_after_ready = shown_at = None
+    if startup.get("shown") and t_ready is not None:
+        # From the later of "model ready" and "the typist is at the start-up place" to the suggestion drawn there.
+        shown_at = startup["t_start"] + startup["time_to_show_ms"] / 1000
+        first_after_ready = shown_at - max(t_ready, startup["t_start"])
+    timed = [r for r in raw.get("requests_after_ready") or [] if r.get("t_sent") is not None]
+    first_req = timed[0] if timed else {}
+    answered = [r for r in timed if r.get("items") and r.get("t_answered") is not None]
     return {
         "pauses": len(pauses),
         "pauses_after_ready": len(ready),
@@ -315,8 +331,13 @@ def summarize(raw: dict[str, Any], session: Session) -> dict[str, Any]:
         "client_attached_s": raw.get("t_attach"),
         "model_ready_s": t_ready,
         "first_suggestion_s": t_first,
-        "first_suggestion_after_ready_s": (t_first - t_ready) if t_first is not None and t_ready is not None else None,
+        "first_suggestion_after_ready_s": first_after_ready,
         "startup_pause_shown": bool(startup.get("shown")),
+        "startup_model_has": startup.get("model_has"),
+        # Where the time after ready goes: until the editor asks, the server's answer, until it is drawn.
+        "ready_to_first_request_ms": ms(first_req.get("t_sent"), t_ready),
+        "first_request_round_trip_ms": ms(first_req.get("t_answered"), first_req.get("t_sent")),
+        "first_answer_to_show_ms": ms(shown_at, answered[0]["t_answered"]) if answered else None,
         "keys": raw.get("keys"),
         "session_s": raw.get("t_end"),
         "final_buffer_is_program": raw.get("final_buffer", "") + "\n" == session.program
@@ -368,8 +389,11 @@ def print_report(result: dict[str, Any]) -> None:
               f"{s['accepts_corrupting']}, parse {s['accepts_parsing']}, valid-or-unfinished "
               f"{s['accepts_valid_or_unfinished']})")
         print(f"    model ready {_fmt(s['model_ready_s'], '.1f')} s, first suggestion "
-              f"{_fmt(s['first_suggestion_s'], '.1f')} s after start-up "
-              f"({_fmt(s['first_suggestion_after_ready_s'], '.2f')} s after ready)")
+              f"{_fmt(s['first_suggestion_s'], '.1f')} s after start-up; at the start-up place "
+              f"{_fmt(s['first_suggestion_after_ready_s'], '.2f')} s after ready (asked after "
+              f"{_fmt(s['ready_to_first_request_ms'])} ms, answered in {_fmt(s['first_request_round_trip_ms'])} ms, "
+              f"drawn {_fmt(s['first_answer_to_show_ms'])} ms later)"
+              + ("" if s["startup_model_has"] is not False else "; the model had no suggestion there"))
         missed = [name for name, t in r["targets"].items() if t["met"] is False]
         print(f"    targets missed: {', '.join(missed) if missed else 'none'}")
         if s["desync"] or s["errors"]:

@@ -177,7 +177,10 @@ local function request(bufnr, trigger_kind)
     position = { line = pos[1], character = util.lsp_char(line, pos[2], client.offset_encoding) },
     context = { triggerKind = trigger_kind or 2 },
   }
-  local ok, id = client:request('textDocument/inlineCompletion', params, function(err, result)
+  -- `id` declared first: the callback must see this request's id (a `local ok, id = ...` is not in scope inside
+  -- its own expression), so an answered request is forgotten and never cancelled after the fact.
+  local ok, id
+  ok, id = client:request('textDocument/inlineCompletion', params, function(err, result)
     if st.request_id == id then
       st.request_id = nil
     end
@@ -319,6 +322,31 @@ local function completor(bufnr)
   return type(c) == 'table' and c or nil
 end
 
+--- Neovim 0.12's vim.lsp.inline_completion waits a fixed 200 ms after every keystroke before it asks
+--- (Completor:automatic_request, not configurable), longer than the gap between keys of someone typing (~110 ms at
+--- 9 keys/s): it only ever asks once the typist stops, and a suggestion shows 200 ms + the answer's time after the
+--- last key. Give the buffer's Completor our `debounce_ms` instead. Its own parts (show, reset_timer, request) are
+--- kept; when it does not have them (another Neovim version), its own 200 ms stays. The Completor is recreated by
+--- every vim.lsp.inline_completion.enable() for the client, so this runs again on each event we see (our autocmds
+--- run before a recreated Completor's own).
+local function native_tune(bufnr)
+  local c = completor(bufnr)
+  if not c or c._dg_debounce_ms == M.debounce_ms then
+    return
+  end
+  if type(c.show) ~= 'function' or type(c.reset_timer) ~= 'function' or type(c.request) ~= 'function' then
+    return
+  end
+  c._dg_debounce_ms = M.debounce_ms
+  c.automatic_request = function(self)
+    self:show()
+    self:reset_timer()
+    self.timer = vim.defer_fn(function()
+      self:request(2) -- InlineCompletionTriggerKind.Automatic
+    end, math.max(0, M.debounce_ms or 0))
+  end
+end
+
 --- Is what the native backend shows (or would accept) made for the buffer's current text and cursor?
 local function native_fresh(bufnr)
   local n = native[bufnr]
@@ -407,6 +435,7 @@ local function native_attach(bufnr, client)
     group = group,
     buffer = bufnr,
     callback = function()
+      native_tune(bufnr)
       vim.schedule(function()
         if native[bufnr] then
           native_check(bufnr)
@@ -523,6 +552,7 @@ function M.attach(bufnr, client, mode)
   if mode == 'native' then
     vim.lsp.inline_completion.enable(true, { client_id = client.id })
     native_attach(bufnr, client)
+    native_tune(bufnr)
   else
     plugin_attach(bufnr, client)
   end
@@ -643,6 +673,7 @@ function M.trigger(bufnr)
     if client then
       vim.lsp.inline_completion.enable(false, { client_id = client.id })
       vim.lsp.inline_completion.enable(true, { client_id = client.id })
+      native_tune(bufnr)
       api.nvim_exec_autocmds('CursorMovedI', { buffer = bufnr, modeline = false })
     end
     return
@@ -654,19 +685,27 @@ function M.trigger(bufnr)
   end
 end
 
---- Ask again as after a keystroke (automatic trigger), e.g. when the model becomes ready: requests made while it
---- loaded were answered with nothing, and neither backend asks again until the text or the cursor changes.
+--- Ask again now (automatic trigger, no debounce: nobody is typing), e.g. when the model becomes ready: requests
+--- made while it loaded were answered with nothing, and neither backend asks again until the text or the cursor
+--- changes.
 function M.refresh(bufnr)
   bufnr = buf(bufnr)
   if mode_of[bufnr] == 'native' then
+    native_tune(bufnr)
     local c = completor(bufnr)
-    if c and type(c.automatic_request) == 'function' then
+    if c and type(c.request) == 'function' then
+      pcall(c.request, c, 2)
+    elseif c and type(c.automatic_request) == 'function' then
       pcall(c.automatic_request, c)
     end
     return
   end
-  if state[bufnr] then
-    schedule_request(bufnr)
+  local st = state[bufnr]
+  if st then
+    stop_timer(st)
+    st.items, st.index = {}, 1
+    clear(bufnr)
+    request(bufnr, 2)
   end
 end
 

@@ -23,7 +23,7 @@ M.defaults = {
   settings = {},
   -- Ghost text: 'auto' (native on 0.12+, else the plugin's), 'native', 'plugin', or false.
   ghost = 'auto',
-  debounce_ms = 75, -- plugin backend only; the native one waits 200 ms
+  debounce_ms = 75, -- wait after a keystroke before asking, both backends (the native one's own is 200 ms)
   -- LSP completion menu (vim.lsp.completion); autotrigger on the server's trigger characters.
   completion = { enable = true, autotrigger = false },
   -- Insert-mode keys; false disables one. <Tab> is not taken unless you set it here. With nothing shown a key
@@ -146,15 +146,17 @@ local function on_status(_, result, ctx)
     )
   elseif result.state == 'ready' then
     notified['status-error-' .. ctx.client_id] = nil
-    -- Whatever was asked while the model loaded got no suggestion: ask again where the user is typing.
+  end
+  pcall(api.nvim_exec_autocmds, 'User', { pattern = 'DgStatus', modeline = false, data = result })
+  pcall(vim.cmd.redrawstatus)
+  if result.state == 'ready' then
+    -- Whatever was asked while the model loaded got no suggestion: ask again, at once, where the user is typing.
     local bufnr = api.nvim_get_current_buf()
     local client = util.client(bufnr)
     if client and client.id == ctx.client_id and api.nvim_get_mode().mode:match('^i') then
       require('dg_lsp.ghost').refresh(bufnr)
     end
   end
-  pcall(api.nvim_exec_autocmds, 'User', { pattern = 'DgStatus', modeline = false, data = result })
-  pcall(vim.cmd.redrawstatus)
 end
 
 --- State of dg-lsp for a buffer: attached, state ('starting'|'loading'|'ready'|'error'), model, device, ghost.
