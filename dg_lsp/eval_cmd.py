@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dg_model import humaneval
 from dg_model.api import Engine, JobResult
+from dg_model.evaluation import humaneval
 
 from . import cli
 from .pipeline import complete

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dg_model import humaneval
-from dg_model.sandbox import run_program
+from dg_model.evaluation import humaneval
+from dg_model.evaluation.sandbox import run_program
 
 from .diagnose import IDENTIFIER
 

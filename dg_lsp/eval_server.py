@@ -14,8 +14,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from dg_model import humaneval
 from dg_model.api import JobResult, JobStats
+from dg_model.evaluation import humaneval
 
 from .bench.session import Document, Server, ServerSpec
 

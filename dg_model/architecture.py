@@ -9,7 +9,7 @@ from transformers import DiffusionGemmaConfig
 from transformers.models.diffusion_gemma import DiffusionGemmaTextConfig
 from transformers.models.gemma4 import Gemma4VisionConfig
 
-from dg_model.tokenizer import BOS, EOS, PAD
+from dg_model.special_tokens import BOS, EOS, PAD
 
 # Sized for the CPU latency goal (p50 inline completion <= 100 ms on 2 cores, float32): ~11 M parameters,
 # a 14 ms decoder step over a 32-token canvas and a 60 ms encode of 512 prompt tokens, measured here.

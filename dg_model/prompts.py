@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dg_model.fim import fim_ids, spm_prompt
-from dg_model.tokenizer import BOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
+from dg_model.special_tokens import BOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
 
 CURSOR = "<|cursor|>"
 REWRITE_START, REWRITE_END = "<|rewrite|>", "<|/rewrite|>"

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from dg_model import bench_gpu  # noqa: E402
+from dg_model.bench import gpu as bench_gpu  # noqa: E402
 from dg_model.configs import tiny_config  # noqa: E402
 from dg_model.quantize import QuantizedExperts  # noqa: E402
 

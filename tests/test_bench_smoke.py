@@ -1,9 +1,9 @@
 """Smoke runs of `dg-lsp bench latency|speed|memory|forward|gpu`: each runs end to end on small settings and its
 numbers are sane (consistent counts, ordered percentiles, positive rates). Never an absolute timing bound.
 
-latency and memory drive the real stdio server with the fake engine; speed runs `dg_model.humaneval` on a few tasks
-with a stand-in engine per decoding mode (the real embedded model in the slow test); gpu checks the delegation to
-`python -m dg_model.bench_gpu` (whose own smoke test is tests/test_bench_gpu.py).
+latency and memory drive the real stdio server with the fake engine; speed runs `dg_model.evaluation.humaneval` on a few
+tasks with a stand-in engine per decoding mode (the real embedded model in the slow test); gpu checks the delegation to
+`python -m dg_model.bench.gpu` (whose own smoke test is tests/test_bench_gpu.py).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class StandIn:
 
 
 def test_speed_smoke(monkeypatch, tmp_path, capsys):
-    from dg_model import humaneval
+    from dg_model.evaluation import humaneval
 
     middles = {(t.prefix, t.suffix): t.middle for kind in humaneval.KINDS for t in humaneval.build_tasks(kind)}
     engines: list[StandIn] = []
@@ -256,7 +256,7 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
     out = tmp_path / "out"
     assert run_cli(monkeypatch, "bench", "gpu", "--out", str(out), "--", "--bits", "16") == 0
     (cmd,) = calls
-    assert cmd[1:3] == ["-m", "dg_model.bench_gpu"] and cmd[3:5] == ["--bits", "16"]
+    assert cmd[1:3] == ["-m", "dg_model.bench.gpu"] and cmd[3:5] == ["--bits", "16"]
     assert cmd[5:] == ["--out", str(out / "bench_gpu.json")]
     png(out / "bench_gpu.png")
 

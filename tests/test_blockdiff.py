@@ -9,8 +9,16 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_model.architecture import TINY, build_config
-from dg_model.blockdiff import BlockForward, BlockLayout, block_mask, block_row, collate_rows, losses, noise_blocks
-from dg_model.tokenizer import EOS, PAD
+from dg_model.special_tokens import EOS, PAD
+from dg_model.training.blockdiff import (
+    BlockForward,
+    BlockLayout,
+    block_mask,
+    block_row,
+    collate_rows,
+    losses,
+    noise_blocks,
+)
 
 VOCAB = 256
 
@@ -111,7 +119,7 @@ def test_gradients_reach_the_shared_weights_and_the_loss_falls():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_softcap_cross_entropy_matches_autograd(dtype):
-    from dg_model.blockdiff import softcap_cross_entropy
+    from dg_model.training.blockdiff import softcap_cross_entropy
 
     torch.manual_seed(0)
     h = (torch.randn(37, 16) * 3).to(dtype).requires_grad_()

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dg_model import humaneval as he
 from dg_model.api import Candidate, InfillJob, JobResult, JobStats
+from dg_model.evaluation import humaneval as he
 
 PROBLEMS = he.load_problems()
 

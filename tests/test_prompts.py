@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 import dg_model
 from dg_model.fim import EMBEDDED_FIM_IDS, fim_ids
 from dg_model.prompts import build_prompt, fim_text
-from dg_model.tokenizer import new_tokenizer
+from dg_model.training.tokenizer import new_tokenizer
 
 PREFIX, SUFFIX, SNIPPET = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n", "import os\n"
 # The embedded tokenizer's special tokens, numbered another way (after two unrelated ones), as another checkpoint may.

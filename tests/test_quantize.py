@@ -27,7 +27,7 @@ pytest.importorskip("bitsandbytes")
 
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache  # noqa: E402
 
-from dg_model.bench_gpu import param_counts  # noqa: E402
+from dg_model.bench.gpu import param_counts  # noqa: E402
 from dg_model.configs import load_config, tiny_config  # noqa: E402
 from dg_model.quantize import (  # noqa: E402
     QuantizedExperts,

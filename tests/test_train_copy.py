@@ -2,8 +2,8 @@
 
 The canvas must copy the last 12 prompt tokens, then EOS, then pad (a fixed relative offset: RoPE carries no
 absolute position, so "copy the first k" of a variable-length prompt is a much harder task). Training batches are
-left-padded with masks (as in dg_model.train); inference encodes one unpadded prompt and runs our sampler from pure
-noise. If positions, masks, the cache hand-off or the noise vocabulary disagreed between the two paths, accuracy
+left-padded with masks (as in dg_model.training.train); inference encodes one unpadded prompt and runs our sampler from
+pure noise. If positions, masks, the cache hand-off or the noise vocabulary disagreed between the two paths, accuracy
 would stay at chance.
 """
 
@@ -16,8 +16,8 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from dg_model.architecture import TINY, build_config
 from dg_model.forward import decoder_logits, encode
 from dg_model.sampler import SamplerConfig, denoise, noise_like
-from dg_model.tokenizer import BOS, EOS, PAD
-from dg_model.train import TrainConfig, collate, losses
+from dg_model.special_tokens import BOS, EOS, PAD
+from dg_model.training.train import TrainConfig, collate, losses
 
 VOCAB, CANVAS = 64, 16
 

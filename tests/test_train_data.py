@@ -6,8 +6,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from dg_model import corpus, train
 from dg_model.loading import EMBEDDED_DIR
+from dg_model.training import corpus, train
 
 
 def _file(name: str) -> str:
@@ -53,7 +53,7 @@ def test_fim_cuts_at_an_indented_cursor_include_whole_bodies():
     """An editor's cursor on an emptied line sits after the indentation; training must show long middles there."""
     import random
 
-    from dg_model.fim import sample_fim
+    from dg_model.training.fim_examples import sample_fim
 
     text = "".join(f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    if z:\n        return z\n    return y\n\n"
                    for i in range(30))

@@ -1,7 +1,7 @@
 """The training recipe end to end on a tiny config, on the CPU, in seconds: the commands a GPU session runs.
 
-    corpus (JSONL of real stdlib files) -> python -m dg_model.train (checkpoints last/ and best/) -> --resume
-    -> python -m dg_model.export (float16, sharded) -> load_engine(OUT) -> a completion
+    corpus (JSONL of real stdlib files) -> python -m dg_model.training.train (checkpoints last/ and best/) -> --resume
+    -> python -m dg_model.training.export (float16, sharded) -> load_engine(OUT) -> a completion
 
 It proves the pieces fit together (file layouts, resume state, shard loading, engine settings), not that a model
 learns: tests/test_train_copy.py does that on a synthetic task.
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from dg_model import export, train
 from dg_model.api import InfillJob
 from dg_model.loading import EMBEDDED_DIR, load_engine
+from dg_model.training import export, train
 
 
 @pytest.fixture(scope="module")

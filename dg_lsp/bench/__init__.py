@@ -7,7 +7,7 @@
     memory   server RSS before the model, idle, under a typing storm and after; peak VRAM with CUDA
     forward  transformers' modules vs the lean forward on one model: encode, AR step, decoder steps
                                                                                           (dg_lsp.bench.forward)
-    gpu      the 26B-A4B architecture on CUDA: `python -m dg_model.bench_gpu` (arguments after `--` go to it)
+    gpu      the 26B-A4B architecture on CUDA: `python -m dg_model.bench.gpu` (arguments after `--` go to it)
     remote   what the remote path (vLLM's API) adds to server-side time, on loopback       (dg_lsp.bench.remote)
     typing   a typing session in a real headless Neovim with the plugin, per ghost backend: suggestions shown per
              pause, time to show, stale suggestions, accepts, start-up                  (dg_lsp.bench.typing_session)
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "speed": (speed.add_arguments, "diffusion vs AR decoding on HumanEval infilling tasks"),
         "memory": (memory.add_arguments, "server RSS idle and under load, peak VRAM with CUDA"),
         "forward": (forward.add_arguments, "transformers' modules vs the lean forward, step by step"),
-        "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_model.bench_gpu)"),
+        "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_model.bench.gpu)"),
         "remote": (remote.add_arguments, "what the remote (OpenAI-compatible) path adds to server-side time"),
         "typing": (typing_session.add_arguments, "a typing session in headless Neovim with the plugin"),
     }
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _gpu_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("gpu_args", nargs="*", metavar="-- ARGS", help="passed to dg_model.bench_gpu, e.g. -- --bits 16")
+    p.add_argument("gpu_args", nargs="*", metavar="-- ARGS", help="passed to dg_model.bench.gpu, e.g. -- --bits 16")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,11 +108,11 @@ def run_in_process(name: str, module, args: argparse.Namespace, out: Path) -> in
 
 
 def run_gpu(args: argparse.Namespace, out: Path) -> int:
-    """`python -m dg_model.bench_gpu` in its own process (it owns the GPU), then its chart."""
+    """`python -m dg_model.bench.gpu` in its own process (it owns the GPU), then its chart."""
     extra = list(args.gpu_args)
     if "--out" not in extra:
         extra += ["--out", str(out / "bench_gpu.json")]
-    code = subprocess.call([sys.executable, "-m", "dg_model.bench_gpu", *extra])
+    code = subprocess.call([sys.executable, "-m", "dg_model.bench.gpu", *extra])
     result = Path(extra[extra.index("--out") + 1])
     if code == 0 and result.is_file():
         import json

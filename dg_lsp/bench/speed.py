@@ -1,7 +1,7 @@
 """`dg-lsp bench speed`: diffusion, autoregressive and hybrid decoding of the same checkpoint, same HumanEval tasks.
 
-The tasks and their scoring are `dg_model.humaneval`'s (`build_tasks` + `run_tasks`); this module only runs them
-once per decoding mode (`load_engine(..., mode="diffusion"|"ar"|"hybrid")`, loaded one after the other so the GPU
+The tasks and their scoring are `dg_model.evaluation.humaneval`'s (`build_tasks` + `run_tasks`); this module only runs
+them once per decoding mode (`load_engine(..., mode="diffusion"|"ar"|"hybrid")`, loaded one after the other so the GPU
 never holds two copies), on the same seeded subset, each after one warm-up job, and compares:
 
 - new tokens per second of engine time (sum of `JobStats.new_tokens` / sum of `JobStats.total_ms`), and the same for
@@ -95,7 +95,7 @@ def _ratio(d: dict[str, Any], a: dict[str, Any]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, Any]:
-    from dg_model import humaneval
+    from dg_model.evaluation import humaneval
 
     model, device, quantize = args.model, args.device, args.quantize
     tasks = {kind: humaneval.build_tasks(kind) for kind in args.kinds}

@@ -1,8 +1,9 @@
-"""Train the embedded DiffusionGemma code model: `python -m dg_model.train --corpus DIR --tokenizer DIR --out DIR`.
+"""Train the embedded DiffusionGemma code model:
+`python -m dg_model.training.train --corpus DIR --tokenizer DIR --out DIR`.
 
 Two objectives over the same FIM examples (`--objective`):
-- `block` (default): block diffusion over the whole row, prompt + canvas region (`dg_model/blockdiff.py`): every
-  position is denoised by the decoder against the clean context before its block, and predicted by the causal encoder,
+- `block` (default): block diffusion over the whole row, prompt + canvas region (`blockdiff.py`): every position
+  is denoised by the decoder against the clean context before its block, and predicted by the causal encoder,
   in one vectorised forward. The denoiser gets ~25x the supervised tokens of `canvas`.
 - `canvas` (the first recipe): one step supervises every token it pays for, but the decoder sees one canvas:
 - the causal encoder reads the FIM prompt into the KV cache, and its states predict each next prompt token;
@@ -30,12 +31,12 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_model import blockdiff
 from dg_model.architecture import SIZES, build_config
-from dg_model.blockdiff import FIRST_NOISE_ID
-from dg_model.corpus import read_jsonl
-from dg_model.fim import canvas_target, example_ids, far_snippet, sample_fim
-from dg_model.tokenizer import PAD
+from dg_model.sampler import FIRST_NOISE_ID
+from dg_model.special_tokens import PAD
+from dg_model.training import blockdiff
+from dg_model.training.corpus import read_jsonl
+from dg_model.training.fim_examples import canvas_target, example_ids, far_snippet, sample_fim
 
 
 @dataclass

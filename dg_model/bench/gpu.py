@@ -1,8 +1,8 @@
 """GPU benchmark of the full DiffusionGemma 26B-A4B architecture with random weights and k-bit experts.
 
-    python -m dg_model.bench_gpu --out results.json              # CUDA: 26B-A4B, experts NF4
-    python -m dg_model.bench_gpu --bits 16 --out bf16.json       # the bf16 baseline (needs ~52 GB)
-    python -m dg_model.bench_gpu --tiny --out tiny.json          # anywhere: tiny config (CPU smoke test)
+    python -m dg_model.bench.gpu --out results.json              # CUDA: 26B-A4B, experts NF4
+    python -m dg_model.bench.gpu --bits 16 --out bf16.json       # the bf16 baseline (needs ~52 GB)
+    python -m dg_model.bench.gpu --tiny --out tiny.json          # anywhere: tiny config (CPU smoke test)
 
 Build (gpt-fast style): construct on the `meta` device (no memory), then layer by layer materialize that layer's
 experts in bf16 on the device, quantize them and drop the bf16 copy, so the peak is the final size plus one layer's

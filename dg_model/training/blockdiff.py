@@ -28,12 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dg_model.fim import canvas_target
 from dg_model.forward import softcap
 from dg_model.lean import _Layer, _rms
-from dg_model.tokenizer import PAD, SPECIAL_TOKENS
-
-FIRST_NOISE_ID = len(SPECIAL_TOKENS)  # noise never draws special tokens, in training and in the sampler
+from dg_model.sampler import FIRST_NOISE_ID  # noise never draws special tokens, in training as in the sampler
+from dg_model.special_tokens import PAD
+from dg_model.training.fim_examples import canvas_target
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`python -m dg_model.bench_train --corpus DIR`: the training objectives side by side on one model and machine.
+"""`python -m dg_model.training.bench_train --corpus DIR`: the training objectives side by side on one model and
+machine.
 
 The first recipe (`canvas`: transformers' modules, one 64-slot canvas per example), block diffusion through the eager
 lean layers (`block_eager`) and through torch.compile (`block`, what `train` runs). Alternating rounds of one optimizer
@@ -21,8 +22,9 @@ from pathlib import Path
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from dg_model.corpus import read_jsonl
-from dg_model.train import FimBatches, TrainConfig, batch_tokens, pick_device, step_losses, use_bf16
+from dg_model.loading import EMBEDDED_DIR
+from dg_model.training.corpus import read_jsonl
+from dg_model.training.train import FimBatches, TrainConfig, batch_tokens, pick_device, step_losses, use_bf16
 
 # (name, objective, compiled): the first recipe; block diffusion eager (the lean layers, routed experts); compiled
 VARIANTS = (("canvas", "canvas", False), ("block_eager", "block", False), ("block", "block", True))
@@ -31,11 +33,11 @@ VARIANTS = (("canvas", "canvas", False), ("block_eager", "block", False), ("bloc
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True)
-    ap.add_argument("--model", default=str(Path(__file__).parent / "embedded"))
+    ap.add_argument("--model", default=str(EMBEDDED_DIR))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--out", default=str(Path(__file__).parent / "bench_results" / "bench_train.json"))
+    ap.add_argument("--out", default=str(EMBEDDED_DIR.parent / "bench_results" / "bench_train.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device("auto")

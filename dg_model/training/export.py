@@ -1,4 +1,5 @@
-"""Turn a training checkpoint into a model directory dg-lsp loads: `python -m dg_model.export CKPT OUT --tokenizer DIR`.
+"""Turn a training checkpoint into a model directory dg-lsp loads:
+`python -m dg_model.training.export CKPT OUT --tokenizer DIR`.
 
     CKPT (train.py's `last/` or `best/`) -> OUT/config.json, model*.safetensors (float16, sharded under
     --max-shard-mb so each file can travel on its own), tokenizer files, generation_config.json and dg_engine.json

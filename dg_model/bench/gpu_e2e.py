@@ -1,9 +1,9 @@
 """End-to-end GPU benchmark: a whole block-autoregressive generation of the 26B-A4B architecture, random weights.
 
-    python -m dg_model.bench_gpu_e2e --all --budget-s 150 --out e2e.json     # CUDA: fp8, bf16, nf4 one after another
-    python -m dg_model.bench_gpu_e2e --experts fp8 --out fp8.json             # one expert kind
-    python -m dg_model.bench_gpu_e2e --plan                                   # planned bytes per kind (no weights)
-    python -m dg_model.bench_gpu_e2e --experts fp8 --tiny --out t.json        # anywhere: tiny config (CPU smoke test)
+    python -m dg_model.bench.gpu_e2e --all --budget-s 150 --out e2e.json     # CUDA: fp8, bf16, nf4 one after another
+    python -m dg_model.bench.gpu_e2e --experts fp8 --out fp8.json             # one expert kind
+    python -m dg_model.bench.gpu_e2e --plan                                   # planned bytes per kind (no weights)
+    python -m dg_model.bench.gpu_e2e --experts fp8 --tiny --out t.json        # anywhere: tiny config (CPU smoke test)
 
 What runs is transformers' own `generate` loop (`DiffusionGemmaForBlockDiffusion.generate`): prefill of a
 `--prompt-len` prompt through the causal encoder into a `StaticCache`, then per block `--steps` decoder denoising
@@ -39,7 +39,7 @@ import time
 import torch
 from transformers import StaticCache
 
-from dg_model import bench_gpu
+from dg_model.bench import gpu as bench_gpu
 from dg_model.configs import load_config, tiny_config
 from dg_model.quantize import Fp8Experts, footprint_bytes, fp8_backend, fp8_expert_bytes, projected_footprint_bytes
 
@@ -333,7 +333,7 @@ def run_all(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             out = os.path.join(tmp, f"{kind}.json")
-            cmd = [sys.executable, "-m", "dg_model.bench_gpu_e2e", *_child_args(args), "--experts", kind, "--out", out]
+            cmd = [sys.executable, "-m", "dg_model.bench.gpu_e2e", *_child_args(args), "--experts", kind, "--out", out]
             t0, status = time.perf_counter(), {}
             try:
                 proc = subprocess.run(cmd, timeout=args.budget_s or None, capture_output=True, text=True)

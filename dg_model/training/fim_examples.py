@@ -1,0 +1,105 @@
+"""FIM training examples cut from source files the way an editor asks, in the prompt and canvas layout that
+`dg_model.fim` describes and the engine uses at the cursor."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dg_model.fim import Encode, spm_prompt
+from dg_model.special_tokens import EOS, PAD
+
+
+@dataclass(frozen=True)
+class FimPieces:
+    prefix: str
+    middle: str
+    suffix: str
+
+
+def canvas_target(middle_ids: list[int], canvas_length: int) -> list[int]:
+    """Clean canvas: the middle, then EOS, then pad. A middle that does not fit has no EOS (more blocks follow)."""
+    body = middle_ids[:canvas_length]
+    if len(body) < canvas_length:
+        body = body + [EOS]
+    return body + [PAD] * (canvas_length - len(body))
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def sample_fim(text: str, rng: random.Random) -> FimPieces | None:
+    """Cut one editor-like FIM example from a source file.
+
+    Kinds, by share: mid-line cursor completing the line (40%), cursor at a line's indentation (35%) writing 1-3
+    lines or, half the time, 4-12 (an editor's cursor on a new or emptied line sits after the indentation, and what
+    is missing there is often a whole body: without long middles at that cursor the model learns to stop after one
+    line), a multi-line span from a line's start (20%), nothing missing (5%, teaches "say nothing").
+    """
+    starts = _line_starts(text)
+    lines = len(starts)
+    if lines < 3:
+        return None
+    for _ in range(8):
+        i = rng.randrange(lines - 1)
+        line_start, line_end = starts[i], starts[i + 1] - 1  # line_end: index of its "\n"
+        line = text[line_start:line_end]
+        body = line.lstrip()
+        if not body.strip():
+            continue
+        indent_end = line_start + len(line) - len(body)
+        r = rng.random()
+        if r < 0.40:
+            if line_end - indent_end < 2:
+                continue
+            cursor = rng.randrange(indent_end + 1, line_end)
+            end = line_end
+            if rng.random() < 0.15:  # the line and the next one or two
+                end = starts[min(i + 1 + rng.randint(1, 2), lines - 1)] - 1
+        elif r < 0.75:
+            cursor = indent_end
+            end = starts[min(i + (rng.randint(1, 3) if rng.random() < 0.5 else rng.randint(4, 12)), lines - 1)] - 1
+        elif r < 0.95:
+            cursor = line_start
+            end = starts[min(i + rng.randint(2, 12), lines - 1)] - 1
+        else:
+            cursor = end = rng.choice((line_end, indent_end))
+        if end < cursor:
+            continue
+        return FimPieces(text[:cursor], text[cursor:end], text[end:])
+    return None
+
+
+def example_ids(
+    encode: Encode,
+    pieces: FimPieces,
+    rng: random.Random,
+    prompt_tokens: int,
+    canvas_length: int,
+    snippets: Sequence[str] = (),
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, middle ids) of one training example; `canvas_target` cuts the middle to a canvas. Long middles are
+    sometimes split as a later block of block-autoregressive decoding: the first part goes into the prompt after
+    <fim_middle>, and the middle continues it."""
+    middle_ids = encode(pieces.middle)
+    done: list[int] = []
+    if len(middle_ids) > canvas_length and rng.random() < 0.5:
+        k = rng.randrange(1, len(middle_ids) - canvas_length // 2)
+        done, middle_ids = middle_ids[:k], middle_ids[k:]
+    budget = prompt_tokens - min(len(done), prompt_tokens // 2)
+    prompt = spm_prompt(encode, pieces.prefix, pieces.suffix, budget, snippets, suffix_share=rng.uniform(0.1, 0.4))
+    prompt = prompt + done[-(prompt_tokens - len(prompt)) :] if done and prompt_tokens > len(prompt) else prompt
+    return prompt, middle_ids
+
+
+def far_snippet(text: str, pieces: FimPieces, rng: random.Random, lines: int = 12) -> str | None:
+    """A chunk of the same file far from the cursor: stands in for the related open-document snippets dg_lsp adds."""
+    all_lines = text.splitlines(keepends=True)
+    if len(all_lines) < 4 * lines:
+        return None
+    start = rng.randrange(len(all_lines) - lines)
+    chunk = "".join(all_lines[start : start + lines])
+    return None if chunk in pieces.prefix[-2000:] or chunk in pieces.suffix[:2000] else "# related code\n" + chunk
