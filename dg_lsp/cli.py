@@ -137,7 +137,9 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 def setup_logging(log_file: str | None, level: str) -> None:
-    handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler._dg_lsp = True  # type: ignore[attr-defined]  # replace our own handler on a second call, only it
     root = logging.getLogger()

@@ -14,12 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from dg_model.api import EngineError, InfillJob
 
 from .engines import load_engine, model_label
 
 Check = tuple[str, str, str]  # (status, name, detail)
+T = TypeVar("T")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(status == "FAIL" for status, _, _ in checks) else 0
 
 
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - start
@@ -97,7 +99,9 @@ def _grammars(report) -> None:
 def _model(report, args: argparse.Namespace) -> None:
     label = model_label(args.model)
     if args.model is None:
-        embedded = Path(importlib.import_module("dg_model").__file__).parent / "embedded"
+        package = importlib.import_module("dg_model").__file__
+        assert package is not None, "dg_model is a regular package"
+        embedded = Path(package).parent / "embedded"
         where = f"embedded at {embedded}" + ("" if embedded.is_dir() else " (missing)")
     elif Path(args.model).exists():
         where = f"local path {Path(args.model).resolve()}"
@@ -140,7 +144,7 @@ def _remote(report, args: argparse.Namespace) -> None:
     import os
     import statistics
 
-    from dg_model.remote import API_KEY_ENV, RemoteError, insecure
+    from dg_model.remote_errors import API_KEY_ENV, RemoteError, insecure
 
     from .remote import connect
     from .settings import RemoteSettings, Settings

@@ -110,7 +110,7 @@ def _slip(kind: str, doc: str, start: int, end: int, rng: random.Random) -> tupl
         s, e, t = rng.choice(sites)
         return doc[:s] + FLIPS[t.string] + doc[e:], f"{t.string!r} -> {FLIPS[t.string]!r}"
     names = set(IDENTIFIER.findall(doc))
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for _, _, t in tokens:
         if t.type == tokenize.NAME:
             counts[t.string] += 1

@@ -175,7 +175,7 @@ class JobRunner:
             raise ModelNotReady(self._error or "the model is still loading")
 
 
-def _drop_locals(exc: BaseException) -> None:
+def _drop_locals(first: BaseException) -> None:
     """Let go of what the frames of a failed job held: the traceback still says where it was raised, but no longer
     keeps the engine's locals alive (an expanded KV cache, activations: ~12 MB for the embedded model's beam of 3).
 
@@ -183,6 +183,7 @@ def _drop_locals(exc: BaseException) -> None:
     holds the future: a reference cycle that only a full garbage collection frees, and a typing storm cancels jobs
     far faster than those run (RSS grew by ~300 MB in 40 s)."""
     seen: set[int] = set()
+    exc: BaseException | None = first
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         traceback.clear_frames(exc.__traceback__)  # skips the frames still running (this one's caller)

@@ -340,9 +340,9 @@ class Syntax:
         """Smallest node holding the `width` characters from (row, col); width -1 means the character before."""
         a, b = (col + width, col) if width < 0 else (col, col + width)
         line = self.doc.lines[row]
-        return self.tree.root_node.descendant_for_point_range(
-            self.point(row, max(0, a)), self.point(row, min(len(line), b))
-        )
+        root = self.tree.root_node
+        found = root.descendant_for_point_range(self.point(row, max(0, a)), self.point(row, min(len(line), b)))
+        return root if found is None else found  # None only for a range outside the tree: the root holds it
 
     def in_string_or_comment(self, row: int, col: int, line_comment_only: bool = False) -> bool:
         if not self.covers(row) or (row, col) == (self.row0, 0):

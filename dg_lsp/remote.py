@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Protocol
 from lsprotocol import types
 
 from dg_model.api import Engine, EngineError, InfillJob, JobResult, JobStats, RewriteJob
-from dg_model.remote import API_KEY_ENV, RemoteConfig, RemoteEngine, RemoteError, display_url, estimate_tokens, insecure
+from dg_model.remote import RemoteConfig, RemoteEngine
+from dg_model.remote_counts import estimate_tokens
+from dg_model.remote_errors import API_KEY_ENV, RemoteError, display_url, insecure
 
 from .engines import close_engine, load_engine
 

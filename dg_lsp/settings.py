@@ -110,9 +110,10 @@ def _strict(kind: type, accept: tuple[type, ...]):
             raise ValueError(f"expected {kind.__name__}, got a boolean")
         if not isinstance(value, accept):
             raise ValueError(f"expected {kind.__name__}, got {type(value).__name__}")
-        if kind is float and not math.isfinite(value):
+        result = kind(value)
+        if kind is float and not math.isfinite(result):
             raise ValueError("expected a finite number")
-        return kind(value)
+        return result
 
     return hook
 
@@ -124,7 +125,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float)))
     conv.register_structure_hook(str, _strict(str, (str,)))
     for cls in (ContextSettings, RemoteSettings, Settings):
-        renames = {f.name: override(rename=camel(f.name)) for f in dataclasses.fields(cls)}
+        # Any: mypy matches a `**dict` against the functions' named bool options too, not only their `**overrides`.
+        renames: dict[str, Any] = {f.name: override(rename=camel(f.name)) for f in dataclasses.fields(cls)}
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames)
         )
@@ -192,8 +194,8 @@ def _bad_paths(exc: BaseException, path: tuple[str, ...]):
         for sub in exc.group_exceptions()[1]:
             yield from _bad_paths(sub, path)
     elif isinstance(exc, IterableValidationError):
-        for sub, note in exc.group_exceptions()[0]:
-            yield from _bad_paths(sub, path + (str(note.index),))
+        for sub, item in exc.group_exceptions()[0]:
+            yield from _bad_paths(sub, path + (str(item.index),))
         if not exc.group_exceptions()[0]:
             yield path
     else:

@@ -1,7 +1,7 @@
 """`DiffusionEngine`: the `Engine` protocol on a DiffusionGemma checkpoint.
 
-    job -> prompt ids (prompts.py) -> per-document KV cache, reused over the common prefix -> canvases denoised
-    block by block (sampler.py) -> text up to EOS -> JobResult with stats
+    job -> prompt ids (prompts.py) -> per-document KV cache, reused over the common prefix -> the middle decoded
+    (decoders.py: canvases denoised block by block by sampler.py, AR, or hybrid) -> text up to EOS -> JobResult
 
 The same object also decodes autoregressively through the causal encoder (`"ar"`): same weights, same prompt, same
 cache, the honest baseline for diffusion-vs-AR comparisons, and the better choice for some models and job kinds
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dg_model import decoders
 from dg_model.api import (
     DECODINGS,
     BlockScore,
@@ -32,13 +33,12 @@ from dg_model.api import (
     RewriteJob,
     ScoreJob,
 )
-from dg_model.beam import beam_search
+from dg_model.decoders import mean
 from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
 from dg_model.scoring import score_blocks
-from dg_model.speculative import lookup, speculate
-from dg_model.stops import block_end, can_end, cursor_indent, ended, loop_start
+from dg_model.stops import block_end, cursor_indent
 
 MODES = DECODINGS  # "auto" first: a job or a forced mode may say "auto", dg_engine.json picks among MODES[1:]
 
@@ -102,7 +102,7 @@ def _out_of_memory_typed(method):
     def typed(self, job):
         try:
             return method(self, job)
-        except Exception as exc:  # noqa: BLE001 - re-raised unchanged unless it is out of memory
+        except Exception as exc:  # re-raised unchanged unless it is out of memory
             if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError"
                     or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())):
                 raise
@@ -148,12 +148,12 @@ class DiffusionEngine:
         cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
         try:
             if mode == "ar":
-                texts, scores = self._ar(cache, last_hidden, len(prompt.ids), job, stats)
+                texts, scores = decoders.autoregressive(self, cache, last_hidden, len(prompt.ids), job, stats)
             elif mode == "hybrid":
-                texts, scores = self._hybrid(cache, last_hidden, prompt.ids, job, stats)
+                texts, scores = decoders.hybrid(self, cache, last_hidden, prompt.ids, job, stats)
             else:
                 canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
-                texts, scores = self._diffuse(cache, len(prompt.ids), canvas, prompt.pinned_tail, job, stats)
+                texts, scores = decoders.diffuse(self, cache, canvas, prompt.pinned_tail, job, stats)
         finally:
             self.fwd.trim(cache, len(prompt.ids))
         if job.kind == "block":  # both decoders stop once a block has ended; what their last step wrote past it goes
@@ -188,11 +188,11 @@ class DiffusionEngine:
             canvas[0, worst] = noise_like(canvas[0, worst], self.vocab_size, gen)
             n = max(1, job.n)
             batched = self.fwd.expand(cache, n) if n > 1 else cache
-            result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, batched, sc)),
+            result = denoise(lambda x, sc: self.text_only(self.fwd.decoder_logits(x, batched, sc)),
                              canvas.expand(n, -1).clone(),
                              torch.zeros(n, length, dtype=torch.bool, device=self.device), self.vocab_size,
                              replace(self.settings.sampler, greedy=n == 1), gen, job.cancel,
-                             self._drafts(job.on_draft), greedy_rows=self._greedy_rows(n))
+                             self.drafts(job.on_draft), greedy_rows=self.greedy_rows(n))
             stats.steps += result.steps
             stats.decoder_forwards += result.steps
             stats.decoder_ms += result.step_ms
@@ -203,7 +203,7 @@ class DiffusionEngine:
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
 
-    def _text_only(self, scores: torch.Tensor) -> torch.Tensor:
+    def text_only(self, scores: torch.Tensor) -> torch.Tensor:
         """Logits or log-probabilities over the vocabulary with the prompt-format tokens ruled out (finite, so the
         sampler's entropies stay numbers)."""
         if len(self._never):
@@ -256,192 +256,37 @@ class DiffusionEngine:
                 self._caches.popitem(last=False)
         return entry.cache, hidden[:, -1:]
 
-    # ------------------------------------------------------------------ decoding
-    def _diffuse(self, cache, prompt_len, canvas_len, pinned_tail, job: InfillJob, stats: JobStats):
-        n = max(1, job.n)
-        gen = torch.Generator().manual_seed(job.seed or 0)
-        sampler = self.settings.sampler
-        if job.temperature is not None:
-            sampler = replace(sampler, temperature_start=job.temperature, temperature_end=job.temperature)
-        batched = self.fwd.expand(cache, n) if n > 1 else cache
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logprobs: list[list[float]] = [[] for _ in range(n)]
-        done = [False] * n
-        tail = pinned_tail if len(pinned_tail) < canvas_len else []
-        indent = cursor_indent(job.prefix)
-        while not all(done) and len(tokens[0]) < job.max_tokens:
-            if job.cancel is not None and job.cancel.is_set():
-                raise Cancelled()
-            canvas = noise_like(torch.zeros(n, canvas_len, dtype=torch.long), self.vocab_size, gen).to(self.device)
-            pinned = torch.zeros(n, canvas_len, dtype=torch.bool, device=self.device)
-            if tail:
-                canvas[:, -len(tail):] = torch.tensor(tail, device=self.device)
-                pinned[:, -len(tail):] = True
-            result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, batched, sc)), canvas, pinned,
-                             self.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
-                             self._drafts(job.on_draft, prefix=tokens[0]), greedy_rows=self._greedy_rows(n),
-                             stop_ids=tuple(self.eos_ids),
-                             late_stop_ids=self.newline_ids if job.kind == "line" else ())
-            stats.steps += result.steps
-            stats.decoder_forwards += result.steps
-            stats.decoder_ms += result.step_ms
-            free = canvas_len - len(tail)
-            for i in range(n):
-                row, lp = result.tokens[i, :free].tolist(), result.logprobs[i, :free].tolist()
-                if not done[i]:
-                    cut = self._eos_at(row)
-                    if job.kind == "line":  # what follows the line break is dropped, so it is not output either
-                        cut = next((j + 1 for j, t in enumerate(row[:cut]) if j > 0 and t in self.newline_ids), cut)
-                    tokens[i] += row[:cut]
-                    logprobs[i] += lp[: (cut + 1) if cut is not None else None]
-                    done[i] = cut is not None or bool(tail)
-                    if (loop := loop_start(tokens[i])) is not None:
-                        del tokens[i][loop:], logprobs[i][loop + 1 :]
-                        done[i] = True
-            if ended(self.tokenizer.decode(tokens[0]), job.kind, indent, job.suffix):
-                break
-            if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
-                self.fwd.encode(result.tokens, batched, self.fwd.seq_length(batched))
-        stats.new_tokens = len(tokens[0][: job.max_tokens])
-        return [self.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [_mean(lp) for lp in logprobs]
-
-    def _ar(self, cache, last_hidden, prompt_len, job: InfillJob, stats: JobStats):
-        """Next-token decoding through the causal encoder and its KV cache: a beam of `max(job.n, ar_beam)` (width 1
-        is greedy decoding). Every finished beam is a candidate, best first, so a model tuned for a wider beam returns
-        alternatives even for `n=1`: the editor side ranks them again by what still parses."""
-        width = max(1, job.n, self.settings.ar_beam)
-        batched = self.fwd.expand(cache, width) if width > 1 else cache
-        finish = self._finish(job)
-        stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
-
-        def advance(parents: list[int], tokens: list[int]) -> torch.Tensor:
-            t0 = time.perf_counter()
-            pad = width - len(parents)  # rows beyond the live beams copy beam 0 and are fed pad; nobody reads them
-            rows = parents + [parents[0]] * pad
-            if rows != list(range(width)):
-                self.fwd.reorder(batched, torch.tensor(rows), prompt_len)
-            feed = torch.tensor([[t] for t in tokens + [self.tokenizer.pad_token_id] * pad], device=self.device)
-            hidden = self.fwd.encode(feed, batched, self.fwd.seq_length(batched))
-            logp = self._text_only(torch.log_softmax(self.fwd.lm_logits(hidden[:, -1]).float(), -1)[: len(parents)])
-            stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
-            return logp
-
-        if job.max_tokens <= 0:
-            return [""], [0.0]
-        on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
-        first = self._text_only(torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
-        result = beam_search(first, advance, width, finish, self.eos_ids, job.cancel, on_step, self._may_end(job))
-        stats.steps += result.steps
-        # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
-        # flatters it (one EOS log-prob against a line's sum divided by its length's square root).
-        best = sorted(result.hypotheses, key=lambda h: not h.tokens)
-        stats.new_tokens = len(best[0].tokens)
-        texts = [self.tokenizer.decode(h.tokens) for h in best]
-        return texts, [h.score for h in best]
-
-    def _hybrid(self, cache, last_hidden, prompt_ids: list[int], job: InfillJob, stats: JobStats):
-        """Greedy AR text at the cost of fewer encoder forwards: the decoder drafts, the encoder verifies."""
-        if job.max_tokens <= 0:
-            return [""], [0.0]
-        size = max(2, self.settings.draft_canvas)
-        sampler = replace(self.settings.sampler, max_steps=max(1, self.settings.draft_steps), greedy=True)
-        gen = torch.Generator().manual_seed(job.seed or 0)
-        pinned = torch.zeros(1, size, dtype=torch.bool, device=self.device)
-        pinned[0, 0] = True
-        history = list(prompt_ids)  # what the cache holds: the prompt and the committed tokens
-
-        def draft(pending: int, hint: list[int]) -> list[int]:
-            canvas = noise_like(torch.zeros(1, size, dtype=torch.long), self.vocab_size, gen).to(self.device)
-            canvas[0, 0] = pending
-            if self.settings.draft_lookup:
-                hint = lookup(history + [pending], size - 1) or hint
-            hint = hint[: size - 1]
-            if hint:  # a guess at what follows (the lookup's, or the last draft's past its first miss): a partly
-                canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=self.device)  # denoised start, not pinned
-            if self.settings.draft_steps <= 0:
-                return hint
-            result = denoise(lambda x, sc: self._text_only(self.fwd.decoder_logits(x, cache, sc)), canvas, pinned,
-                             self.vocab_size, sampler, gen, job.cancel)
-            stats.steps += result.steps
-            stats.decoder_forwards += result.steps
-            stats.decoder_ms += result.step_ms
-            row = result.tokens[0, 1:].tolist()
-            cut = self._eos_at(row)
-            return row[: cut + 1] if cut is not None else row  # the verifier may accept the EOS too
-
-        verified_from = [0]  # the cache length before the last verify: commit keeps what follows it
-        verified: list[int] = []
-
-        def verify(seq: list[int]) -> torch.Tensor:
-            t0 = time.perf_counter()
-            verified[:] = seq
-            verified_from[0] = self.fwd.seq_length(cache)
-            hidden = self.fwd.encode(torch.tensor([seq], device=self.device), cache, verified_from[0])
-            stats.steps += 1
-            stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
-            return self._text_only(torch.log_softmax(self.fwd.lm_logits(hidden[0]).float(), -1))
-
-        def commit(n: int) -> None:
-            self.fwd.trim(cache, verified_from[0] + n)
-            history.extend(verified[:n])
-
-        on_step = None if job.on_draft is None else (lambda tokens: job.on_draft(self.tokenizer.decode(tokens)))
-        first = self._text_only(torch.log_softmax(self.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
-        result = speculate(first, draft, verify, commit, self._finish(job), self.eos_ids, job.cancel, on_step,
-                           self._may_end(job))
-        stats.new_tokens = len(result.tokens)
-        stats.drafted, stats.accepted = result.drafted, result.accepted
-        return [self.tokenizer.decode(result.tokens)], [_mean(result.logprobs)]
-
-    def _finish(self, job: InfillJob):
-        """Where a middle decoded token by token ends: a loop's start, the job kind's end, or the budget."""
-        indent = cursor_indent(job.prefix)
-
-        def finish(tokens: list[int]) -> int | None:
-            if (cut := loop_start(tokens)) is not None:
-                return cut
-            over = ended(self.tokenizer.decode(tokens), job.kind, indent, job.suffix)
-            return len(tokens) if over or len(tokens) >= job.max_tokens else None
-
-        return finish
-
-    def _may_end(self, job: InfillJob):
-        """Token-by-token decoding may not end a middle on an open header or bracket the suffix does not finish."""
-        return lambda tokens: can_end(job.prefix, self.tokenizer.decode(tokens), job.suffix)
-
+    # ------------------------------------------------------------------ canvas rows (here and in decoders.py)
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
         texts, scores = [], []
         for row, lp in zip(tokens.tolist(), logprobs.tolist()):
-            cut = self._eos_at(row, default=len(row))
+            cut = self.eos_at(row)
+            cut = len(row) if cut is None else cut
             texts.append(self.tokenizer.decode(row[:cut]))
-            scores.append(_mean(lp[: cut + 1]))
+            scores.append(mean(lp[: cut + 1]))
         return texts, scores
 
-    def _eos_at(self, row: list[int], default: int | None = None) -> int | None:
+    def eos_at(self, row: list[int], default: int | None = None) -> int | None:
         """Index of the first EOS/pad in a canvas row: where the middle ends."""
         return next((j for j, t in enumerate(row) if t in self.eos_ids), default)
 
-    def _greedy_rows(self, n: int) -> torch.Tensor | None:
+    def greedy_rows(self, n: int) -> torch.Tensor | None:
         if n == 1:
             return None
         rows = torch.zeros(n, dtype=torch.bool, device=self.device)
         rows[0] = True
         return rows
 
-    def _drafts(self, on_draft, prefix: list[int] | None = None):
+    def drafts(self, on_draft, prefix: list[int] | None = None):
         if on_draft is None:
             return None
 
         def emit(argmax: torch.Tensor) -> None:
             row = argmax[0].tolist()
-            cut = self._eos_at(row, default=len(row))
+            cut = self.eos_at(row, default=len(row))
             on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
 
         return emit
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 def _dedupe(cands: list[Candidate]) -> list[Candidate]:

@@ -44,11 +44,12 @@ def fim_ids(tokenizer) -> FimIds:
     bos = look(SPECIAL_TOKENS[BOS])
     if bos is None:
         bos = getattr(tokenizer, "bos_token_id", None)
-    fim = [look(SPECIAL_TOKENS[k]) for k in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
-    missing = [SPECIAL_TOKENS[k] for k, i in zip((FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE), fim, strict=True) if i is None]
-    if missing:
+    keys = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+    prefix, suffix, middle = (look(SPECIAL_TOKENS[k]) for k in keys)
+    if prefix is None or suffix is None or middle is None:
+        missing = [SPECIAL_TOKENS[k] for k, i in zip(keys, (prefix, suffix, middle), strict=True) if i is None]
         raise ValueError(f"the tokenizer has no {', '.join(missing)}: use a non-FIM prompt format")
-    return FimIds(bos, *fim, look(SPECIAL_TOKENS[FILE_SEP]))  # type: ignore[arg-type]
+    return FimIds(bos, prefix, suffix, middle, look(SPECIAL_TOKENS[FILE_SEP]))
 
 
 def spm_prompt(
@@ -68,10 +69,11 @@ def spm_prompt(
     room -= len(prefix_ids)
     bos = [] if ids.bos is None else [ids.bos]
     files: list[int] = []
-    for snippet in reversed(snippets if ids.file_sep is not None else ()):  # most relevant last -> kept first
+    sep = ids.file_sep  # None: no snippets
+    for snippet in reversed(snippets) if sep is not None else ():  # most relevant last -> kept first
         snippet_ids = encode(snippet)
-        if len(snippet_ids) + 1 > room:
+        if sep is None or len(snippet_ids) + 1 > room:
             break
-        files[:0] = [ids.file_sep] + snippet_ids
+        files[:0] = [sep] + snippet_ids
         room -= len(snippet_ids) + 1
     return bos + files + [ids.fim_suffix] + suffix_ids + [ids.fim_prefix] + prefix_ids + [ids.fim_middle]

@@ -44,9 +44,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def pick_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> torch.dtype:
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."))
-    return dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    chosen: torch.dtype | None = getattr(torch, dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
+    return chosen or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------- resolution

@@ -11,48 +11,45 @@ a time, so streaming would bring no text earlier, and cancelling works without i
 Requests run on this engine's own event-loop thread with one `httpx.AsyncClient` (connections are kept alive and
 reused; `close` ends both when settings replace the engine). The caller's thread waits for the answer and polls
 `job.cancel` every few milliseconds; a cancel cancels the request's task, httpx closes the connection, and vLLM aborts
-a request whose client has gone. A failure is a
-`RemoteError` (an `EngineError`) with a `kind` and one sentence naming the URL; the server layer decides how to show
-it. Nothing here imports torch, so a thin client starts without the model stack.
+a request whose client has gone. A failure is a `RemoteError` (remote_errors.py, an `EngineError`) with a `kind`
+and one sentence naming the URL; the server layer decides how to show it. Nothing here imports torch, so a thin
+client starts without the model stack.
 
-Token counts for the context budget (the context builder counts 5-15 texts per keystroke), best first:
-1. a local copy of the model's tokenizer (`remote.tokenizer`, the served model's folder, or the Hugging Face cache),
-   when its count of a probe text matches the server's /tokenize (or the server has none): exact, no round trip;
-2. the server's /tokenize (vLLM serves it next to /v1), asked for the token strings too: a text it has tokenized
-   (exact) is kept with its tokens' character offsets, and a later text made of runs of kept texts (the context
-   builder counts ~9 cuts and joins of the same windows per completion) is counted from those offsets with no round
-   trip, exact or a little high (`_count_pieces`). A few new lines in it count as a bound while the text is
-   tokenized in the background; only a text mostly new waits for a request (0.2 per completion typing down a file);
-3. an estimate of CHARS_PER_TOKEN characters per token.
+Token counts for the context budget come from a local copy of the model's tokenizer when one matches the server, else
+from the server's /tokenize, mostly without a round trip (remote_counts.py), else from an estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import concurrent.futures
-import ipaddress
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import accumulate
-from pathlib import Path
+from typing import Any
 
 import httpx
 
 from dg_model.api import Cancelled, Candidate, EngineError, InfillJob, JobResult, JobStats, RewriteJob
 from dg_model.prompts import chat_messages, choose_format, clean_answer, fim_text, rewrite_messages
+from dg_model.remote_counts import (
+    CHARS_PER_TOKEN,
+    MAX_PIECES,
+    NEW_SHARE,
+    SPAN_TEXTS,
+    count_pieces,
+    estimate_tokens,
+    find_tokenizer,
+    keep,
+    token_ends,
+)
+from dg_model.remote_errors import RemoteError, display_url, first_line, read_answer
 from dg_model.stops import block_end, cursor_indent
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "DG_LSP_API_KEY"  # the only place the key comes from: never argv, never a settings file
-# Code averages 3.5-4 characters per BPE token; counting a little high keeps the prompt inside the model's window.
-CHARS_PER_TOKEN = 3.0
 POLL_S = 0.005  # how often a waiting caller looks at `job.cancel`
 COUNT_TIMEOUT_S = 1.0  # a /tokenize call; past it the estimate is used (a count must never stall a keystroke)
 CONNECT_TIMEOUT_S = 3.0
@@ -60,20 +57,6 @@ STARTUP_BACKOFF_S = 0.25  # the start-up check retries a refused connection afte
 FIM_PROBE = "<fim_prefix><fim_suffix><fim_middle>"  # three tokens for a tokenizer with our FIM tokens
 COUNT_PROBE = "def add(a, b):\n    return a + b  # probe\n"
 UNTRIMMED = 1 << 30  # the context builder already fit prefix and suffix to the budget: the prompt helpers cut nothing
-SPAN_TEXTS = 16  # tokenized texts kept with their token offsets, to count texts made of them without a round trip
-MAX_PIECES = 16  # a text counted from kept texts may join this many runs of them (a scope's header lines)
-MIN_PIECE = 16  # characters: a shorter run found in a kept text is more likely chance than the same text
-NEW_SHARE = 0.25  # a text at most this share of which was never tokenized is counted at once (see _count_pieces)
-KINDS = ("unreachable", "timeout", "auth", "model", "request", "server", "config")
-
-
-class RemoteError(EngineError):
-    """The server could not answer. `kind`: one of KINDS; the message says what happened, where, and the fix."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        assert kind in KINDS, kind
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -94,55 +77,6 @@ class ServerInfo:
     format: str
     counting: str  # how tokens are counted, for doctor and the log
     ms: float  # the GET /models round trip
-
-
-def display_url(url: str) -> str:
-    """The URL without user:password, for messages and status lines."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return url  # RemoteEngine reports it
-    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
-
-
-def insecure(url: str) -> bool:
-    """Plain http to another machine: code and the API key cross the network readable."""
-    parsed = httpx.URL(url)
-    if parsed.scheme != "http":
-        return False
-    if parsed.host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(parsed.host).is_loopback
-    except ValueError:
-        return True
-
-
-def find_tokenizer(configured: str | None, model: str):
-    """(tokenizers.Tokenizer, its path) of the served model on this disk, or (None, None). Never downloads."""
-    from tokenizers import Tokenizer
-
-    places: list[Path] = []
-    if configured:
-        places.append(Path(configured).expanduser())
-    elif Path(model).expanduser().is_dir():  # `vllm serve /path/to/model` serves it under that name
-        places.append(Path(model).expanduser())
-    else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(model, "tokenizer.json")
-            if isinstance(cached, str):
-                places.append(Path(cached))
-        except Exception as exc:  # noqa: BLE001 - not a hub id, no hub library: no cached tokenizer
-            log.debug("no cached tokenizer for %s: %s", model, exc)
-    for place in places:
-        file = place / "tokenizer.json" if place.is_dir() else place
-        if file.is_file():
-            return Tokenizer.from_file(str(file)), str(file)
-    if configured:
-        raise RemoteError("config", f"remote.tokenizer: no tokenizer.json at {configured}")
-    return None, None
 
 
 class RemoteEngine:
@@ -210,40 +144,13 @@ class RemoteEngine:
         return estimate_tokens(text)
 
     def _count_pieces(self, text: str) -> int | None:
-        """A count of `text` without waiting for a round trip, kept at or above the tokenizer's (the context budget
-        must hold); None when too little of `text` has been tokenized for one.
-
-        `text` is cut into runs, each the longest found in one kept tokenized text and counted from its token offsets
-        (`_span_tokens`: a token cut by the run's end counts twice). Lines found in none are new text: when they are
-        at most NEW_SHARE of `text`, each counts one token per UTF-8 byte (a bound no byte-level or byte-fallback
-        tokenizer exceeds, so the context fitter leaves them out rather than overrun its budget) and `text` is
-        tokenized in the background, so the next count of it, or of text around it, comes from its offsets."""
-        spans = self._spans  # the loop thread replaces the list, never changes it
-        if not spans:
+        """`remote_counts.count_pieces`; a text with new lines in it is tokenized in the background, so the next
+        count of it, or of text around it, comes from its offsets."""
+        # The loop thread replaces `_spans`, never changes it: this count reads one whole list.
+        counted = count_pieces(text, self._spans, self.max_pieces, self.new_share)
+        if counted is None:
             return None
-        total, new, pos, pieces = 0, 0, 0, 0
-        while pos < len(text):
-            pieces += 1
-            if pieces > self.max_pieces:
-                return None
-            length, ends, at = 0, [], -1
-            for ref, e in reversed(spans):  # newest first: the likeliest to hold the rest of the text
-                found, where = _longest_at(text, pos, ref, max(length + 1, min(MIN_PIECE, len(text) - pos)))
-                if found > length:
-                    length, ends, at = found, e, where
-                    if pos + length == len(text):
-                        break
-            if length:
-                total += _span_tokens(ends, at, at + length)
-                pos += length
-                continue
-            line_end = text.find("\n", pos + 1)
-            line_end = len(text) if line_end < 0 else line_end
-            new += line_end - pos
-            if new > self.new_share * len(text):
-                return None
-            total += len(text[pos:line_end].encode()) + 1  # +1: a tokenizer may add a prefix space to a text
-            pos = line_end
+        total, new = counted
         if new:
             self._prefetch(text)
         return total
@@ -279,11 +186,12 @@ class RemoteEngine:
 
     def infill(self, job: InfillJob) -> JobResult:
         self._ensure_checked(job.cancel)
+        body: dict[str, Any]
         if self.format == "chat":
             messages = chat_messages(job.prefix, job.suffix, UNTRIMMED, job.context)
             path, body = "/chat/completions", {"messages": messages}
         else:
-            prompt = fim_text(job.prefix, job.suffix, self.format, job.context)
+            prompt = fim_text(job.prefix, job.suffix, self._checked_format(), job.context)
             path, body = "/completions", {"prompt": prompt, "add_special_tokens": False}  # <bos> is in the prompt
         result = self._complete(path, body, job.max_tokens, job.n, job.temperature, job.seed, job.cancel)
         if job.kind == "block":  # the answer may run past the block the cursor is in, as a local decoder's would
@@ -294,11 +202,12 @@ class RemoteEngine:
 
     def rewrite(self, job: RewriteJob) -> JobResult:
         self._ensure_checked(job.cancel)
+        body: dict[str, Any]
         if self.format == "chat":
             messages = rewrite_messages(job.prefix, job.block, job.suffix, UNTRIMMED)
             path, body = "/chat/completions", {"messages": messages}
         else:  # a FIM model cannot be shown the old block; it writes the block anew from both sides
-            prompt = fim_text(job.prefix, job.suffix, self.format)
+            prompt = fim_text(job.prefix, job.suffix, self._checked_format())
             path, body = "/completions", {"prompt": prompt, "add_special_tokens": False}
         return self._complete(path, body, job.max_tokens, job.n, None, job.seed, job.cancel)
 
@@ -334,9 +243,9 @@ class RemoteEngine:
         self._tokenizer, self._server_counts = tokenizer, tokenizer is None and server_count is not None
         counting = (f"local tokenizer {where}" if tokenizer else f"{self._root}/tokenize" if self._server_counts
                     else f"estimate ({CHARS_PER_TOKEN:g} characters per token)")
-        if self.config.format == "auto":
-            self.format = self._auto_format(tokenizer, cancel)
-        self.info = ServerInfo(models, self.name, self.format, counting, ms)
+        fmt = self._auto_format(tokenizer, cancel) if self.config.format == "auto" else self.config.format
+        self.format = fmt
+        self.info = ServerInfo(models, self.name, fmt, counting, ms)
         log.info("remote %s: model %s, format %s, token counts: %s", self.url, self.name, self.format, counting)
         return self.info
 
@@ -351,6 +260,11 @@ class RemoteEngine:
     def _ensure_checked(self, cancel: threading.Event | None) -> None:
         if self.info is None:
             self.check(tries=1, cancel=cancel)
+
+    def _checked_format(self) -> str:
+        if self.format is None:  # `check` decides it; jobs call `_ensure_checked` first
+            raise RuntimeError("the remote prompt format is decided by check()")
+        return self.format
 
     def close(self) -> None:
         """Close the connections and end the engine's thread. Idempotent, callable from any thread, and it returns at
@@ -464,8 +378,7 @@ class RemoteEngine:
         data = await self._send("POST", f"{self._root}/tokenize", body)
         count = int(data["count"]) if "count" in data else len(data.get("tokens") or [])
         if spans and (ends := token_ends(text, data.get("token_strs"))) is not None and len(ends) == count:
-            kept = [(r, e) for r, e in self._spans if r not in text]  # a kept text inside this one adds nothing
-            self._spans = [*kept[max(0, len(kept) - self.span_texts + 1):], (text, ends)]
+            self._spans = keep(self._spans, text, ends, self.span_texts)
         return count
 
     def _optional(self, coro, cancel: threading.Event | None) -> int | None:
@@ -488,32 +401,10 @@ class RemoteEngine:
         except httpx.TimeoutException:
             raise RemoteError("timeout", f"{self.url} did not answer within {self.config.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
-            raise RemoteError("unreachable", f"cannot reach {self.url} ({_first_line(exc)}); is the server running, "
+            raise RemoteError("unreachable", f"cannot reach {self.url} ({first_line(exc)}); is the server running, "
                                              "and the URL right?") from None
-        return self._json(response, url)
+        return read_answer(response, self.url, url.removeprefix(self._root) or "/", self._key, self.name)
 
-    def _json(self, response: httpx.Response, url: str) -> dict:
-        code, detail = response.status_code, _detail(response)
-        if self._key:
-            detail = detail.replace(self._key, "***")
-        where = url.removeprefix(self._root) or "/"
-        if code in (401, 403):
-            fix = f"check the key in {API_KEY_ENV}" if self._key else f"set the server's API key in {API_KEY_ENV}"
-            raise RemoteError("auth", f"{self.url} refused the request (HTTP {code}: {detail}); {fix}")
-        if code == 404 and "model" in detail.lower():
-            raise RemoteError("model", f"{self.url} does not serve model {self.name!r} ({detail}); set remote.model")
-        if 400 <= code < 500:
-            hint = "; is remote.url the server's /v1 base?" if code == 404 else ""
-            raise RemoteError("request", f"{self.url} rejected {where} (HTTP {code}: {detail}){hint}")
-        if code >= 300:
-            raise RemoteError("server", f"{self.url} failed on {where} (HTTP {code}: {detail})")
-        try:
-            data = response.json()
-        except ValueError:
-            raise RemoteError("server", f"{self.url} answered {where} with something that is not JSON") from None
-        if not isinstance(data, dict):
-            raise RemoteError("server", f"{self.url} answered {where} with unexpected JSON")
-        return data
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -521,117 +412,3 @@ def _serve(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.set_event_loop(loop)
     loop.run_forever()
     loop.close()
-
-
-def _detail(response: httpx.Response) -> str:
-    """The server's own words: OpenAI's {"error": {"message"}}, vLLM's {"message"}, or the status phrase."""
-    try:
-        data = response.json()
-    except ValueError:
-        return _first_line(response.text) or response.reason_phrase
-    error = data.get("error", data) if isinstance(data, dict) else data
-    message = error.get("message") if isinstance(error, dict) else error
-    return _first_line(message or response.reason_phrase)
-
-
-def _longest_at(text: str, pos: int, ref: str, at_least: int) -> tuple[int, int]:
-    """(length, where in `ref`) of the longest run of `text` from `pos` found in `ref`, if `at_least` long; else (0,
-    -1)."""
-    rest = len(text) - pos
-    if at_least > rest or (where := ref.find(text[pos : pos + at_least])) < 0:
-        return 0, -1
-    if (whole := ref.find(text[pos:])) >= 0:
-        return rest, whole
-    good, bad = at_least, rest  # text[pos:pos+good] is in ref, text[pos:pos+bad] is not
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if (at := ref.find(text[pos : pos + mid])) >= 0:
-            good, where = mid, at
-        else:
-            bad = mid
-    return good, where
-
-
-def _span_tokens(ends: list[int], start: int, end: int) -> int:
-    """Tokens of `ref[start:end]` for a tokenized `ref` (its tokens' end offsets: `ends`), meant to be at least as
-    many as the tokenizer gives that text alone: the tokens the span overlaps, a token cut at either end counted twice
-    (its part may re-tokenize as two). Exact when the cuts fall on token boundaries; a cut at a line start usually
-    splits a newline-and-indent token whose indent is one token, 1 high. Not a proof: a part re-tokenizing as three,
-    or two runs joining into more tokens than both, would count low; on the stdlib files of tests/test_remote.py
-    (budgets 128-2048, jumps and typing) no count was."""
-    first = bisect.bisect_right(ends, start)  # the first token ending past `start`
-    last = bisect.bisect_left(ends, end)  # the first token reaching `end`
-    count = last - first + 1
-    count += (ends[first - 1] if first else 0) < start  # the first token starts before the span
-    count += ends[last] > end  # the last token runs past it
-    return count
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def _first_line(value: object, limit: int = 200) -> str:
-    line = next((s.strip() for s in str(value).splitlines() if s.strip()), "")
-    if not line and isinstance(value, BaseException):
-        line = type(value).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-@lru_cache(maxsize=1)
-def _byte_level() -> dict[str, int]:
-    """GPT-2's byte-level BPE alphabet: the character each byte is written as in a token string -> the byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-@lru_cache(maxsize=1)
-def _byte_table() -> dict[int, int]:
-    """`str.translate` table: a byte-level token string -> one character per byte, with the byte's code."""
-    return {ord(ch): b for ch, b in _byte_level().items()}
-
-
-def _token_bytes(token: str) -> bytes:
-    byte_level = _byte_level()
-    if all(ch in byte_level for ch in token):
-        return bytes(byte_level[ch] for ch in token)
-    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):  # SentencePiece byte fallback
-        try:
-            return bytes([int(token[3:5], 16)])
-        except ValueError:
-            pass
-    return token.replace("\u2581", " ").encode()
-
-
-def token_ends(text: str, token_strs) -> list[int] | None:
-    """Each token's end offset in `text` (characters), from a /tokenize answer's token strings (byte-level BPE or
-    SentencePiece spellings); None when they do not spell `text` (another spelling, or no token strings)."""
-    if not isinstance(token_strs, list) or not all(isinstance(t, str) for t in token_strs):
-        return None
-    want = text.encode()
-    try:  # byte-level BPE, the common case, without a loop in Python: one character per byte
-        got = "".join(token_strs).translate(_byte_table()).encode("latin-1")
-    except UnicodeEncodeError:
-        got = None
-    if got == want:
-        byte_ends = list(accumulate(map(len, token_strs)))
-    else:
-        pieces = [_token_bytes(t) for t in token_strs]
-        got = b"".join(pieces)
-        if got != want:
-            if got == b" " + want and pieces and pieces[0][:1] == b" ":  # a prefix space the tokenizer added
-                pieces[0] = pieces[0][1:]
-            else:
-                return None
-        byte_ends = list(accumulate(len(p) for p in pieces))
-    if len(want) == len(text):
-        return byte_ends
-    char_ends = list(accumulate(len(ch.encode()) for ch in text))  # a token ending inside a character: round up
-    return [bisect.bisect_left(char_ends, b) + 1 if b else 0 for b in byte_ends]

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from dg_model.bench import gpu as bench_gpu  # noqa: E402
-from dg_model.configs import tiny_config  # noqa: E402
-from dg_model.quantize import QuantizedExperts  # noqa: E402
+from dg_model.bench import gpu as bench_gpu
+from dg_model.configs import tiny_config
+from dg_model.quantize import QuantizedExperts
 
 SMALL = ["--tiny", "--prompt-len", "32", "--canvases", "16", "32", "--warmup", "1", "--iters", "3"]
 

@@ -164,14 +164,14 @@ def test_decoding_follows_the_job_then_the_engine_then_the_models_choice_per_kin
 
 @pytest.mark.parametrize("forward", ["lean", "hf"])
 def test_ar_beams_score_what_a_fresh_encode_scores(tiny, forward, monkeypatch):
-    import dg_model.engine as engine_module
+    import dg_model.decoders as decoders_module
     from dg_model.beam import ALPHA
     from dg_model.prompts import build_prompt
 
     model, tok = tiny
     engine = DiffusionEngine(model, tok, EngineSettings(forward=forward, ar_beam=4), name="tiny", mode="ar")
     seen = []
-    monkeypatch.setattr(engine_module, "beam_search", lambda *a, **k: seen.append(beam_search(*a, **k)) or seen[-1])
+    monkeypatch.setattr(decoders_module, "beam_search", lambda *a, **k: seen.append(beam_search(*a, **k)) or seen[-1])
     job = InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6, doc_key="doc")
     result = engine.infill(job)
     assert len(result.candidates) > 1, "a beam of 4 returns alternatives even for n=1"

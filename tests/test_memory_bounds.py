@@ -35,7 +35,7 @@ def runner():
 
 
 def _decode(alive: list, exc: BaseException) -> None:
-    ballast = Ballast()  # noqa: F841 - held by this frame only, as a decoder's KV cache is
+    ballast = Ballast()  # held by this frame only, as a decoder's KV cache is
     alive.append(weakref.ref(ballast))
     raise exc
 
@@ -79,7 +79,7 @@ def test_superseded_jobs_in_a_storm_leave_nothing_behind(runner):
     alive: list = []
 
     def job_fn(engine, cancel):
-        ballast = Ballast()  # noqa: F841
+        ballast = Ballast()
         alive.append(weakref.ref(ballast))
         return engine.infill(InfillJob(prefix="x", suffix="", cancel=cancel, doc_key="doc"))
 

@@ -25,11 +25,11 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache  # noqa: E402
+from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_model.bench.gpu import param_counts  # noqa: E402
-from dg_model.configs import load_config, tiny_config  # noqa: E402
-from dg_model.quantize import (  # noqa: E402
+from dg_model.bench.gpu import param_counts
+from dg_model.configs import load_config, tiny_config
+from dg_model.quantize import (
     QuantizedExperts,
     footprint_bytes,
     projected_footprint_bytes,

@@ -18,7 +18,8 @@ from dg_lsp.remote import RemoteGuard
 from dg_lsp.settings import parse_settings
 from dg_model.api import Cancelled, InfillJob, RewriteJob
 from dg_model.prompts import build_prompt, fim_text
-from dg_model.remote import API_KEY_ENV, RemoteConfig, RemoteEngine, RemoteError, insecure
+from dg_model.remote import RemoteConfig, RemoteEngine
+from dg_model.remote_errors import API_KEY_ENV, RemoteError, insecure
 
 KEY = "sk-test-7f3a9c"
 PREFIX, SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
@@ -326,7 +327,7 @@ def test_joined_and_new_text_counted_without_waiting():
 
 
 def test_token_ends_spellings():
-    from dg_model.remote import token_ends
+    from dg_model.remote_counts import token_ends
 
     assert token_ends("def f", ["def", "\u0120f"]) == [3, 5]  # byte-level BPE
     assert token_ends("é x", ["\u00c3\u00a9", "\u0120x"]) == [1, 3]  # a character in two bytes

@@ -18,6 +18,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 from dg_lsp import fix, repairs
 from dg_lsp.eval_rewrite import _slip
@@ -35,7 +36,7 @@ def functions(corpus: Path) -> list[str]:
         except SyntaxError:
             continue
         for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and 6 <= node.end_lineno - node.lineno <= 40:
+            if isinstance(node, ast.FunctionDef) and 6 <= (node.end_lineno or node.lineno) - node.lineno <= 40:
                 src = ast.get_source_segment(text, node)
                 if src:
                     out.append(src + "\n")
@@ -46,6 +47,8 @@ def gains(engine, doc: str, start: int, end: int, restored: str | None = None) -
     """For the block doc[start:end]: the best gain of any proposal, and the gain of the proposal that is `restored`
     (the block before a slip); None if the checks object to the block (then the margin plays no part)."""
     bc = fix.block_context(engine, doc, start, end, "python", Settings())
+    if bc is None:  # only blank text: nothing the margin could change
+        return None
     fixer = fix._Fixer(engine, doc, bc, "python", Settings(), None, "margin")
     current = fixer.check(bc.block)
     if current.problems:
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     docs = functions(args.corpus)
     rng.shuffle(docs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n, doc in enumerate(docs[: args.limit]):
         lines = doc.splitlines(keepends=True)
         first = rng.randrange(1, len(lines) - 1)

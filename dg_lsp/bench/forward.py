@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import platform
 import statistics
 import textwrap
@@ -53,7 +54,8 @@ def _random_model(size: str, device: str):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(EMBEDDED_DIR)
     torch.manual_seed(0)
     model = DiffusionGemmaForBlockDiffusion(build_config(tokenizer.vocab_size, 64, **SIZES[size]))
-    return model.to(pick_device(device)).eval(), tokenizer
+    # transformers wraps `to` with functools.wraps, and mypy then binds the device to `self`
+    return model.to(pick_device(device)).eval(), tokenizer  # type: ignore[arg-type]
 
 
 def _time(fn: Callable[[], Any]) -> float:
@@ -65,7 +67,7 @@ def _time(fn: Callable[[], Any]) -> float:
 def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[str, Any]:
     import torch
 
-    from dg_model.forward import HFForward
+    from dg_model.forward import Forward, HFForward
     from dg_model.lean import LeanForward, unsupported
     from dg_model.loading import load_model
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     if reason:
         raise SystemExit(f"dg-lsp: the lean forward cannot run this model ({reason}); nothing to compare")
     device = next(model.parameters()).device
-    fwds = {"hf": HFForward(model), "lean": LeanForward(model)}
+    fwds: dict[str, Forward] = {"hf": HFForward(model), "lean": LeanForward(model)}
     ids = torch.tensor([_prompt_ids(tokenizer, args.prompt_tokens)], device=device)
     caches = {k: f.new_cache() for k, f in fwds.items()}
     canvases = [int(c) for c in str(args.canvases).split(",") if c.strip()]
@@ -99,10 +101,10 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
             f.encode(one, cache, n)
             f.trim(cache, n)
 
-        table = {"encode": encode, "ar_step": ar_step}
+        table: dict[str, Callable[[], Any]] = {"encode": encode, "ar_step": ar_step}
         for c in canvases:
             sc = sc_logits[c]
-            table[f"canvas_{c}"] = lambda c=c, sc=sc: f.decoder_logits(noise[c], cache, sc)
+            table[f"canvas_{c}"] = functools.partial(f.decoder_logits, noise[c], cache, sc)
         return table
 
     with torch.inference_mode():

@@ -120,9 +120,7 @@ def _whole_lines(source: str, start: int, end: int, chars: int) -> tuple[int, in
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
-    return isinstance(stmt, ast.Expr) and isinstance(getattr(stmt, "value", None), ast.Constant) and isinstance(
-        stmt.value.value, str
-    )
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
 
 def keystrokes(typed: str) -> list[str]:

@@ -26,8 +26,19 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dg_model.api import Cancelled, Candidate, Engine, InfillJob, JobResult, JobStats, RewriteJob
+from dg_model.api import (
+    BlockScore,
+    Cancelled,
+    Candidate,
+    Engine,
+    InfillJob,
+    JobResult,
+    JobStats,
+    RewriteJob,
+    ScoreJob,
+)
 from dg_model.prompts import (
     BOS_TEXT,
     CURSOR,
@@ -38,6 +49,9 @@ from dg_model.prompts import (
     REWRITE_END,
     REWRITE_START,
 )
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 EMBEDDED_TOKENIZER = Path(__file__).resolve().parents[2] / "dg_model" / "embedded" / "tokenizer.json"
 
@@ -59,7 +73,7 @@ class ConstantEngine:
     name: str = "constant"
     device: str = "cpu"
     tokenizer_path: Path = EMBEDDED_TOKENIZER
-    _tok: object = field(default=None, repr=False)
+    _tok: Tokenizer | None = field(default=None, repr=False)
 
     def count_tokens(self, text: str) -> int:
         return len(self.token_strs(text))
@@ -77,6 +91,9 @@ class ConstantEngine:
 
     def rewrite(self, job: RewriteJob) -> JobResult:
         return JobResult([Candidate(self.text, 0.0)], JobStats())
+
+    def score(self, job: ScoreJob) -> list[BlockScore]:
+        return [BlockScore(0.0, []) for _ in job.blocks]  # every block fits equally well
 
 
 class StubServer:
@@ -166,6 +183,7 @@ class StubServer:
         if spm is None and psm is None:
             return None
         match = spm or psm
+        assert match is not None
         suffix, prefix = match.groups() if spm else match.groups()[::-1]
         snippets = [s for s in head[: match.start()].split(FILE_SEP_TEXT) if s]
         return InfillJob(prefix=prefix, suffix=suffix, n=body.get("n", 1), max_tokens=body.get("max_tokens", 64),

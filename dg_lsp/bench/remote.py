@@ -25,7 +25,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
+from dg_model.api import BlockScore, Engine, InfillJob, JobResult, RewriteJob, ScoreJob
 from dg_model.remote import RemoteConfig, RemoteEngine
 
 from .. import pipeline
@@ -46,9 +48,10 @@ def main(args: argparse.Namespace, out: Path) -> int:
     places = ends[::step][: args.places + WARMUP]
     stub = subprocess.Popen([sys.executable, "-m", "dg_lsp.bench.openai_stub", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
+    assert stub.stdout is not None  # stdout=PIPE
     try:
         url = stub.stdout.readline().split()[-1]
-        ways = {
+        ways: dict[str, Engine] = {
             "local": ConstantEngine(),
             "remote": _remote(url, tokenizer=str(EMBEDDED_TOKENIZER)),
             "remote+tokenize": _remote(url, tokenizer=None),
@@ -74,10 +77,11 @@ def main(args: argparse.Namespace, out: Path) -> int:
         stub.terminate()
         stub.wait(10)
     budget = settings.context.max_prompt_tokens
-    result = {
+    result: dict[str, Any] = {
         "places": len(times["local"]),
         "file": "textwrap.py",
-        "counting": {name: getattr(e, "info", None) and e.info.counting for name, e in ways.items()},
+        "counting": {name: e.info and e.info.counting if isinstance(e, RemoteEngine) else None
+                     for name, e in ways.items()},
         "p50_ms": {name: round(statistics.median(t), 2) for name, t in times.items()},
         "p95_ms": {name: round(statistics.quantiles(t, n=20)[-1], 2) for name, t in times.items()},
         "counts_per_completion": {name: round(c.calls / len(places), 1) for name, c in counts.items()},
@@ -115,7 +119,7 @@ class _Counted:
     """The engine, counting how often the context builder asks it for a token count, and what each prompt it was
     given really counts (prefix, suffix and snippets, by `real`)."""
 
-    def __init__(self, engine, real) -> None:
+    def __init__(self, engine: Engine, real: Engine) -> None:
         self.engine, self.real, self.calls = engine, real, 0
         self.name, self.device = engine.name, engine.device
         self.prompts: list[tuple[str, ...]] = []
@@ -128,9 +132,12 @@ class _Counted:
         self.calls += 1
         return self.engine.count_tokens(text)
 
-    def infill(self, job):
+    def infill(self, job: InfillJob) -> JobResult:
         self.prompts.append((job.prefix, job.suffix, *job.context))  # counted after the timing
         return self.engine.infill(job)
 
-    def rewrite(self, job):
+    def rewrite(self, job: RewriteJob) -> JobResult:
         return self.engine.rewrite(job)
+
+    def score(self, job: ScoreJob) -> list[BlockScore]:
+        return self.engine.score(job)

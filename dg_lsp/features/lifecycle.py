@@ -133,7 +133,7 @@ async def load_model(ls: DgServer) -> None:
             engine = await in_daemon_thread(load_engine, settings.model, settings.device, settings.quantize)
     except EngineError as exc:
         error = str(exc)
-    except Exception as exc:  # noqa: BLE001 - torch/transformers/OS failures of every kind mean "model unavailable"
+    except Exception as exc:  # logged: torch/transformers/OS failures of every kind mean "model unavailable"
         log.exception("loading %s failed", label)
         error = f"{type(exc).__name__}: {exc}"
     if engine is None and generation == ls.load_generation:

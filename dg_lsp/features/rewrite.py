@@ -12,6 +12,7 @@ An empty selection means the enclosing syntax block, picked by the pipeline when
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ ACTIONS = {a.name: a for a in (FIX, REWRITE)}
 TITLE, COMMAND, KIND = REWRITE.title, REWRITE.command, REWRITE.kind
 
 
-def _wanted(action: _Action, only: list[str] | None) -> bool:
+def _wanted(action: _Action, only: Sequence[str] | None) -> bool:
     return only is None or any(action.kind == k or action.kind.startswith(f"{k}.") for k in only)
 
 
@@ -127,7 +128,7 @@ async def block_edit(
         raise JsonRpcInvalidParams("expected a document URI")
     try:
         rng = _converter.structure(raw_range, types.Range)
-    except Exception as exc:  # noqa: BLE001 - cattrs raises several types for a malformed range
+    except Exception as exc:  # re-raised as invalid params: cattrs raises several types for a malformed range
         raise JsonRpcInvalidParams(f"expected an LSP range, got {raw_range!r}") from exc
     doc = ls.document(uri)
     if version is not None and version != doc.version:

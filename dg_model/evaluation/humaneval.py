@@ -45,7 +45,7 @@ from dg_model.evaluation.sandbox import ExecResult, run_program
 
 Kind = Literal["single-line", "multi-line"]
 KINDS: tuple[str, ...] = ("single-line", "multi-line")
-JOB_KIND = {"single-line": "line", "multi-line": "block"}
+JOB_KIND: dict[str, Literal["line", "block"]] = {"single-line": "line", "multi-line": "block"}
 # Generation budgets. Every single-line middle fits in 64 tokens; multi-line middles go up to a whole solution.
 DEFAULT_MAX_TOKENS = {"single-line": 64, "multi-line": 256}
 MODEL_PACKAGE = Path(__file__).parents[1]  # dg_model/
@@ -446,14 +446,19 @@ def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: 
     if (args.editor and editor is None) or (server_path and server is None):
         print("dg-lsp: --editor and --server need dg_lsp (run them as `dg-lsp eval`)", file=sys.stderr)
         return 2
-    solve = server(engine, args) if server_path else editor(engine, args) if args.editor else None
+    solve = None
+    if server_path and server is not None:
+        solve = server(engine, args)
+    elif args.editor and editor is not None:
+        solve = editor(engine, args)
     try:
         report = run_tasks(engine, tasks, args.kind, limit=args.limit, seed=args.seed, timeout=args.timeout,
                            workers=args.workers, max_tokens=args.max_tokens, progress=progress,
                            candidates=args.candidates, solve=solve)
     finally:
-        if hasattr(solve, "close"):
-            solve.close()
+        close = getattr(solve, "close", None)
+        if close is not None:
+            close()
     report["path"] = "server" if server_path else "editor" if args.editor else "engine"
     report = {"mode": args.mode, "model": args.model or "embedded", "load_s": round(load_s, 2),
               "torch_threads": torch.get_num_threads(), "provenance": provenance(args.model), **report}

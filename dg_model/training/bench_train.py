@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for name, objective, compiled in VARIANTS:
         cfg = replace(base, objective=objective, compile=compiled)
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.model, dtype=torch.float32).to(device).train()
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.model, dtype=torch.float32)
+        # transformers wraps `to` with functools.wraps, and mypy then binds the device to `self`
+        model = model.to(device).train()  # type: ignore[arg-type]
         batches = iter(FimBatches(texts, args.model, cfg, seed=0))
         runs[name] = dict(cfg=cfg, model=model, opt=torch.optim.AdamW(model.parameters(), lr=1e-5), batches=batches,
                           times=[], positions=[], denoised=[], ar=[])

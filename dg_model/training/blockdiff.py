@@ -138,7 +138,7 @@ class BlockForward:
         self.layers = [_Layer(layer, self.eps, trainable=True) for layer in self.enc.layers]
         if compiled:
             for layer in self.layers:
-                layer.moe = functools.partial(_dense_moe, layer)
+                layer.moe = functools.partial(_dense_moe, layer)  # type: ignore[method-assign]  # per-instance swap
         self.run_layers = torch.compile(self._run_layers, dynamic=False) if compiled else self._run_layers
         # the only per-half difference inside the shared layers: each side's layer scalar (a buffer, not tied)
         self.scalars = [(enc.layer_scalar, dec.layer_scalar) for enc, dec in zip(self.enc.layers, self.dec.layers)]

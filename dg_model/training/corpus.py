@@ -30,10 +30,16 @@ class SourceFile:
     origin: str  # distribution name or "stdlib"
 
 
+def _field(meta: md.PackageMetadata, key: str) -> str | None:
+    """The first value of a metadata field, None when the field is absent."""
+    values = meta.get_all(key)
+    return values[0] if values else None
+
+
 def dist_license(dist: md.Distribution) -> str | None:
     meta = dist.metadata
     for key in ("License-Expression", "License"):
-        value = meta.get(key)
+        value = _field(meta, key)
         if value and len(value) < 200 and value.strip().upper() not in {"UNKNOWN", ""}:
             return value.strip()
     classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License")]
@@ -41,7 +47,9 @@ def dist_license(dist: md.Distribution) -> str | None:
 
 
 def is_permissive(license_text: str | None) -> bool:
-    return bool(license_text) and bool(PERMISSIVE.search(license_text)) and "GPL" not in license_text.upper()
+    if not license_text:
+        return False
+    return bool(PERMISSIVE.search(license_text)) and "GPL" not in license_text.upper()
 
 
 def _read(path: Path) -> str | None:
@@ -69,13 +77,13 @@ def distribution_files(only: set[str] | None = None) -> tuple[dict[str, list[Pat
     files: dict[str, list[Path]] = {}
     licenses: dict[str, str] = {}
     for dist in md.distributions():
-        name = dist.metadata.get("Name") or "?"
+        name = _field(dist.metadata, "Name") or "?"
         if name.lower() in EXCLUDED_DISTS or name in files or (only is not None and name.lower() not in only):
             continue
         lic = dist_license(dist)
         if not is_permissive(lic):
             continue
-        paths = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".py")]
+        paths = [Path(str(dist.locate_file(f))) for f in dist.files or [] if str(f).endswith(".py")]
         if paths:
             files[name] = paths
             licenses[name] = lic or ""

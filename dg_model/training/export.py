@@ -33,8 +33,9 @@ def export(checkpoint: Path, out: Path, tokenizer: Path, dtype: str = "float16",
     for old in out.glob("model*.safetensors*"):  # a previous export's shards must not mix with this one's
         old.unlink()
     # Weights stored in `dtype`, config still says float32: the CPU loads them as float32 (bf16 is ~100x slower there).
-    model.to(DTYPES[dtype]).save_pretrained(out, safe_serialization=True,
-                                            max_shard_size=f"{int(max_shard_mb * 1000)}KB")
+    # The ignore: transformers wraps `to` with functools.wraps, and mypy then binds the dtype to `self`.
+    stored = model.to(DTYPES[dtype])  # type: ignore[arg-type]
+    stored.save_pretrained(out, safe_serialization=True, max_shard_size=f"{int(max_shard_mb * 1000)}KB")
     config = json.loads((out / "config.json").read_text())
     config["dtype"] = "float32"
     config.setdefault("text_config", {})["dtype"] = "float32"

@@ -1,0 +1,189 @@
+"""The three ways `DiffusionEngine.infill` decodes a middle on a prompt the engine has already encoded into `cache`.
+
+- `diffuse`: canvases denoised block by block (sampler.py), each committed to the cache before the next one;
+- `autoregressive`: next-token decoding through the causal encoder, a beam (beam.py) of which width 1 is greedy;
+- `hybrid`: the decoder drafts a canvas and the encoder verifies it (speculative.py): greedy AR's text.
+
+Each returns (texts, scores), best first, and adds what it cost to `stats`. The engine owns the cache and trims it
+back to the prompt afterwards, so a decoder may append to it freely.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from dg_model.api import Cancelled, InfillJob, JobStats
+from dg_model.beam import beam_search
+from dg_model.sampler import denoise, noise_like
+from dg_model.speculative import lookup, speculate
+from dg_model.stops import can_end, cursor_indent, ended, loop_start
+
+if TYPE_CHECKING:
+    from dg_model.engine import DiffusionEngine
+
+
+def diffuse(eng: DiffusionEngine, cache, canvas_len: int, pinned_tail: list[int], job: InfillJob, stats: JobStats):
+    n = max(1, job.n)
+    gen = torch.Generator().manual_seed(job.seed or 0)
+    sampler = eng.settings.sampler
+    if job.temperature is not None:
+        sampler = replace(sampler, temperature_start=job.temperature, temperature_end=job.temperature)
+    batched = eng.fwd.expand(cache, n) if n > 1 else cache
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    logprobs: list[list[float]] = [[] for _ in range(n)]
+    done = [False] * n
+    tail = pinned_tail if len(pinned_tail) < canvas_len else []
+    indent = cursor_indent(job.prefix)
+    while not all(done) and len(tokens[0]) < job.max_tokens:
+        if job.cancel is not None and job.cancel.is_set():
+            raise Cancelled()
+        canvas = noise_like(torch.zeros(n, canvas_len, dtype=torch.long), eng.vocab_size, gen).to(eng.device)
+        pinned = torch.zeros(n, canvas_len, dtype=torch.bool, device=eng.device)
+        if tail:
+            canvas[:, -len(tail):] = torch.tensor(tail, device=eng.device)
+            pinned[:, -len(tail):] = True
+        result = denoise(lambda x, sc: eng.text_only(eng.fwd.decoder_logits(x, batched, sc)), canvas, pinned,
+                         eng.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
+                         eng.drafts(job.on_draft, prefix=tokens[0]), greedy_rows=eng.greedy_rows(n),
+                         stop_ids=tuple(eng.eos_ids),
+                         late_stop_ids=eng.newline_ids if job.kind == "line" else ())
+        stats.steps += result.steps
+        stats.decoder_forwards += result.steps
+        stats.decoder_ms += result.step_ms
+        free = canvas_len - len(tail)
+        for i in range(n):
+            row, lp = result.tokens[i, :free].tolist(), result.logprobs[i, :free].tolist()
+            if not done[i]:
+                cut = eng.eos_at(row)
+                if job.kind == "line":  # what follows the line break is dropped, so it is not output either
+                    cut = next((j + 1 for j, t in enumerate(row[:cut]) if j > 0 and t in eng.newline_ids), cut)
+                tokens[i] += row[:cut]
+                logprobs[i] += lp[: (cut + 1) if cut is not None else None]
+                done[i] = cut is not None or bool(tail)
+                if (loop := loop_start(tokens[i])) is not None:
+                    del tokens[i][loop:], logprobs[i][loop + 1 :]
+                    done[i] = True
+        if ended(eng.tokenizer.decode(tokens[0]), job.kind, indent, job.suffix):
+            break
+        if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
+            eng.fwd.encode(result.tokens, batched, eng.fwd.seq_length(batched))
+    stats.new_tokens = len(tokens[0][: job.max_tokens])
+    return [eng.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [mean(lp) for lp in logprobs]
+
+
+def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, job: InfillJob, stats: JobStats):
+    """Next-token decoding through the causal encoder and its KV cache: a beam of `max(job.n, ar_beam)` (width 1
+    is greedy decoding). Every finished beam is a candidate, best first, so a model tuned for a wider beam returns
+    alternatives even for `n=1`: the editor side ranks them again by what still parses."""
+    width = max(1, job.n, eng.settings.ar_beam)
+    batched = eng.fwd.expand(cache, width) if width > 1 else cache
+    stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
+
+    def advance(parents: list[int], tokens: list[int]) -> torch.Tensor:
+        t0 = time.perf_counter()
+        pad = width - len(parents)  # rows beyond the live beams copy beam 0 and are fed pad; nobody reads them
+        rows = parents + [parents[0]] * pad
+        if rows != list(range(width)):
+            eng.fwd.reorder(batched, torch.tensor(rows), prompt_len)
+        feed = torch.tensor([[t] for t in tokens + [eng.tokenizer.pad_token_id] * pad], device=eng.device)
+        hidden = eng.fwd.encode(feed, batched, eng.fwd.seq_length(batched))
+        logp = eng.text_only(torch.log_softmax(eng.fwd.lm_logits(hidden[:, -1]).float(), -1)[: len(parents)])
+        stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
+        return logp
+
+    if job.max_tokens <= 0:
+        return [""], [0.0]
+    on_draft = job.on_draft
+    on_step = None if on_draft is None else (lambda tokens: on_draft(eng.tokenizer.decode(tokens)))
+    first = eng.text_only(torch.log_softmax(eng.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
+    result = beam_search(first, advance, width, _finish(eng, job), eng.eos_ids, job.cancel, on_step,
+                         _may_end(eng, job))
+    stats.steps += result.steps
+    # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
+    # flatters it (one EOS log-prob against a line's sum divided by its length's square root).
+    best = sorted(result.hypotheses, key=lambda h: not h.tokens)
+    stats.new_tokens = len(best[0].tokens)
+    texts = [eng.tokenizer.decode(h.tokens) for h in best]
+    return texts, [h.score for h in best]
+
+
+def hybrid(eng: DiffusionEngine, cache, last_hidden, prompt_ids: list[int], job: InfillJob, stats: JobStats):
+    """Greedy AR text at the cost of fewer encoder forwards: the decoder drafts, the encoder verifies."""
+    if job.max_tokens <= 0:
+        return [""], [0.0]
+    size = max(2, eng.settings.draft_canvas)
+    sampler = replace(eng.settings.sampler, max_steps=max(1, eng.settings.draft_steps), greedy=True)
+    gen = torch.Generator().manual_seed(job.seed or 0)
+    pinned = torch.zeros(1, size, dtype=torch.bool, device=eng.device)
+    pinned[0, 0] = True
+    history = list(prompt_ids)  # what the cache holds: the prompt and the committed tokens
+
+    def draft(pending: int, hint: list[int]) -> list[int]:
+        canvas = noise_like(torch.zeros(1, size, dtype=torch.long), eng.vocab_size, gen).to(eng.device)
+        canvas[0, 0] = pending
+        if eng.settings.draft_lookup:
+            hint = lookup(history + [pending], size - 1) or hint
+        hint = hint[: size - 1]
+        if hint:  # a guess at what follows (the lookup's, or the last draft's past its first miss): a partly
+            canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=eng.device)  # denoised start, not pinned
+        if eng.settings.draft_steps <= 0:
+            return hint
+        result = denoise(lambda x, sc: eng.text_only(eng.fwd.decoder_logits(x, cache, sc)), canvas, pinned,
+                         eng.vocab_size, sampler, gen, job.cancel)
+        stats.steps += result.steps
+        stats.decoder_forwards += result.steps
+        stats.decoder_ms += result.step_ms
+        row = result.tokens[0, 1:].tolist()
+        cut = eng.eos_at(row)
+        return row[: cut + 1] if cut is not None else row  # the verifier may accept the EOS too
+
+    verified_from = [0]  # the cache length before the last verify: commit keeps what follows it
+    verified: list[int] = []
+
+    def verify(seq: list[int]) -> torch.Tensor:
+        t0 = time.perf_counter()
+        verified[:] = seq
+        verified_from[0] = eng.fwd.seq_length(cache)
+        hidden = eng.fwd.encode(torch.tensor([seq], device=eng.device), cache, verified_from[0])
+        stats.steps += 1
+        stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
+        return eng.text_only(torch.log_softmax(eng.fwd.lm_logits(hidden[0]).float(), -1))
+
+    def commit(n: int) -> None:
+        eng.fwd.trim(cache, verified_from[0] + n)
+        history.extend(verified[:n])
+
+    on_draft = job.on_draft
+    on_step = None if on_draft is None else (lambda tokens: on_draft(eng.tokenizer.decode(tokens)))
+    first = eng.text_only(torch.log_softmax(eng.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
+    result = speculate(first, draft, verify, commit, _finish(eng, job), eng.eos_ids, job.cancel, on_step,
+                       _may_end(eng, job))
+    stats.new_tokens = len(result.tokens)
+    stats.drafted, stats.accepted = result.drafted, result.accepted
+    return [eng.tokenizer.decode(result.tokens)], [mean(result.logprobs)]
+
+
+def _finish(eng: DiffusionEngine, job: InfillJob):
+    """Where a middle decoded token by token ends: a loop's start, the job kind's end, or the budget."""
+    indent = cursor_indent(job.prefix)
+
+    def finish(tokens: list[int]) -> int | None:
+        if (cut := loop_start(tokens)) is not None:
+            return cut
+        over = ended(eng.tokenizer.decode(tokens), job.kind, indent, job.suffix)
+        return len(tokens) if over or len(tokens) >= job.max_tokens else None
+
+    return finish
+
+
+def _may_end(eng: DiffusionEngine, job: InfillJob):
+    """Token-by-token decoding may not end a middle on an open header or bracket the suffix does not finish."""
+    return lambda tokens: can_end(job.prefix, eng.tokenizer.decode(tokens), job.suffix)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
