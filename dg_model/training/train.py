@@ -71,6 +71,7 @@ class TrainConfig:
     canvases: str = "16,24,32,64"  # block objective: canvas-region block sizes, one drawn per row
     prompt_weight: float = 0.5  # block objective: denoising weight of prompt blocks (canvas region: 1)
     full_noise_prob: float = 0.0  # block objective: share of blocks noised completely (a draft's starting state)
+    long_at_indent: float = 0.0  # share of cuts at a line's indentation taking 4-12 lines (fim_examples.sample_fim)
     compile: bool = True  # block objective: layers and LM-head loss through torch.compile (bench_train.json)
 
 
@@ -106,7 +107,7 @@ class FimBatches(torch.utils.data.IterableDataset):
             while len(rows) < self.cfg.batch:
                 k = rng.choices(range(len(self.corpora)), self.shares)[0]
                 text = rng.choices(self.corpora[k], self.weights[k])[0]
-                pieces = sample_fim(text, rng)
+                pieces = sample_fim(text, rng, self.cfg.long_at_indent)
                 if pieces is None:
                     continue
                 snips = []
