@@ -210,7 +210,7 @@ def run_complete(args: argparse.Namespace) -> int:
     engine = _engine_or_exit(args)
     from . import pipeline  # tree-sitter and the post-processor only for the commands that use them
 
-    edits = pipeline.complete_at(engine, text, offset, language, settings_from(args), doc_key=str(path))
+    edits = pipeline.complete(engine, text, offset, language, settings_from(args), doc_key=str(path)).edits
     return _print_edits(args, text, edits, "no completion here")
 
 

@@ -47,29 +47,8 @@ def budget_of(settings: Settings, reserve_tokens: int = 0) -> ContextBudget:
 
 @dataclasses.dataclass(frozen=True)
 class Completions:
-    edits: list[Edit]  # best first, as `complete_at` returns them
+    edits: list[Edit]  # best first
     result: JobResult | None  # what the engine answered (raw candidates, its `JobStats`); None: it was not asked
-
-
-def complete_at(
-    engine: Engine,
-    text: str,
-    offset: int,
-    language_id: str,
-    settings: Settings,
-    other_docs: OtherDocs = (),
-    cancel: threading.Event | None = None,
-    *,
-    doc_key: str = "",
-    automatic: bool = False,
-) -> list[Edit]:
-    """Completions at `offset`, best first, as edits on `text`; [] when there is nothing worth showing.
-
-    `automatic` (typing, not an explicit request) additionally asks the context module whether this is a place to
-    complete at all (not mid-word before text, not in a comment, ...).
-    """
-    return complete(engine, text, offset, language_id, settings, other_docs, cancel, doc_key=doc_key,
-                    automatic=automatic).edits
 
 
 def complete(
@@ -84,7 +63,12 @@ def complete(
     doc_key: str = "",
     automatic: bool = False,
 ) -> Completions:
-    """`complete_at`, with the engine's answer beside the edits: its `JobStats` for logs, evaluations and benchmarks."""
+    """Completions at `offset`, best first, as edits on `text` ([] when there is nothing worth showing), with the
+    engine's answer beside them: its `JobStats` for logs, evaluations and benchmarks.
+
+    `automatic` (typing, not an explicit request) additionally asks the context module whether this is a place to
+    complete at all (not mid-word before text, not in a comment, ...).
+    """
     if not settings.enabled_for(language_id):
         return Completions([], None)
     window, base = _window(text, offset)

@@ -95,8 +95,8 @@ def test_complete_json(src, capsys):
 
 def test_complete_uses_the_same_pipeline_as_the_server(src, monkeypatch, capsys):
     calls = []
-    real = pipeline.complete_at
-    monkeypatch.setattr(pipeline, "complete_at", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    real = pipeline.complete
+    monkeypatch.setattr(pipeline, "complete", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     assert cli.main(["complete", f"{src}:5:12", "--model", fake()]) == 0
     (args, kwargs), = calls
     assert args[1] == SRC and args[2] == SRC.index("return ") + 7 and args[3] == "python"

@@ -468,14 +468,14 @@ def test_budget_never_exceeded_by_more_than_a_line(
 def test_the_job_carries_the_contexts_kind_and_its_middle_budget() -> None:
     from fake_engine import FakeEngine
 
-    from dg_lsp.pipeline import complete_at
+    from dg_lsp.pipeline import complete
 
     settings = Settings(max_line_tokens=7, max_block_tokens=70)
     for marked, kind, max_tokens in (("def f(x):\n    return <CURSOR>\n", "line", 7),
                                      ("def f(x):\n    <CURSOR>\n", "block", 70)):
         engine = FakeEngine(texts=["x"])
         text, offset = at(marked)
-        complete_at(engine, text, offset, "python", settings)
+        complete(engine, text, offset, "python", settings)
         c = build_context(text, offset, "python", engine.count_tokens, budget_of(settings))
         (_, job), = engine.calls
         assert (job.kind, job.max_tokens) == (c.kind, c.max_tokens) == (kind, max_tokens)

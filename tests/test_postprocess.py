@@ -321,14 +321,14 @@ def test_ranking_moves_edits_that_break_compilation_last_and_keeps_the_models_or
     assert Edit(0, 0, "x", True) == Edit(0, 0, "x", False), "the verdict is not part of the edit's identity"
 
 
-def test_complete_at_offers_the_candidate_that_compiles_first() -> None:
+def test_complete_offers_the_candidate_that_compiles_first() -> None:
     from fake_engine import FakeEngine
 
-    from dg_lsp.pipeline import complete_at
+    from dg_lsp.pipeline import complete
     from dg_lsp.settings import Settings
 
     text, offset = at(GAP)
     engine = FakeEngine(texts=["print(numbers)", "for n in numbers:"])
-    edits = complete_at(engine, text, offset, "python", Settings(candidates=2))
+    edits = complete(engine, text, offset, "python", Settings(candidates=2)).edits
     assert [e.text for e in edits] == ["for n in numbers:", "print(numbers)"]
     compile(apply(text, edits[0]), "<edit>", "exec")

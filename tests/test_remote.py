@@ -230,7 +230,7 @@ def _typing_down(eng: RemoteEngine, text: str, places: list[int], budget: int = 
             return eng.infill(job)
 
     for offset in places:
-        assert pipeline.complete_at(Recorded(), text, offset, "python", settings, doc_key="t.py") is not None
+        assert pipeline.complete(Recorded(), text, offset, "python", settings, doc_key="t.py").edits is not None
     return counted
 
 
@@ -296,7 +296,7 @@ def test_tokenize_counts_keep_every_prompt_within_the_budget(budget):
                             sizes.append(sum(real.count_tokens(t) for t in (job.prefix, job.suffix, *job.context)))
                             return real.infill(job)
 
-                    pipeline.complete_at(Sized(), text, offset, "python", settings, doc_key="t.py")
+                    pipeline.complete(Sized(), text, offset, "python", settings, doc_key="t.py")
             eng.close()
             assert sum(remote) >= 0.9 * sum(exact), (sum(remote), sum(exact))
 

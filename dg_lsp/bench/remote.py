@@ -1,6 +1,6 @@
 """`dg-lsp bench remote`: what the remote path adds to server-side time, on loopback.
 
-The same completions (`pipeline.complete_at`: context, ONE engine call, post-processing) at N places of a real file
+The same completions (`pipeline.complete`: context, ONE engine call, post-processing) at N places of a real file
 (stdlib `textwrap.py`), three ways, in turn at each place:
 - local: the engine in this process;
 - remote: a `RemoteEngine` to `dg_lsp.bench.openai_stub` in another process, which answers through the same engine,
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace, out: Path) -> int:
             order = order[1:] + order[:1]  # each way goes first in turn: none always gets a warm or a cold cache
             for name, engine in order:
                 t0 = time.perf_counter()
-                edits = pipeline.complete_at(engine, text, offset, "python", settings, doc_key="textwrap.py")
+                edits = pipeline.complete(engine, text, offset, "python", settings, doc_key="textwrap.py").edits
                 took = (time.perf_counter() - t0) * 1e3
                 assert edits is not None
                 if i >= WARMUP:

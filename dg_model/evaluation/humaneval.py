@@ -407,7 +407,7 @@ def add_arguments(p: argparse.ArgumentParser, suites: Sequence[str] = ("humaneva
                    "as the server's `candidates` setting (default: 1; a model may return more, see ar_beam)")
     p.add_argument("--editor", action="store_true", help="test what the editor gets: the document with the middle "
                    "removed and the cursor where it was, through the server's own path (context, job kind, decoding, "
-                   "post-processing, ranking; dg_lsp.pipeline.complete_at), not a job of the task's kind")
+                   "post-processing, ranking; dg_lsp.pipeline.complete), not a job of the task's kind")
     p.add_argument("--server", action="store_true", help="as --editor, but through a real `dg-lsp --stdio` subprocess "
                    "(invoked inline completion at the cursor, the first item applied): keeps --editor honest")
     p.add_argument("--out", metavar="PATH", help="write the full JSON report here")
