@@ -34,6 +34,7 @@ from dg_model.api import (
     ScoreJob,
 )
 from dg_model.decoders import mean
+from dg_model.fim import fim_ids
 from dg_model.forward import make_forward
 from dg_model.prompts import build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
@@ -116,6 +117,16 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def _prompt_format_ids(tokenizer) -> set[int]:
+    """Tokens that frame a prompt and are never text of a middle: a small model sometimes writes <fim_middle> as the
+    whole middle. Only these: other special tokens may end a turn (a chat checkpoint's <end_of_turn>)."""
+    try:
+        ids = fim_ids(tokenizer)
+    except ValueError:
+        return {i for i in (tokenizer.bos_token_id,) if i is not None}
+    return {i for i in (ids.bos, ids.fim_prefix, ids.fim_suffix, ids.fim_middle, ids.file_sep) if i is not None}
+
+
 class DiffusionEngine:
     def __init__(self, model, tokenizer, settings: EngineSettings, name: str, mode: str = "auto"):
         if mode not in MODES or any(m not in MODES[1:] for m in settings.decoding.values()):
@@ -126,8 +137,7 @@ class DiffusionEngine:
         self.vocab_size = self.text_config.vocab_size
         self.format = choose_format(tokenizer, settings.prompt_format)
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-        # Prompt-format tokens are never text: a small model sometimes writes <fim_middle> as the whole middle.
-        self._never = torch.tensor(sorted(set(tokenizer.all_special_ids) - self.eos_ids), dtype=torch.long)
+        self._never = torch.tensor(sorted(_prompt_format_ids(tokenizer) - self.eos_ids), dtype=torch.long)
         self.fwd = make_forward(model, settings.forward)
         self._caches: OrderedDict[str, _CachedPrompt] = OrderedDict()
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
