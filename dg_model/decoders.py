@@ -91,16 +91,14 @@ def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, jo
             eng.fwd.reorder(batched, torch.tensor(rows), prompt_len)
         feed = torch.tensor([[t] for t in tokens + [eng.tokenizer.pad_token_id] * pad], device=eng.device)
         hidden = eng.fwd.encode(feed, batched, eng.fwd.seq_length(batched))
-        logp = eng.text_only(torch.log_softmax(eng.fwd.lm_logits(hidden[:, -1]).float(), -1)[: len(parents)])
+        logp = _next_logprobs(eng, hidden[:, -1])[: len(parents)]
         stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
         return logp
 
     if job.max_tokens <= 0:
         return [""], [0.0]
-    on_draft = job.on_draft
-    on_step = None if on_draft is None else (lambda tokens: on_draft(eng.tokenizer.decode(tokens)))
-    first = eng.text_only(torch.log_softmax(eng.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
-    result = beam_search(first, advance, width, _finish(eng, job), eng.eos_ids, job.cancel, on_step,
+    first = _next_logprobs(eng, last_hidden[:, -1])[0]
+    result = beam_search(first, advance, width, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job),
                          _may_end(eng, job))
     stats.steps += result.steps
     # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
@@ -151,20 +149,29 @@ def hybrid(eng: DiffusionEngine, cache, last_hidden, prompt_ids: list[int], job:
         hidden = eng.fwd.encode(torch.tensor([seq], device=eng.device), cache, verified_from[0])
         stats.steps += 1
         stats.decoder_ms.append((time.perf_counter() - t0) * 1e3)
-        return eng.text_only(torch.log_softmax(eng.fwd.lm_logits(hidden[0]).float(), -1))
+        return _next_logprobs(eng, hidden[0])
 
     def commit(n: int) -> None:
         eng.fwd.trim(cache, verified_from[0] + n)
         history.extend(verified[:n])
 
-    on_draft = job.on_draft
-    on_step = None if on_draft is None else (lambda tokens: on_draft(eng.tokenizer.decode(tokens)))
-    first = eng.text_only(torch.log_softmax(eng.fwd.lm_logits(last_hidden[:, -1]).float(), -1)[0])
-    result = speculate(first, draft, verify, commit, _finish(eng, job), eng.eos_ids, job.cancel, on_step,
+    first = _next_logprobs(eng, last_hidden[:, -1])[0]
+    result = speculate(first, draft, verify, commit, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job),
                        _may_end(eng, job))
     stats.new_tokens = len(result.tokens)
     stats.drafted, stats.accepted = result.drafted, result.accepted
     return [eng.tokenizer.decode(result.tokens)], [mean(result.logprobs)]
+
+
+def _next_logprobs(eng: DiffusionEngine, hidden: torch.Tensor) -> torch.Tensor:
+    """The causal encoder's log-probabilities of the next token after each of `hidden`'s positions, text only."""
+    return eng.text_only(torch.log_softmax(eng.fwd.lm_logits(hidden).float(), -1))
+
+
+def _on_step(eng: DiffusionEngine, job: InfillJob):
+    """The job's draft callback fed the text decoded so far, or None."""
+    on_draft = job.on_draft
+    return None if on_draft is None else (lambda tokens: on_draft(eng.tokenizer.decode(tokens)))
 
 
 def _finish(eng: DiffusionEngine, job: InfillJob):
