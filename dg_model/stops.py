@@ -73,9 +73,6 @@ def block_end(text: str, indent: int) -> int | None:
     return None
 
 
-_CLOSER = {"(": ")", "[": "]", "{": "}"}
-
-
 def _code(text: str) -> tuple[str, int]:
     """The text with string literals blanked and `#` comments cut (a cheap scan: it need not know the language, only
     not be fooled by `"("` or `# (see below:`), and how many brackets it opens and does not close."""
@@ -96,7 +93,7 @@ def _code(text: str) -> tuple[str, int]:
             out.append('""' + "\n" * text.count("\n", i, close))
             i = close + len(quote)
             continue
-        if ch in _CLOSER:
+        if ch in "([{":
             depth += 1
         elif ch in ")]}":
             depth -= 1
