@@ -125,7 +125,7 @@ def test_fused_softcap_cross_entropy_matches_autograd(dtype):
     h = (torch.randn(37, 16) * 3).to(dtype).requires_grad_()
     w = torch.randn(50, 16, requires_grad=True)
     targets, row_weight = torch.randint(0, 50, (37,)), torch.rand(37)
-    loss, hits = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8)
+    loss, hits, _ = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8)
     (loss * 2).backward()
     h2, w2 = h.detach().float().requires_grad_(), w.detach().clone().requires_grad_()
     logits = torch.tanh(h2 @ w2.T / 5.0) * 5.0
@@ -157,3 +157,31 @@ def test_compiled_training_forward_gives_the_eager_losses_and_gradients():
     assert g_eager.keys() == g_comp.keys() and len(g_eager) > 20
     for name in g_eager:
         torch.testing.assert_close(g_comp[name], g_eager[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_fused_soft_targets_match_autograd_and_leave_the_teacher_alone():
+    """Self-distillation: target = (1 - a) onehot + a softmax(teacher logits); no gradient reaches the teacher rows."""
+    from dg_model.training.blockdiff import softcap_cross_entropy
+
+    torch.manual_seed(1)
+    h = (torch.randn(29, 16) * 3).requires_grad_()
+    teacher = (torch.randn(29, 16) * 3).requires_grad_()
+    w = torch.randn(50, 16, requires_grad=True)
+    targets, row_weight, alpha = torch.randint(0, 50, (29,)), torch.rand(29), torch.rand(29)
+    loss, hits, agree = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8, teacher=teacher,
+                                              alpha=alpha)
+    loss.backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    logits = torch.tanh(h2 @ w2.T / 5.0) * 5.0
+    with torch.no_grad():
+        t_logits = torch.tanh(teacher @ w.T / 5.0) * 5.0
+    soft = torch.softmax(t_logits, -1)
+    target = (1 - alpha[:, None]) * torch.nn.functional.one_hot(targets, 50) + alpha[:, None] * soft
+    ref = (-(target * torch.log_softmax(logits, -1)).sum(-1) * row_weight).sum() / row_weight.sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(h.grad, h2.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w.grad, w2.grad, atol=1e-5, rtol=1e-4)
+    assert teacher.grad is None
+    assert torch.equal(agree, logits.argmax(-1) == t_logits.argmax(-1))
+    assert torch.equal(hits, logits.argmax(-1) == targets)

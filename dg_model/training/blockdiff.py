@@ -182,15 +182,23 @@ class BlockForward:
         return softcap(h @ self.lm_head.T, self.softcap)
 
 
-def _chunk_loss_and_grad(hc, W, tc, wc, scale, cap: float):
-    """One chunk of rows: (sum of weighted losses, argmax hits, d loss / d logits before the cap)."""
+def _chunk_loss_and_grad(hc, W, tc, wc, scale, cap: float, ht=None, ac=None):
+    """One chunk of rows: (sum of weighted losses, argmax hits, argmax agreeing with the teacher's, d loss / d logits
+    before the cap). With teacher rows `ht` the target is `(1 - ac) * onehot(tc) + ac * softmax(teacher logits)`:
+    the teacher's whole distribution, not just the sampled next token, reaches the student."""
     t = torch.tanh((hc @ W.T).float() / cap)
     s = t * cap
     lse = torch.logsumexp(s, -1)
-    hits = s.argmax(-1) == tc
-    onehot = F.one_hot(tc, s.shape[1]).to(s.dtype)
-    g = (torch.exp(s - lse[:, None]) - onehot) * (wc * scale)[:, None] * (1 - t * t)
-    return ((lse - s.gather(1, tc[:, None])[:, 0]) * wc).sum(), hits, g.to(hc.dtype)
+    top = s.argmax(-1)
+    hits = top == tc
+    target = F.one_hot(tc, s.shape[1]).to(s.dtype)
+    agree = hits
+    if ht is not None:
+        st = torch.tanh((ht @ W.T).float() / cap) * cap
+        agree = top == st.argmax(-1)
+        target = target + ac[:, None] * (torch.softmax(st, -1) - target)
+    g = (torch.exp(s - lse[:, None]) - target) * (wc * scale)[:, None] * (1 - t * t)
+    return ((lse - (target * s).sum(-1)) * wc).sum(), hits, agree, g.to(hc.dtype)
 
 
 @functools.cache
@@ -203,49 +211,62 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
     """Weighted mean cross-entropy of soft-capped logits `cap * tanh(h @ W.T / cap)`, computed in row chunks with
     its gradients in the same pass (the fused linear cross-entropy of Liger and others): the [rows, V] logits never
     exist for autograd, which held ~5 GB per step of the embedded model at batch 16. Returns the loss and, per row,
-    whether the argmax is the target."""
+    whether the argmax is the target and whether it is the teacher's (`teacher` rows, no gradient through them)."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, row_weight, cap: float, chunk: int, compiled: bool):
+    def forward(ctx, h, weight, targets, row_weight, cap: float, chunk: int, compiled: bool, teacher, alpha):
         W = weight.to(h.dtype) if h.dtype == torch.bfloat16 else weight
         step = _compiled_chunk() if compiled else _chunk_loss_and_grad
         M = h.shape[0]
         pad = -M % chunk  # whole chunks only: one compiled shape
         hp = F.pad(h.to(W.dtype), (0, 0, 0, pad))
         tp, wp = F.pad(targets, (0, pad)), F.pad(row_weight, (0, pad))
+        if teacher is not None:
+            teacher, alpha = F.pad(teacher.to(W.dtype), (0, 0, 0, pad)), F.pad(alpha, (0, pad))
         scale = 1.0 / row_weight.sum().clamp(min=1e-9)  # a tensor: a float would be compiled in as a constant
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         hits = torch.empty(M + pad, dtype=torch.bool, device=h.device)
+        agree = torch.empty(M + pad, dtype=torch.bool, device=h.device)
         grad_h = torch.empty_like(hp)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
         for lo in range(0, M + pad, chunk):
-            hc = hp[lo : lo + chunk]
-            part, hits[lo : lo + chunk], g = step(hc, W, tp[lo : lo + chunk], wp[lo : lo + chunk], scale, cap)
-            loss += part
-            grad_h[lo : lo + chunk] = g @ W
+            hc, part = hp[lo : lo + chunk], slice(lo, lo + chunk)
+            soft = () if teacher is None else (teacher[part], alpha[part])
+            chunk_loss, hits[part], agree[part], g = step(hc, W, tp[part], wp[part], scale, cap, *soft)
+            loss += chunk_loss
+            grad_h[part] = g @ W
             grad_w += (g.T @ hc).float()
         ctx.save_for_backward(grad_h[:M].to(h.dtype), grad_w)
-        hits = hits[:M]
-        ctx.mark_non_differentiable(hits)
-        return loss * scale, hits
+        hits, agree = hits[:M], agree[:M]
+        ctx.mark_non_differentiable(hits, agree)
+        return loss * scale, hits, agree
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_hits):
+    def backward(ctx, grad_loss, _grad_hits, _grad_agree):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None, None, None
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None, None, None, None, None
 
 
 def softcap_cross_entropy(h, weight, targets, row_weight=None, cap: float = 30.0, chunk: int = 2048,
-                          compiled: bool = False):
-    """(weighted mean loss, per-row argmax hits) of the soft-capped LM head on hidden rows `h` [M, H]. `compiled`:
-    through torch.compile (training; a one-off compile of ~30 s), else eager (same numbers)."""
+                          compiled: bool = False, teacher=None, alpha=None):
+    """(weighted mean loss, per-row argmax hits, per-row agreement with the teacher's argmax) of the soft-capped LM
+    head on hidden rows `h` [M, H]. `teacher` [M, H] (detached hidden rows) with `alpha` [M]: soft targets mixing
+    the teacher's distribution in (self-distillation). `compiled`: through torch.compile (training; a one-off
+    compile of ~30 s), else eager (same numbers)."""
     row_weight = torch.ones(h.shape[0], device=h.device) if row_weight is None else row_weight
-    return _SoftcapCrossEntropy.apply(h, weight, targets, row_weight.float(), cap, chunk, compiled)
+    if teacher is not None:
+        teacher = teacher.detach()
+        alpha = torch.zeros(h.shape[0], device=h.device) if alpha is None else alpha.float()
+    return _SoftcapCrossEntropy.apply(h, weight, targets, row_weight.float(), cap, chunk, compiled, teacher, alpha)
 
 
 def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps: float = 0.02,
            t: torch.Tensor | None = None, ar_weight: float = 1.0, compiled: bool = False,
-           full_noise: float = 0.0) -> dict[str, torch.Tensor]:
+           full_noise: float = 0.0, distill: float = 0.0) -> dict[str, torch.Tensor]:
+    """The block objective's losses on one batch. `distill`: the denoiser's target at each position mixes in that
+    share of the causal encoder's own next-token distribution there (from the clean states one position earlier,
+    detached): the denoiser learns to draft what greedy AR of the same weights writes, which is what the hybrid's
+    verifier accepts. `canvas_agree` reports how often its argmax already is the encoder's."""
     ids, start, weight, real, middle = (batch[k] for k in ("ids", "start", "weight", "real", "middle"))
     B, N = ids.shape
     fwd = BlockForward(model, compiled)
@@ -259,13 +280,16 @@ def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps:
     h_clean, h_noised = h[:, :N], h[:, N:]
 
     sel = weight > 0  # denoising: every position of every block predicts its clean token
-    diffusion, hit = softcap_cross_entropy(h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap,
-                                            compiled=compiled)
+    teacher = torch.cat([h_clean[:, :1], h_clean[:, :-1]], 1)[sel]  # position i's next-token states: i - 1's
+    alpha = (torch.arange(N, device=ids.device) > 0).expand(B, N)[sel] * distill  # position 0 has no teacher
+    diffusion, hit, agree = softcap_cross_entropy(h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap,
+                                                  compiled=compiled, teacher=teacher, alpha=alpha)
     in_canvas = (middle & (ids != PAD))[sel]
-    canvas_acc = (hit & in_canvas).sum() / in_canvas.sum().clamp(min=1)
+    canvas_n = in_canvas.sum().clamp(min=1)
 
     pairs = real[:, :-1] & real[:, 1:] & (ids[:, 1:] != PAD)  # causal LM: prompt, middle and its EOS
-    ar, _ = softcap_cross_entropy(h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap,
-                                  compiled=compiled)
-    return {"loss": diffusion + ar_weight * ar, "diffusion": diffusion, "ar": ar, "canvas_acc": canvas_acc,
+    ar, _, _ = softcap_cross_entropy(h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap,
+                                     compiled=compiled)
+    return {"loss": diffusion + ar_weight * ar, "diffusion": diffusion, "ar": ar,
+            "canvas_acc": (hit & in_canvas).sum() / canvas_n, "canvas_agree": (agree & in_canvas).sum() / canvas_n,
             "denoised_tokens": (sel & (ids != PAD)).sum(), "ar_tokens": pairs.sum()}

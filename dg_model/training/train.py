@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +74,7 @@ class TrainConfig:
     canvases: str = "16,24,32,64"  # block objective: canvas-region block sizes, one drawn per row
     prompt_weight: float = 0.5  # block objective: denoising weight of prompt blocks (canvas region: 1)
     full_noise_prob: float = 0.0  # block objective: share of blocks noised completely (a draft's starting state)
+    distill: float = 0.0  # block objective: share of the encoder's own distribution in the denoiser's targets
     long_at_indent: float = 0.0  # share of cuts at a line's indentation taking 4-12 lines (fim_examples.sample_fim)
     compile: bool = True  # block objective: layers and LM-head loss through torch.compile (bench_train.json)
 
@@ -97,26 +101,32 @@ class FimBatches(torch.utils.data.IterableDataset):
         def encode(s: str) -> list[int]:
             return tok.encode(s, add_special_tokens=False).ids
 
-        block = self.cfg.objective == "block"
-        layout = block_layout(self.cfg) if block else None
-        canvas = max(layout.canvases) if block else self.cfg.canvas
-        # compiled layers want one row width, or they recompile per width
-        width = self.cfg.prompt_tokens + max(layout.middle_tokens, canvas) if block and self.cfg.compile else 0
+        canvas = max(block_layout(self.cfg).canvases) if self.cfg.objective == "block" else self.cfg.canvas
+        examples = self._examples(rng, encode, canvas)
+        if self.cfg.objective == "block":
+            layout = block_layout(self.cfg)
+            # compiled layers want one row width, or they recompile per width
+            width = self.cfg.prompt_tokens + max(layout.middle_tokens, canvas) if self.cfg.compile else 0
+            while True:
+                rows = [blockdiff.block_row(*next(examples), layout, rng) for _ in range(self.cfg.batch)]
+                yield blockdiff.collate_rows(rows, width)
         while True:
-            rows = []
-            while len(rows) < self.cfg.batch:
-                k = rng.choices(range(len(self.corpora)), self.shares)[0]
-                text = rng.choices(self.corpora[k], self.weights[k])[0]
-                pieces = sample_fim(text, rng, self.cfg.long_at_indent)
-                if pieces is None:
-                    continue
-                snips = []
-                if rng.random() < self.cfg.snippet_prob and (s := far_snippet(text, pieces, rng)):
-                    snips.append(s)
-                prompt, middle = example_ids(encode, pieces, rng, self.cfg.prompt_tokens, canvas, snips)
-                rows.append(blockdiff.block_row(prompt, middle, layout, rng) if block
-                            else (prompt, canvas_target(middle, canvas)))
-            yield blockdiff.collate_rows(rows, width) if block else collate(rows)
+            yield collate([(prompt, canvas_target(middle, canvas))
+                           for prompt, middle in itertools.islice(examples, self.cfg.batch)])
+
+    def _examples(self, rng: random.Random, encode: Callable[[str], list[int]],
+                  canvas: int) -> Iterator[tuple[list[int], list[int]]]:
+        """Endless (prompt ids, middle ids) cut from the corpora."""
+        while True:
+            k = rng.choices(range(len(self.corpora)), self.shares)[0]
+            text = rng.choices(self.corpora[k], self.weights[k])[0]
+            pieces = sample_fim(text, rng, self.cfg.long_at_indent)
+            if pieces is None:
+                continue
+            snips = []
+            if rng.random() < self.cfg.snippet_prob and (s := far_snippet(text, pieces, rng)):
+                snips.append(s)
+            yield example_ids(encode, pieces, rng, self.cfg.prompt_tokens, canvas, snips)
 
 
 def block_layout(cfg: TrainConfig) -> blockdiff.BlockLayout:
@@ -131,10 +141,13 @@ def step_losses(model, batch, cfg: TrainConfig, evaluation: bool = False) -> dic
         t = torch.full(batch["ids"].shape, 0.5, device=batch["ids"].device) if evaluation else None
         self_cond = not evaluation and random.random() < cfg.self_cond_prob
         out = blockdiff.losses(model, batch, self_cond=self_cond, noise_eps=cfg.noise_eps, t=t,
-                               ar_weight=cfg.ar_weight, compiled=cfg.compile, full_noise=cfg.full_noise_prob)
+                               ar_weight=cfg.ar_weight, compiled=cfg.compile, full_noise=cfg.full_noise_prob,
+                               distill=0.0 if evaluation else cfg.distill)  # held-out losses: hard targets
         if evaluation:  # also from pure noise: what a draft (and diffusion's first step) sees
-            draft = blockdiff.losses(model, batch, self_cond=False, t=torch.ones_like(t), compiled=cfg.compile)
+            full = torch.ones(batch["ids"].shape, device=batch["ids"].device)
+            draft = blockdiff.losses(model, batch, self_cond=False, t=full, compiled=cfg.compile)
             out["draft_diffusion"], out["draft_acc"] = draft["diffusion"], draft["canvas_acc"]
+            out["draft_agree"] = draft["canvas_agree"]  # what the hybrid's verifier would accept, token by token
         return out
     prompt, mask, canvas = batch
     t = torch.full((canvas.shape[0], 1), 0.5, device=canvas.device) if evaluation else None
@@ -281,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, field in TrainConfig.__dataclass_fields__.items():
         required = field.default is dataclasses.MISSING
-        kind = str if required or field.default is None else type(field.default)
+        kind: Callable[[str], Any] = str if required or field.default is None else type(field.default)
         if kind is bool:
             kind = _flag
         ap.add_argument("--" + name.replace("_", "-"), type=kind, default=None if required else field.default,
@@ -300,14 +313,14 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.size not in SIZES:
             raise SystemExit(f"--size {cfg.size}: choose one of {', '.join(SIZES)} (dg_model/architecture.py)")
         model = DiffusionGemmaForBlockDiffusion(build_config(tok.get_vocab_size(), cfg.canvas, **SIZES[cfg.size]))
-    model.to(device).train()
+    torch.nn.Module.to(model, device).train()  # not model.to: transformers' wrapper of it is typed without `self`
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
-    state = {"step": 0, "tokens": 0, "minutes": 0.0, "best_val": float("inf")}
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "minutes": 0.0, "best_val": float("inf")}
     if cfg.objective not in ("block", "canvas"):
         raise SystemExit(f"--objective {cfg.objective}: choose block or canvas")
     if cfg.resume and (Path(cfg.resume) / "trainer.pt").exists():
