@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MAX_CACHED = 32  # answers kept, least recently used out first
 # One DEBUG line per completion job that asked the engine: this mark, then JSON (`kind`, `doc_key`, `t`, `outcome`:
 # done | cancelled | error: <type>, `wall_ms`; when done also the `JobStats` fields and `candidates`). Benchmarks read
-# them from the server log (`dg_lsp.bench.session.read_log`).
+# them from the server log (`dg_bench.session.read_log`).
 STATS_MARK = "engine stats "
 
 

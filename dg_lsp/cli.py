@@ -53,7 +53,7 @@ def registries() -> list:
     if main is not None and main is not this and getattr(getattr(main, "__spec__", None), "name", None) == "dg_lsp.cli":
         out.append(main)
     return out
-SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd", "dg_lsp.bench")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd", "dg_bench")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,26 +2,28 @@
 
 `dg_model` (torch, transformers) is imported only here and only when a model is actually loaded, so the server
 starts, answers `initialize` and reports problems even on a machine where the model stack is broken.
+
+Everything that loads a model (the server, its fallback, `remote.fallback`, the sub-commands) calls `load_engine`,
+which loads with `load_local` unless a program that embeds dg-lsp installed another loader with `use_loader` (the
+tests' `tests/fake_server.py` runs the real server that way on a stand-in engine).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
+from collections.abc import Callable
 
 from dg_model.api import Engine, EngineError
 
 log = logging.getLogger(__name__)
 
-FAKE_PREFIX = "fake:"
-ALLOW_FAKE_ENV = "DG_LSP_ALLOW_FAKE"
+# (model, device, quantize) -> the engine; raises EngineError for a model a user can fix.
+Loader = Callable[[str | None, str, str], Engine]
 
 
 def model_label(model: str | None) -> str:
-    if model is None:
-        return "embedded"
-    return "fake" if model.startswith(FAKE_PREFIX) else model
+    return "embedded" if model is None else model
 
 
 def settings_label(settings) -> str:
@@ -31,10 +33,9 @@ def settings_label(settings) -> str:
     return model_label(settings.model)
 
 
-def load_engine(model: str | None, device: str = "auto", quantize: str = "none") -> Engine:
-    """Load the engine named by `model` (path, HF id, None for the embedded model). Raises `EngineError`."""
-    if model is not None and model.startswith(FAKE_PREFIX):
-        return _load_fake(model[len(FAKE_PREFIX) :])
+def load_local(model: str | None, device: str = "auto", quantize: str = "none") -> Engine:
+    """Load the model `model` names (path, HF id, None for the embedded model) into this process. Raises
+    `EngineError`."""
     try:
         loading = importlib.import_module("dg_model.loading")
     except ImportError as exc:
@@ -42,6 +43,22 @@ def load_engine(model: str | None, device: str = "auto", quantize: str = "none")
             f"the model package cannot be imported ({exc}); reinstall dg-lsp with its dependencies"
         ) from exc
     return loading.load_engine(model, device=device, quantize=quantize)
+
+
+_loader: Loader = load_local
+
+
+def load_engine(model: str | None, device: str = "auto", quantize: str = "none") -> Engine:
+    """Load the engine named by `model` with the installed loader (`load_local` unless `use_loader` replaced it).
+    Raises `EngineError`."""
+    return _loader(model, device, quantize)
+
+
+def use_loader(loader: Loader) -> Loader:
+    """Load every engine of this process with `loader` from now on; returns the loader it replaces."""
+    global _loader
+    previous, _loader = _loader, loader
+    return previous
 
 
 def close_engine(engine: Engine | None) -> None:
@@ -55,18 +72,3 @@ def close_engine(engine: Engine | None) -> None:
         close()
     except Exception as exc:  # noqa: BLE001 - closing the old engine must never fail installing the new one
         log.warning("closing %s failed: %s", getattr(engine, "name", "the old engine"), exc)
-
-
-def _load_fake(spec: str) -> Engine:
-    # Test engines drive the real server subprocess in e2e tests; outside tests this prefix is just a bad model name.
-    if os.environ.get(ALLOW_FAKE_ENV) != "1":
-        raise EngineError(f"'{FAKE_PREFIX}' models are for tests only (set {ALLOW_FAKE_ENV}=1)")
-    for name in ("fake_engine", "tests.fake_engine"):
-        try:
-            module = importlib.import_module(name)
-            break
-        except ImportError:
-            continue
-    else:
-        raise EngineError("fake engine module not importable; put tests/ on PYTHONPATH")
-    return module.from_spec(spec)

@@ -13,11 +13,13 @@ import argparse
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dg_model.api import JobResult, JobStats
 from dg_model.evaluation import humaneval
 
-from .bench.session import Document, Server, ServerSpec
+if TYPE_CHECKING:
+    from dg_bench.session import Server
 
 
 def _offset(text: str, line: int, character: int) -> int:
@@ -40,6 +42,8 @@ class ServerPath:
         init = {"decoding": args.mode, "candidates": args.candidates, "typeAhead": False}
         if args.seed is not None:
             init["seed"] = args.seed
+        from dg_bench.session import ServerSpec  # the benchmarks' client, loaded when an evaluation asks for it
+
         self.spec = ServerSpec(model=args.model, device=getattr(args, "device", "auto"),
                                quantize=getattr(args, "quantize", "none"), probe=False, log_level="info",
                                init_options=init)
@@ -50,6 +54,8 @@ class ServerPath:
         self.count = 0
 
     async def _start(self) -> Server:
+        from dg_bench.session import Server
+
         server = Server(self.spec, Path(self.tmp.name) / "server.log")
         await server.start(Path(self.tmp.name))
         server.initialized()
@@ -60,6 +66,8 @@ class ServerPath:
         if self.server is None:
             self.server = await self._start()
         self.count += 1
+        from dg_bench.session import Document
+
         doc = Document(self.server, Path(self.tmp.name, f"task{self.count}.py").as_uri(), task.prefix + task.suffix)
         doc.open()
         try:

@@ -31,7 +31,7 @@ from lsprotocol import types
 from dg_model.api import BlockScore, Engine, EngineOutOfMemory, InfillJob, JobResult, RewriteJob, ScoreJob
 
 from . import languages
-from .engines import FAKE_PREFIX, load_engine, model_label, settings_label
+from .engines import load_engine, model_label, settings_label
 from .jobs import in_daemon_thread
 
 if TYPE_CHECKING:
@@ -82,12 +82,10 @@ class FallbackEngine:
 
 
 def applies(settings: Settings) -> bool:
-    """Whether there is something to fall back to: not when the fallback itself is what failed, and never from a
-    test engine (`fake:`) to a real model, which would make server tests slow and their failures hide."""
+    """Whether there is something to fall back to: not when the fallback itself is what failed."""
     if settings.remote.url and not settings.remote.fallback:
         return False  # a remote backend falls back only when asked to (remote.fallback)
-    model, target = settings.model or "", TARGET[0] or ""
-    return settings.engine_key != TARGET and (not model.startswith(FAKE_PREFIX) or target.startswith(FAKE_PREFIX))
+    return settings.engine_key != TARGET
 
 
 def _first_line(text: str, limit: int = 300) -> str:

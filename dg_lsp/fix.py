@@ -20,17 +20,11 @@ from dg_model.api import BlockScore, Engine, EngineError, InfillJob, ScoreJob
 
 from . import diagnose, languages, repairs
 from .diagnose import Problem, Region
-from .pipeline import BlockContext, OtherDocs, block_context
+from .pipeline import MARGIN, BlockContext, OtherDocs, block_context
 from .postprocess import Edit
 from .settings import Settings
 
 ROUNDS = 3
-# Nats of log-likelihood a change to code that passes every check must gain. Calibrated on held-out functions of the
-# training corpus (`python -m dg_lsp.bench.fix_margin`): the embedded model prefers some one-token change to most
-# working blocks (by >= 2 nats for 71% of them, >= 10 for 9%, >= 15 for 7%) and restores a flipped operator by less
-# than 10 nats when it does at all, so only a gain no working block reached in 97% of cases changes working code:
-# with this model, code that passes the checks is left alone. A sharper model earns a lower margin by the same bench.
-MARGIN = 16.0
 # A token the model gives less than e^-3 (5%) in its place is one it finds unlikely.
 SUSPECT = -3.0
 # Nats per character a repair changes: a noisy channel (Kernighan, Church & Gale 1990) in which a slip of k characters

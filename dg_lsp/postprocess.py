@@ -8,8 +8,7 @@ Pure functions only: text in, an `Edit` (offsets into the original document) or 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tree_sitter import Tree
@@ -24,6 +23,7 @@ from dg_lsp.languages import (
     indent_width,
     top_level_region,
 )
+from dg_model import code_scan
 from dg_model.stops import same_line
 
 _PAIRS = {")": "(", "]": "[", "}": "{"}
@@ -41,20 +41,24 @@ class Edit:
     compiles: bool | None = field(default=None, compare=False)
 
 
-def _bracket_tokens(spec: LanguageSpec | None) -> re.Pattern[str]:
-    """Brackets, skipping string literals and comments well enough for matching (the parse check is the backstop)."""
-    comment = r"#[^\n]*" if spec is not None and spec.line_comment == "#" else r"//[^\n]*|/\*[\s\S]*?\*/"
-    if spec is None or spec.name in ("python", "javascript", "typescript", "tsx"):
-        strings = r"\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'|`(?:\\.|[^`\\])*`"
-    else:  # a lone ' is a lifetime (Rust) or a char literal: only take 'x' and '\n'
-        strings = r"\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])'|`[^`]*`"
-    return re.compile(f"{comment}|{strings}|[()\\[\\]{{}}]")
+# How the text around the cursor is read when matching brackets: well enough, the parse check is the backstop. Windows
+# cut at the cursor: a quote that does not close on its line is code, so a string the cursor sits in reads the same in
+# the prefix and the middle. Python's triple quotes read as one-line quotes: a window that starts inside a docstring
+# would otherwise pair its closing quotes with the next docstring's opening ones and hide the code between.
+_PYTHON = code_scan.Lexicon("#", triple_quotes=False, window=True)
+_C_LIKE = code_scan.Lexicon("//", block_comments=True, triple_quotes=False, window=True)  # also for a language unknown
+_C_CHARS = replace(_C_LIKE, char_literals=True)  # a lone ' is a lifetime (Rust) or a char literal: only 'x' and '\n'
 
 
-def _open_brackets(prefix: str, pattern: re.Pattern[str]) -> list[str]:
+def _lexicon(spec: LanguageSpec | None) -> code_scan.Lexicon:
+    if spec is not None and spec.line_comment == "#":
+        return _PYTHON
+    return _C_LIKE if spec is None or spec.name in ("javascript", "typescript", "tsx") else _C_CHARS
+
+
+def _open_brackets(prefix: str, lexicon: code_scan.Lexicon) -> list[str]:
     stack: list[str] = []
-    for m in pattern.finditer(prefix):
-        ch = m.group()
+    for _, ch in code_scan.brackets(prefix, lexicon):
         if ch in "([{":
             stack.append(ch)
         elif ch in _PAIRS and stack and stack[-1] == _PAIRS[ch]:
@@ -64,12 +68,11 @@ def _open_brackets(prefix: str, pattern: re.Pattern[str]) -> list[str]:
     return stack
 
 
-def _closed_by_suffix(stack: list[str], suffix: str, pattern: re.Pattern[str]) -> int:
+def _closed_by_suffix(stack: list[str], suffix: str, lexicon: code_scan.Lexicon) -> int:
     """How many of the innermost open brackets the text after the cursor closes."""
     own: list[str] = []
     closed = 0
-    for m in pattern.finditer(suffix):
-        ch = m.group()
+    for _, ch in code_scan.brackets(suffix, lexicon):
         if ch in "([{":
             own.append(ch)
         elif ch in _PAIRS:
@@ -83,12 +86,11 @@ def _closed_by_suffix(stack: list[str], suffix: str, pattern: re.Pattern[str]) -
     return closed
 
 
-def _balance(middle: str, stack: list[str], closed: int, pattern: re.Pattern[str]) -> str:
+def _balance(middle: str, stack: list[str], closed: int, lexicon: code_scan.Lexicon) -> str:
     """Cut the middle at its first closer that the suffix already provides or that matches nothing."""
     outer = stack[: len(stack) - closed]  # open brackets nobody closes yet: the middle may close these
     own: list[str] = []
-    for m in pattern.finditer(middle):
-        ch = m.group()
+    for at, ch in code_scan.brackets(middle, lexicon):
         if ch in "([{":
             own.append(ch)
         elif ch in _PAIRS:
@@ -97,7 +99,7 @@ def _balance(middle: str, stack: list[str], closed: int, pattern: re.Pattern[str
             elif not own and closed == 0 and outer and outer[-1] == _PAIRS[ch]:
                 outer.pop()
             else:
-                return middle[: m.start()]
+                return middle[:at]
     return middle
 
 
@@ -247,9 +249,9 @@ def postprocess(raw: str, text: str, offset: int, language_id: str, kind: Litera
     if not lines:
         return None
     end = offset
-    pattern = _bracket_tokens(spec)
+    lexicon = _lexicon(spec)
     scan_from = text.rfind("\n", 0, max(0, offset - _SCAN_CHARS)) + 1 if offset > _SCAN_CHARS else 0
-    stack = _open_brackets(text[scan_from:offset], pattern)
+    stack = _open_brackets(text[scan_from:offset], lexicon)
     rest, line_end = doc.after.strip(), offset + len(doc.after)
     first = lines[0].rstrip()
     if kind == "line" and rest and first.strip() == rest:
@@ -258,15 +260,15 @@ def postprocess(raw: str, text: str, offset: int, language_id: str, kind: Litera
         kind == "line"
         and rest
         and first.endswith(rest)
-        and _balance(first, stack, _closed_by_suffix(stack, text[line_end : line_end + _SCAN_CHARS], pattern), pattern)
+        and _balance(first, stack, _closed_by_suffix(stack, text[line_end : line_end + _SCAN_CHARS], lexicon), lexicon)
         == first
     ):
         # The model wrote the line through what already follows the cursor, brackets and all: replace that rest
         # rather than insert before it, so the ghost text never shows it twice.
         lines, end = [first], line_end
     else:
-        closed = _closed_by_suffix(stack, text[offset : offset + _SCAN_CHARS], pattern)
-        lines = _balance("\n".join(lines), stack, closed, pattern).split("\n")
+        closed = _closed_by_suffix(stack, text[offset : offset + _SCAN_CHARS], lexicon)
+        lines = _balance("\n".join(lines), stack, closed, lexicon).split("\n")
 
     lines = [x.rstrip() for x in lines]
     while lines and not lines[-1].strip():

@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from dg_model import code_scan
 from dg_model.api import TokenScore
 
 from .diagnose import IDENTIFIER, Problem
@@ -88,7 +89,7 @@ def bracket_repairs(block: str, line_comment: str = "#") -> list[str]:
 def operator_flips(block: str, line_comment: str = "#", suspicious: Spans = None) -> list[str]:
     """The block with one operator outside strings and comments turned around, for each operator that overlaps a
     `suspicious` span (None: every operator)."""
-    code = _code_mask(block, line_comment)
+    code = code_scan.code_mask(block, code_scan.Lexicon(line_comment))
     out = []
     for match in _OPERATOR.finditer(block):
         if code[match.start()] and _within(match.start(), match.end(), suspicious):
@@ -109,50 +110,13 @@ def substitutions(block: str, tokens: Sequence[TokenScore], limit: int = 8) -> l
     return _distinct(out, block)[:limit]
 
 
-def _code_mask(block: str, line_comment: str) -> list[bool]:
-    """Per character: is it code (not inside a string literal or a line comment)? A rough lexer, the same for every
-    language: quotes, triple quotes, backslash escapes, one line comment marker."""
-    mask = [True] * len(block)
-    i, quote = 0, ""
-    while i < len(block):
-        ch = block[i]
-        if quote:
-            mask[i] = False
-            if ch == "\\":
-                mask[i : i + 2] = [False] * len(mask[i : i + 2])
-                i += 2
-                continue
-            if block.startswith(quote, i):
-                mask[i : i + len(quote)] = [False] * len(quote)
-                i += len(quote)
-                quote = ""
-                continue
-            if ch == "\n" and len(quote) == 1:
-                quote = ""  # an unterminated one-line string: the tokenizer would stop here too
-        elif line_comment and block.startswith(line_comment, i):
-            nl = block.find("\n", i)
-            nl = len(block) if nl < 0 else nl
-            mask[i:nl] = [False] * (nl - i)
-            i = nl
-            continue
-        elif ch in "\"'`":
-            quote = block[i : i + 3] if block[i : i + 3] in ('"""', "'''") else ch
-            mask[i : i + len(quote)] = [False] * len(quote)
-            i += len(quote)
-            continue
-        i += 1
-    return mask
-
-
 def _unbalanced(block: str, line_comment: str) -> tuple[list[tuple[int, str]], list[int]]:
     """(openers never closed, as (offset, char)), and closers with nothing to close. Strings and comments skipped;
     a closer that does not match the innermost opener closes the nearest one it matches, leaving the ones between
     unclosed (`f(a[1)`: the `[` is unclosed)."""
     stack: list[tuple[int, str]] = []
     unclosed, stray = [], []
-    for i, (ch, code) in enumerate(zip(block, _code_mask(block, line_comment))):
-        if not code:
-            continue
+    for i, ch in code_scan.brackets(block, code_scan.Lexicon(line_comment)):
         if ch in _OPEN:
             stack.append((i, ch))
         elif ch in _CLOSE:

@@ -5,6 +5,8 @@ Both use the library's own `DiffusionGemmaConfig`, so they load through exactly 
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import DiffusionGemmaConfig
 from transformers.models.diffusion_gemma import DiffusionGemmaTextConfig
 from transformers.models.gemma4 import Gemma4VisionConfig
@@ -28,6 +30,11 @@ SIZES = {"tiny": TINY, "embedded": EMBEDDED, "medium": MEDIUM}
 def build_config(vocab_size: int, canvas_length: int = 64, max_positions: int = 2048, **sizes) -> DiffusionGemmaConfig:
     sizes = {**EMBEDDED, **sizes}
     layers = sizes["num_hidden_layers"]
+    # transformers' configs are strict dataclasses: the typed __init__ lists only their fields, while at run time more
+    # keyword arguments reach __post_init__ (the text config reads global_head_dim there; the outer config keeps the
+    # token ids as attributes). Passed as a dict, they are not held against the field list.
+    text_extra: dict[str, Any] = {"global_head_dim": sizes["head_dim"]}
+    outer_extra: dict[str, Any] = {"pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": BOS}
     text = DiffusionGemmaTextConfig(
         vocab_size=vocab_size,
         max_position_embeddings=max_positions,
@@ -39,14 +46,14 @@ def build_config(vocab_size: int, canvas_length: int = 64, max_positions: int = 
             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
         },
         sliding_window=max_positions,
-        global_head_dim=sizes["head_dim"],
         pad_token_id=PAD,
         eos_token_id=EOS,
         bos_token_id=BOS,
+        **text_extra,
         **sizes,
     )
     # A vision tower is mandatory in the config; a 1-layer 16-wide one keeps it out of the way (~20 k params).
     vision = Gemma4VisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1,
                                 num_key_value_heads=1, head_dim=16)
     return DiffusionGemmaConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                canvas_length=canvas_length, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
+                                canvas_length=canvas_length, **outer_extra)

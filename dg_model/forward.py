@@ -13,10 +13,11 @@ the library's per-call overhead was ~2/3 of a decoder step. `make_forward` picks
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,16 @@ class HFForward:
         """A batch-n copy of a batch-1 cache, for n candidates in one forward."""
         out = DynamicCache(config=self.config)
         for idx, layer in enumerate(cache.layers):
+            # transformers types a layer as any of its kinds (linear attention, dummy, unfilled); DiffusionGemma's are
+            # attention layers, all filled by the prompt
+            assert isinstance(layer, CacheLayerMixin) and layer.keys is not None and layer.values is not None
             keys, values = layer.keys.expand(n, -1, -1, -1), layer.values.expand(n, -1, -1, -1)
             out.update(keys.contiguous(), values.contiguous(), idx)
         return out
 
     def reorder(self, cache: DynamicCache, rows: torch.Tensor, start: int = 0) -> None:
-        cache.reorder_cache(rows)
+        # transformers annotates the rows as the legacy class `torch.LongTensor`, which no tensor is typed as
+        cache.reorder_cache(cast(torch.LongTensor, rows))
 
     def encode(self, ids, cache, start):
         return encode(self.model, ids, cache, start)

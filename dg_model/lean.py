@@ -200,7 +200,7 @@ class LeanForward:
             cos, sin = self.rotary(probe, pos, layer_type)
             self._rope[layer_type] = (cos[0], sin[0])  # [P, d]
 
-    def _rope_at(self, layer: _Layer, start: int, length: int):
+    def _rope_at(self, layer: _Layer, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self._rope[layer.layer_type]
         return cos[start : start + length, None], sin[start : start + length, None]  # [T, 1, d]: broadcast over heads
 

@@ -89,19 +89,27 @@ def grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Te
 
 
 # ------------------------------------------------------------------------------------------------- the expert module
+def _expert_parts(experts: nn.Module) -> tuple[int, nn.Module, torch.Tensor, torch.Tensor]:
+    """A DiffusionGemmaTextExperts' (num_experts, act_fn, gate_up_proj [E, 2I, H], down_proj [E, H, I]). Read through
+    nn.Module.__getattr__ every attribute types as `Tensor | Module`, and transformers types `num_experts` as
+    `int | None`: the asserts narrow them to what a drop-in needs (E is the weights' first dimension)."""
+    gate_up, down, act_fn = experts.gate_up_proj, experts.down_proj, experts.act_fn
+    assert isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and isinstance(act_fn, nn.Module)
+    return gate_up.shape[0], act_fn, gate_up, down
+
+
 class QuantizedExperts(nn.Module):
     """Drop-in for DiffusionGemmaTextExperts: forward(hidden [T, H], top_k_index [T, K], top_k_weights [T, K])."""
 
     def __init__(self, experts: nn.Module, bits: int, blocksize: int = 64, device: str | torch.device | None = None):
         """Quantize `experts` (on `device`, default: where its weights are; the result stays there)."""
         super().__init__()
-        self.num_experts, self.bits, self.blocksize = experts.num_experts, bits, blocksize
-        self.act_fn = experts.act_fn
-        self.gate_up_shape = tuple(experts.gate_up_proj.shape[1:])  # (2I, H)
-        self.down_shape = tuple(experts.down_proj.shape[1:])  # (H, I)
+        self.num_experts, self.act_fn, gate_up, down = _expert_parts(experts)
+        self.bits, self.blocksize = bits, blocksize
+        self.gate_up_shape = tuple(gate_up.shape[1:])  # (2I, H)
+        self.down_shape = tuple(down.shape[1:])  # (H, I)
         with torch.no_grad():
-            for name in ("gate_up", "down"):
-                w = getattr(experts, f"{name}_proj").detach()
+            for name, w in (("gate_up", gate_up.detach()), ("down", down.detach())):
                 data, absmax, code = pack(w.to(device) if device is not None else w, bits, blocksize)
                 self.register_buffer(f"{name}_data", data)
                 self.register_buffer(f"{name}_absmax", absmax)
@@ -228,8 +236,9 @@ def _quant_state_tensors(module: nn.Module):
         yield from (x for x in (state.absmax, state.code, getattr(state, "offset", None)) if torch.is_tensor(x))
         state = getattr(state, "state2", None)
     for owner in (weight, getattr(module, "state", None)):
-        if torch.is_tensor(getattr(owner, "SCB", None)):
-            yield owner.SCB
+        scb = getattr(owner, "SCB", None)
+        if torch.is_tensor(scb):
+            yield scb
 
 
 def footprint_bytes(model: nn.Module) -> int:
@@ -317,12 +326,13 @@ class Fp8Experts(nn.Module):
     `unique`, no host sync on the grouped path), so the step can be captured in a CUDA graph.
     """
 
+    gate_up_fp8: torch.Tensor  # a buffer, typed here: through nn.Module.__getattr__ it types as `Tensor | Module`
+
     def __init__(self, experts: nn.Module, device: str | torch.device | None = None, backend: str | None = None):
         super().__init__()
-        self.num_experts, self.act_fn = experts.num_experts, experts.act_fn
+        self.num_experts, self.act_fn, gate_up, down = _expert_parts(experts)
         with torch.no_grad():
-            for name in ("gate_up", "down"):
-                w = getattr(experts, f"{name}_proj").detach()
+            for name, w in (("gate_up", gate_up.detach()), ("down", down.detach())):
                 q, scale = fp8_rows(w.to(device) if device is not None else w)
                 self.register_buffer(f"{name}_fp8", q)  # [E, N, K]
                 self.register_buffer(f"{name}_scale", scale)  # [E, N]

@@ -7,6 +7,8 @@ early, which is most of the tail latency of a small model, and cut the text ther
 
 from __future__ import annotations
 
+from dg_model import code_scan
+
 
 def loop_start(tokens: list[int], max_period: int = 8, repeats: int = 4, min_span: int = 24) -> int | None:
     """Where a degenerate loop begins: if the last max(period * `repeats`, `min_span`) tokens are one cycle of
@@ -74,31 +76,18 @@ def block_end(text: str, indent: int) -> int | None:
 
 
 def _code(text: str) -> tuple[str, int]:
-    """The text with string literals blanked and `#` comments cut (a cheap scan: it need not know the language, only
-    not be fooled by `"("` or `# (see below:`), and how many brackets it opens and does not close."""
-    out, depth, i, n = [], 0, 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "#":
-            nl = text.find("\n", i)
-            i = n if nl == -1 else nl
+    """The text with string literals blanked and comments cut (`code_scan`'s Python rules: the scan need not know the
+    language, only not be fooled by `"("` or `# (see below:`), and how many brackets it opens and does not close."""
+    out, depth, at = [], 0, 0
+    for token in code_scan.scan(text):
+        if token.kind == "bracket":
+            depth += 1 if text[token.start] in code_scan.OPENERS else -1
             continue
-        if ch in "'\"":
-            quote = text[i : i + 3] if text[i : i + 3] in ('"""', "'''") else ch
-            close = text.find(quote, i + len(quote))
-            while close != -1 and len(quote) == 1 and text[close - 1] == "\\":
-                close = text.find(quote, close + 1)
-            if close == -1:
-                break
-            out.append('""' + "\n" * text.count("\n", i, close))
-            i = close + len(quote)
-            continue
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        out.append(ch)
-        i += 1
+        out.append(text[at : token.start])
+        at = token.end
+        if token.kind != "comment":  # a string: its lines stay; one never closed leaves nothing to read
+            out.append(('""' if token.kind == "string" else "") + "\n" * text.count("\n", token.start, token.end))
+    out.append(text[at:])
     return "".join(out), depth
 
 

@@ -1,8 +1,9 @@
 """Shared fixtures for the end-to-end server tests: a real `dg-lsp --stdio` subprocess driven by pytest-lsp.
 
-The server runs the fake engine (`tests/fake_engine.py`) via `--model fake:<json>`, allowed by DG_LSP_ALLOW_FAKE=1,
-unless a test asks for the real embedded model. Client-side helpers apply edits the way an editor would, with an
-implementation independent of `dg_lsp.convert`, so a bug there cannot hide itself.
+With a fake engine spec the server is `tests/fake_server.py` (the real dg-lsp, with `--model <json spec>` loaded as
+the fake engine of `tests/fake_engine.py`); without one it is `python -m dg_lsp.cli` on the real embedded model.
+Client-side helpers apply edits the way an editor would, with an implementation independent of `dg_lsp.convert`, so
+a bug there cannot hide itself.
 """
 
 from __future__ import annotations
@@ -27,16 +28,30 @@ REPO = TESTS.parent
 STATUS = "dg/status"
 
 
+FAKE_SERVER = TESTS / "fake_server.py"
+
+
 def server_command(fake: dict[str, Any] | None, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "dg_lsp.cli", "--stdio", "--log-level", "warning", *extra]
-    if fake is not None:
-        cmd += ["--model", "fake:" + json.dumps(fake)]
-    return cmd
+    if fake is None:
+        return [sys.executable, "-m", "dg_lsp.cli", "--stdio", "--log-level", "warning", *extra]
+    return [sys.executable, str(FAKE_SERVER), "--stdio", "--log-level", "warning", *extra, "--model", json.dumps(fake)]
 
 
 def server_env() -> dict[str, str]:
     path = os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "DG_LSP_ALLOW_FAKE": "1", "PYTHONPATH": path}
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.fixture
+def fake_models():
+    """In this process, models that are JSON objects load as the fake engine (as in `tests/fake_server.py`)."""
+    import fake_server
+
+    from dg_lsp import engines
+
+    previous = engines.use_loader(fake_server.load)
+    yield
+    engines.use_loader(previous)
 
 
 def vscode_capabilities(**overrides: Any) -> types.ClientCapabilities:

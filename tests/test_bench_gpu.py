@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from dg_model.bench import gpu as bench_gpu
+from dg_bench import gpu as bench_gpu
 from dg_model.configs import tiny_config
 from dg_model.quantize import QuantizedExperts
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from dg_model.bench import gpu as bench_gpu
-from dg_model.bench import gpu_e2e as bench_gpu_e2e
+from dg_bench import gpu as bench_gpu
+from dg_bench import gpu_e2e as bench_gpu_e2e
 from dg_model.configs import load_config, tiny_config
 from dg_model.quantize import Fp8Experts
 

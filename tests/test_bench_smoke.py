@@ -3,7 +3,7 @@ numbers are sane (consistent counts, ordered percentiles, positive rates). Never
 
 latency and memory drive the real stdio server with the fake engine; speed runs `dg_model.evaluation.humaneval` on a few
 tasks with a stand-in engine per decoding mode (the real embedded model in the slow test); gpu checks the delegation to
-`python -m dg_model.bench.gpu` (whose own smoke test is tests/test_bench_gpu.py).
+`python -m dg_bench.gpu` (whose own smoke test is tests/test_bench_gpu.py).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TESTS, fake_spec
+from conftest import FAKE_SERVER, REPO, TESTS, fake_spec
 
-from dg_lsp import bench, cli
-from dg_lsp.bench import latency, speed
+import dg_bench as bench
+from dg_bench import latency, speed
+from dg_lsp import cli
 from dg_model.api import Candidate, InfillJob, JobResult, JobStats
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,19 +28,28 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def fake_env(monkeypatch):
-    """What the server subprocess needs to load the fake engine (the bench inherits this environment)."""
-    monkeypatch.setenv("DG_LSP_ALLOW_FAKE", "1")
+    """The bench's server is tests/fake_server.py (the real server, its `--model <json spec>` the fake engine)."""
+    from dg_bench import session
+
+    command = session.ServerSpec.command
+
+    def fake_server_command(self, log_file):
+        python, *args = command(self, log_file)
+        assert args[:2] == ["-m", "dg_bench.probe" if self.probe else "dg_lsp.cli"], args
+        return [python, str(FAKE_SERVER), *(["--probe"] if self.probe else []), *args[2:]]
+
+    monkeypatch.setattr(session.ServerSpec, "command", fake_server_command)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
 def run_cli(monkeypatch, *argv: str) -> int:
-    # as `dg-lsp` will run it once "dg_lsp.bench" is in cli.SUBCOMMAND_MODULES
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("dg_lsp.bench",))
+    # as `dg-lsp` will run it once "dg_bench" is in cli.SUBCOMMAND_MODULES
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("dg_bench",))
     return cli.main(list(argv))
 
 
 def fake_model(**overrides) -> str:
-    return "fake:" + json.dumps(fake_spec(text="a + b", steps=3, step_ms=5, **overrides))
+    return json.dumps(fake_spec(text="a + b", steps=3, step_ms=5, **overrides))
 
 
 def sane_summary(s: dict, n_min: int = 1) -> None:
@@ -109,7 +119,7 @@ def test_latency_smoke(monkeypatch, fake_env, tmp_path):
 
 def test_latency_counts_prompt_reuse_from_engine_stats(fake_env, tmp_path):
     """Parsing `engine stats` lines: re-encoded = prompt - reused, per job and per keystroke."""
-    from dg_lsp.bench.session import ServerSpec, read_log
+    from dg_bench.session import ServerSpec, read_log
 
     log = tmp_path / "server.log"
     lines = [
@@ -163,7 +173,7 @@ def test_memory_smoke(monkeypatch, fake_env, tmp_path):
 
 
 def test_memory_series_takes_one_sample_per_interval_and_the_last():
-    from dg_lsp.bench import memory
+    from dg_bench import memory
 
     mib = memory.MIB
     samples = [(0.0, 100 * mib), (0.4, 101 * mib), (1.02, 102 * mib), (1.5, 103 * mib), (2.1, 104 * mib),
@@ -256,7 +266,7 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
     out = tmp_path / "out"
     assert run_cli(monkeypatch, "bench", "gpu", "--out", str(out), "--", "--bits", "16") == 0
     (cmd,) = calls
-    assert cmd[1:3] == ["-m", "dg_model.bench.gpu"] and cmd[3:5] == ["--bits", "16"]
+    assert cmd[1:3] == ["-m", "dg_bench.gpu"] and cmd[3:5] == ["--bits", "16"]
     assert cmd[5:] == ["--out", str(out / "bench_gpu.json")]
     png(out / "bench_gpu.png")
 

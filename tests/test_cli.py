@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, fake_spec, server_env
+from conftest import FAKE_SERVER, REPO, fake_spec, server_env
 from lsprotocol import types
 from pytest_lsp import client_capabilities
 from pytest_lsp.client import make_test_lsp_client
@@ -23,12 +23,12 @@ SRC = "import math\n\n\ndef area(r):\n    return \n\n\nprint(area(2.0))\n"
 
 
 @pytest.fixture(autouse=True)
-def allow_fake(monkeypatch):
-    monkeypatch.setenv("DG_LSP_ALLOW_FAKE", "1")
+def _fake_models(fake_models):
+    """`--model <json spec>` loads the fake engine (tests/fake_server.py's loader)."""
 
 
 def fake(**overrides) -> str:
-    return "fake:" + json.dumps(fake_spec(**overrides))
+    return json.dumps(fake_spec(**overrides))
 
 
 @pytest.fixture
@@ -125,7 +125,8 @@ def test_model_that_does_not_load_exits_1(src, capsys):
 
 def test_rewrite_prints_the_rewritten_block(src, capsys):
     new = "def area(r):\n    return math.pi * r * r\n"
-    # the stand-in scores blocks by length unless told: this rewrite is as likely as the block, so it is offered
+    # the stand-in scores blocks -1 per character unless told: this rewrite is far likelier than the block, as a
+    # rewrite of working code must be (pipeline.MARGIN), so it is offered
     assert cli.main(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 0.0})]) == 0
     out = capsys.readouterr().out
     assert out == new
@@ -133,7 +134,8 @@ def test_rewrite_prints_the_rewritten_block(src, capsys):
 
 
 def test_rewrite_json_and_single_line_target(src, capsys):
-    assert cli.main(["rewrite", f"{src}:8", "--json", "--model", fake(rewrite="print(area(3.0))\n")]) == 0
+    assert cli.main(["rewrite", f"{src}:8", "--json", "--model", fake(rewrite="print(area(3.0))\n",
+                                                                     scores={"print(area(3.0))\n": 0.0})]) == 0
     (edit,) = json.loads(capsys.readouterr().out)
     assert edit["start"] == {"line": 8, "col": 1} and edit["text"] == "print(area(3.0))\n"
 
@@ -154,7 +156,8 @@ def test_doctor_reports_each_check(capsys):
 
 def test_doctor_reports_a_model_that_does_not_load(capsys):
     assert cli.main(["doctor", "--model", fake(load_error="no weights here")]) == 1
-    assert "FAIL  model load: fake: no weights here" in capsys.readouterr().out
+    model = fake(load_error="no weights here")
+    assert f"FAIL  model load: {model}: no weights here" in capsys.readouterr().out
 
 
 def test_sub_command_registry(monkeypatch, capsys):
@@ -178,7 +181,7 @@ async def test_tcp_transport(tmp_path):
         port = sock.getsockname()[1]
     # No host given: the server binds 127.0.0.1.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dg_lsp.cli", "--tcp", str(port), "--log-level", "warning", "--model", fake()],
+        [sys.executable, str(FAKE_SERVER), "--tcp", str(port), "--log-level", "warning", "--model", fake()],
         cwd=REPO, env=server_env(),
     )
     try:

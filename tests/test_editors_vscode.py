@@ -1,8 +1,8 @@
 """The VS Code extension (editors/vscode): its node tests, and its settings contract with the server.
 
 * `test_node_tests` builds the extension (tsc and the esbuild bundle) and runs its `node --test` suite (unit tests of
-  the pure parts, the bundle, and the protocol tests that drive the stub and the real `dg-lsp` over stdio with VS
-  Code's client capabilities). It needs
+  the pure parts, the bundle, and the protocol tests that drive the real server on the tests' engine,
+  tests/fake_server.py, over stdio with VS Code's client capabilities). It needs
   `node_modules` (run `npm ci` in editors/vscode); without it the test is skipped and the slow test below does it.
 * `test_npm_ci_build_lint_package` (slow) runs the whole pipeline from a clean install: npm ci, compile, lint,
   tests, and `vsce package` into a .vsix.
@@ -42,7 +42,7 @@ CLIENT_ONLY = {"server.path", "server.args", "server.python", "server.maxRestart
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    # The protocol tests find the real dg-lsp in the running interpreter's environment, and use it for the stub.
+    # The protocol tests run tests/fake_server.py with this interpreter (and find an installed dg-lsp next to it).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["DG_PYTHON"] = sys.executable
     env.pop("NODE_OPTIONS", None)

@@ -10,6 +10,7 @@ from fake_engine import FakeEngine
 
 from dg_lsp import diagnose, repairs
 from dg_lsp.fix import MARGIN, _Option, choose, fix_range
+from dg_lsp.pipeline import REWRITE_TOLERANCE
 from dg_lsp.settings import Settings
 from dg_model.api import TokenScore
 
@@ -145,20 +146,28 @@ def test_embedded_model_leaves_working_code_alone(embedded_engine):
 
 # ----------------------------------------------------------------------------------------- rewrite, ranked likewise
 REWRITE_DOC = "def add(a, b):\n    s = a + b\n    return s\n\n\nprint(add(1, 2))\n"
+BROKEN_DOC = "def add(a, b):\n    s = a +\n    return s\n\n\nprint(add(1, 2))\n"
+BLOCK, BROKEN = "    s = a + b\n    return s\n", "    s = a +\n    return s\n"
+NEW = "    return a + b\n"
 
 
-@pytest.mark.parametrize("candidate,offered", [
-    ("    return a + b\n", True),  # parses, as likely as the block (the stand-in scores shorter blocks higher)
-    ("    return a + c\n", False),  # parses, but `c` is undefined: the checks refuse it
-    ("    s = a + b\n    t = s * 2 + s - 1 if s else s + 0\n    return s\n", False),  # far less likely than the block
-    ("    return (a +\n", False),  # does not parse
+@pytest.mark.parametrize("doc,candidate,gain,offered", [
+    # code that passes the checks changes only for the margin "Fix this block" uses
+    (REWRITE_DOC, NEW, MARGIN + 0.5, True),
+    (REWRITE_DOC, NEW, MARGIN - 0.5, False),  # likelier, but not by the margin: working code stays
+    (REWRITE_DOC, "    return a + c\n", MARGIN + 5, False),  # `c` is undefined: the checks refuse it
+    (REWRITE_DOC, "    return (a +\n", MARGIN + 5, False),  # does not parse
+    # a block with a problem: a rewrite that removes it is offered when about as likely
+    (BROKEN_DOC, NEW, -REWRITE_TOLERANCE + 0.5, True),
+    (BROKEN_DOC, NEW, -REWRITE_TOLERANCE - 0.5, False),
 ])
-def test_rewrite_offers_only_a_candidate_that_keeps_the_checks_and_the_likelihood(candidate, offered):
+def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, gain, offered):
     from dg_lsp.pipeline import rewrite_range
 
-    engine = FakeEngine(rewrite_text=candidate)
-    edit = rewrite_range(engine, REWRITE_DOC, *block_of(REWRITE_DOC, 1, 2), "python", Settings())
+    block = BLOCK if doc == REWRITE_DOC else BROKEN
+    engine = FakeEngine(rewrite_text=candidate, scores={block: -20.0, candidate: -20.0 + gain})
+    edit = rewrite_range(engine, doc, *block_of(doc, 1, 2), "python", Settings())
     assert (edit is not None) == offered
     if offered:
-        new = REWRITE_DOC[: edit.start] + edit.text + REWRITE_DOC[edit.end :]
+        new = doc[: edit.start] + edit.text + doc[edit.end :]
         assert new == "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"

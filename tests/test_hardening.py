@@ -13,10 +13,11 @@
 4. Security: TCP on loopback unless told otherwise, no network use at run time, no file outside the workspace read
    for context unless it is an open document.
 
-Servers run as `python -m dg_lsp.bench.probe` (the real `dg-lsp` plus the debug requests) or `-m dg_lsp.cli`, with the
-fake engine of `tests/fake_engine.py`; faults are injected by modules put first on the server's PYTHONPATH (a
-`fake_engine` subclass that raises, a `tree_sitter_python` that fails to import, a `sitecustomize` that forbids
-sockets and audits file opens). Fast variants run by default (< 1 minute); the long ones are marked slow.
+Servers run as `python -m dg_bench.probe` (the real `dg-lsp` plus the debug requests) or `-m dg_lsp.cli`, or, with
+the fake engine of `tests/fake_engine.py`, as `tests/fake_server.py [--probe]` (the same server); engine faults are
+the fake engine's (`oom`, `boom`), other faults are injected by modules put first on the server's PYTHONPATH (a
+`tree_sitter_python` that fails to import, a `sitecustomize` that forbids sockets and audits file opens). Fast variants
+run by default (< 1 minute); the long ones are marked slow.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, TESTS, fake_spec, server_env
+from conftest import FAKE_SERVER, REPO, fake_spec, server_env
 from fake_engine import read_events
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
@@ -213,24 +214,26 @@ class RawServer:
         return self.proc.returncode
 
 
-# Runs the probe server with `dg_lsp.fallback.TARGET` replaced (argv[1], JSON): a fast fake fallback for fault tests.
-WITH_TARGET = ("import json, sys; import dg_lsp.fallback as f; f.TARGET = tuple(json.loads(sys.argv.pop(1))); "
-               "from dg_lsp.bench.probe import main; sys.exit(main(sys.argv[1:]))")
-FAKE_FALLBACK = ("fake:" + json.dumps({"text": "fallback()"}), "cpu", "none")
+# A fast fake fallback for fault tests (`tests/fake_server.py --fallback`) instead of the embedded model.
+FAKE_FALLBACK = {"text": "fallback()"}
 
 
 def start(tmp: Path, *args: str, fake: dict[str, Any] | None = None, probe: bool = True,
           shims: Path | None = None, env: dict[str, str] | None = None, log_level: str = "info",
-          fallback_to: tuple[str | None, str, str] | None = None) -> RawServer:
+          fallback_to: dict[str, Any] | None = None) -> RawServer:
+    """The server with the `fake` engine (tests/fake_server.py), or without one dg-lsp itself on its real models."""
     base = server_env()
     if shims is not None:
         base["PYTHONPATH"] = os.pathsep.join([str(shims), base["PYTHONPATH"]])
-    entry = ["-m", "dg_lsp.bench.probe" if probe else "dg_lsp.cli"]
-    if fallback_to is not None:
-        entry = ["-c", WITH_TARGET, json.dumps(fallback_to)]
+    if fake is None and fallback_to is None:
+        entry = ["-m", "dg_bench.probe" if probe else "dg_lsp.cli"]
+    else:
+        entry = [str(FAKE_SERVER), *(["--probe"] if probe else [])]
+        if fallback_to is not None:
+            entry += ["--fallback", json.dumps(fallback_to)]
     argv = [*entry, "--log-level", log_level, *args]
     if fake is not None:
-        argv += ["--model", "fake:" + json.dumps(fake)]
+        argv += ["--model", json.dumps(fake)]
     return RawServer(argv, {**base, **(env or {})}, tmp / f"server-{time.monotonic_ns()}.log")
 
 
@@ -538,7 +541,7 @@ def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
     record = tmp / "events.jsonl"
     steps, step_ms = 10, 10  # a job takes ~100 ms: five keystrokes arrive while it runs
     server = start(tmp, fake=fake_spec(text="a + b", steps=steps, step_ms=step_ms, record=str(record), keep_calls=4),
-                   log_level="warning", shims=engine_shims(tmp))
+                   log_level="warning")
     try:
         server.initialize(tmp, {"debounceMs": 0})
         server.wait_status("ready")
@@ -684,64 +687,9 @@ def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
         server.close()
 
 
-FAULTY_ENGINE = '''
-"""The tests' fake engine, plus options: {"oom": true} raises the engine's out-of-memory error from every job (and
-records each call of its `free_memory` as a "freed" event), {"boom": true} any other RuntimeError; {"keep_calls": N}
-keeps only the last N jobs in `calls` (the fake keeps every job, a leak in a long storm)."""
-import functools, importlib.util, json, sys
-from dg_model.api import EngineOutOfMemory
-_spec = importlib.util.spec_from_file_location("_real_fake_engine", __PATH__)
-_real = importlib.util.module_from_spec(_spec)
-sys.modules["_real_fake_engine"] = _real
-_spec.loader.exec_module(_real)
-read_events = _real.read_events
-
-
-def _freed(record):  # a function of the record's path: `free_memory` must not hold on to the engine
-    with open(record, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"event": "freed"}) + "\\n")
-
-
-class Faulty(_real.FakeEngine):
-    def infill(self, job):
-        self._log(event="oom", kind="infill", doc_key=job.doc_key)
-        # What dg_model.engine raises when torch runs out of CUDA memory.
-        raise EngineOutOfMemory("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 GiB "
-                                "total capacity)", functools.partial(_freed, self.record))
-
-
-class Buggy(_real.FakeEngine):
-    def infill(self, job):
-        self._log(event="boom", kind="infill", doc_key=job.doc_key)
-        raise RuntimeError("boom: an engine bug, not a resource problem")
-
-
-def from_spec(spec):
-    import collections, json
-    opts = json.loads(spec or "{}")
-    oom, boom, keep = opts.pop("oom", False), opts.pop("boom", False), opts.pop("keep_calls", None)
-    engine = _real.from_spec(json.dumps(opts))
-    if oom or boom:
-        engine = (Faulty if oom else Buggy)(texts=engine.texts, steps=engine.steps, step_ms=engine.step_ms,
-                                            record=engine.record)
-        engine.device = "cuda:0"
-    if keep is not None:
-        engine.calls = collections.deque(maxlen=keep)
-    return engine
-'''
-
-
-def engine_shims(tmp: Path) -> Path:
-    shims = tmp / "shims"
-    shims.mkdir(exist_ok=True)
-    (shims / "fake_engine.py").write_text(FAULTY_ENGINE.replace("__PATH__", repr(str(TESTS / "fake_engine.py"))))
-    return shims
-
-
 def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
-    shims = engine_shims(tmp_path)
     record = tmp_path / "events.jsonl"
-    server = start(tmp_path, fake={"oom": True, "text": "a + b", "record": str(record)}, shims=shims,
+    server = start(tmp_path, fake={"oom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
                    fallback_to=FAKE_FALLBACK)
     try:
         server.initialize(tmp_path)
@@ -769,7 +717,7 @@ def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
 def test_any_other_engine_error_stays_the_request_error_and_nothing_falls_back(tmp_path):
     """Only out of memory falls back: an engine bug must not be papered over by a silent model swap."""
     record = tmp_path / "events.jsonl"
-    server = start(tmp_path, fake={"boom": True, "text": "a + b", "record": str(record)}, shims=engine_shims(tmp_path),
+    server = start(tmp_path, fake={"boom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
                    fallback_to=FAKE_FALLBACK)
     try:
         server.initialize(tmp_path)
@@ -837,7 +785,7 @@ def test_tcp_server_binds_127_0_0_1(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = server_env()
-    proc = subprocess.Popen([sys.executable, "-m", "dg_lsp.cli", "--tcp", str(port), "--model", "fake:{}",
+    proc = subprocess.Popen([sys.executable, str(FAKE_SERVER), "--tcp", str(port), "--model", "{}",
                              "--log-file", str(tmp_path / "tcp.log")], env=env)
     try:
         deadline = time.monotonic() + 20

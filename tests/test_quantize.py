@@ -27,7 +27,7 @@ pytest.importorskip("bitsandbytes")
 
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
-from dg_model.bench.gpu import param_counts
+from dg_bench.gpu import param_counts
 from dg_model.configs import load_config, tiny_config
 from dg_model.quantize import (
     QuantizedExperts,

@@ -1,5 +1,5 @@
 """The remote backend (issue 16): `RemoteEngine` against a local OpenAI-compatible server that answers through our own
-fake engine (`dg_lsp.bench.openai_stub`), the server-side guard, and the real `dg-lsp --stdio` / `doctor --remote`."""
+fake engine (`dg_bench.openai_stub`), the server-side guard, and the real `dg-lsp --stdio` / `doctor --remote`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, fake_spec, server_env, session
 from fake_engine import FakeEngine
 
-from dg_lsp.bench.openai_stub import EMBEDDED_TOKENIZER, ConstantEngine, StubServer
+from dg_bench.openai_stub import EMBEDDED_TOKENIZER, ConstantEngine, StubServer
 from dg_lsp.remote import RemoteGuard
 from dg_lsp.settings import parse_settings
 from dg_model.api import Cancelled, InfillJob, RewriteJob
@@ -630,7 +630,7 @@ def test_bench_remote_smoke(tmp_path):
     import argparse
     import json
 
-    from dg_lsp.bench import remote as bench_remote
+    from dg_bench import remote as bench_remote
 
     assert bench_remote.main(argparse.Namespace(places=5), tmp_path) == 0
     result = json.loads((tmp_path / "bench_remote.json").read_text())

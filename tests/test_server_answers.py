@@ -8,8 +8,8 @@ import time
 from conftest import fake_spec, session
 from fake_engine import FakeEngine, read_events
 
+from dg_bench.session import read_log
 from dg_lsp import pipeline
-from dg_lsp.bench.session import read_log
 from dg_lsp.settings import Settings
 
 PY = "import math\n\n\ndef area(r):\n    return \n\n\nprint(area(2.0))\n"

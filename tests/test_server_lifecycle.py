@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 
-import conftest
 import pytest
 from conftest import fake_spec, session, vscode_capabilities
 from fake_engine import read_events
@@ -58,7 +57,8 @@ async def test_model_loads_in_the_background_with_progress_and_status():
     async with session(fake_spec(load_ms=300), wait_ready=False) as s:
         ready = await s.wait_status("ready")
         assert [st["state"] for st in s.statuses] == ["loading", "ready"]
-        assert ready["model"] == "fake" and ready["device"] == "cpu" and "loaded in" in ready["message"]
+        assert ready["model"] == json.dumps(fake_spec(load_ms=300)) and ready["device"] == "cpu"  # as configured
+        assert "fake on cpu, loaded in" in ready["message"]
         (reports,) = s.client.progress_reports.values()
         assert [r.kind for r in reports] == ["begin", "end"]
         assert "Loading model" in reports[0].message
@@ -93,12 +93,16 @@ async def test_load_failure_is_reported_and_the_server_keeps_answering(py_uri):
         assert time.monotonic() - started < 1.0
 
 
-async def test_fake_models_need_the_test_switch(monkeypatch):
-    env = {**conftest.server_env(), "DG_LSP_ALLOW_FAKE": "0"}
-    monkeypatch.setattr(conftest, "server_env", lambda: env)
-    async with session(fake_spec(), wait_ready=False) as s:
-        status = await s.wait_status("error")
-        assert "tests only" in status["message"]
+def test_dg_lsp_knows_no_fake_models(monkeypatch):
+    """Outside `tests/fake_server.py` every model name, a JSON object too, goes to the model loader of dg_model."""
+    from dg_lsp import engines
+    from dg_model import loading
+
+    asked = []
+    monkeypatch.setattr(loading, "load_engine", lambda model, **kw: asked.append((model, kw)) or "engine")
+    spec = json.dumps(fake_spec())
+    assert engines.load_engine(spec) == "engine" and engines.load_engine(None, "cpu") == "engine"
+    assert asked == [(spec, {"device": "auto", "quantize": "none"}), (None, {"device": "cpu", "quantize": "none"})]
 
 
 async def test_malformed_initialization_options_warn_once_and_use_defaults(py_uri):
@@ -168,7 +172,7 @@ async def test_model_change_reloads(py_uri):
     async with session(fake_spec()) as s:
         s.open(py_uri, PY)
         assert (await s.inline(py_uri, 1, 11)).items[0].insert_text == "a + b"
-        new_model = "fake:" + json.dumps(fake_spec(text="b + a", load_ms=200))
+        new_model = json.dumps(fake_spec(text="b + a", load_ms=200))
         s.client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"dg": {"model": new_model}}))
         deadline = time.monotonic() + 10

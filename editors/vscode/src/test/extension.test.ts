@@ -9,9 +9,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, test } from 'node:test';
 import { fakeContext, installFakeVscode, Recorded } from './fakeVscode';
-import { REPO, announceSkip, repoPython, stubSkipReason } from './lspHarness';
+import { FAKE_SERVER, announceSkip, pythonSkipReason, repoPython } from './lspHarness';
 
-const STUB = path.join(REPO, 'editors', 'testing', 'stub_server.py');
+/** Test engine specs (tests/fake_engine.py) as `dg.model` values: no slash, so the status bar shows them whole. */
+const MODEL = JSON.stringify({ texts: ['pass'] });
+const OTHER_MODEL = JSON.stringify({ texts: ['return 1'] });
+const CRASH = JSON.stringify({ exit: 3 }); // the test engine ends the server's process while it loads
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dg-vscode-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -46,22 +49,26 @@ async function activate(config: Record<string, unknown>): Promise<{ rec: Recorde
   return { rec, ext };
 }
 
-const noStub = stubSkipReason();
-if (noStub) {
-  announceSkip('the extension activated against the stub server', noStub);
+const noPython = pythonSkipReason();
+if (noPython) {
+  announceSkip('the extension activated against dg-lsp on the test engine', noPython);
 }
 
-test('the extension: server start, status bar, one message for a crash loop, bounded restarts', { skip: noStub }, async (t) => {
+test('the extension: server start, status bar, one message for a crash loop, bounded restarts', { skip: noPython }, async (t) => {
   const counter = path.join(tmp, 'spawns');
+  const starts = path.join(tmp, 'starts');
+  // dg-lsp: the real server on the test engine (its model from the flag, or from dg.model once that is set).
   const server = script(
     'dg-lsp',
-    `[ -f "${path.join(tmp, 'crash')}" ] && { echo x >> "${counter}"; exec "${repoPython()}" "${STUB}" --stdio --crash; }\n` +
-      `exec "${repoPython()}" "${STUB}" "$@"`,
+    `[ -f "${path.join(tmp, 'crash')}" ] && { echo x >> "${counter}"; exec "${repoPython()}" "${FAKE_SERVER}" --stdio --model '${CRASH}'; }\n` +
+      `echo x >> "${starts}"\n` +
+      `exec "${repoPython()}" "${FAKE_SERVER}" "$@" --model '${MODEL}'`,
   );
-  const { rec, ext } = await activate({ 'dg.server.path': server, 'dg.server.maxRestarts': 2, 'dg.candidates': 2 });
+  const config: Record<string, unknown> = { 'dg.server.path': server, 'dg.server.maxRestarts': 2, 'dg.candidates': 2 };
+  const { rec, ext } = await activate(config);
 
   await t.test('starts the server and shows model and device from dg/status', async () => {
-    await until('ready in the status bar', 15000, () => rec.statusBar.text.includes('dg: stub · cpu'));
+    await until('ready in the status bar', 20000, () => rec.statusBar.text === `$(sparkle) dg: ${MODEL} · cpu`);
     assert.equal(rec.statusBar.command, 'dg.showLog');
     assert.deepEqual(rec.errors, []);
     for (const id of ['dg.showLog', 'dg.restartServer', 'dg.rewriteSelection']) {
@@ -71,12 +78,14 @@ test('the extension: server start, status bar, one message for a crash loop, bou
 
   await t.test('a settings change is pushed without a restart; a server setting restarts', async () => {
     const affects = (changed: string) => (s: string) => changed === s || changed.startsWith(s + '.');
+    config['dg.model'] = OTHER_MODEL;
     for (const l of rec.configListeners) {
-      l({ affectsConfiguration: affects('dg.candidates') });
+      l({ affectsConfiguration: affects('dg.model') });
     }
-    await new Promise((r) => setTimeout(r, 300));
-    assert.ok(rec.statusBar.text.includes('stub · cpu'), 'still running');
-    assert.ok(rec.log.some((l) => /stub: settings .*'candidates': 2/.test(l)), 'the server got the settings');
+    // The server got the pushed settings: it loaded the other model, in the process it was already running.
+    await until('the other model ready in the status bar', 20000, () => rec.statusBar.text === `$(sparkle) dg: ${OTHER_MODEL} · cpu`);
+    assert.equal(fs.readFileSync(starts, 'utf8').trim().split('\n').length, 1, 'started once: pushed, not restarted');
+    delete config['dg.model']; // the crash loop below runs on the flag's model
   });
 
   await t.test('a server that keeps crashing: 1 start + maxRestarts, then one error with "Show log"', async () => {

@@ -37,36 +37,40 @@ export interface DgStatus {
 }
 
 export interface ServerSpec {
-  name: 'stub' | 'dg-lsp';
+  /** `test engine`: this checkout's server on the tests' engine; `installed`: an installed dg-lsp on a real model. */
+  name: 'test engine' | 'installed';
   command: string[];
   env?: Record<string, string>;
-  /** Known answers (stub, or the real server with the test engine); undefined with a real model. */
-  expect?: { completion: string; rewriteMarker: string };
+  /** Known answers (the test engine); undefined with a real model. */
+  expect?: { completion: string; second: string; rewriteMarker: string };
 }
 
-/**
- * The real server runs with its deterministic test engine (tests/fake_engine.py, enabled by DG_LSP_ALLOW_FAKE=1)
- * unless DG_LSP_TEST_MODEL names a model; DG_LSP_TEST_MODEL=default uses the server's embedded default model.
- */
-export const FAKE_MODEL =
-  'fake:' + JSON.stringify({ texts: ['return a + b'], rewrite: 'def greet(name):\n    return f"hello {name}"\n' });
+/** The real server on the tests' deterministic engine: `tests/fake_server.py` runs dg-lsp with JSON models loaded as
+ * the engine of `tests/fake_engine.py`. */
+export const FAKE_SERVER = path.join(REPO, 'tests', 'fake_server.py');
+
+/** The test engine's answers: its candidates, and the rewrite of greet(). */
+export const TEST_ENGINE = {
+  texts: ['return a + b', 'return b + a'],
+  rewrite: 'def greet(name):\n    return f"hello {name}"\n',
+};
 
 /**
- * The Python for the stub server (and the parse checks): `DG_PYTHON`, else the checkout's `.venv`, else `python3`.
- * It needs pygls; see `stubSkipReason`.
+ * The Python for the test engine's server (and the parse checks): `DG_PYTHON`, else the checkout's `.venv`, else
+ * `python3`. It needs dg-lsp's dependencies; see `pythonSkipReason`.
  */
 export function repoPython(): string {
   const venv = path.join(REPO, '.venv', 'bin', 'python');
   return process.env.DG_PYTHON ?? (fs.existsSync(venv) ? venv : 'python3');
 }
 
-/** Why the stub server cannot run here (its Python lacks pygls), or undefined when it can. */
-export function stubSkipReason(): string | undefined {
-  const r = spawnSync(repoPython(), ['-c', 'import pygls, lsprotocol'], { timeout: 30000 });
+/** Why the test engine's server cannot run here (its Python lacks dg-lsp's dependencies), or undefined when it can. */
+export function pythonSkipReason(): string | undefined {
+  const r = spawnSync(repoPython(), ['-c', 'import pygls, lsprotocol, dg_lsp'], { cwd: REPO, timeout: 30000 });
   if (r.status === 0) {
     return undefined;
   }
-  return `${repoPython()} cannot import pygls (set DG_PYTHON to a Python with dg-lsp's dependencies)`;
+  return `${repoPython()} cannot import pygls and dg_lsp (set DG_PYTHON to a Python with dg-lsp installed)`;
 }
 
 /** Print a skip where nobody can miss it (node --test only lists skips in its summary). */
@@ -88,29 +92,33 @@ export function parseCommand(value: string): string[] {
   return trimmed.split(/\s+/).filter(Boolean);
 }
 
-export function stubServer(extra: string[] = []): ServerSpec {
+/** The real server over stdio on the test engine (`spec`: a `tests/fake_engine.py` spec, e.g. `{ exit: 3 }`). */
+export function testEngineServer(spec: Record<string, unknown> = TEST_ENGINE, extra: string[] = []): ServerSpec {
   return {
-    name: 'stub',
-    command: [repoPython(), path.join(REPO, 'editors', 'testing', 'stub_server.py'), '--stdio', ...extra],
-    expect: { completion: 'pass', rewriteMarker: '# rewritten by dg\ndef greet' },
+    name: 'test engine',
+    command: [repoPython(), FAKE_SERVER, '--stdio', '--model', JSON.stringify(spec), ...extra],
+    expect: { completion: TEST_ENGINE.texts[0], second: TEST_ENGINE.texts[1], rewriteMarker: 'return f"hello {name}"' },
   };
 }
 
 /**
- * The real server: `DG_LSP_COMMAND` (the `dg-lsp` executable, or a whole command as a JSON array or words, e.g.
- * `["/venv/bin/dg-lsp", "--stdio"]`, used as given; `DG_LSP_SERVER_CMD` is an older name for it), else `dg-lsp` in
- * the checkout's `.venv`, else on `PATH`; undefined when none is found. Only a found executable gets the test
- * engine arguments.
+ * An installed dg-lsp on the real model `DG_LSP_TEST_MODEL` names (`default`: its embedded model); undefined when
+ * that is unset or no dg-lsp is found. The server: `DG_LSP_COMMAND` (the `dg-lsp` executable, or a whole command as
+ * a JSON array or words, e.g. `["/venv/bin/dg-lsp", "--stdio"]`, used as given; `DG_LSP_SERVER_CMD` is an older name
+ * for it), else `dg-lsp` in the checkout's `.venv`, else on `PATH`.
  */
 export function realServer(extra: string[] = []): ServerSpec | undefined {
-  const env: Record<string, string> = {};
+  const model = process.env.DG_LSP_TEST_MODEL;
+  if (!model) {
+    return undefined;
+  }
   const override = process.env.DG_LSP_COMMAND ?? process.env.DG_LSP_SERVER_CMD;
   if (override) {
     const command = parseCommand(override);
     if (command.length > 1) {
-      return { name: 'dg-lsp', command: [...command, ...extra], env };
+      return { name: 'installed', command: [...command, ...extra] };
     }
-    return withTestEngine(command[0], extra);
+    return withModel(command[0], model, extra);
   }
   const candidates = [path.join(REPO, '.venv', 'bin', 'dg-lsp')];
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
@@ -126,25 +134,12 @@ export function realServer(extra: string[] = []): ServerSpec | undefined {
       return false;
     }
   });
-  if (!exe) {
-    return undefined;
-  }
-  return withTestEngine(exe, extra);
+  return exe ? withModel(exe, model, extra) : undefined;
 }
 
-function withTestEngine(exe: string, extra: string[]): ServerSpec {
-  const env: Record<string, string> = {};
-  const model = process.env.DG_LSP_TEST_MODEL ?? FAKE_MODEL;
-  const args = ['--stdio'];
-  if (model !== 'default') {
-    args.push('--model', model);
-    if (model.startsWith('fake:')) {
-      env.DG_LSP_ALLOW_FAKE = '1';
-      env.PYTHONPATH = [path.join(REPO, 'tests'), REPO, process.env.PYTHONPATH ?? ''].filter(Boolean).join(path.delimiter);
-    }
-  }
-  const expect = model === FAKE_MODEL ? { completion: 'return a + b', rewriteMarker: 'return f"hello {name}"' } : undefined;
-  return { name: 'dg-lsp', command: [exe, ...args, ...extra], env, expect };
+function withModel(exe: string, model: string, extra: string[]): ServerSpec {
+  const args = ['--stdio', ...(model === 'default' ? [] : ['--model', model])];
+  return { name: 'installed', command: [exe, ...args, ...extra] };
 }
 
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

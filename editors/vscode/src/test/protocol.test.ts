@@ -3,10 +3,10 @@
  * initializationOptions, inline completion, completion, code action + lazy resolve, the rewrite command with
  * workspace/applyEdit, didChangeConfiguration, and a clean shutdown.
  *
- * Runs against the stub (`editors/testing/stub_server.py`) and, when `dg-lsp` is installed, against the real
- * server with its deterministic test engine (exact answers), or with a real model when DG_LSP_TEST_MODEL names one
- * (`default`: the embedded model; then only structure and effect are checked, since model output varies).
- * `DG_LSP_REQUIRE_REAL=1` turns "dg-lsp not installed" from a skip into a failure.
+ * Runs against the real server on the tests' deterministic engine (`tests/fake_server.py`: exact answers) and, when
+ * DG_LSP_TEST_MODEL names a model (`default`: the embedded one), against an installed `dg-lsp` on that model (then
+ * only structure and effect are checked, since model output varies). `DG_LSP_REQUIRE_REAL=1` turns "DG_LSP_TEST_MODEL
+ * is set but dg-lsp is not installed" from a skip into a failure.
  */
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -39,10 +39,10 @@ import {
   announceSkip,
   applyTextEdits,
   editsFor,
+  pythonSkipReason,
   realServer,
   repoPython,
-  stubServer,
-  stubSkipReason,
+  testEngineServer,
   withTimeout,
 } from './lspHarness';
 
@@ -77,7 +77,7 @@ function initOptions(overrides: Record<string, unknown>): Record<string, unknown
 
 function suite(spec: ServerSpec | undefined, label: string, skipReason?: string): void {
   const expect = spec?.expect;
-  const readyMs = spec?.name === 'stub' ? 10000 : REAL_READY_MS;
+  const readyMs = spec?.name === 'test engine' ? 20000 : REAL_READY_MS;
   describe(`VS Code client wiring against ${label}`, { skip: spec ? false : skipReason }, () => {
     let s: LspSession;
     let init: InitializeResult;
@@ -218,12 +218,12 @@ function suite(spec: ServerSpec | undefined, label: string, skipReason?: string)
       try {
         result = await send(commandArguments(URI2, range, 1, true));
       } catch (e) {
-        if (!isInvalidParams(e) || spec?.name !== 'dg-lsp' || process.env.DG_LSP_STRICT === '1') {
+        if (!isInvalidParams(e) || spec?.name !== 'installed' || process.env.DG_LSP_STRICT === '1') {
           throw e;
         }
-        // The real server does not take the 4th argument yet: the extension falls back to three arguments and
+        // An older installed dg-lsp does not take the 4th argument: the extension falls back to three arguments and
         // refuses its workspace/applyEdit while previewing (PreviewGuard), which this harness does not model.
-        t.skip('dg-lsp does not take { apply: false } yet (the extension falls back; DG_LSP_STRICT=1 fails here)');
+        t.skip('this dg-lsp does not take { apply: false } (the extension falls back; DG_LSP_STRICT=1 fails here)');
         return;
       }
       assert.ok(isWorkspaceEdit(result), `a WorkspaceEdit back, got ${JSON.stringify(result)}`);
@@ -288,8 +288,8 @@ function suite(spec: ServerSpec | undefined, label: string, skipReason?: string)
       await s.conn.sendNotification(DidChangeConfigurationNotification.type, didChangeConfigurationParams(on));
       assert.ok((await eventually((n) => n >= 1)) >= 1, 'enabled again');
       const again = items(await ask());
-      if (spec?.name === 'stub') {
-        assert.equal(again.length, 2, 'candidates=2');
+      if (expect) {
+        assert.deepEqual(again.map(insertText), [expect.completion, expect.second], 'candidates=2');
       }
     });
 
@@ -300,24 +300,27 @@ function suite(spec: ServerSpec | undefined, label: string, skipReason?: string)
   });
 }
 
+const noPython = pythonSkipReason();
 const real = realServer();
-const noStub = stubSkipReason();
-const noReal = 'dg-lsp was not found (set DG_LSP_COMMAND to its path, or install it in the checkout\'s .venv or on PATH)';
-if (noStub) {
-  announceSkip('protocol tests against the stub server', noStub);
+const noReal = process.env.DG_LSP_TEST_MODEL
+  ? 'dg-lsp was not found (set DG_LSP_COMMAND to its path, or install it in the checkout\'s .venv or on PATH)'
+  : 'DG_LSP_TEST_MODEL is not set (a model for an installed dg-lsp; `default`: its embedded model)';
+if (noPython) {
+  announceSkip('protocol tests against dg-lsp on the test engine', noPython);
 }
-if (!real) {
-  announceSkip('protocol tests against the real dg-lsp', noReal);
+if (!real && process.env.DG_LSP_TEST_MODEL) {
+  announceSkip('protocol tests against the installed dg-lsp', noReal);
 }
-suite(noStub ? undefined : stubServer(), 'the stub server', noStub);
-suite(real, 'the real dg-lsp', process.env.DG_LSP_REQUIRE_REAL === '1' ? undefined : noReal);
-if (!real && process.env.DG_LSP_REQUIRE_REAL === '1') {
+suite(noPython ? undefined : testEngineServer(), 'dg-lsp on the test engine', noPython);
+suite(real, `the installed dg-lsp on ${process.env.DG_LSP_TEST_MODEL ?? 'a real model'}`,
+  process.env.DG_LSP_REQUIRE_REAL === '1' && process.env.DG_LSP_TEST_MODEL ? undefined : noReal);
+if (!real && process.env.DG_LSP_REQUIRE_REAL === '1' && process.env.DG_LSP_TEST_MODEL) {
   it('dg-lsp is installed (DG_LSP_REQUIRE_REAL=1)', () => assert.fail(noReal));
 }
 
-describe('a server that dies at start', { skip: noStub }, () => {
+describe('a server that dies at start', { skip: noPython }, () => {
   it('exits with an error the client can report, without hanging', async () => {
-    const s = LspSession.start(stubServer(['--crash']));
+    const s = LspSession.start(testEngineServer({ exit: 3 })); // the test engine ends the process while it loads
     try {
       await s.initialize({}).catch(() => undefined);
       const code = await withTimeout(s.exited, 15000, 'crashing server exits');

@@ -1,7 +1,7 @@
 """Calibrate "Fix this block"'s MARGIN for a model: how much likelier does the model find a one-token change to code
 that passes every check, on working code and on code with one flipped operator?
 
-    python -m dg_lsp.bench.fix_margin --corpus /work/corpus/valid.jsonl [--limit 70] [--model M] [--out FILE]
+    python -m dg_bench.fix_margin --corpus /work/corpus/valid.jsonl [--limit 70] [--model M] [--out FILE]
 
 Held-out code of the training distribution (a corpus split the model never trained on; never HumanEval, which the
 action is evaluated on): the top-level functions of 6-40 lines, one block of 2-5 lines drawn from each (seeded). For

@@ -144,7 +144,7 @@ def forward(r: dict[str, Any], path: Path) -> bool:
 
 
 def gpu(r: dict[str, Any], path: Path) -> bool:
-    """`dg_model.bench.gpu` results: decoder step time per canvas and the projected tokens/s."""
+    """`dg_bench.gpu` results: decoder step time per canvas and the projected tokens/s."""
     plt = _plt()
     if plt is None:
         return _skip(path)

@@ -11,7 +11,7 @@ keep-alive, engine calls one at a time. It answers what dg-lsp's remote engine s
 - a client that disconnects mid-request cancels the engine job, as vLLM aborts it; `events` records it.
 - `open_connections`: the client connections open now (a closed client leaves none).
 
-    python -m dg_lsp.bench.openai_stub [--port 8000] [--text "a + b" | --model PATH|embedded]
+    python -m dg_bench.openai_stub [--port 8000] [--text "a + b" | --model PATH|embedded]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from dg_model.prompts import (
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-EMBEDDED_TOKENIZER = Path(__file__).resolve().parents[2] / "dg_model" / "embedded" / "tokenizer.json"
+EMBEDDED_TOKENIZER = Path(__file__).resolve().parents[1] / "dg_model" / "embedded" / "tokenizer.json"
 
 
 def _fim_pattern(first: str, second: str) -> re.Pattern:

@@ -1,9 +1,9 @@
 """End-to-end GPU benchmark: a whole block-autoregressive generation of the 26B-A4B architecture, random weights.
 
-    python -m dg_model.bench.gpu_e2e --all --budget-s 150 --out e2e.json     # CUDA: fp8, bf16, nf4 one after another
-    python -m dg_model.bench.gpu_e2e --experts fp8 --out fp8.json             # one expert kind
-    python -m dg_model.bench.gpu_e2e --plan                                   # planned bytes per kind (no weights)
-    python -m dg_model.bench.gpu_e2e --experts fp8 --tiny --out t.json        # anywhere: tiny config (CPU smoke test)
+    python -m dg_bench.gpu_e2e --all --budget-s 150 --out e2e.json     # CUDA: fp8, bf16, nf4 one after another
+    python -m dg_bench.gpu_e2e --experts fp8 --out fp8.json             # one expert kind
+    python -m dg_bench.gpu_e2e --plan                                   # planned bytes per kind (no weights)
+    python -m dg_bench.gpu_e2e --experts fp8 --tiny --out t.json        # anywhere: tiny config (CPU smoke test)
 
 What runs is transformers' own `generate` loop (`DiffusionGemmaForBlockDiffusion.generate`): prefill of a
 `--prompt-len` prompt through the causal encoder into a `StaticCache`, then per block `--steps` decoder denoising
@@ -38,8 +38,9 @@ import time
 
 import torch
 from transformers import StaticCache
+from transformers.models.diffusion_gemma import DiffusionGemmaTextConfig
 
-from dg_model.bench import gpu as bench_gpu
+from dg_bench import gpu as bench_gpu
 from dg_model.configs import load_config, tiny_config
 from dg_model.quantize import Fp8Experts, footprint_bytes, fp8_backend, fp8_expert_bytes, projected_footprint_bytes
 
@@ -302,7 +303,9 @@ def run(args) -> dict:
     if args.experts == "fp8":
         result["fp8"] = probe_fp8(model, device, dtype)
     g = torch.Generator(device="cpu").manual_seed(1)
-    prompt = torch.randint(0, config.text_config.vocab_size, (1, args.prompt_len), generator=g).to(device)
+    text = config.text_config
+    assert isinstance(text, DiffusionGemmaTextConfig)  # typed `| dict | None`: the config's __post_init__ builds it
+    prompt = torch.randint(0, text.vocab_size, (1, args.prompt_len), generator=g).to(device)
     result["prefill_ms"] = prefill_ms(model, prompt, max_len, max(1, args.reps))
     _write(args.out, result)
     state = {"compiled": compile_wanted}
@@ -333,7 +336,7 @@ def run_all(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds:
             out = os.path.join(tmp, f"{kind}.json")
-            cmd = [sys.executable, "-m", "dg_model.bench.gpu_e2e", *_child_args(args), "--experts", kind, "--out", out]
+            cmd = [sys.executable, "-m", "dg_bench.gpu_e2e", *_child_args(args), "--experts", kind, "--out", out]
             t0, status = time.perf_counter(), {}
             try:
                 proc = subprocess.run(cmd, timeout=args.budget_s or None, capture_output=True, text=True)

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "editors" / "nvim"
 DRIVER = Path(__file__).with_name("typing_session.lua")
 GHOSTS = ("native", "plugin")

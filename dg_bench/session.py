@@ -1,6 +1,6 @@
 """A `dg-lsp --stdio` subprocess driven the way an editor drives it (pygls' `LanguageClient`), for the benchmarks.
 
-`Server` starts the server (through `dg_lsp.bench.probe` unless told otherwise), initializes it like a VS Code-ish
+`Server` starts the server (through `dg_bench.probe` unless told otherwise), initializes it like a VS Code-ish
 client with inline completion, records `dg/status` and `window/showMessage`, and reads the process' memory from
 /proc. `Document` is the client's copy of one open document: it types into it with incremental `didChange` and
 converts offsets to utf-16 positions on its own (not with `dg_lsp.convert`, which is what is being measured).
@@ -24,7 +24,8 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from ..answers import STATS_MARK
+from dg_lsp.answers import STATS_MARK
+
 from .probe import DOCUMENT_METHOD, MEMORY_METHOD
 
 STATUS_METHOD = "dg/status"
@@ -42,7 +43,7 @@ class ServerSpec:
     extra_args: tuple[str, ...] = ()
 
     def command(self, log_file: Path) -> list[str]:
-        entry = "dg_lsp.bench.probe" if self.probe else "dg_lsp.cli"
+        entry = "dg_bench.probe" if self.probe else "dg_lsp.cli"
         cmd = [sys.executable, "-m", entry, "--stdio", "--log-file", str(log_file), "--log-level", self.log_level]
         cmd += ["--device", self.device, "--quantize", self.quantize]
         if self.model is not None:

@@ -1,8 +1,8 @@
 """GPU benchmark of the full DiffusionGemma 26B-A4B architecture with random weights and k-bit experts.
 
-    python -m dg_model.bench.gpu --out results.json              # CUDA: 26B-A4B, experts NF4
-    python -m dg_model.bench.gpu --bits 16 --out bf16.json       # the bf16 baseline (needs ~52 GB)
-    python -m dg_model.bench.gpu --tiny --out tiny.json          # anywhere: tiny config (CPU smoke test)
+    python -m dg_bench.gpu --out results.json              # CUDA: 26B-A4B, experts NF4
+    python -m dg_bench.gpu --bits 16 --out bf16.json       # the bf16 baseline (needs ~52 GB)
+    python -m dg_bench.gpu --tiny --out tiny.json          # anywhere: tiny config (CPU smoke test)
 
 Build (gpt-fast style): construct on the `meta` device (no memory), then layer by layer materialize that layer's
 experts in bf16 on the device, quantize them and drop the bf16 copy, so the peak is the final size plus one layer's
@@ -27,6 +27,7 @@ import time
 import torch
 from torch import nn
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
+from transformers.models.diffusion_gemma import DiffusionGemmaTextConfig
 
 from dg_model.configs import load_config, tiny_config
 from dg_model.quantize import Fp8Experts, QuantizedExperts, footprint_bytes, quantize_dense
@@ -36,7 +37,7 @@ PACKED_EXPERTS = (QuantizedExperts, Fp8Experts)  # built by `_build_experts`, ne
 
 
 # -------------------------------------------------------------------------------------------------------- building
-def _meta_model(config) -> nn.Module:
+def _meta_model(config) -> DiffusionGemmaForBlockDiffusion:
     with torch.device("meta"):
         model = DiffusionGemmaForBlockDiffusion(config)
     model.model.encoder.vision_tower = nn.Identity()  # text path only; saves ~0.55 B params
@@ -52,7 +53,9 @@ def _random_experts(experts: nn.Module, device, dtype, std: float) -> None:
 
 
 @torch.no_grad()
-def _build_experts(model: nn.Module, device, dtype, bits: int, blocksize: int, std: float, convert=None) -> None:
+def _build_experts(
+    model: DiffusionGemmaForBlockDiffusion, device, dtype, bits: int, blocksize: int, std: float, convert=None
+) -> None:
     """Layer by layer: random bf16 experts on the device -> k-bit (or `convert(experts)`, e.g. fp8), shared by the
     encoder and decoder layer."""
     if convert is None and bits != 16:
@@ -66,21 +69,24 @@ def _build_experts(model: nn.Module, device, dtype, bits: int, blocksize: int, s
 
 def _materialize(model: nn.Module, device, dtype) -> None:
     """Every tensor still on `meta` -> uninitialized on `device`; tied tensors stay one tensor."""
-    new: dict[int, torch.Tensor] = {}
+    params: dict[int, nn.Parameter] = {}
+    buffers: dict[int, torch.Tensor] = {}
     for module in model.modules():
-        for store in (module._parameters, module._buffers):
-            for name, t in store.items():
-                if t is None or not t.is_meta:
-                    continue
-                if id(t) not in new:
-                    dt = dtype if isinstance(t, nn.Parameter) and t.is_floating_point() else t.dtype
-                    x = torch.empty(t.shape, device=device, dtype=dt)
-                    new[id(t)] = nn.Parameter(x, requires_grad=False) if isinstance(t, nn.Parameter) else x
-                store[name] = new[id(t)]
+        for name, p in module._parameters.items():
+            if p is not None and p.is_meta:
+                if id(p) not in params:
+                    dt = dtype if p.is_floating_point() else p.dtype
+                    params[id(p)] = nn.Parameter(torch.empty(p.shape, device=device, dtype=dt), requires_grad=False)
+                module._parameters[name] = params[id(p)]
+        for name, b in module._buffers.items():
+            if b is not None and b.is_meta:
+                if id(b) not in buffers:
+                    buffers[id(b)] = torch.empty(b.shape, device=device, dtype=b.dtype)
+                module._buffers[name] = buffers[id(b)]
 
 
 @torch.no_grad()
-def _init_rest(model: nn.Module) -> None:
+def _init_rest(model: DiffusionGemmaForBlockDiffusion) -> None:
     """The library's own init, run on the device, for everything but the (already built) experts."""
     for module in model.modules():
         if type(module).__name__ != "DiffusionGemmaTextExperts" and not isinstance(module, PACKED_EXPERTS):
@@ -181,7 +187,9 @@ def run(args) -> dict:
     # bf16 matmuls are ~100x slower than fp32 on CPUs without bf16 units: CPU runs use fp32
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     config = tiny_config() if args.tiny else load_config()
-    vocab = config.text_config.vocab_size
+    text = config.text_config
+    assert isinstance(text, DiffusionGemmaTextConfig)  # typed `| dict | None`: the config's __post_init__ builds it
+    vocab = text.vocab_size
     t0 = time.perf_counter()
     dense_bits = args.dense_bits or (args.bits if args.bits != 16 else 16)
     model = build_model(config, device, dtype, args.bits, args.blocksize, dense_bits)

@@ -3,7 +3,7 @@
 The same completions (`pipeline.complete`: context, ONE engine call, post-processing) at N places of a real file
 (stdlib `textwrap.py`), three ways, in turn at each place:
 - local: the engine in this process;
-- remote: a `RemoteEngine` to `dg_lsp.bench.openai_stub` in another process, which answers through the same engine,
+- remote: a `RemoteEngine` to `dg_bench.openai_stub` in another process, which answers through the same engine,
   token counts from a local copy of the tokenizer (what a team with the model's tokenizer on disk gets);
 - remote+tokenize: the same, token counts from the server's /tokenize (with token strings): a text made of runs of
   already tokenized texts is counted from their token offsets, without a request (`RemoteEngine._count_pieces`);
@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dg_lsp import pipeline
+from dg_lsp.settings import Settings
 from dg_model.api import BlockScore, Engine, InfillJob, JobResult, RewriteJob, ScoreJob
 from dg_model.remote import RemoteConfig, RemoteEngine
 
-from .. import pipeline
-from ..settings import Settings
 from .openai_stub import EMBEDDED_TOKENIZER, ConstantEngine
 
 WARMUP = 5
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace, out: Path) -> int:
     ends = [i for i, ch in enumerate(text) if ch == "\n" and i and text[i - 1] != "\n"]
     step = max(1, len(ends) // (args.places + WARMUP))
     places = ends[::step][: args.places + WARMUP]
-    stub = subprocess.Popen([sys.executable, "-m", "dg_lsp.bench.openai_stub", "--port", "0"],
+    stub = subprocess.Popen([sys.executable, "-m", "dg_bench.openai_stub", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     assert stub.stdout is not None  # stdout=PIPE
     try:

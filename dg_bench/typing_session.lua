@@ -1,4 +1,4 @@
--- Driver of `dg-lsp bench typing` (dg_lsp/bench/typing_session.py), run inside a headless Neovim after the
+-- Driver of `dg-lsp bench typing` (dg_bench/typing_session.py), run inside a headless Neovim after the
 -- dg_lsp plugin's setup. It types a program key by key (nvim_input: the same typeahead as a user's keys) on timers,
 -- pauses at planned places, accepts suggestions with the plugin's keys, and writes what happened as JSON.
 --

@@ -1,16 +1,22 @@
 """`dg-lsp bench latency|speed|memory|forward|gpu [--out DIR]`: benchmarks, each writing JSON and a PNG chart to DIR.
 
+A package apart from the runtime: `dg_lsp` and `dg_model` never import it when they load (the `dg-lsp` CLI loads it
+as a plug-in, by name; `dg-lsp eval --server` borrows `session`, its client of a `dg-lsp --stdio` subprocess, when it
+runs), and matplotlib, the `bench` extra, is imported only to draw a chart. Besides the benchmarks below: `gpu_e2e`
+(end-to-end generation on the 26B-A4B architecture per expert kind), `fix_margin` (calibrates "Fix this block"),
+`openai_stub` (an OpenAI-compatible server for the remote path), `probe` (the server plus debug requests).
+
     latency  inline completion while typing a real file through the stdio server: p50/p95 time-to-result,
-             cancellations, prompt tokens re-encoded per keystroke vs a full encode      (dg_lsp.bench.latency)
+             cancellations, prompt tokens re-encoded per keystroke vs a full encode          (dg_bench.latency)
     speed    diffusion vs AR decoding of one checkpoint on HumanEval infilling: tok/s, tokens per forward, decoder
-             steps, pass@1, the speed ratio                                                 (dg_lsp.bench.speed)
+             steps, pass@1, the speed ratio                                                     (dg_bench.speed)
     memory   server RSS before the model, idle, under a typing storm and after; peak VRAM with CUDA
     forward  transformers' modules vs the lean forward on one model: encode, AR step, decoder steps
-                                                                                          (dg_lsp.bench.forward)
-    gpu      the 26B-A4B architecture on CUDA: `python -m dg_model.bench.gpu` (arguments after `--` go to it)
-    remote   what the remote path (vLLM's API) adds to server-side time, on loopback       (dg_lsp.bench.remote)
+                                                                                              (dg_bench.forward)
+    gpu      the 26B-A4B architecture on CUDA: `python -m dg_bench.gpu` (arguments after `--` go to it)
+    remote   what the remote path (vLLM's API) adds to server-side time, on loopback           (dg_bench.remote)
     typing   a typing session in a real headless Neovim with the plugin, per ghost backend: suggestions shown per
-             pause, time to show, stale suggestions, accepts, start-up                  (dg_lsp.bench.typing_session)
+             pause, time to show, stale suggestions, accepts, start-up                      (dg_bench.typing_session)
 
 The model flags (--model/--device/--quantize) work as for the server. Registers itself as the `bench` sub-command on
 import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`); only argparse-level code runs at import.
@@ -24,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import cli
+from dg_lsp import cli
 
 BENCHES = ("latency", "speed", "memory", "forward", "gpu", "remote", "typing")
 DEFAULT_OUT = "bench_results"
@@ -39,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "speed": (speed.add_arguments, "diffusion vs AR decoding on HumanEval infilling tasks"),
         "memory": (memory.add_arguments, "server RSS idle and under load, peak VRAM with CUDA"),
         "forward": (forward.add_arguments, "transformers' modules vs the lean forward, step by step"),
-        "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_model.bench.gpu)"),
+        "gpu": (_gpu_arguments, "the full 26B-A4B architecture on CUDA (python -m dg_bench.gpu)"),
         "remote": (remote.add_arguments, "what the remote (OpenAI-compatible) path adds to server-side time"),
         "typing": (typing_session.add_arguments, "a typing session in headless Neovim with the plugin"),
     }
@@ -50,14 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help=f"write bench_{name}.json and .png here (default: ./{DEFAULT_OUT})")
         if name in ("latency", "memory"):
             sp.add_argument("--no-probe", dest="probe", action="store_false",
-                            help="run plain dg-lsp instead of dg_lsp.bench.probe (no heap numbers, no VRAM)")
+                            help="run plain dg-lsp instead of dg_bench.probe (no heap numbers, no VRAM)")
             sp.add_argument("--keep-log", action="store_true", help=f"keep the server log as bench_{name}.server.log")
         add(sp)
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=argparse.SUPPRESS)
 
 
 def _gpu_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("gpu_args", nargs="*", metavar="-- ARGS", help="passed to dg_model.bench.gpu, e.g. -- --bits 16")
+    p.add_argument("gpu_args", nargs="*", metavar="-- ARGS", help="passed to dg_bench.gpu, e.g. -- --bits 16")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,11 +114,11 @@ def run_in_process(name: str, module, args: argparse.Namespace, out: Path) -> in
 
 
 def run_gpu(args: argparse.Namespace, out: Path) -> int:
-    """`python -m dg_model.bench.gpu` in its own process (it owns the GPU), then its chart."""
+    """`python -m dg_bench.gpu` in its own process (it owns the GPU), then its chart."""
     extra = list(args.gpu_args)
     if "--out" not in extra:
         extra += ["--out", str(out / "bench_gpu.json")]
-    code = subprocess.call([sys.executable, "-m", "dg_model.bench.gpu", *extra])
+    code = subprocess.call([sys.executable, "-m", "dg_bench.gpu", *extra])
     result = Path(extra[extra.index("--out") + 1])
     if code == 0 and result.is_file():
         import json

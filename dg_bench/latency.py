@@ -166,7 +166,8 @@ class Sample:
 
 
 async def run(cfg: LatencyConfig, spec: ServerSpec, log_file: Path) -> dict[str, Any]:
-    from ..languages import spec_for
+    from dg_lsp.languages import spec_for
+
     from .session import Document, Server, read_log
 
     path = Path(cfg.file) if cfg.file else default_file()

@@ -1,4 +1,4 @@
-"""`python -m dg_lsp.bench.probe [dg-lsp flags]`: the real `dg-lsp` server plus debug requests for benchmarks and tests.
+"""`python -m dg_bench.probe [dg-lsp flags]`: the real `dg-lsp` server plus debug requests for benchmarks and tests.
 
 Everything the server does is unchanged (same `cli.main`, handlers, job runner and engine; the engine's `JobStats`
 come from the server's own `engine stats` log lines, `dg_lsp.answers.STATS_MARK`); the probe adds:

@@ -113,7 +113,8 @@ async def _storm(server: Server, doc: Document, typed: str, region_start: int, c
 
 
 async def run(cfg: MemoryConfig, spec: ServerSpec, log_file: Path) -> dict[str, Any]:
-    from ..languages import spec_for
+    from dg_lsp.languages import spec_for
+
     from .session import Document, Server, read_log
 
     path = Path(cfg.file) if cfg.file else latency.default_file()
