@@ -52,11 +52,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, (add, help_) in helps.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         cli._add_model_flags(sp, defaults=False)
-        sp.add_argument("--out", metavar="DIR", default=argparse.SUPPRESS,
-                        help=f"write bench_{name}.json and .png here (default: ./{DEFAULT_OUT})")
+        sp.add_argument(
+            "--out",
+            metavar="DIR",
+            default=argparse.SUPPRESS,
+            help=f"write bench_{name}.json and .png here (default: ./{DEFAULT_OUT})",
+        )
         if name in ("latency", "memory"):
-            sp.add_argument("--no-probe", dest="probe", action="store_false",
-                            help="run plain dg-lsp instead of dg_bench.probe (no heap numbers, no VRAM)")
+            sp.add_argument(
+                "--no-probe",
+                dest="probe",
+                action="store_false",
+                help="run plain dg-lsp instead of dg_bench.probe (no heap numbers, no VRAM)",
+            )
             sp.add_argument("--keep-log", action="store_true", help=f"keep the server log as bench_{name}.server.log")
         add(sp)
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=argparse.SUPPRESS)

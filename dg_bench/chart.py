@@ -69,13 +69,19 @@ def latency(r: dict[str, Any], path: Path) -> bool:
     ax2.set(xlabel="time to answer (ms)", ylabel="share of pauses", title="CDF", ylim=(0, 1.02))
 
     tok = r["tokens"]
-    bars = {"full encode\nper job": tok["full_encode_mean"], "re-encoded\nper job": tok["reencoded_per_job_mean"],
-            "full encode\nper keystroke": tok["full_encode_per_keystroke"],
-            "re-encoded\nper keystroke": tok["reencoded_per_keystroke"]}
+    bars = {
+        "full encode\nper job": tok["full_encode_mean"],
+        "re-encoded\nper job": tok["reencoded_per_job_mean"],
+        "full encode\nper keystroke": tok["full_encode_per_keystroke"],
+        "re-encoded\nper keystroke": tok["reencoded_per_keystroke"],
+    }
     ax3.bar(list(bars), [_num(v) for v in bars.values()], color=["tab:gray", "tab:green"] * 2)
     outcomes = r["requests"]["outcomes"]
-    ax3.set(ylabel="prompt tokens", title=f"prompt encoding; requests {outcomes}\nserver superseded "
-            f"{r['server_jobs']['superseded']}, engine cancelled {r['engine']['cancelled']}")
+    ax3.set(
+        ylabel="prompt tokens",
+        title=f"prompt encoding; requests {outcomes}\nserver superseded "
+        f"{r['server_jobs']['superseded']}, engine cancelled {r['engine']['cancelled']}",
+    )
     ax3.tick_params(axis="x", labelsize=8)
     ax3.title.set_fontsize(8)
     fig.suptitle(f"dg-lsp latency: {r['server']['status'].get('message', '')}", fontsize=10)
@@ -95,8 +101,13 @@ def memory(r: dict[str, Any], path: Path) -> bool:
     ax1.set(xlabel="s", ylabel="MiB", title=f"server RSS during {r['load']['keystrokes']} keystrokes")
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
-    bars = {"before model": m["before_model"], "idle": m["idle"], "load max": m["load"]["max"],
-            "after load": m["after_load"], "peak (HWM)": m["peak_hwm"]}
+    bars = {
+        "before model": m["before_model"],
+        "idle": m["idle"],
+        "load max": m["load"]["max"],
+        "after load": m["after_load"],
+        "peak (HWM)": m["peak_hwm"],
+    }
     if r["cuda"]["peak_allocated_mib"]:
         bars["CUDA peak"] = r["cuda"]["peak_allocated_mib"]
     ax2.bar(list(bars), [_num(v) for v in bars.values()], color="tab:blue")
@@ -111,17 +122,30 @@ def speed(r: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return _skip(path)
     kinds = list(r["kinds"])
-    metrics = [("tok_per_s", "new tokens / s"), ("tokens_per_forward", "tokens per forward"),
-               ("mean_steps", "forwards per task"), ("pass_at_1", "pass@1")]
+    metrics = [
+        ("tok_per_s", "new tokens / s"),
+        ("tokens_per_forward", "tokens per forward"),
+        ("mean_steps", "forwards per task"),
+        ("pass_at_1", "pass@1"),
+    ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4.2))
     for ax, (key, label) in zip(axes, metrics, strict=True):
-        _side_by_side(ax, kinds, [(mode, [_num(r["kinds"][k][mode].get(key)) for k in kinds], color)
-                                  for mode, color in (("diffusion", "tab:green"), ("ar", "tab:gray"),
-                                                      ("hybrid", "tab:blue")) if mode in r["kinds"][kinds[0]]])
+        _side_by_side(
+            ax,
+            kinds,
+            [
+                (mode, [_num(r["kinds"][k][mode].get(key)) for k in kinds], color)
+                for mode, color in (("diffusion", "tab:green"), ("ar", "tab:gray"), ("hybrid", "tab:blue"))
+                if mode in r["kinds"][kinds[0]]
+            ],
+        )
         ax.set_title(label)
     axes[0].legend(fontsize=8)
-    ratios = ", ".join(f"{k}: {_num(r['kinds'][k]['ratio']['tok_per_s']):.2f}x tok/s, "
-                       f"{_num(r['kinds'][k]['ratio']['task_latency']):.2f}x per task" for k in kinds)
+    ratios = ", ".join(
+        f"{k}: {_num(r['kinds'][k]['ratio']['tok_per_s']):.2f}x tok/s, "
+        f"{_num(r['kinds'][k]['ratio']['task_latency']):.2f}x per task"
+        for k in kinds
+    )
     fig.suptitle(f"diffusion / hybrid vs AR, {r['model']} on {r['device']}: diffusion {ratios}", fontsize=9)
     return _save(plt, fig, path)
 
@@ -132,13 +156,22 @@ def forward(r: dict[str, Any], path: Path) -> bool:
         return _skip(path)
     ops = list(r["ops"])
     fig, ax = plt.subplots(figsize=(1.6 * len(ops) + 2, 4.2))
-    _side_by_side(ax, ops, [(kind, [_num(r["ops"][op][f"{kind}_ms"]) for op in ops], color)
-                            for kind, color in (("hf", "tab:gray"), ("lean", "tab:green"))])
+    _side_by_side(
+        ax,
+        ops,
+        [
+            (kind, [_num(r["ops"][op][f"{kind}_ms"]) for op in ops], color)
+            for kind, color in (("hf", "tab:gray"), ("lean", "tab:green"))
+        ],
+    )
     for i, op in enumerate(ops):
         top = max(_num(r["ops"][op]["hf_ms"]), _num(r["ops"][op]["lean_ms"]))
         ax.annotate(f"{_num(r['ops'][op]['speedup']):.2f}x", (i, top), ha="center", va="bottom", fontsize=8)
-    ax.set(ylabel="median ms", title=f"transformers' modules vs lean forward, {r['model']} on {r['device']}, "
-                                     f"{r['torch_threads']} thread(s), prompt {r['prompt_tokens']}")
+    ax.set(
+        ylabel="median ms",
+        title=f"transformers' modules vs lean forward, {r['model']} on {r['device']}, "
+        f"{r['torch_threads']} thread(s), prompt {r['prompt_tokens']}",
+    )
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
@@ -153,12 +186,20 @@ def gpu(r: dict[str, Any], path: Path) -> bool:
     ax1.bar(canvases, [_num(r["steps"][c]["step_ms"]) for c in canvases], color="tab:blue")
     prefill = _num(r.get("prefill_ms"))
     ax1.set(xlabel="canvas (tokens)", ylabel="decoder step (ms, median)", title=f"prefill {prefill:.0f} ms")
-    _side_by_side(ax2, canvases, [(f"{k} tokens/forward", [_num(r["steps"][c]["tok_per_s"].get(k)) for c in canvases],
-                                    None) for k in ("15", "20")])
+    _side_by_side(
+        ax2,
+        canvases,
+        [
+            (f"{k} tokens/forward", [_num(r["steps"][c]["tok_per_s"].get(k)) for c in canvases], None)
+            for k in ("15", "20")
+        ],
+    )
     ax2.set(xlabel="canvas (tokens)", ylabel="projected tokens/s", title="projected decode speed")
     ax2.legend(fontsize=8, loc="lower right")
     peak = (r.get("memory_after_steps") or {}).get("peak_gib")
     vram = f", VRAM peak {peak:.1f} GiB" if peak else ""
-    fig.suptitle(f"{r['config']} on {r['device']}: experts {r['expert_bits']}-bit, dense {r['dense_bits']}-bit{vram}",
-                 fontsize=10)
+    fig.suptitle(
+        f"{r['config']} on {r['device']}: experts {r['expert_bits']}-bit, dense {r['dense_bits']}-bit{vram}",
+        fontsize=10,
+    )
     return _save(plt, fig, path)

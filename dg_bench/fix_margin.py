@@ -54,9 +54,11 @@ def gains(engine, doc: str, start: int, end: int, restored: str | None = None) -
     if current.problems:
         return None
     here = fixer.score([current.block], detail=True)[0]
-    proposals = (repairs.substitutions(current.block, here.tokens)
-                 + repairs.renames(current.block, doc, [], fixer.pool, bc.start)
-                 + repairs.operator_flips(current.block))
+    proposals = (
+        repairs.substitutions(current.block, here.tokens)
+        + repairs.renames(current.block, doc, [], fixer.pool, bc.start)
+        + repairs.operator_flips(current.block)
+    )
     options = fixer.admissible(fix._Option(current.block, [], here.logprob), proposals)
     if not options:
         return float("-inf"), None
@@ -97,13 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     flips = [r for r in rows if r["kind"] != "intact"]
     table = []
     for m in MARGINS:
-        table.append({
-            "margin": m,
-            "intact_changed": round(sum(r["best_gain"] >= m for r in intact) / max(1, len(intact)), 3),
-            "flips_restored": round(sum(_restores(r, m) for r in flips) / max(1, len(flips)), 3),
-        })
-    report = {"corpus": str(args.corpus), "model": args.model or "embedded", "intact": len(intact),
-              "flipped": len(flips), "margins": table, "current_margin": fix.MARGIN, "rows": rows}
+        table.append(
+            {
+                "margin": m,
+                "intact_changed": round(sum(r["best_gain"] >= m for r in intact) / max(1, len(intact)), 3),
+                "flips_restored": round(sum(_restores(r, m) for r in flips) / max(1, len(flips)), 3),
+            }
+        )
+    report = {
+        "corpus": str(args.corpus),
+        "model": args.model or "embedded",
+        "intact": len(intact),
+        "flipped": len(flips),
+        "margins": table,
+        "current_margin": fix.MARGIN,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))

@@ -30,10 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, default=480, help="prompt length (default 480, the server's budget)")
     p.add_argument("--canvases", default=",".join(map(str, CANVASES)), help="decoder canvas sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per operation (default 30)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1, as the server on 2 cores)")
-    p.add_argument("--size", help="instead of loading --model, build an architecture.SIZES preset (tiny, embedded, "
-                                  "medium) with random weights: the cost of a size before anyone trains it")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1, as the server on 2 cores)"
+    )
+    p.add_argument(
+        "--size",
+        help="instead of loading --model, build an architecture.SIZES preset (tiny, embedded, "
+        "medium) with random weights: the cost of a size before anyone trains it",
+    )
 
 
 def _prompt_ids(tokenizer, n: int) -> list[int]:
@@ -111,9 +115,17 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         for kind, f in fwds.items():
             f.encode(ids, caches[kind], 0)
         sc_logits = {c: fwds["hf"].decoder_logits(noise[c], caches["hf"], None) for c in canvases}
-        max_diff = max(float((fwds["hf"].decoder_logits(noise[c], caches["hf"], sc_logits[c])
-                              - fwds["lean"].decoder_logits(noise[c], caches["lean"], sc_logits[c])).abs().max())
-                       for c in canvases)
+        max_diff = max(
+            float(
+                (
+                    fwds["hf"].decoder_logits(noise[c], caches["hf"], sc_logits[c])
+                    - fwds["lean"].decoder_logits(noise[c], caches["lean"], sc_logits[c])
+                )
+                .abs()
+                .max()
+            )
+            for c in canvases
+        )
         tables = {kind: ops(kind) for kind in fwds}
         times: dict[str, dict[str, list[float]]] = {k: {op: [] for op in tables[k]} for k in fwds}
         for op in tables["hf"]:
@@ -123,15 +135,21 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
                 order = ("hf", "lean") if r % 2 == 0 else ("lean", "hf")
                 for kind in order:
                     times[kind][op].append(_time(tables[kind][op]))
-            say(f"{op}: hf {statistics.median(times['hf'][op]):.2f} ms, "
-                f"lean {statistics.median(times['lean'][op]):.2f} ms")
+            say(
+                f"{op}: hf {statistics.median(times['hf'][op]):.2f} ms, "
+                f"lean {statistics.median(times['lean'][op]):.2f} ms"
+            )
 
     ops_report = {}
     for op in times["hf"]:
         hf, lean = statistics.median(times["hf"][op]), statistics.median(times["lean"][op])
-        ops_report[op] = {"hf_ms": round(hf, 3), "lean_ms": round(lean, 3), "speedup": round(hf / lean, 3),
-                          "hf_p90_ms": round(sorted(times["hf"][op])[int(0.9 * (args.rounds - 1))], 3),
-                          "lean_p90_ms": round(sorted(times["lean"][op])[int(0.9 * (args.rounds - 1))], 3)}
+        ops_report[op] = {
+            "hf_ms": round(hf, 3),
+            "lean_ms": round(lean, 3),
+            "speedup": round(hf / lean, 3),
+            "hf_p90_ms": round(sorted(times["hf"][op])[int(0.9 * (args.rounds - 1))], 3),
+            "lean_p90_ms": round(sorted(times["lean"][op])[int(0.9 * (args.rounds - 1))], 3),
+        }
     return {
         "bench": "forward",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -148,11 +166,12 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
 
 
 def print_report(r: dict[str, Any]) -> None:
-    print(f"forward: {r['model']} ({r['params'] / 1e6:.1f} M parameters) on {r['device']}, "
-          f"{r['torch_threads']} thread(s), "
-          f"prompt {r['prompt_tokens']} tokens, "
-          f"medians of {r['rounds']} alternating rounds; max |logit diff| {r['max_logit_diff']:.2e}")
+    print(
+        f"forward: {r['model']} ({r['params'] / 1e6:.1f} M parameters) on {r['device']}, "
+        f"{r['torch_threads']} thread(s), "
+        f"prompt {r['prompt_tokens']} tokens, "
+        f"medians of {r['rounds']} alternating rounds; max |logit diff| {r['max_logit_diff']:.2e}"
+    )
     print(f"{'operation':<12} {'hf ms':>9} {'lean ms':>9} {'speed-up':>9}")
     for op, o in r["ops"].items():
         print(f"{op:<12} {o['hf_ms']:>9.2f} {o['lean_ms']:>9.2f} {o['speedup']:>8.2f}x")
-

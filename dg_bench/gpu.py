@@ -196,11 +196,16 @@ def run(args) -> dict:
     _sync(device)
     result = {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
-        "torch": torch.__version__, "config": "tiny" if args.tiny else "diffusiongemma-26B-A4B",
-        "dtype": str(dtype).removeprefix("torch."), "expert_bits": args.bits, "dense_bits": dense_bits,
+        "torch": torch.__version__,
+        "config": "tiny" if args.tiny else "diffusiongemma-26B-A4B",
+        "dtype": str(dtype).removeprefix("torch."),
+        "expert_bits": args.bits,
+        "dense_bits": dense_bits,
         "blocksize": args.blocksize,
-        "params": param_counts(config), "build_s": time.perf_counter() - t0,
-        "footprint_gib": footprint_bytes(model) / 1024**3, "memory_after_build": _memory(device),
+        "params": param_counts(config),
+        "build_s": time.perf_counter() - t0,
+        "footprint_gib": footprint_bytes(model) / 1024**3,
+        "memory_after_build": _memory(device),
     }
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()  # memory_after_steps' peak = serving peak, not build peak
@@ -215,7 +220,9 @@ def run(args) -> dict:
         step = _compiled_or_eager(decoder_step, (model, cache, canvas, sc), result) if args.compile else decoder_step
         ms, times = time_ms(functools.partial(step, model, cache, canvas, sc), device, args.warmup, args.iters)
         result["steps"][str(c)] = {
-            "step_ms": ms, "min_ms": min(times), "max_ms": max(times),
+            "step_ms": ms,
+            "min_ms": min(times),
+            "max_ms": max(times),
             "tok_per_s": {str(k): k / (ms / 1e3) for k in TOKENS_PER_FORWARD if k <= c},
         }
         del sc
@@ -225,10 +232,14 @@ def run(args) -> dict:
 
 def print_table(r: dict) -> None:
     p = r["params"]
-    print(f"{r['config']} on {r['device']} ({r['dtype']}, experts {r['expert_bits']}-bit, "
-          f"dense {r['dense_bits']}-bit, blocksize {r['blocksize']})")
-    print(f"params total {p['total'] / 1e9:.4g} B, active (text) {p['active_text'] / 1e9:.4g} B; "
-          f"build {r['build_s']:.1f} s; footprint {r['footprint_gib']:.2f} GiB; memory {r['memory_after_build']}")
+    print(
+        f"{r['config']} on {r['device']} ({r['dtype']}, experts {r['expert_bits']}-bit, "
+        f"dense {r['dense_bits']}-bit, blocksize {r['blocksize']})"
+    )
+    print(
+        f"params total {p['total'] / 1e9:.4g} B, active (text) {p['active_text'] / 1e9:.4g} B; "
+        f"build {r['build_s']:.1f} s; footprint {r['footprint_gib']:.2f} GiB; memory {r['memory_after_build']}"
+    )
     print(f"prefill {r.get('prompt_len', '')} tokens: {r['prefill_ms']:.1f} ms")
     print(f"{'canvas':>6} {'step ms':>9} {'tok/s @15':>10} {'tok/s @20':>10}")
     for c, s in r["steps"].items():
@@ -242,8 +253,13 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny config (CPU smoke test)")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--bits", type=int, default=4, choices=(4, 8, 16), help="expert weights; 16 = bf16 baseline")
-    ap.add_argument("--dense-bits", type=int, default=None, choices=(4, 8, 16),
-                    help="dense nn.Linear weights via bnb Linear4bit/Linear8bitLt; default: as --bits")
+    ap.add_argument(
+        "--dense-bits",
+        type=int,
+        default=None,
+        choices=(4, 8, 16),
+        help="dense nn.Linear weights via bnb Linear4bit/Linear8bitLt; default: as --bits",
+    )
     ap.add_argument("--blocksize", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--canvases", type=int, nargs="+", default=[32, 64, 256])

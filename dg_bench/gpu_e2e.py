@@ -128,8 +128,12 @@ def plan(config, max_len: int, max_canvas: int) -> dict:
     kv = kv_cache_bytes(config, max_len)
     logits = 4 * max_canvas * config.text_config.vocab_size * 4  # fp32 logits, probs, self-cond. copy, sampler
     return {
-        kind: {"weights_gib": w / GIB, "kv_cache_gib": kv / GIB, "logits_gib": logits / GIB,
-               "total_gib": (w + kv + logits) / GIB}
+        kind: {
+            "weights_gib": w / GIB,
+            "kv_cache_gib": kv / GIB,
+            "logits_gib": logits / GIB,
+            "total_gib": (w + kv + logits) / GIB,
+        }
         for kind, w in weights.items()
     }
 
@@ -202,8 +206,14 @@ def generate(model, prompt, canvas: int, steps: int, new_tokens: int, compiled: 
         _sync(prompt.device)
         t0 = time.perf_counter()
         out = model.generate(
-            prompt, max_new_tokens=new_tokens, max_denoising_steps=steps, stability_threshold=None,
-            confidence_threshold=None, eos_token_id=None, pad_token_id=0, cache_implementation="static",
+            prompt,
+            max_new_tokens=new_tokens,
+            max_denoising_steps=steps,
+            stability_threshold=None,
+            confidence_threshold=None,
+            eos_token_id=None,
+            pad_token_id=0,
+            cache_implementation="static",
             disable_compile=not compiled,
         )
         _sync(prompt.device)
@@ -219,6 +229,7 @@ def generate(model, prompt, canvas: int, steps: int, new_tokens: int, compiled: 
 @torch.no_grad()
 def prefill_ms(model, prompt, max_len: int, reps: int) -> float:
     """Median ms of the eager prefill into a fresh StaticCache (what generate does first)."""
+
     def once():
         cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=max_len)
         model.model.encoder(input_ids=prompt, cache=cache)
@@ -253,10 +264,19 @@ def measure_canvas(model, prompt, canvas: int, args, state: dict) -> dict:
     assert len(steps) == args.reps * blocks * args.steps, (len(steps), blocks)
     e2e, step = statistics.median(walls), statistics.median(steps)
     return {
-        "new_tokens": new_tokens, "blocks": blocks, "steps_per_block": args.steps,
-        "tokens_per_forward": canvas / args.steps, "forwards": blocks * args.steps, "commits": blocks - 1,
-        "step_ms": step, "step_ms_min": min(steps), "step_ms_max": max(steps), "commit_ms": _median(commits),
-        "e2e_ms": e2e, "e2e_ms_all": walls, "tok_s": new_tokens / (e2e / 1e3),
+        "new_tokens": new_tokens,
+        "blocks": blocks,
+        "steps_per_block": args.steps,
+        "tokens_per_forward": canvas / args.steps,
+        "forwards": blocks * args.steps,
+        "commits": blocks - 1,
+        "step_ms": step,
+        "step_ms_min": min(steps),
+        "step_ms_max": max(steps),
+        "commit_ms": _median(commits),
+        "e2e_ms": e2e,
+        "e2e_ms_all": walls,
+        "tok_s": new_tokens / (e2e / 1e3),
         "compiled": state["compiled"],
     }
 
@@ -284,12 +304,24 @@ def run(args) -> dict:
     max_len = args.prompt_len + max(max(args.new_tokens, 2 * c) for c in args.canvases)
     compile_wanted = cuda if args.compile == "auto" else args.compile == "yes"
     result = {
-        "device": _device_name(device), "experts": args.experts,
-        "config": "tiny" if args.tiny else "diffusiongemma-26B-A4B", "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "prompt_len": args.prompt_len, "steps": args.steps,
-        "budget_s": args.budget_s, "plan": plan(config, max_len, max(args.canvases))[args.experts],
-        "compiled": compile_wanted, "compiled_reason": "requested" if compile_wanted else f"--compile {args.compile}",
-        "step_ms": {}, "e2e_ms": {}, "tok_s": {}, "projected_tok_s": {}, "canvases": {}, "skipped": [],
+        "device": _device_name(device),
+        "experts": args.experts,
+        "config": "tiny" if args.tiny else "diffusiongemma-26B-A4B",
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "prompt_len": args.prompt_len,
+        "steps": args.steps,
+        "budget_s": args.budget_s,
+        "plan": plan(config, max_len, max(args.canvases))[args.experts],
+        "compiled": compile_wanted,
+        "compiled_reason": "requested" if compile_wanted else f"--compile {args.compile}",
+        "step_ms": {},
+        "e2e_ms": {},
+        "tok_s": {},
+        "projected_tok_s": {},
+        "canvases": {},
+        "skipped": [],
         "projection_note": "projected_tok_s = k / step_ms at k tokens per forward: a projection, not measured",
         "complete": False,
     }
@@ -353,22 +385,41 @@ def run_all(args) -> dict:
 
 def _child_args(args) -> list[str]:
     """The command-line flags of one kind's run (everything but --all/--kinds/--experts/--out)."""
-    out = ["--prompt-len", str(args.prompt_len), "--canvases", *map(str, args.canvases), "--steps", str(args.steps),
-           "--new-tokens", str(args.new_tokens), "--reps", str(args.reps), "--compile", args.compile,
-           "--budget-s", str(args.budget_s)]
+    out = [
+        "--prompt-len",
+        str(args.prompt_len),
+        "--canvases",
+        *map(str, args.canvases),
+        "--steps",
+        str(args.steps),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--reps",
+        str(args.reps),
+        "--compile",
+        args.compile,
+        "--budget-s",
+        str(args.budget_s),
+    ]
     return out + (["--tiny"] if args.tiny else []) + (["--device", args.device] if args.device else [])
 
 
 def print_table(r: dict) -> None:
-    print(f"{r.get('experts')} experts on {r.get('device')} ({r.get('config')}); compiled {r.get('compiled')} "
-          f"({r.get('compiled_reason')}); prefill {r.get('prefill_ms')} ms; peak {r.get('peak_gib')} GiB")
-    print(f"{'canvas':>6} {'tok/fwd':>7} {'step ms':>9} {'commit ms':>9} {'e2e ms':>9} {'tok/s':>8} "
-          f"{'proj@15':>8} {'proj@20':>8}")
+    print(
+        f"{r.get('experts')} experts on {r.get('device')} ({r.get('config')}); compiled {r.get('compiled')} "
+        f"({r.get('compiled_reason')}); prefill {r.get('prefill_ms')} ms; peak {r.get('peak_gib')} GiB"
+    )
+    print(
+        f"{'canvas':>6} {'tok/fwd':>7} {'step ms':>9} {'commit ms':>9} {'e2e ms':>9} {'tok/s':>8} "
+        f"{'proj@15':>8} {'proj@20':>8}"
+    )
     for c, s in r.get("canvases", {}).items():
         p = r["projected_tok_s"][c]
         commit = s["commit_ms"] if s["commit_ms"] is not None else float("nan")
-        print(f"{c:>6} {s['tokens_per_forward']:>7.1f} {s['step_ms']:>9.2f} {commit:>9.2f} {s['e2e_ms']:>9.1f} "
-              f"{s['tok_s']:>8.0f} {p['15']:>8.0f} {p['20']:>8.0f}")
+        print(
+            f"{c:>6} {s['tokens_per_forward']:>7.1f} {s['step_ms']:>9.2f} {commit:>9.2f} {s['e2e_ms']:>9.1f} "
+            f"{s['tok_s']:>8.0f} {p['15']:>8.0f} {p['20']:>8.0f}"
+        )
     if r.get("skipped"):
         print(f"skipped (budget): {r['skipped']}")
 
@@ -397,12 +448,17 @@ def main(argv=None) -> dict:
     if args.plan:
         config = tiny_config() if args.tiny else load_config()
         max_len = args.prompt_len + max(max(args.new_tokens, 2 * c) for c in args.canvases)
-        result = {"config": "tiny" if args.tiny else "diffusiongemma-26B-A4B", "max_len": max_len,
-                  "plan": plan(config, max_len, max(args.canvases))}
+        result = {
+            "config": "tiny" if args.tiny else "diffusiongemma-26B-A4B",
+            "max_len": max_len,
+            "plan": plan(config, max_len, max(args.canvases)),
+        }
         _write(args.out, result)
         for kind, p in result["plan"].items():
-            print(f"{kind:>5}: weights {p['weights_gib']:.2f} GiB + KV cache {p['kv_cache_gib']:.2f} + logits "
-                  f"{p['logits_gib']:.2f} = {p['total_gib']:.2f} GiB")
+            print(
+                f"{kind:>5}: weights {p['weights_gib']:.2f} GiB + KV cache {p['kv_cache_gib']:.2f} + logits "
+                f"{p['logits_gib']:.2f} = {p['total_gib']:.2f} GiB"
+            )
         return result
     if args.all:
         return run_all(args)

@@ -60,8 +60,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-pauses", dest="every_keystroke", action="store_false", help="request only at pauses")
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="longest wait for an answer at a pause")
     p.add_argument("--debounce-ms", type=int, default=d.debounce_ms, help="server debounceMs (default: its own)")
-    p.add_argument("--type-ahead", type=lambda v: {"on": True, "off": False}[v], default=d.type_ahead,
-                   metavar="on|off", help="server typeAhead (default: its own)")
+    p.add_argument(
+        "--type-ahead",
+        type=lambda v: {"on": True, "off": False}[v],
+        default=d.type_ahead,
+        metavar="on|off",
+        help="server typeAhead (default: its own)",
+    )
     p.add_argument("--time-limit-s", type=float, default=d.time_limit_s, help="stop typing after this long")
 
 
@@ -101,8 +106,10 @@ def pick_region(source: str, region: str, chars: int) -> tuple[int, int]:
     if bodies:
         middle = len(starts) / 2
         # long enough bodies first, then the one nearest the middle of the file
-        a, b = min(bodies, key=lambda ab: (starts[min(ab[1], len(starts) - 1)] - starts[ab[0] - 1] < chars // 2,
-                                           abs(ab[0] - middle)))
+        a, b = min(
+            bodies,
+            key=lambda ab: (starts[min(ab[1], len(starts) - 1)] - starts[ab[0] - 1] < chars // 2, abs(ab[0] - middle)),
+        )
         return _whole_lines(source, starts[a - 1], starts[b] if b < len(starts) else len(source), chars)
     a = len(starts) // 2
     return _whole_lines(source, starts[a], len(source), chars)
@@ -200,8 +207,9 @@ async def run(cfg: LatencyConfig, spec: ServerSpec, log_file: Path) -> dict[str,
         memory = server.proc_memory()
         await server.stop()
     log = read_log(log_file)
-    return _report(cfg, spec, path, source, start, typed, keys, samples_done, log, status, load_s, first_ms, elapsed,
-                   memory)
+    return _report(
+        cfg, spec, path, source, start, typed, keys, samples_done, log, status, load_s, first_ms, elapsed, memory
+    )
 
 
 async def _first_request(server: Server, doc: Document, timeout: float) -> float | None:
@@ -308,9 +316,15 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
         "bench": "latency",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()},
-        "server": {"model": spec.model or "embedded", "device": spec.device, "quantize": spec.quantize,
-                   "probe": spec.probe, "status": status, "load_s": load_s,
-                   "rss_bytes_at_end": memory.get("rss_bytes")},
+        "server": {
+            "model": spec.model or "embedded",
+            "device": spec.device,
+            "quantize": spec.quantize,
+            "probe": spec.probe,
+            "status": status,
+            "load_s": load_s,
+            "rss_bytes_at_end": memory.get("rss_bytes"),
+        },
         "config": asdict(cfg),
         "file": str(path),
         "region": {"start_line": source.count("\n", 0, start) + 1, "chars": len(typed)},
@@ -320,8 +334,12 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
         "requests": {"sent": len(samples), "at_pauses": len(pauses), "outcomes": outcomes},
         "time_to_result_ms": summary(with_items),
         "time_to_answer_ms": summary(answered),
-        "server_jobs": {"superseded": log.superseded, "cancelled": log.cancelled, "errors": len(log.errors),
-                        "typed_ahead": log.typed_ahead},
+        "server_jobs": {
+            "superseded": log.superseded,
+            "cancelled": log.cancelled,
+            "errors": len(log.errors),
+            "typed_ahead": log.typed_ahead,
+        },
         "engine": {
             "jobs": len(jobs),
             "done": len(done),
@@ -344,20 +362,28 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
 
 def print_report(r: dict[str, Any]) -> None:
     ttr, tta, tok, eng = r["time_to_result_ms"], r["time_to_answer_ms"], r["tokens"], r["engine"]
-    print(f"latency: {r['server']['status'].get('message', '')}; {r['keystrokes']} keystrokes of {r['file']} "
-          f"(line {r['region']['start_line']}) in {r['typing_s']:.1f} s")
+    print(
+        f"latency: {r['server']['status'].get('message', '')}; {r['keystrokes']} keystrokes of {r['file']} "
+        f"(line {r['region']['start_line']}) in {r['typing_s']:.1f} s"
+    )
     if r["first_request_ms"] is not None:
         print(f"  first (cold, explicit) request {r['first_request_ms']:.0f} ms")
     print(f"  time-to-result (with items) p50 {ttr['p50']:.0f} ms  p95 {ttr['p95']:.0f} ms  (n={ttr['n']})")
     print(f"  time-to-answer (all pauses)  p50 {tta['p50']:.0f} ms  p95 {tta['p95']:.0f} ms  (n={tta['n']})")
-    print(f"  requests {r['requests']['sent']} {r['requests']['outcomes']}; server: superseded "
-          f"{r['server_jobs']['superseded']}, cancelled {r['server_jobs']['cancelled']}, answered typed-ahead "
-          f"{r['server_jobs'].get('typed_ahead', 0)}")
-    print(f"  engine jobs {eng['jobs']} (done {eng['done']}, cancelled {eng['cancelled']}, errors {eng['errors']}); "
-          f"encode p50 {eng['encode_ms']['p50']:.1f} ms, steps mean {eng['steps']['mean']:.1f}")
-    print(f"  prompt tokens per job {tok['full_encode_mean']:.0f} (full encode) vs re-encoded "
-          f"{tok['reencoded_per_job_mean']:.1f}; per keystroke {tok['reencoded_per_keystroke']:.1f} re-encoded vs "
-          f"{tok['full_encode_per_keystroke']:.1f} without reuse (reuse {tok['reuse_ratio']:.0%})")
+    print(
+        f"  requests {r['requests']['sent']} {r['requests']['outcomes']}; server: superseded "
+        f"{r['server_jobs']['superseded']}, cancelled {r['server_jobs']['cancelled']}, answered typed-ahead "
+        f"{r['server_jobs'].get('typed_ahead', 0)}"
+    )
+    print(
+        f"  engine jobs {eng['jobs']} (done {eng['done']}, cancelled {eng['cancelled']}, errors {eng['errors']}); "
+        f"encode p50 {eng['encode_ms']['p50']:.1f} ms, steps mean {eng['steps']['mean']:.1f}"
+    )
+    print(
+        f"  prompt tokens per job {tok['full_encode_mean']:.0f} (full encode) vs re-encoded "
+        f"{tok['reencoded_per_job_mean']:.1f}; per keystroke {tok['reencoded_per_keystroke']:.1f} re-encoded vs "
+        f"{tok['full_encode_per_keystroke']:.1f} without reuse (reuse {tok['reuse_ratio']:.0%})"
+    )
 
 
 def main(args: argparse.Namespace, spec: ServerSpec, out: Path, log_file: Path) -> int:

@@ -48,13 +48,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = MemoryConfig()
     p.add_argument("--file", default=d.file, help="the file to type into (default: the stdlib's textwrap.py)")
     p.add_argument("--load-s", type=float, default=d.load_s, help=f"seconds of typing storm (default {d.load_s:g})")
-    p.add_argument("--keystroke-ms", type=float, default=d.keystroke_ms,
-                   help=f"time between keystrokes (default {d.keystroke_ms:g}: 50 keys/s)")
-    p.add_argument("--await-every", type=int, default=d.await_every,
-                   help="wait for every Nth request's answer, sent as an explicit request (default 0: never)")
+    p.add_argument(
+        "--keystroke-ms",
+        type=float,
+        default=d.keystroke_ms,
+        help=f"time between keystrokes (default {d.keystroke_ms:g}: 50 keys/s)",
+    )
+    p.add_argument(
+        "--await-every",
+        type=int,
+        default=d.await_every,
+        help="wait for every Nth request's answer, sent as an explicit request (default 0: never)",
+    )
     p.add_argument("--sample-ms", type=float, default=d.sample_ms, help="RSS sampling interval")
-    p.add_argument("--series-s", type=float, default=d.series_s,
-                   help=f"interval of the reported RSS series (default {d.series_s:g})")
+    p.add_argument(
+        "--series-s",
+        type=float,
+        default=d.series_s,
+        help=f"interval of the reported RSS series (default {d.series_s:g})",
+    )
 
 
 def config_from(args: argparse.Namespace) -> MemoryConfig:
@@ -135,8 +147,12 @@ async def run(cfg: MemoryConfig, spec: ServerSpec, log_file: Path) -> dict[str, 
         result["load_s"] = time.monotonic() - t0
         await asyncio.sleep(cfg.settle_s)
         result["idle"] = server.proc_memory()
-        doc = Document(server, (Path(workspace) / path.name).as_uri(), source[:start] + source[end:],
-                       language.ids[0] if language else "plaintext")
+        doc = Document(
+            server,
+            (Path(workspace) / path.name).as_uri(),
+            source[:start] + source[end:],
+            language.ids[0] if language else "plaintext",
+        )
         doc.cursor = start
         doc.open()
         _, first = server.inline(doc, automatic=False)  # the first answer: the prompt encoded, the model warm
@@ -189,12 +205,20 @@ def _report(cfg, spec, path, status, counts, result, debug, samples, log) -> dic
         "bench": "memory",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "python": platform.python_version()},
-        "server": {"model": spec.model or "embedded", "device": spec.device, "quantize": spec.quantize,
-                   "status": status, "load_s": result["load_s"]},
+        "server": {
+            "model": spec.model or "embedded",
+            "device": spec.device,
+            "quantize": spec.quantize,
+            "status": status,
+            "load_s": result["load_s"],
+        },
         "config": asdict(cfg),
         "file": str(path),
-        "load": counts | {"wall_s": result["load_wall_s"],
-                          "keys_per_s": counts["keystrokes"] / result["load_wall_s"] if result["load_wall_s"] else 0},
+        "load": counts
+        | {
+            "wall_s": result["load_wall_s"],
+            "keys_per_s": counts["keystrokes"] / result["load_wall_s"] if result["load_wall_s"] else 0,
+        },
         "rss_mib": {
             **rss,
             "load": {k: (v / MIB if k != "n" else v) for k, v in summary([float(x) for x in load_rss]).items()},
@@ -208,13 +232,19 @@ def _report(cfg, spec, path, status, counts, result, debug, samples, log) -> dic
         "heap_mib": {k: _heap(d) for k, d in debug.items()},
         # bytes in use that a full garbage collection gave back: held by reference cycles until then
         "held_by_cycles_mib": (after.get("heap_in_use_bytes", 0) - after_gc.get("heap_in_use_bytes", 0)) / MIB
-        if after and after_gc else None,
-        "cuda": {"peak_allocated_mib": cuda_peak / MIB if cuda_peak else None,
-                 "reserved_mib": after.get("cuda_reserved_bytes", 0) / MIB or None},
+        if after and after_gc
+        else None,
+        "cuda": {
+            "peak_allocated_mib": cuda_peak / MIB if cuda_peak else None,
+            "reserved_mib": after.get("cuda_reserved_bytes", 0) / MIB or None,
+        },
         # left in the server after the load: pygls' futures, open documents, cached answers, threads, ...
         "server_tables": {k: v for k, v in after.items() if not k.endswith("bytes")},
-        "engine_jobs": {"jobs": len(log.stats), "done": sum(1 for r in log.stats if r.get("outcome") == "done"),
-                        "cancelled": sum(1 for r in log.stats if r.get("outcome") == "cancelled")},
+        "engine_jobs": {
+            "jobs": len(log.stats),
+            "done": sum(1 for r in log.stats if r.get("outcome") == "done"),
+            "cancelled": sum(1 for r in log.stats if r.get("outcome") == "cancelled"),
+        },
         "timeline": [[round(t, 3), round(rss / MIB, 2)] for t, rss in samples],
     }
 
@@ -222,10 +252,12 @@ def _report(cfg, spec, path, status, counts, result, debug, samples, log) -> dic
 def print_report(r: dict[str, Any]) -> None:
     m = r["rss_mib"]
     print(f"memory: {r['server']['status'].get('message', '')}")
-    print(f"  RSS before the model {m['before_model']:.0f} MiB, idle {m['idle']:.0f} MiB, after the first answer "
-          f"{m['first_answer']:.0f} MiB, under load p50 {m['load']['p50']:.0f} / max {m['load']['max']:.0f} MiB, "
-          f"after {m['after_load']:.0f} MiB (growth from the first answer {m['growth_first_answer_to_after']:+.1f} "
-          f"MiB), peak (VmHWM) {m['peak_hwm']:.0f} MiB")
+    print(
+        f"  RSS before the model {m['before_model']:.0f} MiB, idle {m['idle']:.0f} MiB, after the first answer "
+        f"{m['first_answer']:.0f} MiB, under load p50 {m['load']['p50']:.0f} / max {m['load']['max']:.0f} MiB, "
+        f"after {m['after_load']:.0f} MiB (growth from the first answer {m['growth_first_answer_to_after']:+.1f} "
+        f"MiB), peak (VmHWM) {m['peak_hwm']:.0f} MiB"
+    )
     print(f"  RSS series (s, MiB): {', '.join(f'{t:.0f}: {v:.0f}' for t, v in r['series'])}")
     for when, heap in r["heap_mib"].items():
         print(f"  heap {when}: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in heap.items()))

@@ -97,8 +97,9 @@ class ConstantEngine:
 
 
 class StubServer:
-    def __init__(self, engine: Engine, model: str = "stub", api_key: str | None = None, port: int = 0,
-                 tokenize: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, model: str = "stub", api_key: str | None = None, port: int = 0, tokenize: bool = True
+    ) -> None:
         self.engine, self.model, self.api_key, self.tokenize = engine, model, api_key, tokenize
         self.delay_s = 0.0
         self.fail: tuple[int, str] | None = None
@@ -144,8 +145,12 @@ class StubServer:
         if path == "/tokenize" and not self.tokenize:
             return 404, {"detail": "Not Found"}
         if body.get("model") != self.model:
-            return 404, {"object": "error", "message": f"The model `{body.get('model')}` does not exist.",
-                         "type": "NotFoundError", "code": 404}
+            return 404, {
+                "object": "error",
+                "message": f"The model `{body.get('model')}` does not exist.",
+                "type": "NotFoundError",
+                "code": 404,
+            }
         if path == "/tokenize":
             count = self.engine.count_tokens(body.get("prompt", ""))
             answer = {"count": count, "tokens": list(range(count)), "max_model_len": 8192}
@@ -166,19 +171,25 @@ class StubServer:
         texts = (texts * body.get("n", 1))[: body.get("n", 1)]
         if chat:  # as an instruction-tuned model writes it: a sentence, then the code in a fence
             said = [f"Here is the code:\n```python\n{t}\n```" for t in texts]
-            choices = [{"index": i, "message": {"role": "assistant", "content": s}, "finish_reason": "stop"}
-                       for i, s in enumerate(said)]
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": s}, "finish_reason": "stop"}
+                for i, s in enumerate(said)
+            ]
         else:
             choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
         usage = {"prompt_tokens": 10, "completion_tokens": sum(len(t) // 4 for t in texts)}
-        return 200, {"object": "chat.completion" if chat else "text_completion", "model": self.model,
-                     "choices": choices, "usage": usage}
+        return 200, {
+            "object": "chat.completion" if chat else "text_completion",
+            "model": self.model,
+            "choices": choices,
+            "usage": usage,
+        }
 
     def _fim_job(self, body: dict, cancel: threading.Event) -> InfillJob | None:
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str) or not prompt.startswith(BOS_TEXT):
             return None
-        head = prompt[len(BOS_TEXT):]
+        head = prompt[len(BOS_TEXT) :]
         spm, psm = _SPM.search(head), _PSM.search(head)
         if spm is None and psm is None:
             return None
@@ -186,8 +197,14 @@ class StubServer:
         assert match is not None
         suffix, prefix = match.groups() if spm else match.groups()[::-1]
         snippets = [s for s in head[: match.start()].split(FILE_SEP_TEXT) if s]
-        return InfillJob(prefix=prefix, suffix=suffix, n=body.get("n", 1), max_tokens=body.get("max_tokens", 64),
-                         context=tuple(snippets), cancel=cancel)
+        return InfillJob(
+            prefix=prefix,
+            suffix=suffix,
+            n=body.get("n", 1),
+            max_tokens=body.get("max_tokens", 64),
+            context=tuple(snippets),
+            cancel=cancel,
+        )
 
     def _chat_job(self, body: dict, cancel: threading.Event) -> InfillJob | RewriteJob | None:
         content = (body.get("messages") or [{}])[-1].get("content", "")
@@ -239,8 +256,15 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self, method: str, body: dict) -> None:
             auth = self.headers.get("Authorization")
-            stub.requests.append({"method": method, "path": self.path, "body": body, "authorization": auth,
-                                  "port": self.client_address[1]})
+            stub.requests.append(
+                {
+                    "method": method,
+                    "path": self.path,
+                    "body": body,
+                    "authorization": auth,
+                    "port": self.client_address[1],
+                }
+            )
             cancel, done = threading.Event(), threading.Event()
             threading.Thread(target=_watch, args=(self.connection, cancel, done), daemon=True).start()
             try:

@@ -55,9 +55,21 @@ def _proc_status() -> dict[str, int]:
 
 
 class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _heap() -> dict[str, int]:
@@ -70,8 +82,12 @@ def _heap() -> dict[str, int]:
         return {}
     mallinfo2.restype = _Mallinfo2
     info = mallinfo2()
-    return {"heap_in_use_bytes": info.uordblks, "heap_free_bytes": info.fordblks, "heap_mmapped_bytes": info.hblkhd,
-            "heap_arena_bytes": info.arena}
+    return {
+        "heap_in_use_bytes": info.uordblks,
+        "heap_free_bytes": info.fordblks,
+        "heap_mmapped_bytes": info.hblkhd,
+        "heap_arena_bytes": info.arena,
+    }
 
 
 def _threads() -> int:

@@ -46,8 +46,9 @@ def main(args: argparse.Namespace, out: Path) -> int:
     ends = [i for i, ch in enumerate(text) if ch == "\n" and i and text[i - 1] != "\n"]
     step = max(1, len(ends) // (args.places + WARMUP))
     places = ends[::step][: args.places + WARMUP]
-    stub = subprocess.Popen([sys.executable, "-m", "dg_bench.openai_stub", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
+    stub = subprocess.Popen(
+        [sys.executable, "-m", "dg_bench.openai_stub", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     assert stub.stdout is not None  # stdout=PIPE
     try:
         url = stub.stdout.readline().split()[-1]
@@ -80,8 +81,9 @@ def main(args: argparse.Namespace, out: Path) -> int:
     result: dict[str, Any] = {
         "places": len(times["local"]),
         "file": "textwrap.py",
-        "counting": {name: e.info and e.info.counting if isinstance(e, RemoteEngine) else None
-                     for name, e in ways.items()},
+        "counting": {
+            name: e.info and e.info.counting if isinstance(e, RemoteEngine) else None for name, e in ways.items()
+        },
         "p50_ms": {name: round(statistics.median(t), 2) for name, t in times.items()},
         "p95_ms": {name: round(statistics.quantiles(t, n=20)[-1], 2) for name, t in times.items()},
         "counts_per_completion": {name: round(c.calls / len(places), 1) for name, c in counts.items()},
@@ -92,16 +94,23 @@ def main(args: argparse.Namespace, out: Path) -> int:
         "over_budget": {name: sum(n > budget for n in c.prompt_tokens) for name, c in counts.items()},
     }
     # Medians of the per-place differences too: this shared machine's speed drifts within a run.
-    result["added_p50_ms"] = {name: round(statistics.median(r - b for r, b in zip(times[name], times["local"])), 2)
-                              for name in ways if name != "local"}
+    result["added_p50_ms"] = {
+        name: round(statistics.median(r - b for r, b in zip(times[name], times["local"])), 2)
+        for name in ways
+        if name != "local"
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_remote.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'way':24} {'p50 ms':>8} {'p95 ms':>8} {'counts':>7} {'requests':>9} {'prompt tokens':>14} "
-          f"{'over ' + str(budget):>9}  (per completion; prompt tokens: p50, real tokenizer)")
+    print(
+        f"{'way':24} {'p50 ms':>8} {'p95 ms':>8} {'counts':>7} {'requests':>9} {'prompt tokens':>14} "
+        f"{'over ' + str(budget):>9}  (per completion; prompt tokens: p50, real tokenizer)"
+    )
     for name in ways:
-        print(f"{name:24} {result['p50_ms'][name]:8.2f} {result['p95_ms'][name]:8.2f} "
-              f"{result['counts_per_completion'][name]:7.1f} {result['tokenize_requests_per_completion'][name]:9.2f} "
-              f"{result['prompt_tokens_p50'][name]:14.0f} {result['over_budget'][name]:9d}")
+        print(
+            f"{name:24} {result['p50_ms'][name]:8.2f} {result['p95_ms'][name]:8.2f} "
+            f"{result['counts_per_completion'][name]:7.1f} {result['tokenize_requests_per_completion'][name]:9.2f} "
+            f"{result['prompt_tokens_p50'][name]:14.0f} {result['over_budget'][name]:9d}"
+        )
     print(f"added per completion (median of the differences at each place): {result['added_p50_ms']}")
     print(f"wrote {out / 'bench_remote.json'}")
     return 0

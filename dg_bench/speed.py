@@ -35,8 +35,14 @@ ROW_KEYS = ("latency_ms", "new_tokens", "used_tokens", "steps", "passed", "engin
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", nargs="+", default=["single-line", "multi-line"], choices=["single-line", "multi-line"])
-    p.add_argument("--limit", type=int, nargs="+", default=[40], metavar="N",
-                   help="tasks per kind, a seeded subset: one N for every kind or one per --kinds (default 40)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        nargs="+",
+        default=[40],
+        metavar="N",
+        help="tasks per kind, a seeded subset: one N for every kind or one per --kinds (default 40)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="test programs run in parallel")
     p.add_argument("--max-tokens", type=int, default=None, help="generation budget per task (default: humaneval's)")
@@ -112,16 +118,26 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         per_mode[mode] = {}
         for kind in args.kinds:
             say(f"speed: {mode} {kind}, {limits[kind]} tasks")
-            report = humaneval.run_tasks(engine, tasks[kind], kind, limit=limits[kind], seed=args.seed,
-                                         workers=args.workers, max_tokens=args.max_tokens,
-                                         doc_key=f"bench-speed-{mode}", progress=lambda m: say(f"  {m}"))
+            report = humaneval.run_tasks(
+                engine,
+                tasks[kind],
+                kind,
+                limit=limits[kind],
+                seed=args.seed,
+                workers=args.workers,
+                max_tokens=args.max_tokens,
+                doc_key=f"bench-speed-{mode}",
+                progress=lambda m: say(f"  {m}"),
+            )
             per_mode[mode][kind] = _mode_summary(report) | {"load_s": load_s}
         del engine
         _free()
     kinds = {
-        kind: {**{mode: per_mode[mode][kind] for mode in MODES},
-               "ratio": _ratio(per_mode["diffusion"][kind], per_mode["ar"][kind]),
-               "ratio_hybrid": _ratio(per_mode["hybrid"][kind], per_mode["ar"][kind])}
+        kind: {
+            **{mode: per_mode[mode][kind] for mode in MODES},
+            "ratio": _ratio(per_mode["diffusion"][kind], per_mode["ar"][kind]),
+            "ratio_hybrid": _ratio(per_mode["hybrid"][kind], per_mode["ar"][kind]),
+        }
         for kind in args.kinds
     }
     return {
@@ -140,20 +156,27 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
 
 def print_report(r: dict[str, Any]) -> None:
     print(f"speed: {r['model']} on {r['device']} (tasks per kind {r['limit']}, seed {r['seed']})")
-    print(f"{'kind':<12} {'mode':<10} {'tok/s':>8} {'used/s':>8} {'tok/fwd':>8} {'fwd/task':>9} {'ms/fwd':>7} "
-          f"{'p50 ms':>8} {'pass@1':>7}")
+    print(
+        f"{'kind':<12} {'mode':<10} {'tok/s':>8} {'used/s':>8} {'tok/fwd':>8} {'fwd/task':>9} {'ms/fwd':>7} "
+        f"{'p50 ms':>8} {'pass@1':>7}"
+    )
     for kind, k in r["kinds"].items():
         for mode in MODES:
             m = k[mode]
-            print(f"{kind:<12} {mode:<10} {m['tok_per_s']:>8.1f} {m['used_tok_per_s']:>8.1f} "
-                  f"{m['tokens_per_forward']:>8.2f} {m['mean_steps']:>9.1f} {m['ms_per_forward']:>7.1f} "
-                  f"{m['task_latency_p50_ms']:>8.0f} "
-                  f"{m['pass_at_1']:>7.3f}")
+            print(
+                f"{kind:<12} {mode:<10} {m['tok_per_s']:>8.1f} {m['used_tok_per_s']:>8.1f} "
+                f"{m['tokens_per_forward']:>8.2f} {m['mean_steps']:>9.1f} {m['ms_per_forward']:>7.1f} "
+                f"{m['task_latency_p50_ms']:>8.0f} "
+                f"{m['pass_at_1']:>7.3f}"
+            )
         h = k["hybrid"]
-        print(f"{kind:<12} hybrid: {h.get('tokens_per_decoder_forward') or 0:.2f} tokens per decoder forward, "
-              f"{h.get('draft_acceptance', 0):.0%} of drafted tokens accepted")
+        print(
+            f"{kind:<12} hybrid: {h.get('tokens_per_decoder_forward') or 0:.2f} tokens per decoder forward, "
+            f"{h.get('draft_acceptance', 0):.0%} of drafted tokens accepted"
+        )
         for name, q in (("diffusion", k["ratio"]), ("hybrid", k["ratio_hybrid"])):
-            print(f"{kind:<12} speed ratio {name}/AR: {q['tok_per_s']:.2f}x tokens/s, {q['used_tok_per_s']:.2f}x "
-                  f"used tokens/s, {q['task_latency']:.2f}x per task (p50), {q['task_latency_mean']:.2f}x (mean); "
-                  f"pass@1 {q['pass_at_1_delta']:+.3f}")
-
+            print(
+                f"{kind:<12} speed ratio {name}/AR: {q['tok_per_s']:.2f}x tokens/s, {q['used_tok_per_s']:.2f}x "
+                f"used tokens/s, {q['task_latency']:.2f}x per task (p50), {q['task_latency_mean']:.2f}x (mean); "
+                f"pass@1 {q['pass_at_1_delta']:+.3f}"
+            )

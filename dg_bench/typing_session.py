@@ -232,9 +232,23 @@ def run_session(
     setup_lua = "lua require('dg_lsp').setup(vim.json.decode(" + json.dumps(json.dumps(setup)) + "))"
     with open(workdir / f"nvim_{ghost}.log", "w") as log:
         proc = subprocess.Popen(
-            [nvim, "--headless", "--clean", "--cmd", f"set rtp^={PLUGIN}", "--cmd", setup_lua,
-             "--cmd", f"luafile {DRIVER}", "session.py"],
-            cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+            [
+                nvim,
+                "--headless",
+                "--clean",
+                "--cmd",
+                f"set rtp^={PLUGIN}",
+                "--cmd",
+                setup_lua,
+                "--cmd",
+                f"luafile {DRIVER}",
+                "session.py",
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
             start_new_session=True,  # its own process group: the server goes with it
         )
         try:
@@ -359,12 +373,15 @@ def targets(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "stale_suggestions": t(s["stale_draws"], "0", s["stale_draws"] == 0),
         "corrupting_accepts": t(s["accepts_corrupting"], "0", s["accepts_corrupting"] == 0),
         "shown_where_model_had_one": t(share, ">= 0.8", None if share is None else share >= 0.8),
-        "time_to_show_p50_line_start_ms": t(s["time_to_show_ms_line_start"]["p50"], "<= 300",
-                                            at_most(s["time_to_show_ms_line_start"]["p50"], 300)),
-        "time_to_show_p50_mid_line_ms": t(s["time_to_show_ms_mid_line"]["p50"], "<= 150",
-                                          at_most(s["time_to_show_ms_mid_line"]["p50"], 150)),
-        "first_suggestion_after_ready_s": t(s["first_suggestion_after_ready_s"], "<= 1",
-                                            at_most(s["first_suggestion_after_ready_s"], 1.0)),
+        "time_to_show_p50_line_start_ms": t(
+            s["time_to_show_ms_line_start"]["p50"], "<= 300", at_most(s["time_to_show_ms_line_start"]["p50"], 300)
+        ),
+        "time_to_show_p50_mid_line_ms": t(
+            s["time_to_show_ms_mid_line"]["p50"], "<= 150", at_most(s["time_to_show_ms_mid_line"]["p50"], 150)
+        ),
+        "first_suggestion_after_ready_s": t(
+            s["first_suggestion_after_ready_s"], "<= 1", at_most(s["first_suggestion_after_ready_s"], 1.0)
+        ),
     }
 
 
@@ -373,27 +390,37 @@ def _fmt(x: Any, spec: str = ".0f") -> str:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    print(f"typing: {result['session']['typed_chars']} characters typed at {result['config']['key_ms']:.0f} ms/key, "
-          f"{result['session']['line_pauses']} line-start + {result['session']['mid_pauses']} mid-line pauses of "
-          f"{result['config']['pause_ms']:.0f} ms")
+    print(
+        f"typing: {result['session']['typed_chars']} characters typed at {result['config']['key_ms']:.0f} ms/key, "
+        f"{result['session']['line_pauses']} line-start + {result['session']['mid_pauses']} mid-line pauses of "
+        f"{result['config']['pause_ms']:.0f} ms"
+    )
     for ghost, r in result["backends"].items():
         s = r["summary"]
         line, mid = s["time_to_show_ms_line_start"], s["time_to_show_ms_mid_line"]
-        print(f"  [{ghost}] shown at {_fmt(s['shown_share'], '.0%')} of pauses (line starts "
-              f"{_fmt(s['shown_share_line_start'], '.0%')}, mid-line {_fmt(s['shown_share_mid_line'], '.0%')}); "
-              f"{_fmt(s['shown_share_where_model_had_one'], '.0%')} of the {s['model_had_one']} where the model "
-              "had one")
-        print(f"    time to show p50/p95: line starts {_fmt(line['p50'])}/{_fmt(line['p95'])} ms (n={line['n']}), "
-              f"mid-line {_fmt(mid['p50'])}/{_fmt(mid['p95'])} ms (n={mid['n']})")
-        print(f"    stale drawn {s['stale_draws']}; accepts {s['accepts']} (correct {s['accepts_correct']}, corrupting "
-              f"{s['accepts_corrupting']}, parse {s['accepts_parsing']}, valid-or-unfinished "
-              f"{s['accepts_valid_or_unfinished']})")
-        print(f"    model ready {_fmt(s['model_ready_s'], '.1f')} s, first suggestion "
-              f"{_fmt(s['first_suggestion_s'], '.1f')} s after start-up; at the start-up place "
-              f"{_fmt(s['first_suggestion_after_ready_s'], '.2f')} s after ready (asked after "
-              f"{_fmt(s['ready_to_first_request_ms'])} ms, answered in {_fmt(s['first_request_round_trip_ms'])} ms, "
-              f"drawn {_fmt(s['first_answer_to_show_ms'])} ms later)"
-              + ("" if s["startup_model_has"] is not False else "; the model had no suggestion there"))
+        print(
+            f"  [{ghost}] shown at {_fmt(s['shown_share'], '.0%')} of pauses (line starts "
+            f"{_fmt(s['shown_share_line_start'], '.0%')}, mid-line {_fmt(s['shown_share_mid_line'], '.0%')}); "
+            f"{_fmt(s['shown_share_where_model_had_one'], '.0%')} of the {s['model_had_one']} where the model "
+            "had one"
+        )
+        print(
+            f"    time to show p50/p95: line starts {_fmt(line['p50'])}/{_fmt(line['p95'])} ms (n={line['n']}), "
+            f"mid-line {_fmt(mid['p50'])}/{_fmt(mid['p95'])} ms (n={mid['n']})"
+        )
+        print(
+            f"    stale drawn {s['stale_draws']}; accepts {s['accepts']} (correct {s['accepts_correct']}, corrupting "
+            f"{s['accepts_corrupting']}, parse {s['accepts_parsing']}, valid-or-unfinished "
+            f"{s['accepts_valid_or_unfinished']})"
+        )
+        print(
+            f"    model ready {_fmt(s['model_ready_s'], '.1f')} s, first suggestion "
+            f"{_fmt(s['first_suggestion_s'], '.1f')} s after start-up; at the start-up place "
+            f"{_fmt(s['first_suggestion_after_ready_s'], '.2f')} s after ready (asked after "
+            f"{_fmt(s['ready_to_first_request_ms'])} ms, answered in {_fmt(s['first_request_round_trip_ms'])} ms, "
+            f"drawn {_fmt(s['first_answer_to_show_ms'])} ms later)"
+            + ("" if s["startup_model_has"] is not False else "; the model had no suggestion there")
+        )
         missed = [name for name, t in r["targets"].items() if t["met"] is False]
         print(f"    targets missed: {', '.join(missed) if missed else 'none'}")
         if s["desync"] or s["errors"]:
@@ -417,16 +444,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace) -> TypingConfig:
     ghosts = GHOSTS if args.ghost == "both" else (args.ghost,)
-    cfg = TypingConfig(key_ms=args.key_ms, pause_ms=args.pause_ms, line_pauses=args.line_pauses,
-                       mid_pauses=args.mid_pauses, quick=args.quick, ghosts=ghosts, note=args.note)
+    cfg = TypingConfig(
+        key_ms=args.key_ms,
+        pause_ms=args.pause_ms,
+        line_pauses=args.line_pauses,
+        mid_pauses=args.mid_pauses,
+        quick=args.quick,
+        ghosts=ghosts,
+        note=args.note,
+    )
     if cfg.quick:
         cfg.line_pauses, cfg.mid_pauses = min(cfg.line_pauses, 3), min(cfg.mid_pauses, 2)
     return cfg
 
 
-def run(cfg: TypingConfig, workdir: Path, *, model: str | None = None, device: str = "auto",
-        quantize: str = "none", server_cmd: list[str] | None = None, env: dict[str, str] | None = None,
-        say=print) -> dict[str, Any]:
+def run(
+    cfg: TypingConfig,
+    workdir: Path,
+    *,
+    model: str | None = None,
+    device: str = "auto",
+    quantize: str = "none",
+    server_cmd: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    say=print,
+) -> dict[str, Any]:
     program = quick_program(PROGRAM, HEADER_LINES) if cfg.quick else PROGRAM
     session = plan(program, HEADER_LINES, cfg.line_pauses, cfg.mid_pauses)
     backends: dict[str, Any] = {}
@@ -441,14 +483,23 @@ def run(cfg: TypingConfig, workdir: Path, *, model: str | None = None, device: s
     return {
         "bench": "typing",
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_at_start": list(os.getloadavg()), "note": cfg.note},
+        "host": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_at_start": list(os.getloadavg()),
+            "note": cfg.note,
+        },
         "nvim": version,
         "server": {"command": server_cmd or server_command(model, device, quantize, None), "settings": "defaults"},
         "config": asdict(cfg),
-        "session": {"typed_chars": len(program) - sum(len(x) for x in program.splitlines(keepends=True)[:HEADER_LINES]),
-                    "line_pauses": len(session.line_pauses), "mid_pauses": len(session.mid_pauses),
-                    "program": program, "header_lines": HEADER_LINES},
+        "session": {
+            "typed_chars": len(program) - sum(len(x) for x in program.splitlines(keepends=True)[:HEADER_LINES]),
+            "line_pauses": len(session.line_pauses),
+            "mid_pauses": len(session.mid_pauses),
+            "program": program,
+            "header_lines": HEADER_LINES,
+        },
         "backends": backends,
     }
 
@@ -460,8 +511,14 @@ def main(args: argparse.Namespace, out: Path) -> int:
     keep = getattr(args, "keep_logs", False)
     workdir = Path(tempfile.mkdtemp(prefix="dg-bench-typing-"))
     try:
-        result = run(cfg, workdir, model=args.model, device=args.device, quantize=args.quantize,
-                     say=lambda m: print(m, file=sys.stderr, flush=True))
+        result = run(
+            cfg,
+            workdir,
+            model=args.model,
+            device=args.device,
+            quantize=args.quantize,
+            say=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except RuntimeError as exc:
         print(f"dg-lsp bench typing: {exc} (logs kept in {workdir})", file=sys.stderr)
         return 1

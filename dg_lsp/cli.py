@@ -53,6 +53,8 @@ def registries() -> list:
     if main is not None and main is not this and getattr(getattr(main, "__spec__", None), "name", None) == "dg_lsp.cli":
         out.append(main)
     return out
+
+
 SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd", "dg_bench")
 
 
@@ -79,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     transport = parser.add_mutually_exclusive_group()
     transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     transport.add_argument(
-        "--tcp", metavar="[HOST:]PORT", type=_host_port,
-        help="listen for one LSP client on TCP (host 127.0.0.1 unless given)"
+        "--tcp",
+        metavar="[HOST:]PORT",
+        type=_host_port,
+        help="listen for one LSP client on TCP (host 127.0.0.1 unless given)",
     )
     _add_model_flags(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -104,23 +108,37 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None
     # Sub-parsers repeat these with SUPPRESS defaults so they work before or after the sub-command name without
     # the sub-parser's defaults overwriting values given before it.
     d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    parser.add_argument("--model", metavar="PATH|HF_ID", default=d(None),
-                        help="model weights (default: the embedded model)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d("auto"),
-                        help="where the model runs (default: auto)")
     parser.add_argument(
-        "--quantize", choices=["none", "8bit", "4bit"], default=d("none"),
-        help="weight quantization, CUDA only (default: none)"
+        "--model", metavar="PATH|HF_ID", default=d(None), help="model weights (default: the embedded model)"
     )
-    parser.add_argument("--remote", metavar="URL", default=d(None),
-                        help="use the model served at this OpenAI-compatible /v1 base (vLLM) instead of a local one; "
-                        "API key from DG_LSP_API_KEY (docs/remote.md)")
-    parser.add_argument("--remote-model", metavar="NAME", default=d(None),
-                        help="the served model's name (default: the one model the server lists)")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default=d("auto"), help="where the model runs (default: auto)"
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["none", "8bit", "4bit"],
+        default=d("none"),
+        help="weight quantization, CUDA only (default: none)",
+    )
+    parser.add_argument(
+        "--remote",
+        metavar="URL",
+        default=d(None),
+        help="use the model served at this OpenAI-compatible /v1 base (vLLM) instead of a local one; "
+        "API key from DG_LSP_API_KEY (docs/remote.md)",
+    )
+    parser.add_argument(
+        "--remote-model",
+        metavar="NAME",
+        default=d(None),
+        help="the served model's name (default: the one model the server lists)",
+    )
     parser.add_argument("--log-file", metavar="PATH", default=d(None), help="write logs here instead of stderr")
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default=d("info"),
-        help="log verbosity (default: info)"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=d("info"),
+        help="log verbosity (default: info)",
     )
 
 
@@ -152,8 +170,13 @@ def setup_logging(log_file: str | None, level: str) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The base settings the command line gives; client settings merge over these."""
-    return Settings(model=args.model, device=args.device, quantize=args.quantize, log_level=args.log_level,
-                    remote=RemoteSettings(url=args.remote, model=args.remote_model))
+    return Settings(
+        model=args.model,
+        device=args.device,
+        quantize=args.quantize,
+        log_level=args.log_level,
+        remote=RemoteSettings(url=args.remote, model=args.remote_model),
+    )
 
 
 def engine_from(args: argparse.Namespace):
@@ -300,11 +323,13 @@ def _print_edits(args: argparse.Namespace, text: str, edits: list, empty_message
         out = []
         for e in edits:
             rng = convert.range_at(text, e.start, e.end, convert.UTF32, starts)
-            out.append({
-                "start": {"line": rng.start.line + 1, "col": rng.start.character + 1},
-                "end": {"line": rng.end.line + 1, "col": rng.end.character + 1},
-                "text": e.text,
-            })
+            out.append(
+                {
+                    "start": {"line": rng.start.line + 1, "col": rng.start.character + 1},
+                    "end": {"line": rng.end.line + 1, "col": rng.end.character + 1},
+                    "text": e.text,
+                }
+            )
         print(json.dumps(out, indent=2))
         return 0 if edits else 1
     if not edits:

@@ -180,7 +180,11 @@ def _remote(report, args: argparse.Namespace) -> None:
                 return
             seconds.append(took)
             text = result.candidates[0].text if result.candidates else ""
-        report("ok", "latency", f"completion p50 {statistics.median(seconds) * 1000:.0f} ms (min "
-                                f"{min(seconds) * 1000:.0f}, max {max(seconds) * 1000:.0f}, 3 requests) -> {text!r}")
+        report(
+            "ok",
+            "latency",
+            f"completion p50 {statistics.median(seconds) * 1000:.0f} ms (min "
+            f"{min(seconds) * 1000:.0f}, max {max(seconds) * 1000:.0f}, 3 requests) -> {text!r}",
+        )
     finally:
         engine.close()

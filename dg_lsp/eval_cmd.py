@@ -50,5 +50,6 @@ def _rewrite_suite() -> tuple:
 
 
 for _module in cli.registries():
-    humaneval.register(_module.SUBCOMMANDS, _module.Subcommand, editor_path, server_path,
-                       others={"rewrite": _rewrite_suite()})
+    humaneval.register(
+        _module.SUBCOMMANDS, _module.Subcommand, editor_path, server_path, others={"rewrite": _rewrite_suite()}
+    )

@@ -53,8 +53,9 @@ class BlockTask:
     slip: str = ""  # what was changed, for the report
 
 
-def build_tasks(problems: dict[str, dict[str, Any]], seed: int = 0, judge: Callable[[str, dict], bool] | None = None
-                ) -> list[BlockTask]:
+def build_tasks(
+    problems: dict[str, dict[str, Any]], seed: int = 0, judge: Callable[[str, dict], bool] | None = None
+) -> list[BlockTask]:
     """Tasks of every kind for every problem where that kind applies. `judge(program, problem)` says whether a
     program passes (default: run it); slips that pass are dropped."""
     judge = judge or (lambda program, problem: run_program(program).passed)
@@ -78,8 +79,16 @@ def build_tasks(problems: dict[str, dict[str, Any]], seed: int = 0, judge: Calla
                 continue
             new_doc, slip = slipped
             grown = len(new_doc) - len(doc)
-            task = BlockTask(f"{problem['task_id']}/{kind}", kind, new_doc, start, end + grown,
-                             problem["entry_point"], problem["test"], slip)
+            task = BlockTask(
+                f"{problem['task_id']}/{kind}",
+                kind,
+                new_doc,
+                start,
+                end + grown,
+                problem["entry_point"],
+                problem["test"],
+                slip,
+            )
             if kind != "intact" and judge(program(task, new_doc), problem):
                 continue  # the tests cannot tell this slip from the original
             tasks.append(task)
@@ -114,9 +123,11 @@ def _slip(kind: str, doc: str, start: int, end: int, rng: random.Random) -> tupl
     for _, _, t in tokens:
         if t.type == tokenize.NAME:
             counts[t.string] += 1
-    sites = [(s, e, t) for s, e, t in inside
-             if t.type == tokenize.NAME and not keyword.iskeyword(t.string) and counts[t.string] >= 2
-             and len(t.string) >= 3]
+    sites = [
+        (s, e, t)
+        for s, e, t in inside
+        if t.type == tokenize.NAME and not keyword.iskeyword(t.string) and counts[t.string] >= 2 and len(t.string) >= 3
+    ]
     rng.shuffle(sites)
     for s, e, t in sites:
         for _ in range(10):
@@ -145,13 +156,23 @@ def _tokens(doc: str) -> list[tuple[int, int, tokenize.TokenInfo]] | None:
         toks = list(tokenize.generate_tokens(io.StringIO(doc).readline))
     except (tokenize.TokenError, SyntaxError):
         return None
-    return [(starts[t.start[0] - 1] + t.start[1], starts[t.end[0] - 1] + t.end[1], t) for t in toks
-            if t.type in (tokenize.NAME, tokenize.OP)]
+    return [
+        (starts[t.start[0] - 1] + t.start[1], starts[t.end[0] - 1] + t.end[1], t)
+        for t in toks
+        if t.type in (tokenize.NAME, tokenize.OP)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------- run
-def run(engine, tasks: list[BlockTask], action: str, settings, timeout: float = 3.0, workers: int = 2,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    engine,
+    tasks: list[BlockTask],
+    action: str,
+    settings,
+    timeout: float = 3.0,
+    workers: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     from . import pipeline
     from .fix import fix_range
 
@@ -165,8 +186,9 @@ def run(engine, tasks: list[BlockTask], action: str, settings, timeout: float = 
                 result = fix_range(engine, task.document, task.start, task.end, "python", settings, doc_key="eval")
                 edit, row["message"] = result.edit, result.message
             else:
-                edit = pipeline.rewrite_range(engine, task.document, task.start, task.end, "python", settings,
-                                              doc_key="eval")
+                edit = pipeline.rewrite_range(
+                    engine, task.document, task.start, task.end, "python", settings, doc_key="eval"
+                )
         except Exception as exc:  # noqa: BLE001 - an engine bug shows in the report instead of ending a long run
             edit, row["error"] = None, f"{type(exc).__name__}: {exc}"
         row["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
@@ -211,8 +233,12 @@ def run(engine, tasks: list[BlockTask], action: str, settings, timeout: float = 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--action", choices=["fix", "rewrite"], default="fix",
-                   help="rewrite suite: the code action to judge (default: fix)")
+    p.add_argument(
+        "--action",
+        choices=["fix", "rewrite"],
+        default="fix",
+        help="rewrite suite: the code action to judge (default: fix)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -225,7 +251,7 @@ def run_cli(args: argparse.Namespace) -> int:
     tasks = build_tasks(humaneval.load_problems(), seed=args.seed)
     if args.limit:
         tasks = random.Random(args.seed).sample(tasks, min(args.limit, len(tasks)))
-        tasks.sort(key=lambda t: (t.task_id))
+        tasks.sort(key=lambda t: t.task_id)
     settings = dataclasses.replace(Settings(), seed=args.seed)
     progress = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     report = run(engine, tasks, args.action, settings, args.timeout, args.workers, progress)

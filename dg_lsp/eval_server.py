@@ -44,9 +44,14 @@ class ServerPath:
             init["seed"] = args.seed
         from dg_bench.session import ServerSpec  # the benchmarks' client, loaded when an evaluation asks for it
 
-        self.spec = ServerSpec(model=args.model, device=getattr(args, "device", "auto"),
-                               quantize=getattr(args, "quantize", "none"), probe=False, log_level="info",
-                               init_options=init)
+        self.spec = ServerSpec(
+            model=args.model,
+            device=getattr(args, "device", "auto"),
+            quantize=getattr(args, "quantize", "none"),
+            probe=False,
+            log_level="info",
+            init_options=init,
+        )
         self.timeout = timeout
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory(prefix="dg-eval-server-")

@@ -136,8 +136,10 @@ def handle_out_of_memory(ls: DgServer, exc: EngineOutOfMemory | MemoryError) -> 
     log.error("%s ran out of memory: %s", label, why)
     _free(free_memory)
     if not applies(ls.settings) or ls.jobs.engine is None or isinstance(ls.jobs.engine, FallbackEngine):
-        ls.show_message(f"dg-lsp: {label} ran out of memory ({why}); completions may fail until memory is freed.",
-                        types.MessageType.Error)
+        ls.show_message(
+            f"dg-lsp: {label} ran out of memory ({why}); completions may fail until memory is freed.",
+            types.MessageType.Error,
+        )
         return
     ls.show_message(
         f"dg-lsp: {label} ran out of GPU memory ({why}). Completing with the embedded model on the CPU instead; "

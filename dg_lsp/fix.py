@@ -1,4 +1,4 @@
-""""Fix this block": self-correction that keeps what is right.
+""" "Fix this block": self-correction that keeps what is right.
 
     block -> problems (diagnose.py: compiler, tree-sitter, pyflakes) -> the model reads the block as it is (its
     likelihood per token, and the tokens it would rather see) -> candidate repairs (repairs.py) -> the candidates the
@@ -97,8 +97,16 @@ def fix_range(
 
 
 class _Fixer:
-    def __init__(self, engine: Engine, text: str, bc: BlockContext, language_id: str, settings: Settings,
-                 cancel: threading.Event | None, doc_key: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        text: str,
+        bc: BlockContext,
+        language_id: str,
+        settings: Settings,
+        cancel: threading.Event | None,
+        doc_key: str,
+    ) -> None:
         self.engine, self.text, self.bc, self.language_id = engine, text, bc, language_id
         self.settings, self.cancel, self.doc_key = settings, cancel, doc_key
         self.region = diagnose.region_of(text, bc.start, bc.end)
@@ -113,8 +121,9 @@ class _Fixer:
         grown = len(block) - len(self.bc.block)
         region = Region(self.region.lo, self.region.hi + grown, self.region.outside_names)
         start = self.bc.start
-        return _Option(block, diagnose.problems(self.document(block), start, start + len(block), self.language_id,
-                                                region))
+        return _Option(
+            block, diagnose.problems(self.document(block), start, start + len(block), self.language_id, region)
+        )
 
     def score(self, blocks: list[str], detail: bool = False) -> list[BlockScore]:
         job = ScoreJob(self.bc.prefix, self.bc.suffix, blocks, self.doc_key, self.cancel, detail)

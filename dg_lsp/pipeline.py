@@ -35,8 +35,10 @@ MARGIN = 16.0
 REWRITE_TOLERANCE = 2.0
 REWRITE_CANDIDATES = 3  # sampled in one batch: the model's score picks among them
 # Why `rewrite_range` returned None, for the editor and the CLI alike.
-NO_REWRITE = ("no rewrite of this block parsed, kept the checks and earned its place (one that removes a problem and "
-              "is about as likely, or, for code that passes the checks, one the model finds far likelier)")
+NO_REWRITE = (
+    "no rewrite of this block parsed, kept the checks and earned its place (one that removes a problem and "
+    "is about as likely, or, for code that passes the checks, one the model finds far likelier)"
+)
 
 OtherDocs = Sequence[tuple[str, str, str]]  # (uri, language_id, text)
 
@@ -144,8 +146,9 @@ def block_context(
     # block does not use.
     window, base = _window(text[:start] + text[end:], start)
     block_tokens = engine.count_tokens(block)
-    ctx = build_context(window, start - base, language_id, engine.count_tokens, budget_of(settings, block_tokens),
-                        other_docs)
+    ctx = build_context(
+        window, start - base, language_id, engine.count_tokens, budget_of(settings, block_tokens), other_docs
+    )
     return BlockContext(start, end, block, ctx.prefix, ctx.suffix, window, base, block_tokens)
 
 
@@ -201,12 +204,20 @@ def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Ed
     return mapped if text[mapped.start : mapped.end] != mapped.text else None
 
 
-def best_rewrite(engine: Engine, text: str, bc: BlockContext, edits: list[Edit], language_id: str, doc_key: str,
-                 cancel: threading.Event | None) -> Edit | None:
+def best_rewrite(
+    engine: Engine,
+    text: str,
+    bc: BlockContext,
+    edits: list[Edit],
+    language_id: str,
+    doc_key: str,
+    cancel: threading.Event | None,
+) -> Edit | None:
     """The rewrite the model finds likeliest in place, if it earns its place: for a block with a problem the checks
     see, one that removes a problem and that the model finds about as likely (within REWRITE_TOLERANCE nats); for a
     block that passes the checks, one the model finds far likelier (MARGIN, as "Fix this block"). A small model's
     fresh rewrite is more often wrong than right, and a rewrite that breaks working code is worse than none."""
+
     def after(edit: Edit) -> tuple[str, int, int]:
         new = text[: edit.start] + edit.text + text[edit.end :]
         return new, bc.start, max(edit.start + len(edit.text), bc.end + len(new) - len(text))

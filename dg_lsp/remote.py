@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 STARTUP_TRIES = 3
 MIN_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
 # Shown once per engine, the first time "Fix this block" or "Rewrite this block" needs the model's scores.
-UNSCORED = ("{url} cannot score code over the OpenAI API, so \"Fix this block\" uses the checks alone (compiler, "
-            "tree-sitter, pyflakes) and \"Rewrite this block\" offers the first rewrite that parses and passes them, "
-            "unranked. Turn on remote.fallback to score with the local model.")
+UNSCORED = (
+    '{url} cannot score code over the OpenAI API, so "Fix this block" uses the checks alone (compiler, '
+    'tree-sitter, pyflakes) and "Rewrite this block" offers the first rewrite that parses and passes them, '
+    "unranked. Turn on remote.fallback to score with the local model."
+)
 
 
 class Reporter(Protocol):
@@ -74,8 +76,9 @@ class ServerReporter:
 def connect(settings: Settings) -> RemoteEngine:
     r = settings.remote
     assert r.url, "connect() needs remote.url"
-    config = RemoteConfig(url=r.url, model=r.model, format=r.format, tokenizer=r.tokenizer,
-                          timeout_s=r.timeout_ms / 1000)
+    config = RemoteConfig(
+        url=r.url, model=r.model, format=r.format, tokenizer=r.tokenizer, timeout_s=r.timeout_ms / 1000
+    )
     return RemoteEngine(config, api_key=os.environ.get(API_KEY_ENV) or None)
 
 
@@ -85,16 +88,22 @@ def load(settings: Settings, reporter: Reporter) -> RemoteGuard:
     engine = connect(settings)
     if insecure(engine.url):
         log.warning("%s is plain http to another machine", engine.url)
-        reporter.show(f"dg-lsp: {engine.url} is plain http to another machine: code and the API key cross the network "
-                      "unencrypted. Put the server behind https (docs/remote.md).", error=False)
+        reporter.show(
+            f"dg-lsp: {engine.url} is plain http to another machine: code and the API key cross the network "
+            "unencrypted. Put the server behind https (docs/remote.md).",
+            error=False,
+        )
     local = None
     if settings.remote.fallback:
         try:
             local = load_engine(settings.model, settings.device, settings.quantize)
         except EngineError as exc:
             log.error("remote.fallback: the local model failed to load: %s", exc)
-            reporter.show(f"dg-lsp: remote.fallback is on but the local model failed to load ({exc}); "
-                          "a failing server will answer empty.", error=True)
+            reporter.show(
+                f"dg-lsp: remote.fallback is on but the local model failed to load ({exc}); "
+                "a failing server will answer empty.",
+                error=True,
+            )
     guard = RemoteGuard(engine, local, reporter)
     try:
         engine.check(tries=STARTUP_TRIES)
@@ -189,8 +198,11 @@ class RemoteGuard:
                 log.debug("remote still failing: %s", exc)
                 return
             self._shown = exc.kind
-        meanwhile = (f"completing with {self.local.name} meanwhile" if self.local is not None
-                     else "completions are empty until it answers")
+        meanwhile = (
+            f"completing with {self.local.name} meanwhile"
+            if self.local is not None
+            else "completions are empty until it answers"
+        )
         log.error("remote %s: %s (%s)", exc.kind, exc, meanwhile)
         self.reporter.show(f"dg-lsp: {exc} ({meanwhile}).", error=True)
         self.reporter.status("ready" if self.local is not None else "error", f"{exc} ({meanwhile})")

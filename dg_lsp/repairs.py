@@ -36,14 +36,16 @@ _FLIPS = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "!=", "!=": "==", "+
 _OPERATOR = re.compile(r"(?<![-+*/%<>=!&|^~])(<=|>=|==|!=|<|>|\+|-)(?![-+*/%<>=!&|^~])")
 
 
-def renames(block: str, text: str, found: Sequence[Problem], pool: Iterable[str], block_start: int,
-            suspicious: Spans = None) -> list[str]:
+def renames(
+    block: str, text: str, found: Sequence[Problem], pool: Iterable[str], block_start: int, suspicious: Spans = None
+) -> list[str]:
     """The block with one suspect name respelt as a close name from `pool`, for each suspect and each close name.
     Suspects: the names the checks flag, every name on a syntax error's line, and names written only once in the file
     where they overlap a `suspicious` span (None: wherever they are)."""
     counts = Counter(IDENTIFIER.findall(text))
     suspects = {p.name for p in found if p.name} | {
-        m.group(0) for m in IDENTIFIER.finditer(block)
+        m.group(0)
+        for m in IDENTIFIER.finditer(block)
         if counts[m.group(0)] == 1 and not m.group(0).isupper() and _within(m.start(), m.end(), suspicious)
     }
     # A syntax error's line: every identifier on it is suspect (a misspelt keyword reads as a name: `retrun x`).

@@ -127,9 +127,7 @@ def _make_converter() -> cattrs.Converter:
     for cls in (ContextSettings, RemoteSettings, Settings):
         # Any: mypy matches a `**dict` against the functions' named bool options too, not only their `**overrides`.
         renames: dict[str, Any] = {f.name: override(rename=camel(f.name)) for f in dataclasses.fields(cls)}
-        conv.register_structure_hook(
-            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames)
-        )
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames))
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **renames))
     return conv
 

@@ -44,13 +44,21 @@ def diffuse(eng: DiffusionEngine, cache, canvas_len: int, pinned_tail: list[int]
         canvas = noise_like(torch.zeros(n, canvas_len, dtype=torch.long), eng.vocab_size, gen).to(eng.device)
         pinned = torch.zeros(n, canvas_len, dtype=torch.bool, device=eng.device)
         if tail:
-            canvas[:, -len(tail):] = torch.tensor(tail, device=eng.device)
-            pinned[:, -len(tail):] = True
-        result = denoise(lambda x, sc: eng.text_only(eng.fwd.decoder_logits(x, batched, sc)), canvas, pinned,
-                         eng.vocab_size, replace(sampler, greedy=n == 1 and sampler.greedy), gen, job.cancel,
-                         eng.drafts(job.on_draft, prefix=tokens[0]), greedy_rows=eng.greedy_rows(n),
-                         stop_ids=tuple(eng.eos_ids),
-                         late_stop_ids=eng.newline_ids if job.kind == "line" else ())
+            canvas[:, -len(tail) :] = torch.tensor(tail, device=eng.device)
+            pinned[:, -len(tail) :] = True
+        result = denoise(
+            lambda x, sc: eng.text_only(eng.fwd.decoder_logits(x, batched, sc)),
+            canvas,
+            pinned,
+            eng.vocab_size,
+            replace(sampler, greedy=n == 1 and sampler.greedy),
+            gen,
+            job.cancel,
+            eng.drafts(job.on_draft, prefix=tokens[0]),
+            greedy_rows=eng.greedy_rows(n),
+            stop_ids=tuple(eng.eos_ids),
+            late_stop_ids=eng.newline_ids if job.kind == "line" else (),
+        )
         stats.steps += result.steps
         stats.decoder_forwards += result.steps
         stats.decoder_ms += result.step_ms
@@ -98,8 +106,9 @@ def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, jo
     if job.max_tokens <= 0:
         return [""], [0.0]
     first = _next_logprobs(eng, last_hidden[:, -1])[0]
-    result = beam_search(first, advance, width, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job),
-                         _may_end(eng, job))
+    result = beam_search(
+        first, advance, width, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job), _may_end(eng, job)
+    )
     stats.steps += result.steps
     # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation
     # flatters it (one EOS log-prob against a line's sum divided by its length's square root).
@@ -130,8 +139,15 @@ def hybrid(eng: DiffusionEngine, cache, last_hidden, prompt_ids: list[int], job:
             canvas[0, 1 : 1 + len(hint)] = torch.tensor(hint, device=eng.device)  # denoised start, not pinned
         if eng.settings.draft_steps <= 0:
             return hint
-        result = denoise(lambda x, sc: eng.text_only(eng.fwd.decoder_logits(x, cache, sc)), canvas, pinned,
-                         eng.vocab_size, sampler, gen, job.cancel)
+        result = denoise(
+            lambda x, sc: eng.text_only(eng.fwd.decoder_logits(x, cache, sc)),
+            canvas,
+            pinned,
+            eng.vocab_size,
+            sampler,
+            gen,
+            job.cancel,
+        )
         stats.steps += result.steps
         stats.decoder_forwards += result.steps
         stats.decoder_ms += result.step_ms
@@ -156,8 +172,9 @@ def hybrid(eng: DiffusionEngine, cache, last_hidden, prompt_ids: list[int], job:
         history.extend(verified[:n])
 
     first = _next_logprobs(eng, last_hidden[:, -1])[0]
-    result = speculate(first, draft, verify, commit, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job),
-                       _may_end(eng, job))
+    result = speculate(
+        first, draft, verify, commit, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job), _may_end(eng, job)
+    )
     stats.new_tokens = len(result.tokens)
     stats.drafted, stats.accepted = result.drafted, result.accepted
     return [eng.tokenizer.decode(result.tokens)], [mean(result.logprobs)]

@@ -104,8 +104,11 @@ def _out_of_memory_typed(method):
         try:
             return method(self, job)
         except Exception as exc:  # re-raised unchanged unless it is out of memory
-            if not (isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError"
-                    or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())):
+            if not (
+                isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+                or type(exc).__name__ == "OutOfMemoryError"
+                or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+            ):
                 raise
             raise EngineOutOfMemory(f"{type(exc).__name__}: {exc}", _empty_cuda_cache) from exc
 
@@ -151,8 +154,15 @@ class DiffusionEngine:
     @torch.inference_mode()
     def infill(self, job: InfillJob) -> JobResult:
         t0 = time.perf_counter()
-        prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens,
-                              job.context, self.settings.pinned_suffix_tokens)
+        prompt = build_prompt(
+            self.tokenizer,
+            self.format,
+            job.prefix,
+            job.suffix,
+            self.settings.prompt_tokens,
+            job.context,
+            self.settings.pinned_suffix_tokens,
+        )
         mode = self.decoding_for(job)
         stats = JobStats(mode=mode, prompt_tokens=len(prompt.ids))
         cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
@@ -180,14 +190,24 @@ class DiffusionEngine:
         block_ids = self.tokenizer.encode(job.block, add_special_tokens=False)
         if len(block_ids) > job.max_tokens:
             raise EngineError(f"the block is {len(block_ids)} tokens; rewrites are limited to {job.max_tokens}")
-        prompt = build_prompt(self.tokenizer, "fim-spm" if self.format.startswith("fim") else self.format,
-                              job.prefix, job.suffix, self.settings.prompt_tokens)
+        prompt = build_prompt(
+            self.tokenizer,
+            "fim-spm" if self.format.startswith("fim") else self.format,
+            job.prefix,
+            job.suffix,
+            self.settings.prompt_tokens,
+        )
         stats = JobStats(mode="diffusion", prompt_tokens=len(prompt.ids))
         cache, _ = self._prompt_cache(job.doc_key, prompt.ids, stats)
         try:
             length = min(job.max_tokens + 1, max(len(block_ids) + 8, int(len(block_ids) * 1.25) + 1))
-            start = torch.tensor([block_ids + [self.tokenizer.eos_token_id]
-                                  + [self.tokenizer.pad_token_id] * (length - len(block_ids) - 1)])
+            start = torch.tensor(
+                [
+                    block_ids
+                    + [self.tokenizer.eos_token_id]
+                    + [self.tokenizer.pad_token_id] * (length - len(block_ids) - 1)
+                ]
+            )
             gen = torch.Generator().manual_seed(job.seed or 0)
             # The model's own uncertainty about the existing block picks what to re-noise, most uncertain first.
             first = self.fwd.decoder_logits(start.to(self.device), cache, None)
@@ -198,11 +218,17 @@ class DiffusionEngine:
             canvas[0, worst] = noise_like(canvas[0, worst], self.vocab_size, gen)
             n = max(1, job.n)
             batched = self.fwd.expand(cache, n) if n > 1 else cache
-            result = denoise(lambda x, sc: self.text_only(self.fwd.decoder_logits(x, batched, sc)),
-                             canvas.expand(n, -1).clone(),
-                             torch.zeros(n, length, dtype=torch.bool, device=self.device), self.vocab_size,
-                             replace(self.settings.sampler, greedy=n == 1), gen, job.cancel,
-                             self.drafts(job.on_draft), greedy_rows=self.greedy_rows(n))
+            result = denoise(
+                lambda x, sc: self.text_only(self.fwd.decoder_logits(x, batched, sc)),
+                canvas.expand(n, -1).clone(),
+                torch.zeros(n, length, dtype=torch.bool, device=self.device),
+                self.vocab_size,
+                replace(self.settings.sampler, greedy=n == 1),
+                gen,
+                job.cancel,
+                self.drafts(job.on_draft),
+                greedy_rows=self.greedy_rows(n),
+            )
             stats.steps += result.steps
             stats.decoder_forwards += result.steps
             stats.decoder_ms += result.step_ms
@@ -230,8 +256,16 @@ class DiffusionEngine:
         prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens)
         cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, JobStats())
         try:
-            return score_blocks(self.tokenizer, self.fwd, cache, last_hidden, list(job.blocks),
-                                self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, job.detail)
+            return score_blocks(
+                self.tokenizer,
+                self.fwd,
+                cache,
+                last_hidden,
+                list(job.blocks),
+                self.tokenizer.eos_token_id,
+                self.tokenizer.pad_token_id,
+                job.detail,
+            )
         finally:
             self.fwd.trim(cache, len(prompt.ids))
 

@@ -61,8 +61,9 @@ def positions(start: torch.Tensor | int, length: int, device) -> torch.Tensor:
 
 def encode(model, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
     """Append `ids` [B, T] to `cache` through the causal encoder; returns final-norm states [B, T, H]."""
-    out = model.model.encoder(input_ids=ids, past_key_values=cache,
-                              position_ids=positions(start, ids.shape[1], ids.device))
+    out = model.model.encoder(
+        input_ids=ids, past_key_values=cache, position_ids=positions(start, ids.shape[1], ids.device)
+    )
     return out.last_hidden_state
 
 

@@ -82,9 +82,18 @@ class _Layer:
         self.qkv = keep(torch.cat(projections))
         self.o = attn.o_proj.weight
         self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
-        self.norms = {name: getattr(layer, name).weight for name in (
-            "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
-            "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")}
+        self.norms = {
+            name: getattr(layer, name).weight
+            for name in (
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+                "post_feedforward_layernorm_1",
+                "post_feedforward_layernorm_2",
+                "pre_feedforward_layernorm_2",
+            )
+        }
         self.gate_up = keep(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))
         self.down = layer.mlp.down_proj.weight
         self.act = layer.mlp.act_fn
@@ -157,8 +166,10 @@ class LeanForward:
         shape = lambda layer: (batch, layer.g, capacity, layer.d)  # noqa: E731
         # Uninitialised: nothing reads a position before writing it (attention reads the cache up to what was just
         # written), and zeroing a batch-4 cache cost ~5 ms per beam-search job.
-        return LeanCache([torch.empty(shape(x), dtype=self.dtype, device=self.device) for x in self.enc_layers],
-                         [torch.empty(shape(x), dtype=self.dtype, device=self.device) for x in self.enc_layers])
+        return LeanCache(
+            [torch.empty(shape(x), dtype=self.dtype, device=self.device) for x in self.enc_layers],
+            [torch.empty(shape(x), dtype=self.dtype, device=self.device) for x in self.enc_layers],
+        )
 
     def seq_length(self, cache: LeanCache) -> int:
         return cache.length
@@ -217,15 +228,19 @@ class LeanForward:
         self._reserve(cache, start + T)
         end = start + T
         # queries at start..end-1 see keys 0..their own position; one token alone needs no mask
-        mask = None if T == 1 else (
-            torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None]
+        mask = (
+            None
+            if T == 1
+            else (torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None])
         )
         x = self.enc_embed(ids)
         for i, layer in enumerate(self.enc_layers):
+
             def attend(q, k, v, i=i):
                 cache.k[i][:, :, start:end], cache.v[i][:, :, start:end] = k, v
-                return F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], mask,
-                                                      scale=1.0, enable_gqa=True)
+                return F.scaled_dot_product_attention(
+                    q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], mask, scale=1.0, enable_gqa=True
+                )
 
             x = layer(x, *self._rope_at(layer, start, T), attend)
         cache.length = end
@@ -248,10 +263,12 @@ class LeanForward:
         else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
             x = _rms(x, None, self.eps)
         for i, layer in enumerate(self.dec_layers):
+
             def attend(q, k, v, i=i):
                 cache.k[i][:, :, start:end], cache.v[i][:, :, start:end] = k, v
-                return F.scaled_dot_product_attention(q, cache.k[i][:, :, :end], cache.v[i][:, :, :end],
-                                                      scale=1.0, enable_gqa=True)
+                return F.scaled_dot_product_attention(
+                    q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], scale=1.0, enable_gqa=True
+                )
 
             x = layer(x, *self._rope_at(layer, start, C), attend)
         return self.lm_logits(_rms(x, self.dec_norm, self.eps))

@@ -50,20 +50,26 @@ def pick_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> 
 
 # ---------------------------------------------------------------------------------------------------- resolution
 def is_hub_id(source: str) -> bool:
-    """"owner/name" or a legacy bare "name" that is not an existing path and does not look like one."""
+    """ "owner/name" or a legacy bare "name" that is not an existing path and does not look like one."""
     return not Path(source).expanduser().exists() and re.fullmatch(r"[\w-][\w.-]*(/[\w.-]+)?", source) is not None
 
 
 def _missing(source: str | None) -> EngineError:
     if source is None:
-        return EngineError(f"The embedded model is missing ({EMBEDDED_DIR}). Reinstall dg-lsp, or download "
-                           f"DiffusionGemma with `huggingface-cli download {RELEASED}` and start with --model PATH.")
+        return EngineError(
+            f"The embedded model is missing ({EMBEDDED_DIR}). Reinstall dg-lsp, or download "
+            f"DiffusionGemma with `huggingface-cli download {RELEASED}` and start with --model PATH."
+        )
     if not is_hub_id(source):
-        return EngineError(f"No DiffusionGemma weights in {source}. Download them with `huggingface-cli download "
-                           f"{RELEASED} --local-dir {source}` and start with --model {source}.")
-    return EngineError(f"{source} is not in the local Hugging Face cache and downloads are off. Download it with "
-                       f"`huggingface-cli download {source}` (or set DG_LSP_ALLOW_DOWNLOAD=1), then start with "
-                       f"--model {source} or --model PATH.")
+        return EngineError(
+            f"No DiffusionGemma weights in {source}. Download them with `huggingface-cli download "
+            f"{RELEASED} --local-dir {source}` and start with --model {source}."
+        )
+    return EngineError(
+        f"{source} is not in the local Hugging Face cache and downloads are off. Download it with "
+        f"`huggingface-cli download {source}` (or set DG_LSP_ALLOW_DOWNLOAD=1), then start with "
+        f"--model {source} or --model PATH."
+    )
 
 
 def resolve(source: str | None) -> tuple[str, bool]:
@@ -90,8 +96,10 @@ def _load_parts(name: str, local_only: bool, source: str | None, dtype: torch.dt
     except (OSError, ValueError) as e:
         raise _missing(source) from e
     if config.model_type != "diffusion_gemma":
-        raise EngineError(f"{name} is a {config.model_type!r} checkpoint, not DiffusionGemma (model_type "
-                          f"'diffusion_gemma'). Point --model at a DiffusionGemma checkpoint such as {RELEASED}.")
+        raise EngineError(
+            f"{name} is a {config.model_type!r} checkpoint, not DiffusionGemma (model_type "
+            f"'diffusion_gemma'). Point --model at a DiffusionGemma checkpoint such as {RELEASED}."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kw)
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(
@@ -107,8 +115,10 @@ def _check_quantize(quantize: str, device: torch.device, allow_cpu: bool) -> int
         raise EngineError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE)}.")
     bits = QUANTIZE[quantize]
     if bits != 16 and device.type != "cuda" and not allow_cpu:
-        raise EngineError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes k-bit kernels); none is in use "
-                          f"here. Drop --quantize to run in float32 on the CPU.")
+        raise EngineError(
+            f"--quantize {quantize} needs a CUDA GPU (bitsandbytes k-bit kernels); none is in use "
+            f"here. Drop --quantize to run in float32 on the CPU."
+        )
     if bits != 16:
         try:
             import bitsandbytes  # noqa: F401

@@ -47,7 +47,12 @@ def pack(w: torch.Tensor, bits: int, blocksize: int) -> tuple[torch.Tensor, torc
 
 @torch.compiler.disable  # bnb 0.50.2's fake (meta) kernels disagree with its CPU op on output rank under inductor
 def unpack(
-    data: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, shape: tuple[int, int], bits: int, blocksize: int,
+    data: torch.Tensor,
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    shape: tuple[int, int],
+    bits: int,
+    blocksize: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """Inverse of `pack` for any subset of experts (rows of data/absmax): -> [k, N, K] in `dtype`.
@@ -58,8 +63,9 @@ def unpack(
     bnbf, k = _bnb(), data.shape[0]
     flat = torch.Size((k * shape[0] * shape[1],))
     if bits == 4:
-        state = bnbf.QuantState(absmax=absmax.reshape(-1), shape=flat, blocksize=blocksize, quant_type="nf4",
-                                dtype=dtype)
+        state = bnbf.QuantState(
+            absmax=absmax.reshape(-1), shape=flat, blocksize=blocksize, quant_type="nf4", dtype=dtype
+        )
         return bnbf.dequantize_4bit(data.reshape(-1, 1), state).view(k, *shape)
     state = bnbf.QuantState(absmax=absmax.reshape(-1), code=code, blocksize=blocksize, dtype=dtype)
     return bnbf.dequantize_blockwise(data.reshape(-1), state).view(k, *shape)
@@ -213,12 +219,19 @@ def dense_linears(model: nn.Module):
 def _to_kbit(bnb, linear: nn.Linear, bits: int, device) -> nn.Module:
     w = linear.weight.data
     if bits == 4:
-        q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                              compute_dtype=w.dtype, quant_type="nf4", device="meta")
+        q = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=w.dtype,
+            quant_type="nf4",
+            device="meta",
+        )
         q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4")  # quantized by .to(device)
     else:
-        q = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                has_fp16_weights=False, device="meta")
+        q = bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias=linear.bias is not None, has_fp16_weights=False, device="meta"
+        )
         # Int8Params quantizes only when it leaves the CPU (or is moved CPU -> CPU), so start from the CPU
         q.weight = bnb.nn.Int8Params(w.to("cpu"), requires_grad=False, has_fp16_weights=False)
     if linear.bias is not None:

@@ -133,8 +133,9 @@ class RemoteEngine:
                 count = self._run(self._tokenize(text, spans=True), timeout=COUNT_TIMEOUT_S)
             except RemoteError as exc:
                 # Estimate until the next successful check: a down server must not cost one timeout per count.
-                log.warning("token counts from %s/tokenize failed (%s); estimating until the server is back",
-                            self.url, exc)
+                log.warning(
+                    "token counts from %s/tokenize failed (%s); estimating until the server is back", self.url, exc
+                )
                 self._server_counts = False
             else:
                 self._counts[text] = count
@@ -214,8 +215,10 @@ class RemoteEngine:
     def score(self, job) -> list:
         """`ScoreJob`s need per-token log-probabilities of given text from both of the model's halves; the OpenAI API
         has no such call. Fix and Rewrite catch this and go on unranked; it is logged once."""
-        message = (f"the model at {self.url} cannot score code over the OpenAI API; scoring needs the model in process "
-                   "(with remote.fallback on, the local model scores)")
+        message = (
+            f"the model at {self.url} cannot score code over the OpenAI API; scoring needs the model in process "
+            "(with remote.fallback on, the local model scores)"
+        )
         if not self._said_unscored:
             self._said_unscored = True
             log.warning("%s; fixes use the checks alone, rewrites are not ranked", message)
@@ -228,11 +231,14 @@ class RemoteEngine:
         models, ms = self._run(self._models(tries), cancel)
         model = self.config.model
         if model is None and len(models) != 1:
-            raise RemoteError("model", f"{self.url} serves {', '.join(models) or 'no model'}; "
-                                       "name one with remote.model (--remote-model)")
+            raise RemoteError(
+                "model",
+                f"{self.url} serves {', '.join(models) or 'no model'}; name one with remote.model (--remote-model)",
+            )
         if model is not None and model not in models:
-            raise RemoteError("model", f"{self.url} does not serve model {model!r}; it serves: "
-                                       f"{', '.join(models) or 'nothing'}")
+            raise RemoteError(
+                "model", f"{self.url} does not serve model {model!r}; it serves: {', '.join(models) or 'nothing'}"
+            )
         self.name = model or models[0]
         tokenizer, where = find_tokenizer(self.config.tokenizer, self.name)
         server_count = self._optional(self._tokenize(COUNT_PROBE), cancel)
@@ -241,8 +247,13 @@ class RemoteEngine:
             log.warning("the tokenizer at %s counts differently from %s; using the server's counts", where, self.url)
             tokenizer = None
         self._tokenizer, self._server_counts = tokenizer, tokenizer is None and server_count is not None
-        counting = (f"local tokenizer {where}" if tokenizer else f"{self._root}/tokenize" if self._server_counts
-                    else f"estimate ({CHARS_PER_TOKEN:g} characters per token)")
+        counting = (
+            f"local tokenizer {where}"
+            if tokenizer
+            else f"{self._root}/tokenize"
+            if self._server_counts
+            else f"estimate ({CHARS_PER_TOKEN:g} characters per token)"
+        )
         fmt = self._auto_format(tokenizer, cancel) if self.config.format == "auto" else self.config.format
         self.format = fmt
         self.info = ServerInfo(models, self.name, fmt, counting, ms)
@@ -296,8 +307,16 @@ class RemoteEngine:
         asyncio.get_running_loop().stop()
 
     # ------------------------------------------------------------------ requests
-    def _complete(self, path: str, body: dict, max_tokens: int, n: int, temperature: float | None, seed: int | None,
-                  cancel: threading.Event | None) -> JobResult:
+    def _complete(
+        self,
+        path: str,
+        body: dict,
+        max_tokens: int,
+        n: int,
+        temperature: float | None,
+        seed: int | None,
+        cancel: threading.Event | None,
+    ) -> JobResult:
         t0 = time.perf_counter()
         body = {"model": self.name, **body, "max_tokens": max_tokens, "n": max(1, n)}
         if temperature is not None:
@@ -320,8 +339,13 @@ class RemoteEngine:
             if text not in texts:
                 texts.append(text)
         usage = data.get("usage") or {}
-        stats = JobStats(mode="remote", prompt_tokens=usage.get("prompt_tokens") or 0, steps=1,
-                         new_tokens=usage.get("completion_tokens") or 0, total_ms=(time.perf_counter() - t0) * 1e3)
+        stats = JobStats(
+            mode="remote",
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            steps=1,
+            new_tokens=usage.get("completion_tokens") or 0,
+            total_ms=(time.perf_counter() - t0) * 1e3,
+        )
         # The server's order is its preference; it reports no score comparable to a local decoder's mean log-prob.
         return JobResult([Candidate(t, -0.01 * i) for i, t in enumerate(texts)], stats)
 
@@ -401,10 +425,10 @@ class RemoteEngine:
         except httpx.TimeoutException:
             raise RemoteError("timeout", f"{self.url} did not answer within {self.config.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
-            raise RemoteError("unreachable", f"cannot reach {self.url} ({first_line(exc)}); is the server running, "
-                                             "and the URL right?") from None
+            raise RemoteError(
+                "unreachable", f"cannot reach {self.url} ({first_line(exc)}); is the server running, and the URL right?"
+            ) from None
         return read_answer(response, self.url, url.removeprefix(self._root) or "/", self._key, self.name)
-
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:

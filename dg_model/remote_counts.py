@@ -69,11 +69,12 @@ def keep(spans: Spans, text: str, ends: list[int], limit: int = SPAN_TEXTS) -> S
     """`spans` with `text` the newest, at most `limit` texts: a new list, so a count on another thread never sees
     one half changed."""
     kept = [(r, e) for r, e in spans if r not in text]  # a kept text inside this one adds nothing
-    return [*kept[max(0, len(kept) - limit + 1):], (text, ends)]
+    return [*kept[max(0, len(kept) - limit + 1) :], (text, ends)]
 
 
-def count_pieces(text: str, spans: Spans, max_pieces: int = MAX_PIECES,
-                 new_share: float = NEW_SHARE) -> tuple[int, bool] | None:
+def count_pieces(
+    text: str, spans: Spans, max_pieces: int = MAX_PIECES, new_share: float = NEW_SHARE
+) -> tuple[int, bool] | None:
     """A count of `text` from the kept tokenized texts `spans`, kept at or above the tokenizer's (the context budget
     must hold), and whether `text` holds new lines; None when too little of `text` has been tokenized for one.
 

@@ -58,12 +58,15 @@ def decoder_alternatives(fwd, cache, ids: list[int], pad_id: int, device, k: int
     canvas = torch.tensor([ids + [pad_id] * 8], device=device)
     logp = torch.log_softmax(fwd.decoder_logits(canvas, cache, None)[0, : len(ids)].float(), -1)
     top = logp.topk(k + 1, dim=-1)
-    return [[(t, v) for t, v in zip(idx, vals) if t != ids[pos]][:k]
-            for pos, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+    return [
+        [(t, v) for t, v in zip(idx, vals) if t != ids[pos]][:k]
+        for pos, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+    ]
 
 
-def score_blocks(tokenizer, fwd, cache, last_hidden, blocks: list[str], eos_id: int, pad_id: int,
-                 detail: bool = True) -> list[BlockScore]:
+def score_blocks(
+    tokenizer, fwd, cache, last_hidden, blocks: list[str], eos_id: int, pad_id: int, detail: bool = True
+) -> list[BlockScore]:
     encoded = [tokenizer.encode(b, add_special_tokens=False) for b in blocks]
     logp, best_id, best_lp = encoder_logprobs(fwd, cache, last_hidden, [ids + [eos_id] for ids in encoded], pad_id)
     scores = []

@@ -115,4 +115,3 @@ def lookup(context: list[int], k: int, longest: int = 4, shortest: int = 2) -> l
             if context[start : start + n] == tail:
                 return context[start + n : start + n + k]
     return []
-

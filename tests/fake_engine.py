@@ -64,8 +64,10 @@ class FakeEngine:
         if self.oom:
             self._log(event="oom", kind="infill", doc_key=job.doc_key)
             # What dg_model.engine raises when torch runs out of CUDA memory.
-            raise EngineOutOfMemory("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 "
-                                    "GiB total capacity)", functools.partial(_freed, self.record))
+            raise EngineOutOfMemory(
+                "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.6 GiB total capacity)",
+                functools.partial(_freed, self.record),
+            )
         if self.boom:
             self._log(event="boom", kind="infill", doc_key=job.doc_key)
             raise RuntimeError("boom: an engine bug, not a resource problem")
@@ -91,8 +93,14 @@ class FakeEngine:
         # What the server sent, so e2e tests can check its view of the document around the cursor.
         suffix = job.suffix
         self._log(
-            event="start", kind=kind, doc_key=job.doc_key, n=job.n, max_tokens=job.max_tokens,
-            prefix_tail=job.prefix[-60:], suffix_head=suffix[:60], block=getattr(job, "block", None),
+            event="start",
+            kind=kind,
+            doc_key=job.doc_key,
+            n=job.n,
+            max_tokens=job.max_tokens,
+            prefix_tail=job.prefix[-60:],
+            suffix_head=suffix[:60],
+            block=getattr(job, "block", None),
         )
         for step in range(self.steps):
             if job.cancel is not None and job.cancel.is_set():

@@ -15,8 +15,20 @@ from dg_model.configs import load_config, tiny_config
 from dg_model.quantize import Fp8Experts
 
 SMALL = ["--tiny", "--prompt-len", "32", "--canvases", "8", "16", "--new-tokens", "16", "--reps", "1"]
-REQUIRED = {"device", "experts", "step_ms", "peak_gib", "projected_tok_s", "e2e_ms", "tok_s", "prefill_ms",
-            "compiled", "compiled_reason", "torch", "cuda"}
+REQUIRED = {
+    "device",
+    "experts",
+    "step_ms",
+    "peak_gib",
+    "projected_tok_s",
+    "e2e_ms",
+    "tok_s",
+    "prefill_ms",
+    "compiled",
+    "compiled_reason",
+    "torch",
+    "cuda",
+}
 
 
 @pytest.mark.parametrize("kind", ["fp8", "bf16", "nf4"])
@@ -69,9 +81,10 @@ def test_fp8_experts_match_bf16_experts():
     assert 0 < rel < 0.06  # e4m3 weights and activations: ~2-4% relative error, never exact
     # the stored form dequantizes back to the weights within e4m3's relative step (2^-3)
     w = fp8.dequantize("gate_up", torch.float32)
-    assert torch.allclose(w, experts.gate_up_proj, atol=0, rtol=0.0625 + 1e-6) or (
-        (w - experts.gate_up_proj).abs() <= experts.gate_up_proj.abs().amax(-1, keepdim=True) / 448 * 16
-    ).all()
+    assert (
+        torch.allclose(w, experts.gate_up_proj, atol=0, rtol=0.0625 + 1e-6)
+        or ((w - experts.gate_up_proj).abs() <= experts.gate_up_proj.abs().amax(-1, keepdim=True) / 448 * 16).all()
+    )
 
 
 @torch.no_grad()

@@ -98,8 +98,24 @@ def test_region_is_whole_lines_of_a_function_body():
 
 def test_latency_smoke(monkeypatch, fake_env, tmp_path):
     out = tmp_path / "out"
-    code = run_cli(monkeypatch, "bench", "latency", "--model", fake_model(), "--out", str(out), "--chars", "90",
-                   "--keystroke-ms", "15", "--pause-ms", "20", "--timeout-s", "10", "--keep-log")
+    code = run_cli(
+        monkeypatch,
+        "bench",
+        "latency",
+        "--model",
+        fake_model(),
+        "--out",
+        str(out),
+        "--chars",
+        "90",
+        "--keystroke-ms",
+        "15",
+        "--pause-ms",
+        "20",
+        "--timeout-s",
+        "10",
+        "--keep-log",
+    )
     assert code == 0
     r = json.loads((out / "bench_latency.json").read_text())
     png(out / "bench_latency.png")
@@ -127,12 +143,28 @@ def test_latency_counts_prompt_reuse_from_engine_stats(fake_env, tmp_path):
         {"kind": "infill", "outcome": "done", "prompt_tokens": 502, "reused_tokens": 498, "steps": 6},
         {"kind": "infill", "outcome": "cancelled"},
     ]
-    log.write_text("".join(f"2026 DEBUG dg_lsp.answers: engine stats {json.dumps(x)}\n" for x in lines)
-                   + "2026 DEBUG dg_lsp.jobs: job for file:///a.py superseded\n")
+    log.write_text(
+        "".join(f"2026 DEBUG dg_lsp.answers: engine stats {json.dumps(x)}\n" for x in lines)
+        + "2026 DEBUG dg_lsp.jobs: job for file:///a.py superseded\n"
+    )
     parsed = read_log(log)
     assert len(parsed.stats) == 3 and parsed.superseded == 1
-    r = latency._report(latency.LatencyConfig(), ServerSpec(), Path("x.py"), "a\nb\n", 2, "b", 2, [],
-                        parsed, {"state": "ready"}, 0.0, 1.0, 1.0, {})
+    r = latency._report(
+        latency.LatencyConfig(),
+        ServerSpec(),
+        Path("x.py"),
+        "a\nb\n",
+        2,
+        "b",
+        2,
+        [],
+        parsed,
+        {"state": "ready"},
+        0.0,
+        1.0,
+        1.0,
+        {},
+    )
     assert r["tokens"]["full_encode_mean"] == 501 and r["tokens"]["reencoded_per_job_mean"] == 252
     assert r["tokens"]["reencoded_per_keystroke"] == 252 and math.isclose(r["tokens"]["reuse_ratio"], 498 / 1002)
     assert (r["engine"]["done"], r["engine"]["cancelled"]) == (2, 1)
@@ -140,8 +172,25 @@ def test_latency_counts_prompt_reuse_from_engine_stats(fake_env, tmp_path):
 
 def test_memory_smoke(monkeypatch, fake_env, tmp_path):
     out = tmp_path / "out"
-    code = run_cli(monkeypatch, "bench", "memory", "--model", fake_model(), "--out", str(out), "--load-s", "2",
-                   "--keystroke-ms", "20", "--sample-ms", "50", "--series-s", "0.5", "--await-every", "10")
+    code = run_cli(
+        monkeypatch,
+        "bench",
+        "memory",
+        "--model",
+        fake_model(),
+        "--out",
+        str(out),
+        "--load-s",
+        "2",
+        "--keystroke-ms",
+        "20",
+        "--sample-ms",
+        "50",
+        "--series-s",
+        "0.5",
+        "--await-every",
+        "10",
+    )
     assert code == 0
     r = json.loads((out / "bench_memory.json").read_text())
     png(out / "bench_memory.png")
@@ -176,8 +225,14 @@ def test_memory_series_takes_one_sample_per_interval_and_the_last():
     from dg_bench import memory
 
     mib = memory.MIB
-    samples = [(0.0, 100 * mib), (0.4, 101 * mib), (1.02, 102 * mib), (1.5, 103 * mib), (2.1, 104 * mib),
-               (2.3, 105 * mib)]
+    samples = [
+        (0.0, 100 * mib),
+        (0.4, 101 * mib),
+        (1.02, 102 * mib),
+        (1.5, 103 * mib),
+        (2.1, 104 * mib),
+        (2.3, 105 * mib),
+    ]
     assert memory.series(samples, 1.0) == [(0.0, 100.0), (1.02, 102.0), (2.1, 104.0), (2.3, 105.0)]
     assert memory.series([], 1.0) == []
 
@@ -236,7 +291,8 @@ def test_speed_smoke(monkeypatch, tmp_path, capsys):
         assert math.isclose(k["ratio"]["tok_per_s"], d["tok_per_s"] / a["tok_per_s"])
         assert k["ratio"]["pass_at_1_delta"] == 0
         assert k["hybrid"]["tokens_per_forward"] > 1.0 and math.isclose(
-            k["ratio_hybrid"]["tok_per_s"], k["hybrid"]["tok_per_s"] / a["tok_per_s"])
+            k["ratio_hybrid"]["tok_per_s"], k["hybrid"]["tok_per_s"] / a["tok_per_s"]
+        )
         assert len(d["rows"]["steps"]) == len(a["rows"]["latency_ms"]) == 3
     printed = capsys.readouterr().out
     assert "speed ratio diffusion/AR" in printed and "speed ratio hybrid/AR" in printed
@@ -245,8 +301,10 @@ def test_speed_smoke(monkeypatch, tmp_path, capsys):
 @pytest.mark.slow
 def test_speed_on_the_embedded_model(tmp_path):
     out = tmp_path / "out"
-    assert cli.main(["bench", "speed", "--out", str(out), "--limit", "2", "--kinds", "single-line",
-                     "--device", "cpu"]) == 0
+    assert (
+        cli.main(["bench", "speed", "--out", str(out), "--limit", "2", "--kinds", "single-line", "--device", "cpu"])
+        == 0
+    )
     r = json.loads((out / "bench_speed.json").read_text())
     k = r["kinds"]["single-line"]
     assert k["ar"]["tokens_per_forward"] <= 1.0 + 1e-9 and k["diffusion"]["mean_steps"] > 0
@@ -259,7 +317,8 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
     def call(cmd):
         calls.append(cmd)
         Path(cmd[cmd.index("--out") + 1]).write_text(
-            (REPO / "dg_model" / "bench_results" / "bench_4bit.json").read_text())
+            (REPO / "dg_model" / "bench_results" / "bench_4bit.json").read_text()
+        )
         return 0
 
     monkeypatch.setattr(bench.subprocess, "call", call)
@@ -273,8 +332,24 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
 
 def test_forward_compares_both_paths_on_the_embedded_model(monkeypatch, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli(monkeypatch, "bench", "forward", "--out", str(out), "--rounds", "3", "--canvases", "8,16",
-                   "--prompt-tokens", "64", "--device", "cpu") == 0
+    assert (
+        run_cli(
+            monkeypatch,
+            "bench",
+            "forward",
+            "--out",
+            str(out),
+            "--rounds",
+            "3",
+            "--canvases",
+            "8,16",
+            "--prompt-tokens",
+            "64",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     r = json.loads((out / "bench_forward.json").read_text())
     assert list(r["ops"]) == ["encode", "ar_step", "canvas_8", "canvas_16"]
     assert r["max_logit_diff"] < 1e-3, "the lean forward must compute what transformers' modules compute"
@@ -287,7 +362,25 @@ def test_forward_compares_both_paths_on_the_embedded_model(monkeypatch, tmp_path
 
 def test_forward_prices_an_untrained_size(monkeypatch, tmp_path):
     out = tmp_path / "out"
-    assert run_cli(monkeypatch, "bench", "forward", "--size", "tiny", "--out", str(out), "--rounds", "2",
-                   "--canvases", "8", "--prompt-tokens", "32", "--device", "cpu") == 0
+    assert (
+        run_cli(
+            monkeypatch,
+            "bench",
+            "forward",
+            "--size",
+            "tiny",
+            "--out",
+            str(out),
+            "--rounds",
+            "2",
+            "--canvases",
+            "8",
+            "--prompt-tokens",
+            "32",
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     r = json.loads((out / "bench_forward.json").read_text())
     assert r["model"] == "random tiny" and r["params"] < 2_000_000 and r["max_logit_diff"] < 1e-3

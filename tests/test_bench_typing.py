@@ -86,8 +86,15 @@ def test_stale_suggestions_are_counted(tmp_path: Path, ghost: str) -> None:
 
 
 def _raw(startup: dict, t_ready: float, requests: list[dict]) -> dict:
-    return {"pauses": [], "accepts": [], "startup_pause": startup, "t_ready": t_ready, "t_first_shown": None,
-            "requests_after_ready": requests, "final_buffer": ""}
+    return {
+        "pauses": [],
+        "accepts": [],
+        "startup_pause": startup,
+        "t_ready": t_ready,
+        "t_first_shown": None,
+        "requests_after_ready": requests,
+        "final_buffer": "",
+    }
 
 
 def test_first_suggestion_is_timed_at_the_start_up_place() -> None:
@@ -127,7 +134,8 @@ def test_plan_pauses_at_line_starts_and_mid_line() -> None:
 def test_bench_typing_quick_on_the_embedded_model(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "dg_lsp.cli", "bench", "typing", "--quick", "--out", str(tmp_path)],
-        check=True, timeout=900,
+        check=True,
+        timeout=900,
     )
     result = json.loads((tmp_path / "bench_typing.json").read_text())
     for ghost in _ghosts():

@@ -40,8 +40,12 @@ def _model(seed=0):
 def _batch(seed=0):
     rng = random.Random(seed)
     layout = BlockLayout(canvases=(8,), middle_tokens=16, prompt_block_min=3, prompt_block_max=9)
-    rows = [block_row([2] + [rng.randrange(8, VOCAB) for _ in range(n)], [rng.randrange(8, VOCAB) for _ in range(m)],
-                      layout, rng) for n, m in ((30, 11), (17, 3))]
+    rows = [
+        block_row(
+            [2] + [rng.randrange(8, VOCAB) for _ in range(n)], [rng.randrange(8, VOCAB) for _ in range(m)], layout, rng
+        )
+        for n, m in ((30, 11), (17, 3))
+    ]
     return rows, collate_rows(rows)
 
 
@@ -50,7 +54,7 @@ def test_layout_has_a_boundary_at_the_canvas_and_ends_the_middle_with_eos():
     long, short = rows
     assert 31 in long.starts and long.ids[31 + 11] == EOS and len(long.ids) == 31 + 16  # two canvases of 8
     assert 18 in short.starts and short.ids[18 + 3] == EOS and short.ids[-1] == PAD and len(short.ids) == 18 + 8
-    assert batch["weight"][1, len(short.ids):].eq(0).all()  # batch padding supervises nothing
+    assert batch["weight"][1, len(short.ids) :].eq(0).all()  # batch padding supervises nothing
     assert batch["weight"][1, -1] == 0 and batch["weight"][1, len(short.ids) - 1] == pytest.approx(0.1)
 
 
@@ -90,8 +94,12 @@ def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond):
             kwargs = {}
             if self_cond:
                 kwargs = dict(self_conditioning_logits=sc[b : b + 1, lo:hi], self_conditioning_mask=sc_rows[b : b + 1])
-            dec = model.model.decoder(decoder_input_ids=noised[b : b + 1, lo:hi], past_key_values=cache,
-                                      decoder_position_ids=torch.arange(lo, hi)[None], **kwargs)
+            dec = model.model.decoder(
+                decoder_input_ids=noised[b : b + 1, lo:hi],
+                past_key_values=cache,
+                decoder_position_ids=torch.arange(lo, hi)[None],
+                **kwargs,
+            )
             ref = torch.tanh(model.lm_head(dec.last_hidden_state) / 30.0) * 30.0
             torch.testing.assert_close(logits[b, N + lo : N + hi], ref[0], atol=1e-4, rtol=1e-4)
 
@@ -109,8 +117,12 @@ def test_gradients_reach_the_shared_weights_and_the_loss_falls():
         first = first if first is not None else float(out["loss"])
         if step == 1:  # a self-conditioned step: the self-conditioning MLP learns too
             layer = model.model.encoder.language_model.layers[0]
-            for p in (layer.self_attn.q_proj.weight, layer.experts.gate_up_proj, layer.router.scale,
-                      model.model.decoder.self_conditioning.gate_proj.weight):
+            for p in (
+                layer.self_attn.q_proj.weight,
+                layer.experts.gate_up_proj,
+                layer.router.scale,
+                model.model.decoder.self_conditioning.gate_proj.weight,
+            ):
                 assert p.grad is not None and p.grad.abs().sum() > 0
         opt.step()
     assert float(out["loss"]) < 0.7 * first
@@ -168,8 +180,7 @@ def test_fused_soft_targets_match_autograd_and_leave_the_teacher_alone():
     teacher = (torch.randn(29, 16) * 3).requires_grad_()
     w = torch.randn(50, 16, requires_grad=True)
     targets, row_weight, alpha = torch.randint(0, 50, (29,)), torch.rand(29), torch.rand(29)
-    loss, hits, agree = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8, teacher=teacher,
-                                              alpha=alpha)
+    loss, hits, agree = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8, teacher=teacher, alpha=alpha)
     loss.backward()
     h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     logits = torch.tanh(h2 @ w2.T / 5.0) * 5.0

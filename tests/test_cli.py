@@ -42,8 +42,16 @@ def test_help_documents_every_flag():
     out = subprocess.run(
         [sys.executable, "-m", "dg_lsp.cli", "--help"], capture_output=True, text=True, cwd=REPO, env=server_env()
     ).stdout
-    for flag in ("--stdio", "--tcp [HOST:]PORT", "--model PATH|HF_ID", "--device {auto,cpu,cuda}",
-                 "--quantize {none,8bit,4bit}", "--log-file", "--log-level", "--version"):
+    for flag in (
+        "--stdio",
+        "--tcp [HOST:]PORT",
+        "--model PATH|HF_ID",
+        "--device {auto,cpu,cuda}",
+        "--quantize {none,8bit,4bit}",
+        "--log-file",
+        "--log-level",
+        "--version",
+    ):
         assert flag in out, flag
     for command in ("complete", "rewrite", "fix", "doctor"):
         assert command in out
@@ -55,10 +63,15 @@ def test_version(capsys):
     assert info.value.code == 0 and capsys.readouterr().out.startswith("dg-lsp ")
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("8765", ("127.0.0.1", 8765)), ("0.0.0.0:9000", ("0.0.0.0", 9000)), ("[::1]:7000", ("::1", 7000)),
-    ("localhost:1", ("localhost", 1)),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("8765", ("127.0.0.1", 8765)),
+        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("localhost:1", ("localhost", 1)),
+    ],
+)
 def test_tcp_address(value, expected):
     assert cli._host_port(value) == expected
 
@@ -98,7 +111,7 @@ def test_complete_uses_the_same_pipeline_as_the_server(src, monkeypatch, capsys)
     real = pipeline.complete
     monkeypatch.setattr(pipeline, "complete", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     assert cli.main(["complete", f"{src}:5:12", "--model", fake()]) == 0
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     assert args[1] == SRC and args[2] == SRC.index("return ") + 7 and args[3] == "python"
 
 
@@ -107,10 +120,16 @@ def test_complete_with_nothing_to_offer_exits_1(src, capsys):
     assert "no completion" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("target, message", [
-    ("{src}:99:1", "past the end"), ("{src}:0:1", "1-based"), ("{src}:x:1", "cannot parse"),
-    ("{src}", "cannot parse"), ("/no/such/file.py:1:1", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("{src}:99:1", "past the end"),
+        ("{src}:0:1", "1-based"),
+        ("{src}:x:1", "cannot parse"),
+        ("{src}", "cannot parse"),
+        ("/no/such/file.py:1:1", "cannot read"),
+    ],
+)
 def test_complete_bad_targets_exit_2(src, capsys, target, message):
     with pytest.raises(SystemExit) as info:
         cli.main(["complete", target.format(src=src), "--model", fake()])
@@ -134,8 +153,18 @@ def test_rewrite_prints_the_rewritten_block(src, capsys):
 
 
 def test_rewrite_json_and_single_line_target(src, capsys):
-    assert cli.main(["rewrite", f"{src}:8", "--json", "--model", fake(rewrite="print(area(3.0))\n",
-                                                                     scores={"print(area(3.0))\n": 0.0})]) == 0
+    assert (
+        cli.main(
+            [
+                "rewrite",
+                f"{src}:8",
+                "--json",
+                "--model",
+                fake(rewrite="print(area(3.0))\n", scores={"print(area(3.0))\n": 0.0}),
+            ]
+        )
+        == 0
+    )
     (edit,) = json.loads(capsys.readouterr().out)
     assert edit["start"] == {"line": 8, "col": 1} and edit["text"] == "print(area(3.0))\n"
 
@@ -182,7 +211,8 @@ async def test_tcp_transport(tmp_path):
     # No host given: the server binds 127.0.0.1.
     proc = subprocess.Popen(
         [sys.executable, str(FAKE_SERVER), "--tcp", str(port), "--log-level", "warning", "--model", fake()],
-        cwd=REPO, env=server_env(),
+        cwd=REPO,
+        env=server_env(),
     )
     try:
         client = make_test_lsp_client()
@@ -196,11 +226,18 @@ async def test_tcp_transport(tmp_path):
                 await asyncio.sleep(0.05)
         await client.initialize_session(types.InitializeParams(capabilities=client_capabilities("neovim")))
         uri = (tmp_path / "a.py").as_uri()
-        client.text_document_did_open(types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SRC)))
-        result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=4, character=11),
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SRC)
+            )
+        )
+        result = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=4, character=11),
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+            )
+        )
         assert result.items[0].insert_text == "a + b"
         await client.shutdown_session()
         assert proc.wait(5) == 0

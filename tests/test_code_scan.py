@@ -17,17 +17,17 @@ def code(text: str, lexicon: Lexicon = PYTHON) -> str:
     ("text", "lexicon", "expected"),
     [
         # brackets and comment markers inside strings are not code
-        ('f("(", x)', PYTHON, 'f(___, x)'),
+        ('f("(", x)', PYTHON, "f(___, x)"),
         ("s = '# not a comment' # (a comment", PYTHON, "s = _________________ ____________"),
         # escapes: an escaped quote does not close the string, an escaped backslash does not escape the quote
-        (r'f("a\"(", "\\") + g(', PYTHON, r'f(______, ____) + g('),
+        (r'f("a\"(", "\\") + g(', PYTHON, r"f(______, ____) + g("),
         # triple quotes span lines, and hold lone quotes
-        ('x = """a ( "b"\n c )""" + (', PYTHON, 'x = __________\n_______ + ('),
+        ('x = """a ( "b"\n c )""" + (', PYTHON, "x = __________\n_______ + ("),
         # a one-line string left open ends at its line; a triple-quoted one runs to the end
-        ('x = "a (\ny = (', PYTHON, 'x = ____\ny = ('),
+        ('x = "a (\ny = (', PYTHON, "x = ____\ny = ("),
         ("x = '''a (\ny = (", PYTHON, "x = ______\n_____"),
         # a backslash before the line break continues a one-line string
-        ('s = "a \\\n ( "; (', PYTHON, 's = ____\n____; ('),
+        ('s = "a \\\n ( "; (', PYTHON, "s = ____\n____; ("),
         # the language's comments: `#` is code in C, `//` and `/* */` are comments
         ("a[i] # x // (y\n/* ( */ b(", C, "a[i] # x _____\n_______ b("),
         # backticks span lines (template literals, Go raw strings)

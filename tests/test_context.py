@@ -471,11 +471,13 @@ def test_the_job_carries_the_contexts_kind_and_its_middle_budget() -> None:
     from dg_lsp.pipeline import complete
 
     settings = Settings(max_line_tokens=7, max_block_tokens=70)
-    for marked, kind, max_tokens in (("def f(x):\n    return <CURSOR>\n", "line", 7),
-                                     ("def f(x):\n    <CURSOR>\n", "block", 70)):
+    for marked, kind, max_tokens in (
+        ("def f(x):\n    return <CURSOR>\n", "line", 7),
+        ("def f(x):\n    <CURSOR>\n", "block", 70),
+    ):
         engine = FakeEngine(texts=["x"])
         text, offset = at(marked)
         complete(engine, text, offset, "python", settings)
         c = build_context(text, offset, "python", engine.count_tokens, budget_of(settings))
-        (_, job), = engine.calls
+        ((_, job),) = engine.calls
         assert (job.kind, job.max_tokens) == (c.kind, c.max_tokens) == (kind, max_tokens)

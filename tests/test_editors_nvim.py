@@ -127,9 +127,7 @@ class Nvim:
         self.wait_until(lambda: Path(self.sock).exists(), 20, "nvim socket")
 
     def _remote(self, flag: str, arg: str, timeout: float = 15) -> str:
-        r = subprocess.run(
-            [NVIM, "--server", self.sock, flag, arg], capture_output=True, text=True, timeout=timeout
-        )
+        r = subprocess.run([NVIM, "--server", self.sock, flag, arg], capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
             raise RuntimeError(f"nvim {flag} failed: {r.stderr or r.stdout}")
         return r.stdout
@@ -497,9 +495,9 @@ def test_checkhealth(start_nvim: Callable[..., Nvim]) -> None:
     _ready(nv, 15)
     nv.send(":checkhealth dg_lsp<CR>")
     report = nv.wait_until(
-        lambda: (t := "\n".join(nv.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)")))
-        and "dg_lsp: clients" in t
-        and t,
+        lambda: (
+            (t := "\n".join(nv.lua("vim.api.nvim_buf_get_lines(0, 0, -1, false)"))) and "dg_lsp: clients" in t and t
+        ),
         30,
         "checkhealth report",
     )

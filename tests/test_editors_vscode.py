@@ -138,6 +138,7 @@ def test_offered_choices_are_accepted_and_others_rejected() -> None:
     value outside them is rejected (so the server really enforces the choice the editor offers)."""
     enums = {k: v["enum"] for k, v in _contributed().items() if "enum" in v}
     assert {"device", "quantize", "decoding", "logLevel"} <= set(enums)
+
     def nested(key: str, value: Any) -> dict[str, Any]:  # "remote.format" -> {"remote": {"format": value}}
         head, _, rest = key.partition(".")
         return {head: nested(rest, value)} if rest else {key: value}
@@ -224,4 +225,3 @@ def test_readme_settings_table_matches_the_server() -> None:
     assert not missing, f"settings the README does not document: {missing}"
     wrong = {k: (documented[k], server[k]) for k in server if documented[k] != server[k]}
     assert not wrong, f"README default != server default: {wrong}"
-

@@ -96,8 +96,12 @@ def test_candidates_are_batched_and_deterministic_under_a_seed(tiny):
 
 def test_pinned_suffix_format_keeps_the_suffix_in_the_canvas(tiny):
     model, tok = tiny
-    engine = DiffusionEngine(model, tok, EngineSettings(prompt_format="pinned-suffix", pinned_suffix_tokens=4,
-                                                        sampler=SamplerConfig(max_steps=3)), name="tiny")
+    engine = DiffusionEngine(
+        model,
+        tok,
+        EngineSettings(prompt_format="pinned-suffix", pinned_suffix_tokens=4, sampler=SamplerConfig(max_steps=3)),
+        name="tiny",
+    )
     drafts = []
     engine.infill(InfillJob(PREFIX, SUFFIX, canvas=16, on_draft=drafts.append))
     pinned_text = tok.decode(tok.encode(SUFFIX, add_special_tokens=False)[:4])
@@ -127,8 +131,9 @@ def test_chat_format_for_checkpoints_without_fim_tokens(tiny):
     from dg_model.prompts import CURSOR, build_prompt, choose_format, clean_answer
 
     model, tok = tiny
-    chat_tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, bos_token="<bos>", eos_token="<eos>",
-                                       pad_token="<pad>")
+    chat_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok.backend_tokenizer, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
     chat_tok.chat_template = (
         "{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}model\n{% endif %}"
@@ -139,8 +144,9 @@ def test_chat_format_for_checkpoints_without_fim_tokens(tiny):
     assert CURSOR in text and "return " in text and "print(read('x'))" in text and text.endswith("model\n")
     assert clean_answer("```python\nfh.read()\n```\nThis reads the file.", "chat") == "fh.read()"
     assert clean_answer("fh.read()", "fim-spm") == "fh.read()"
-    engine = DiffusionEngine(model, chat_tok, EngineSettings(prompt_format="chat", sampler=SamplerConfig(max_steps=2)),
-                             name="tiny-chat")
+    engine = DiffusionEngine(
+        model, chat_tok, EngineSettings(prompt_format="chat", sampler=SamplerConfig(max_steps=2)), name="tiny-chat"
+    )
     assert engine.infill(InfillJob(PREFIX, SUFFIX)).stats.prompt_tokens == len(prompt.ids)
 
 

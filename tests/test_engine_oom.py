@@ -41,12 +41,15 @@ def failing(engine, exc, monkeypatch):
     return engine
 
 
-@pytest.mark.parametrize("exc", [
-    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
-    MemoryError(),
-    RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"),  # a kernel library's way of saying it
-    type("OutOfMemoryError", (RuntimeError,), {})("CUDA error"),  # a kernel library's own class
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
+        MemoryError(),
+        RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"),  # a kernel library's way of saying it
+        type("OutOfMemoryError", (RuntimeError,), {})("CUDA error"),  # a kernel library's own class
+    ],
+)
 @pytest.mark.parametrize("kind", list(JOBS))
 def test_out_of_memory_leaves_every_job_kind_as_the_typed_error(engine, monkeypatch, exc, kind):
     failing(engine, exc, monkeypatch)
@@ -57,12 +60,15 @@ def test_out_of_memory_leaves_every_job_kind_as_the_typed_error(engine, monkeypa
     caught.value.free_memory()  # safe to call, with or without CUDA
 
 
-@pytest.mark.parametrize("exc", [
-    RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED"),
-    ValueError("out of range"),
-    KeyError("memory"),
-    Cancelled("cancelled at step 1"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED"),
+        ValueError("out of range"),
+        KeyError("memory"),
+        Cancelled("cancelled at step 1"),
+    ],
+)
 def test_other_errors_leave_the_engine_unchanged(engine, monkeypatch, exc):
     failing(engine, exc, monkeypatch)
     with pytest.raises(type(exc)) as caught:

@@ -1,4 +1,4 @@
-""""Fix this block": the checks (diagnose), the repairs they propose (repairs), the choice (fix), and the real
+""" "Fix this block": the checks (diagnose), the repairs they propose (repairs), the choice (fix), and the real
 embedded model repairing slips while leaving working code alone."""
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ def test_renames_respell_a_suspect_name_as_a_close_name_of_the_file():
 
 def test_substitutions_follow_the_models_preferences_and_skip_special_tokens():
     block = "return a - b"
-    tokens = [TokenScore(0, 6, -0.1, []), TokenScore(6, 8, -0.2, []),
-              TokenScore(8, 10, -5.0, [(" +", -0.5), ("<eos>", 0.0)]), TokenScore(10, 12, -0.1, [])]
+    tokens = [
+        TokenScore(0, 6, -0.1, []),
+        TokenScore(6, 8, -0.2, []),
+        TokenScore(8, 10, -5.0, [(" +", -0.5), ("<eos>", 0.0)]),
+        TokenScore(10, 12, -0.1, []),
+    ]
     assert repairs.substitutions(block, tokens) == ["return a + b"]
 
 
@@ -122,10 +126,17 @@ def embedded_engine():
 
 SLIPS = [
     ("def add(a, b):\n    retrun a + b\n", (1, 1), "return a + b"),
-    ("def total(xs):\n    result = 0\n    for x in xs:\n        result += abs(x\n    return result\n", (1, 3),
-     "result += abs(x)"),
-    ("def count_even(numbers):\n    count = 0\n    for n in numbrs:\n        if n % 2 == 0:\n            count += 1\n"
-     "    return count\n", (1, 4), "for n in numbers:"),
+    (
+        "def total(xs):\n    result = 0\n    for x in xs:\n        result += abs(x\n    return result\n",
+        (1, 3),
+        "result += abs(x)",
+    ),
+    (
+        "def count_even(numbers):\n    count = 0\n    for n in numbrs:\n"
+        "        if n % 2 == 0:\n            count += 1\n    return count\n",
+        (1, 4),
+        "for n in numbers:",
+    ),
 ]
 
 
@@ -138,8 +149,10 @@ def test_embedded_model_repairs_slips(embedded_engine, text, lines, expected):
 
 
 def test_embedded_model_leaves_working_code_alone(embedded_engine):
-    text = ("def count_even(numbers):\n    count = 0\n    for n in numbers:\n        if n % 2 == 0:\n"
-            "            count += 1\n    return count\n")
+    text = (
+        "def count_even(numbers):\n    count = 0\n    for n in numbers:\n        if n % 2 == 0:\n"
+        "            count += 1\n    return count\n"
+    )
     result = fix_range(embedded_engine, text, *block_of(text, 1, 4), "python", Settings())
     assert result.edit is None and result.message == "nothing to fix in this block"
 
@@ -151,16 +164,19 @@ BLOCK, BROKEN = "    s = a + b\n    return s\n", "    s = a +\n    return s\n"
 NEW = "    return a + b\n"
 
 
-@pytest.mark.parametrize("doc,candidate,gain,offered", [
-    # code that passes the checks changes only for the margin "Fix this block" uses
-    (REWRITE_DOC, NEW, MARGIN + 0.5, True),
-    (REWRITE_DOC, NEW, MARGIN - 0.5, False),  # likelier, but not by the margin: working code stays
-    (REWRITE_DOC, "    return a + c\n", MARGIN + 5, False),  # `c` is undefined: the checks refuse it
-    (REWRITE_DOC, "    return (a +\n", MARGIN + 5, False),  # does not parse
-    # a block with a problem: a rewrite that removes it is offered when about as likely
-    (BROKEN_DOC, NEW, -REWRITE_TOLERANCE + 0.5, True),
-    (BROKEN_DOC, NEW, -REWRITE_TOLERANCE - 0.5, False),
-])
+@pytest.mark.parametrize(
+    "doc,candidate,gain,offered",
+    [
+        # code that passes the checks changes only for the margin "Fix this block" uses
+        (REWRITE_DOC, NEW, MARGIN + 0.5, True),
+        (REWRITE_DOC, NEW, MARGIN - 0.5, False),  # likelier, but not by the margin: working code stays
+        (REWRITE_DOC, "    return a + c\n", MARGIN + 5, False),  # `c` is undefined: the checks refuse it
+        (REWRITE_DOC, "    return (a +\n", MARGIN + 5, False),  # does not parse
+        # a block with a problem: a rewrite that removes it is offered when about as likely
+        (BROKEN_DOC, NEW, -REWRITE_TOLERANCE + 0.5, True),
+        (BROKEN_DOC, NEW, -REWRITE_TOLERANCE - 0.5, False),
+    ],
+)
 def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, gain, offered):
     from dg_lsp.pipeline import rewrite_range
 

@@ -65,7 +65,10 @@ class RawServer:
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, *args, "--stdio", "--log-file", str(log)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         self.responses: dict[str, dict[str, Any]] = {}
         self.answered_at: dict[str, float] = {}  # monotonic time each response arrived
@@ -151,8 +154,11 @@ class RawServer:
 
     def shown(self, kind: int | None = None) -> list[str]:
         with self.cond:
-            return [n["params"]["message"] for n in self.notifications if n["method"] == "window/showMessage"
-                    and (kind is None or n["params"]["type"] == kind)]
+            return [
+                n["params"]["message"]
+                for n in self.notifications
+                if n["method"] == "window/showMessage" and (kind is None or n["params"]["type"] == kind)
+            ]
 
     def statuses(self) -> list[dict[str, Any]]:
         with self.cond:
@@ -177,21 +183,35 @@ class RawServer:
     # -- LSP --
 
     def initialize(self, root: Path, options: Any = None) -> dict[str, Any]:
-        caps = {"textDocument": {"inlineCompletion": {}, "synchronization": {}},
-                "general": {"positionEncodings": ["utf-16"]}}
-        answer = self.request("initialize", {"processId": os.getpid(), "rootUri": root.as_uri(), "capabilities": caps,
-                                             "initializationOptions": options})
+        caps = {
+            "textDocument": {"inlineCompletion": {}, "synchronization": {}},
+            "general": {"positionEncodings": ["utf-16"]},
+        }
+        answer = self.request(
+            "initialize",
+            {
+                "processId": os.getpid(),
+                "rootUri": root.as_uri(),
+                "capabilities": caps,
+                "initializationOptions": options,
+            },
+        )
         assert "result" in answer, answer
         self.notify("initialized", {})
         return answer["result"]
 
     def open(self, uri: str, text: str, language_id: str = "python", version: int = 1) -> None:
-        self.notify("textDocument/didOpen",
-                    {"textDocument": {"uri": uri, "languageId": language_id, "version": version, "text": text}})
+        self.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": uri, "languageId": language_id, "version": version, "text": text}},
+        )
 
     def inline_params(self, uri: str, line: int, character: int, invoked: bool = True) -> dict[str, Any]:
-        return {"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
-                "context": {"triggerKind": 1 if invoked else 2}}
+        return {
+            "textDocument": {"uri": uri},
+            "position": {"line": line, "character": character},
+            "context": {"triggerKind": 1 if invoked else 2},
+        }
 
     def document(self, uri: str) -> dict[str, Any] | None:
         answer = self.request("dg/debug/document", {"uri": uri})
@@ -218,9 +238,16 @@ class RawServer:
 FAKE_FALLBACK = {"text": "fallback()"}
 
 
-def start(tmp: Path, *args: str, fake: dict[str, Any] | None = None, probe: bool = True,
-          shims: Path | None = None, env: dict[str, str] | None = None, log_level: str = "info",
-          fallback_to: dict[str, Any] | None = None) -> RawServer:
+def start(
+    tmp: Path,
+    *args: str,
+    fake: dict[str, Any] | None = None,
+    probe: bool = True,
+    shims: Path | None = None,
+    env: dict[str, str] | None = None,
+    log_level: str = "info",
+    fallback_to: dict[str, Any] | None = None,
+) -> RawServer:
     """The server with the `fake` engine (tests/fake_server.py), or without one dg-lsp itself on its real models."""
     base = server_env()
     if shims is not None:
@@ -311,21 +338,46 @@ def well_formed(change: Any) -> bool:
 # ------------------------------------------------------------------------------------------------ strategies
 
 
-PIECES = ["a", "b", " ", "\t", "\n", "\r", "\r\n", "é", "😀", "\ud83d", "\ude00", "\ud800", "\udfff", "\x00", "\x0c",
-          "\u2028", "\x85", "}", "def f():\n    return ", "\ufeff", "\U0001F600x"]
+PIECES = [
+    "a",
+    "b",
+    " ",
+    "\t",
+    "\n",
+    "\r",
+    "\r\n",
+    "é",
+    "😀",
+    "\ud83d",
+    "\ude00",
+    "\ud800",
+    "\udfff",
+    "\x00",
+    "\x0c",
+    "\u2028",
+    "\x85",
+    "}",
+    "def f():\n    return ",
+    "\ufeff",
+    "\U0001f600x",
+]
 texts = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
 SIZES = {"as drawn": 1, "empty": 0, "big": 500, "huge": 200_000}  # huge: MBs
 documents = st.tuples(texts, st.sampled_from(list(SIZES))).map(
     lambda t: "" if t[1] == "empty" else t[0] if t[1] == "as drawn" else (t[0] + "x = 1\n") * SIZES[t[1]]
 )
-positions = st.fixed_dictionaries({
-    "line": st.one_of(st.integers(0, 6), st.integers(0, 2**31 - 1)),
-    "character": st.one_of(st.integers(0, 12), st.integers(0, 2**31 - 1)),
-})
-bad_positions = st.fixed_dictionaries({
-    "line": st.one_of(st.integers(-5, -1), st.just(2**31), st.text(max_size=2), st.none(), st.floats()),
-    "character": st.integers(0, 3),
-})
+positions = st.fixed_dictionaries(
+    {
+        "line": st.one_of(st.integers(0, 6), st.integers(0, 2**31 - 1)),
+        "character": st.one_of(st.integers(0, 12), st.integers(0, 2**31 - 1)),
+    }
+)
+bad_positions = st.fixed_dictionaries(
+    {
+        "line": st.one_of(st.integers(-5, -1), st.just(2**31), st.text(max_size=2), st.none(), st.floats()),
+        "character": st.integers(0, 3),
+    }
+)
 changes = st.one_of(
     st.fixed_dictionaries({"range": st.fixed_dictionaries({"start": positions, "end": positions}), "text": texts}),
     st.fixed_dictionaries({"text": texts}),  # whole document
@@ -337,14 +389,24 @@ bad_changes = st.one_of(
     st.fixed_dictionaries({"range": st.fixed_dictionaries({"start": positions}), "text": texts}),
 )
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False), st.text(max_size=8)),
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False), st.text(max_size=8)),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=8,
 )
 # Methods a fuzzer may call with any params: everything but the lifecycle (initialize/shutdown/exit) and settings.
-METHODS = [INLINE, "textDocument/completion", "textDocument/codeAction", "codeAction/resolve",
-           "workspace/executeCommand", "textDocument/hover", "dg/debug/document", "$/cancelRequest",
-           "textDocument/didSave", "$/setTrace", "workspace/didChangeWatchedFiles"]
+METHODS = [
+    INLINE,
+    "textDocument/completion",
+    "textDocument/codeAction",
+    "codeAction/resolve",
+    "workspace/executeCommand",
+    "textDocument/hover",
+    "dg/debug/document",
+    "$/cancelRequest",
+    "textDocument/didSave",
+    "$/setTrace",
+    "workspace/didChangeWatchedFiles",
+]
 
 
 LIFECYCLE = ("initialize", "initialized", "shutdown", "exit")
@@ -354,14 +416,28 @@ _FUZZ_IDS = itertools.count(1)
 @st.composite
 def garbage_frames(draw) -> bytes:
     """Frames that are broken but self-delimiting, each followed by a line break (a conforming reader resyncs)."""
-    body = draw(st.one_of(
-        st.binary(max_size=40),
-        st.sampled_from([b"{", b"[]", b"null", b"42", b'"x"', b"{}", b'{"jsonrpc": "2.0"}', b"\xff\xfe{}",
-                         b'{"jsonrpc": "2.0", "method": 5}', b'{"jsonrpc": "1.0", "id": 1}',
-                         b'{"jsonrpc":"2.0","id":[1],"method":"textDocument/hover"}',
-                         b'{"jsonrpc":"2.0","method":"textDocument/didChange","params":"x"}']),
-        json_values.map(lambda v: json.dumps(v).encode()),
-    ))
+    body = draw(
+        st.one_of(
+            st.binary(max_size=40),
+            st.sampled_from(
+                [
+                    b"{",
+                    b"[]",
+                    b"null",
+                    b"42",
+                    b'"x"',
+                    b"{}",
+                    b'{"jsonrpc": "2.0"}',
+                    b"\xff\xfe{}",
+                    b'{"jsonrpc": "2.0", "method": 5}',
+                    b'{"jsonrpc": "1.0", "id": 1}',
+                    b'{"jsonrpc":"2.0","id":[1],"method":"textDocument/hover"}',
+                    b'{"jsonrpc":"2.0","method":"textDocument/didChange","params":"x"}',
+                ]
+            ),
+            json_values.map(lambda v: json.dumps(v).encode()),
+        )
+    )
     kind = draw(st.sampled_from(["body", "no-length", "bad-length", "extra-header", "zero"]))
     if kind == "body":
         raw = frame(body)
@@ -386,18 +462,26 @@ def is_notification(method: str) -> bool:
 def mangled_requests(draw, uri: str) -> dict[str, Any]:
     method = draw(st.one_of(st.sampled_from(METHODS), st.text(max_size=12).filter(lambda m: m not in LIFECYCLE)))
     good = {"textDocument": {"uri": uri}, "position": draw(positions), "context": {"triggerKind": 1}}
-    params = draw(st.one_of(
-        json_values,
-        st.just(good),
-        st.builds(lambda k, v: {**good, k: v}, st.sampled_from(list(good)), json_values),
-        st.builds(lambda p: {**good, "position": p}, bad_positions),
-        st.just({"textDocument": {"uri": "file:///etc/passwd"}, "position": {"line": 0, "character": 0},
-                 "context": {"triggerKind": 1}}),
-    ))
+    params = draw(
+        st.one_of(
+            json_values,
+            st.just(good),
+            st.builds(lambda k, v: {**good, k: v}, st.sampled_from(list(good)), json_values),
+            st.builds(lambda p: {**good, "position": p}, bad_positions),
+            st.just(
+                {
+                    "textDocument": {"uri": "file:///etc/passwd"},
+                    "position": {"line": 0, "character": 0},
+                    "context": {"triggerKind": 1},
+                }
+            ),
+        )
+    )
     # ids are unique among requests in flight (JSON-RPC requires it), whatever their type
     n = next(_FUZZ_IDS)
-    msg_id = draw(st.one_of(st.integers(0, 999).map(lambda k: n * 1000 + k),
-                            st.text(max_size=6).map(lambda s: f"fz{n}-{s}")))
+    msg_id = draw(
+        st.one_of(st.integers(0, 999).map(lambda k: n * 1000 + k), st.text(max_size=6).map(lambda s: f"fz{n}-{s}"))
+    )
     return {"method": method, "params": params, "id": msg_id}
 
 
@@ -430,9 +514,19 @@ def fuzz_settings(n: int):
     # can take minutes) nor varies from run to run; the slow run explores and shrinks.
     quick = n <= FUZZ_EXAMPLES
     phases = (Phase.explicit, Phase.generate) if quick else tuple(Phase)
-    return settings(max_examples=n, deadline=None, derandomize=quick, database=None, phases=phases,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture, HealthCheck.large_base_example])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=quick,
+        database=None,
+        phases=phases,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.large_base_example,
+        ],
+    )
 
 
 def _fuzz_protocol(server: RawServer, data: st.DataObject) -> None:
@@ -459,18 +553,22 @@ def _fuzz_protocol(server: RawServer, data: st.DataObject) -> None:
 def _fuzz_document(server: RawServer, data: st.DataObject) -> None:
     uri = (server.tmp / f"doc-{next(server.uris)}.py").as_uri()  # type: ignore[attr-defined]
     text = data.draw(documents, label="document")
-    event("document: " + ("empty" if not text else "small" if len(text) < 10_000 else "big" if len(text) < 10**6
-                          else "huge"))
+    event(
+        "document: "
+        + ("empty" if not text else "small" if len(text) < 10_000 else "big" if len(text) < 10**6 else "huge")
+    )
     model, version = wire(text), 1
     server.open(uri, text)
     for _ in range(data.draw(st.integers(0, 12), label="edits")):
-        batch = data.draw(st.lists(st.one_of(changes, changes, changes, bad_changes), min_size=1, max_size=3),
-                          label="didChange")
+        batch = data.draw(
+            st.lists(st.one_of(changes, changes, changes, bad_changes), min_size=1, max_size=3), label="didChange"
+        )
         if data.draw(st.integers(0, 9), label="garbage?") == 0:
             server.write(data.draw(garbage_frames(), label="frame"))
         version += 1
-        server.notify("textDocument/didChange",
-                      {"textDocument": {"uri": uri, "version": version}, "contentChanges": batch})
+        server.notify(
+            "textDocument/didChange", {"textDocument": {"uri": uri, "version": version}, "contentChanges": batch}
+        )
         if all(well_formed(c) for c in batch):
             for change in batch:
                 model = model_apply(model, change)
@@ -516,10 +614,13 @@ def test_request_for_a_notification_method_is_answered(fuzz_server):
 def test_did_change_with_non_string_text_is_dropped(fuzz_server, text):
     uri = (fuzz_server.tmp / f"text-{next(fuzz_server.uris)}.py").as_uri()
     fuzz_server.open(uri, PY)
-    for change in ({"text": text}, {"range": {"start": {"line": 0, "character": 0},
-                                              "end": {"line": 0, "character": 0}}, "text": text}):
-        fuzz_server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2},
-                                                      "contentChanges": [change]})
+    for change in (
+        {"text": text},
+        {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": text},
+    ):
+        fuzz_server.notify(
+            "textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [change]}
+        )
     assert fuzz_server.document(uri) == {"text": PY, "version": 1}
 
 
@@ -540,8 +641,11 @@ def rss(pid: int) -> int:
 def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
     record = tmp / "events.jsonl"
     steps, step_ms = 10, 10  # a job takes ~100 ms: five keystrokes arrive while it runs
-    server = start(tmp, fake=fake_spec(text="a + b", steps=steps, step_ms=step_ms, record=str(record), keep_calls=4),
-                   log_level="warning")
+    server = start(
+        tmp,
+        fake=fake_spec(text="a + b", steps=steps, step_ms=step_ms, record=str(record), keep_calls=4),
+        log_level="warning",
+    )
     try:
         server.initialize(tmp, {"debounceMs": 0})
         server.wait_status("ready")
@@ -556,11 +660,21 @@ def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
         i = 0
         while time.monotonic() - began < seconds:
             ch = "abc "[i % 4]
-            server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": i + 2}, "contentChanges": [
-                {"range": {"start": {"line": line, "character": i}, "end": {"line": line, "character": i}},
-                 "text": ch}]})
-            sent.append((server.request_async(INLINE, server.inline_params(uri, line, i + 1, invoked=False)),
-                         time.monotonic()))
+            server.notify(
+                "textDocument/didChange",
+                {
+                    "textDocument": {"uri": uri, "version": i + 2},
+                    "contentChanges": [
+                        {
+                            "range": {"start": {"line": line, "character": i}, "end": {"line": line, "character": i}},
+                            "text": ch,
+                        }
+                    ],
+                },
+            )
+            sent.append(
+                (server.request_async(INLINE, server.inline_params(uri, line, i + 1, invoked=False)), time.monotonic())
+            )
             i += 1
             if i % per_second == 0:
                 samples.append(rss(server.proc.pid))
@@ -588,9 +702,11 @@ def typing_storm(tmp: Path, seconds: float, per_second: int = 50) -> None:
     # no backlog: the last third of the answers is not slower than the first third (relative, with slack)
     third = len(latencies) // 3
     first, last = sorted(latencies[:third]), sorted(latencies[-third:])
-    print(f"storm: {len(sent)} requests in {seconds} s, jobs {len(starts)} started, {len(cancelled)} cancelled; "
-          f"answer p50 first third {first[len(first) // 2] * 1000:.0f} ms, last third {last[len(last) // 2] * 1000:.0f}"
-          f" ms; RSS MiB {[x // 2**20 for x in samples]}")
+    print(
+        f"storm: {len(sent)} requests in {seconds} s, jobs {len(starts)} started, {len(cancelled)} cancelled; "
+        f"answer p50 first third {first[len(first) // 2] * 1000:.0f} ms, last third {last[len(last) // 2] * 1000:.0f}"
+        f" ms; RSS MiB {[x // 2**20 for x in samples]}"
+    )
     assert last[len(last) // 2] <= 3 * first[len(first) // 2] + 0.25, (first[len(first) // 2], last[len(last) // 2])
     # memory flat: RSS grows by less than 16 MiB (the exact leak check is test_notifications_leave_nothing_behind)
     assert samples and max(samples[1:] or samples) - samples[0] < 16 * 2**20, [s // 2**20 for s in samples]
@@ -609,8 +725,18 @@ def test_notifications_leave_nothing_behind(tmp_path):
         server.open(uri, PY)
         before = server.request("dg/debug/memory", {})["result"]["request_futures"]
         for i in range(200):
-            server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": i + 2}, "contentChanges": [
-                {"range": {"start": {"line": 1, "character": 11}, "end": {"line": 1, "character": 11}}, "text": "x"}]})
+            server.notify(
+                "textDocument/didChange",
+                {
+                    "textDocument": {"uri": uri, "version": i + 2},
+                    "contentChanges": [
+                        {
+                            "range": {"start": {"line": 1, "character": 11}, "end": {"line": 1, "character": 11}},
+                            "text": "x",
+                        }
+                    ],
+                },
+            )
         after = server.request("dg/debug/memory", {})["result"]
         assert after["documents"] == 1
         assert after["request_futures"] - before < 10, after
@@ -679,8 +805,7 @@ def failing_import(tmp_path: Path, module: str, message: str) -> Path:
 
 def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
     shims = failing_import(tmp_path, "bitsandbytes", "No module named bitsandbytes (test)")
-    server = start(tmp_path, "--model", str(EMBEDDED), "--quantize", "4bit", shims=shims,
-                   fallback_to=FAKE_FALLBACK)
+    server = start(tmp_path, "--model", str(EMBEDDED), "--quantize", "4bit", shims=shims, fallback_to=FAKE_FALLBACK)
     try:
         one_error_then_fallback(server, tmp_path, "4bit", fake_fallback=True)
     finally:
@@ -689,8 +814,11 @@ def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
 
 def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
     record = tmp_path / "events.jsonl"
-    server = start(tmp_path, fake={"oom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
-                   fallback_to=FAKE_FALLBACK)
+    server = start(
+        tmp_path,
+        fake={"oom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
+        fallback_to=FAKE_FALLBACK,
+    )
     try:
         server.initialize(tmp_path)
         server.wait_status("ready")
@@ -717,8 +845,11 @@ def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
 def test_any_other_engine_error_stays_the_request_error_and_nothing_falls_back(tmp_path):
     """Only out of memory falls back: an engine bug must not be papered over by a silent model swap."""
     record = tmp_path / "events.jsonl"
-    server = start(tmp_path, fake={"boom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
-                   fallback_to=FAKE_FALLBACK)
+    server = start(
+        tmp_path,
+        fake={"boom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
+        fallback_to=FAKE_FALLBACK,
+    )
     try:
         server.initialize(tmp_path)
         server.wait_status("ready")
@@ -785,8 +916,19 @@ def test_tcp_server_binds_127_0_0_1(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = server_env()
-    proc = subprocess.Popen([sys.executable, str(FAKE_SERVER), "--tcp", str(port), "--model", "{}",
-                             "--log-file", str(tmp_path / "tcp.log")], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(FAKE_SERVER),
+            "--tcp",
+            str(port),
+            "--model",
+            "{}",
+            "--log-file",
+            str(tmp_path / "tcp.log"),
+        ],
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 20
         while not (addrs := _listening(proc.pid, port)) and time.monotonic() < deadline:
@@ -836,8 +978,14 @@ def test_no_network_and_no_unopened_files_read(tmp_path):
     (workspace / "helpers.py").write_text(body)  # in the workspace, never opened in the editor
     (outside / "secret.py").write_text(body)  # outside the workspace
     opened = workspace / "opened.py"
-    server = start(tmp_path, "--device", "cpu", probe=False, shims=shims,
-                   env={"DG_TEST_AUDIT_LOG": str(audit), "HF_HUB_OFFLINE": "", "DG_LSP_ALLOW_DOWNLOAD": ""})
+    server = start(
+        tmp_path,
+        "--device",
+        "cpu",
+        probe=False,
+        shims=shims,
+        env={"DG_TEST_AUDIT_LOG": str(audit), "HF_HUB_OFFLINE": "", "DG_LSP_ALLOW_DOWNLOAD": ""},
+    )
     try:
         server.initialize(workspace)
         server.wait_status("ready", timeout=90)
@@ -849,12 +997,24 @@ def test_no_network_and_no_unopened_files_read(tmp_path):
         for target in ((outside / "secret.py").as_uri(), (workspace / "helpers.py").as_uri()):
             answer = server.request(INLINE, server.inline_params(target, 0, 0))
             assert answer["error"]["code"] == -32602 and "not open" in answer["error"]["message"], answer
-            answer = server.request("workspace/executeCommand", {"command": "dg.rewriteBlock", "arguments": [
-                target, {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}}]})
+            answer = server.request(
+                "workspace/executeCommand",
+                {
+                    "command": "dg.rewriteBlock",
+                    "arguments": [target, {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}}],
+                },
+            )
             assert "error" in answer, answer
-        server.request("codeAction/resolve", {"title": "Rewrite this block", "data": {
-            "uri": (outside / "secret.py").as_uri(), "range": {"start": {"line": 0, "character": 0},
-                                                             "end": {"line": 1, "character": 0}}}})
+        server.request(
+            "codeAction/resolve",
+            {
+                "title": "Rewrite this block",
+                "data": {
+                    "uri": (outside / "secret.py").as_uri(),
+                    "range": {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}},
+                },
+            },
+        )
         assert server.alive()
     finally:
         server.close()
@@ -891,6 +1051,7 @@ def test_loading_never_runs_remote_code_or_downloads_by_default(monkeypatch):
         def from_pretrained(name: str, **kw: Any) -> Any:
             calls.append((what, kw))
             return returns
+
         return from_pretrained
 
     config = type("Config", (), {"model_type": "diffusion_gemma"})()

@@ -62,8 +62,9 @@ def test_counts(single, multi):
     assert len(PROBLEMS) == 164
     assert len(single) == 1033  # Bavarian et al. (2022) single-line infilling count
     # up to 3 spans per problem; problems whose solution has fewer than 2 non-blank lines have none
-    eligible = sum(1 for p in PROBLEMS.values()
-                   if sum(1 for ln in p["canonical_solution"].splitlines() if ln.strip()) >= 2)
+    eligible = sum(
+        1 for p in PROBLEMS.values() if sum(1 for ln in p["canonical_solution"].splitlines() if ln.strip()) >= 2
+    )
     assert eligible * 2 <= len(multi) <= eligible * 3
     assert len({t.task_id for t in single}) == len(single) and len({t.task_id for t in multi}) == len(multi)
 
@@ -89,8 +90,10 @@ def test_cursor_at_indentation(single, multi):
 
 def test_single_line_example():
     t = he.build_tasks("single-line", {"HumanEval/0": PROBLEMS["HumanEval/0"]})
-    assert [x.middle for x in t][:2] == ["for idx, elem in enumerate(numbers):",
-                                         "for idx2, elem2 in enumerate(numbers):"]
+    assert [x.middle for x in t][:2] == [
+        "for idx, elem in enumerate(numbers):",
+        "for idx2, elem2 in enumerate(numbers):",
+    ]
     assert t[1].prefix.endswith(":\n        ") and t[-1].middle == "return False"
 
 
@@ -264,8 +267,22 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
 
     monkeypatch.setattr(loading, "load_engine", lambda *a, **k: TwoCandidates(), raising=False)
     out = tmp_path / "r.json"
-    args = cli.build_parser().parse_args(["eval", "humaneval", "--kind", "single-line", "--limit", "3", "--editor",
-                                          "--mode", "hybrid", "--out", str(out), "--quiet"])
+    args = cli.build_parser().parse_args(
+        [
+            "eval",
+            "humaneval",
+            "--kind",
+            "single-line",
+            "--limit",
+            "3",
+            "--editor",
+            "--mode",
+            "hybrid",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert cli.SUBCOMMANDS["eval"].run(args) == 0
     report = json.loads(out.read_text())
     assert report["tasks"] == 3 and report["mode"] == "hybrid"

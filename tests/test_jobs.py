@@ -26,8 +26,9 @@ def runner():
 def test_runs_a_job_on_the_worker_thread(runner):
     runner.set_engine(FakeEngine(texts=["done"]))
     seen = []
-    job = runner.submit("a", lambda engine, cancel: seen.append(threading.current_thread().name)
-                        or infill(engine, cancel))
+    job = runner.submit(
+        "a", lambda engine, cancel: seen.append(threading.current_thread().name) or infill(engine, cancel)
+    )
     assert job.future.result(2) == "done"
     assert seen == ["dg-engine"]
 

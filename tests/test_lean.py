@@ -60,8 +60,10 @@ def test_prompt_in_chunks_then_canvases_match_transformers(pair):
     close(first, lean.decoder_logits(canvas, cl, None))
     close(hf.decoder_logits(canvas, ch, first), lean.decoder_logits(canvas, cl, first))  # self-conditioned
     assert lean.seq_length(cl) == 40, "a decoder step must not grow the prompt"
-    close(hf.lm_logits(hf.encode(ids[:, :1], hf.new_cache(), 0)),
-          lean.lm_logits(lean.encode(ids[:, :1], lean.new_cache(), 0)))
+    close(
+        hf.lm_logits(hf.encode(ids[:, :1], hf.new_cache(), 0)),
+        lean.lm_logits(lean.encode(ids[:, :1], lean.new_cache(), 0)),
+    )
 
 
 @torch.inference_mode()
@@ -140,8 +142,10 @@ def test_embedded_engine_answers_the_same_on_both_forwards(mode):
     hf = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, forward="hf"), engine.name, mode=mode)
     assert hf.fwd.kind == "hf"
     prefix = "import os\n\n\ndef read_lines(path):\n    with open(path) as fh:\n        "
-    for job in (InfillJob(prefix, "\n", kind="line", doc_key="a"),
-                InfillJob(prefix + "return fh.read", "\n", kind="block", max_tokens=40, doc_key="a")):
+    for job in (
+        InfillJob(prefix, "\n", kind="line", doc_key="a"),
+        InfillJob(prefix + "return fh.read", "\n", kind="block", max_tokens=40, doc_key="a"),
+    ):
         assert [c.text for c in engine.infill(job).candidates] == [c.text for c in hf.infill(job).candidates]
     if mode == "diffusion":
         job = RewriteJob(prefix=prefix, block="return fh.readlines()\n", suffix="", doc_key="a")

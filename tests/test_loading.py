@@ -25,8 +25,9 @@ def saved(tmp_path_factory):
     vocab = {f"t{i}": i for i in range(256)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="t3"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", eos_token="t1", bos_token="t2",
-                            unk_token="t3").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="t0", eos_token="t1", bos_token="t2", unk_token="t3"
+    ).save_pretrained(path)
     return path, model
 
 

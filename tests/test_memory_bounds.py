@@ -40,8 +40,7 @@ def _decode(alive: list, exc: BaseException) -> None:
     raise exc
 
 
-@pytest.mark.parametrize("exc", [Cancelled("cancelled at step 3"), EngineError("bad job")],
-                         ids=["cancelled", "error"])
+@pytest.mark.parametrize("exc", [Cancelled("cancelled at step 3"), EngineError("bad job")], ids=["cancelled", "error"])
 def test_a_failed_job_does_not_keep_its_frames_locals_alive(runner, exc):
     alive: list = []
     gc.disable()  # what a storm outruns: nothing may depend on a full collection
@@ -127,4 +126,3 @@ def test_prompt_caches_are_bounded_by_cached_documents(tiny_engine):
     assert list(tiny_engine._caches) == ["doc5", "doc6", "doc7"]
     again = tiny_engine.infill(InfillJob("def f0(x):\n    return ", "\n", doc_key="doc0", max_tokens=2))
     assert again.stats.reused_tokens == 0 and len(tiny_engine._caches) == 3
-

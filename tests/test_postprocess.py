@@ -112,8 +112,10 @@ def test_completion_that_only_repeats_the_line_above_is_dropped() -> None:
 
 def test_a_line_that_only_matches_an_earlier_line_is_kept() -> None:
     # HumanEval/82: the editor dropped a correct `return False` because one stood two lines above
-    marked = ("def f(l):\n    if l < 2:\n        return False\n    for i in range(2, l):\n        if l % i == 0:\n"
-              "            <CURSOR>\n")
+    marked = (
+        "def f(l):\n    if l < 2:\n        return False\n    for i in range(2, l):\n        if l % i == 0:\n"
+        "            <CURSOR>\n"
+    )
     assert complete(marked, "return False", "python", "line") == marked.replace(CURSOR, "return False")
     echo = "def f():\n    a = 1\n    b = 2\n    <CURSOR>\n"
     assert complete(echo, "a = 1\n    b = 2\n    c = 3", "python", "block") == echo.replace(CURSOR, "c = 3")

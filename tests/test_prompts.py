@@ -16,17 +16,34 @@ from dg_model.training.tokenizer import new_tokenizer
 PREFIX, SUFFIX, SNIPPET = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n", "import os\n"
 # The embedded tokenizer's special tokens, numbered another way (after two unrelated ones), as another checkpoint may.
 OTHER_ORDER = [
-    "<unk>", "<extra>", "<fim_middle>", "<eos>", "<file_sep>", "<fim_suffix>", "<bos>", "<fim_prefix>", "<pad>"
+    "<unk>",
+    "<extra>",
+    "<fim_middle>",
+    "<eos>",
+    "<file_sep>",
+    "<fim_suffix>",
+    "<bos>",
+    "<fim_prefix>",
+    "<pad>",
 ]
 
 
 def other_tokenizer(specials: list[str] = OTHER_ORDER) -> PreTrainedTokenizerFast:
     tok = new_tokenizer()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([PREFIX + SUFFIX + SNIPPET] * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   additional_special_tokens=[s for s in specials if s.startswith(("<fim", "<file"))])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        additional_special_tokens=[s for s in specials if s.startswith(("<fim", "<file"))],
+    )
 
 
 def test_fim_ids_are_the_tokenizers_own() -> None:
@@ -36,8 +53,14 @@ def test_fim_ids_are_the_tokenizers_own() -> None:
     got = (ids.bos, ids.fim_prefix, ids.fim_suffix, ids.fim_middle, ids.file_sep)
     assert got == tuple(OTHER_ORDER.index(name) for name in names)
     # Every one differs from the embedded tokenizer's id for the same token.
-    assert all(a != b for a, b in zip(got, (embedded.bos, embedded.fim_prefix, embedded.fim_suffix,
-                                            embedded.fim_middle, embedded.file_sep), strict=True))
+    assert all(
+        a != b
+        for a, b in zip(
+            got,
+            (embedded.bos, embedded.fim_prefix, embedded.fim_suffix, embedded.fim_middle, embedded.file_sep),
+            strict=True,
+        )
+    )
 
 
 @pytest.mark.parametrize("fmt", ["fim-spm", "fim-psm"])

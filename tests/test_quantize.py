@@ -145,7 +145,6 @@ def test_encoder_and_decoder_share_one_quantized_copy(tiny):
     assert len({id(m) for m in experts_of(q, "QuantizedExperts")}) == len(q.model.decoder.layers)
 
 
-
 def test_quantized_models_keep_transformers_forward(tiny):
     from dg_model.forward import make_forward
     from dg_model.lean import unsupported

@@ -257,8 +257,11 @@ def test_tokenize_counts_from_token_offsets_without_round_trips():
         assert all(n >= real.count_tokens(s) for s, n in counted)  # never below: the budget holds
         close = sum(n - real.count_tokens(s) <= 2 for s, n in counted)
         assert close >= 0.8 * len(counted)  # and mostly exact or 1-2 above (new lines count high until tokenized)
-        whole = next(r["body"]["prompt"] for r in server.requests if r["path"] == "/tokenize" and
-                     r["body"].get("return_token_strs"))
+        whole = next(
+            r["body"]["prompt"]
+            for r in server.requests
+            if r["path"] == "/tokenize" and r["body"].get("return_token_strs")
+        )
         assert eng.count_tokens(whole) == real.count_tokens(whole)  # a tokenized text's own count is exact
 
 
@@ -288,6 +291,7 @@ def test_tokenize_counts_keep_every_prompt_within_the_budget(budget):
             eng.check()
             for offset in places:
                 for engine, sizes in ((real, exact), (eng, remote)):
+
                     class Sized:
                         name, device = "m", "cpu"
                         count_tokens = engine.count_tokens
@@ -347,8 +351,9 @@ def test_insecure_urls():
 
 
 def test_settings_are_camel_case():
-    settings, bad = parse_settings({"remote": {"url": "http://h:8000/v1", "model": "m", "timeoutMs": 2000,
-                                               "fallback": True, "format": "chat"}})
+    settings, bad = parse_settings(
+        {"remote": {"url": "http://h:8000/v1", "model": "m", "timeoutMs": 2000, "fallback": True, "format": "chat"}}
+    )
     assert not bad and settings.remote.timeout_ms == 2000 and settings.remote.fallback
     assert parse_settings({"remote": {"apiKey": "x"}})[1] == ["remote.apiKey"]  # never a setting
     assert settings.backend_key != parse_settings({})[0].backend_key
@@ -403,8 +408,13 @@ def test_guard_falls_back_to_the_local_engine(stub):
 @pytest.mark.parametrize("fault", ["key", "model", "400", "timeout"])
 def test_guard_one_message_per_failure(stub, fault):
     rec = Recorder()
-    eng = engine(stub, format="fim-spm", timeout_s=0.3, key="wrong" if fault == "key" else KEY,
-                 model="other" if fault == "model" else "m")
+    eng = engine(
+        stub,
+        format="fim-spm",
+        timeout_s=0.3,
+        key="wrong" if fault == "key" else KEY,
+        model="other" if fault == "model" else "m",
+    )
     if fault in ("400", "timeout"):
         eng.check()
         stub.fail = (400, "bad prompt") if fault == "400" else None
@@ -593,8 +603,9 @@ async def test_server_fix_and_rewrite_with_a_remote_one_message(stub, monkeypatc
         s.open(py_uri, broken)
         arguments = [py_uri, _range(1, 0, 2, 0), 1, {"apply": False}]
         for command in ("dg.fixBlock", "dg.rewriteBlock", "dg.fixBlock", "dg.rewriteBlock"):
-            await s.client.workspace_execute_command_async(types.ExecuteCommandParams(command=command,
-                                                                                      arguments=arguments))
+            await s.client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command=command, arguments=arguments)
+            )
         await asyncio.sleep(0.2)
         about_scores = [m for m in _messages(s) if "cannot score" in m]
         assert len(about_scores) == 1 and stub.url in about_scores[0]
@@ -607,15 +618,18 @@ async def test_settings_change_closes_the_old_remote(monkeypatch, py_uri):
     from lsprotocol import types
 
     monkeypatch.delenv(API_KEY_ENV, raising=False)
-    with StubServer(FakeEngine(texts=["old"]), model="m") as old, \
-            StubServer(FakeEngine(texts=["new"]), model="m") as new:
+    with (
+        StubServer(FakeEngine(texts=["old"]), model="m") as old,
+        StubServer(FakeEngine(texts=["new"]), model="m") as new,
+    ):
         remote = {"url": old.url, "model": "m", "format": "fim-spm"}
         async with session(fake_spec(), init_options={"remote": remote}) as s:
             s.open(py_uri, "def add(a, b):\n    return \n")
             assert (await s.inline(py_uri, 1, 11)).items[0].insert_text == "old"
             assert old.open_connections >= 1
             s.client.workspace_did_change_configuration(
-                types.DidChangeConfigurationParams(settings={"dg": {"remote": {**remote, "url": new.url}}}))
+                types.DidChangeConfigurationParams(settings={"dg": {"remote": {**remote, "url": new.url}}})
+            )
             deadline = time.monotonic() + 10
             while [st["state"] for st in s.statuses].count("ready") < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

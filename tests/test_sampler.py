@@ -19,8 +19,15 @@ def test_sampled_rows_follow_the_softmax_and_greedy_rows_take_the_argmax():
     canvas = torch.zeros(rows, 1, dtype=torch.long)
     greedy = torch.zeros(rows, dtype=torch.bool)
     greedy[0] = True
-    out = denoise(logits_fn, canvas, torch.zeros_like(canvas, dtype=torch.bool), vocab, cfg,
-                  torch.Generator().manual_seed(0), greedy_rows=greedy).tokens[:, 0]
+    out = denoise(
+        logits_fn,
+        canvas,
+        torch.zeros_like(canvas, dtype=torch.bool),
+        vocab,
+        cfg,
+        torch.Generator().manual_seed(0),
+        greedy_rows=greedy,
+    ).tokens[:, 0]
     assert out[0] == 9
     assert set(out.tolist()) == {8, 9}
     share = (out[1:] == 9).float().mean().item()

@@ -31,8 +31,9 @@ def test_no_engine_call_no_stats():
 
 async def test_the_server_logs_one_stats_line_per_completion_job(py_uri, tmp_path):
     log = tmp_path / "server.log"
-    async with session(fake_spec(text="math.pi * r ** 2", steps=3),
-                       extra_args=("--log-level", "debug", "--log-file", str(log))) as s:
+    async with session(
+        fake_spec(text="math.pi * r ** 2", steps=3), extra_args=("--log-level", "debug", "--log-file", str(log))
+    ) as s:
         s.open(py_uri, PY)
         assert (await s.inline(py_uri, 4, 11)).items
         assert (await s.inline(py_uri, 4, 11)).items  # the same place again: the answer cache, no job

@@ -30,8 +30,9 @@ async def test_unknown_uri_is_invalid_params(py_uri):
             await s.inline("file:///never/opened.py", 0, 0)
         with pytest.raises(JsonRpcInvalidParams):
             await s.client.text_document_completion_async(
-                types.CompletionParams(text_document=types.TextDocumentIdentifier(uri="file:///x.py"),
-                                       position=pos(0, 0))
+                types.CompletionParams(
+                    text_document=types.TextDocumentIdentifier(uri="file:///x.py"), position=pos(0, 0)
+                )
             )
         await still_answers(s, py_uri)
 
@@ -64,10 +65,14 @@ async def test_malformed_params_are_an_error_not_a_crash(py_uri):
         # Sent raw: the client library would refuse to serialize these params.
         answer: Future = Future()
         s.client.protocol._request_futures["bad-1"] = answer
-        s.client.protocol._send_data({
-            "jsonrpc": "2.0", "id": "bad-1", "method": types.TEXT_DOCUMENT_INLINE_COMPLETION,
-            "params": {"textDocument": {"uri": py_uri}, "position": {"line": -1}},
-        })
+        s.client.protocol._send_data(
+            {
+                "jsonrpc": "2.0",
+                "id": "bad-1",
+                "method": types.TEXT_DOCUMENT_INLINE_COMPLETION,
+                "params": {"textDocument": {"uri": py_uri}, "position": {"line": -1}},
+            }
+        )
         with pytest.raises(JsonRpcInvalidParams, match="invalid params"):
             await asyncio.wait_for(asyncio.wrap_future(answer), 5)
         await still_answers(s, py_uri)
@@ -89,7 +94,9 @@ async def test_changes_to_unknown_documents_are_ignored(py_uri):
 async def test_closed_document_is_forgotten(py_uri):
     async with session(fake_spec()) as s:
         s.open(py_uri, PY)
-        s.client.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=py_uri)))
+        s.client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=py_uri))
+        )
         with pytest.raises(JsonRpcInvalidParams):
             await s.inline(py_uri, 1, 11)
 

@@ -30,8 +30,9 @@ async def test_multi_line_item(py_uri):
         assert item.label == "y = x * 2"
         assert item.detail == BLOCK and BLOCK in item.documentation.value
         assert item.insert_text_format == types.InsertTextFormat.PlainText
-        assert item.text_edit.range == types.Range(start=types.Position(line=1, character=4),
-                                                   end=types.Position(line=1, character=4))
+        assert item.text_edit.range == types.Range(
+            start=types.Position(line=1, character=4), end=types.Position(line=1, character=4)
+        )
         new = apply_edits(BODY, [item.text_edit])
         assert "    y = x * 2\n    return y\n" in new
         ast.parse(new)

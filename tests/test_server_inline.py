@@ -76,9 +76,17 @@ async def test_edits_are_seen_by_the_next_request(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     async with session(fake_spec(text="r * r", record=str(record))) as s:
         s.open(py_uri, PY)
-        s.change(py_uri, [types.TextEdit(range=types.Range(start=types.Position(line=4, character=11),
-                                                            end=types.Position(line=4, character=11)),
-                                         new_text="math.pi * ")])
+        s.change(
+            py_uri,
+            [
+                types.TextEdit(
+                    range=types.Range(
+                        start=types.Position(line=4, character=11), end=types.Position(line=4, character=11)
+                    ),
+                    new_text="math.pi * ",
+                )
+            ],
+        )
         (item,) = (await s.inline(py_uri, 4, 21)).items
         start = [e for e in read_events(record) if e["event"] == "start"][-1]
         assert start["prefix_tail"].endswith("    return math.pi * ")
@@ -143,9 +151,17 @@ async def test_result_for_a_stale_version_is_dropped(py_uri, tmp_path):
         pending = asyncio.ensure_future(s.inline(py_uri, *CURSOR))
         while not read_events(record):
             await asyncio.sleep(0.01)
-        s.change(py_uri, [types.TextEdit(range=types.Range(start=types.Position(line=0, character=0),
-                                                            end=types.Position(line=0, character=0)),
-                                         new_text="# edited\n")])
+        s.change(
+            py_uri,
+            [
+                types.TextEdit(
+                    range=types.Range(
+                        start=types.Position(line=0, character=0), end=types.Position(line=0, character=0)
+                    ),
+                    new_text="# edited\n",
+                )
+            ],
+        )
         assert not (await asyncio.wait_for(pending, 2)).items
         await _wait_event(record, "cancelled")  # the change also stopped the useless generation
 
@@ -223,8 +239,17 @@ async def test_a_backspace_and_the_same_character_again_get_the_answer_of_before
         s.open(py_uri, PY)
         _type(s, py_uri, 4, 11, "x")
         first = (await s.inline(py_uri, 4, 12, invoked=False)).items
-        s.change(py_uri, [types.TextEdit(range=types.Range(start=types.Position(line=4, character=11),
-                                                            end=types.Position(line=4, character=12)), new_text="")])
+        s.change(
+            py_uri,
+            [
+                types.TextEdit(
+                    range=types.Range(
+                        start=types.Position(line=4, character=11), end=types.Position(line=4, character=12)
+                    ),
+                    new_text="",
+                )
+            ],
+        )
         await s.inline(py_uri, 4, 11, invoked=False)
         _type(s, py_uri, 4, 11, "x")
         again = (await s.inline(py_uri, 4, 12, invoked=False)).items

@@ -43,7 +43,9 @@ async def test_initialize_result():
         assert caps.inline_completion_provider is not None
         assert {".", "(", ","} <= set(caps.completion_provider.trigger_characters)
         assert list(caps.code_action_provider.code_action_kinds) == [
-            types.CodeActionKind.QuickFix, types.CodeActionKind.RefactorRewrite]
+            types.CodeActionKind.QuickFix,
+            types.CodeActionKind.RefactorRewrite,
+        ]
         assert caps.code_action_provider.resolve_provider is True
         assert "dg.rewriteBlock" in caps.execute_command_provider.commands
 
@@ -174,7 +176,8 @@ async def test_model_change_reloads(py_uri):
         assert (await s.inline(py_uri, 1, 11)).items[0].insert_text == "a + b"
         new_model = json.dumps(fake_spec(text="b + a", load_ms=200))
         s.client.workspace_did_change_configuration(
-            types.DidChangeConfigurationParams(settings={"dg": {"model": new_model}}))
+            types.DidChangeConfigurationParams(settings={"dg": {"model": new_model}})
+        )
         deadline = time.monotonic() + 10
         while [st["state"] for st in s.statuses].count("ready") < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -1,4 +1,4 @@
-""""Fix this block" / "Rewrite this block": cheap code action listing, codeAction/resolve with a WorkspaceEdit, the
+""" "Fix this block" / "Rewrite this block": cheap code action listing, codeAction/resolve with a WorkspaceEdit, the
 dg.fixBlock and dg.rewriteBlock commands."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def rng(l1: int, c1: int, l2: int, c2: int) -> types.Range:
 
 def action_params(uri: str, r: types.Range, only=None, diagnostics=()) -> types.CodeActionParams:
     return types.CodeActionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), range=r,
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        range=r,
         context=types.CodeActionContext(diagnostics=list(diagnostics), only=only),
     )
 
@@ -65,9 +66,13 @@ async def test_selection_is_rewritten_as_given(py_uri):
 async def test_only_filter(py_uri):
     async with session(fake_spec()) as s:
         s.open(py_uri, SRC)
-        for only, offered in [(["quickfix"], ["Fix this block"]), (["refactor"], ["Rewrite this block"]),
-                              (["refactor.rewrite"], ["Rewrite this block"]), (["source"], []),
-                              (None, ["Fix this block", "Rewrite this block"])]:
+        for only, offered in [
+            (["quickfix"], ["Fix this block"]),
+            (["refactor"], ["Rewrite this block"]),
+            (["refactor.rewrite"], ["Rewrite this block"]),
+            (["source"], []),
+            (None, ["Fix this block", "Rewrite this block"]),
+        ]:
             result = await s.client.text_document_code_action_async(action_params(py_uri, rng(1, 4, 1, 4), only))
             assert [a.title for a in result or []] == offered, only
 
@@ -123,8 +128,14 @@ async def test_rewrite_command_with_bad_arguments_is_invalid_params(py_uri):
     async with session(fake_spec(rewrite=NEW, scores=LIKELY)) as s:
         s.open(py_uri, SRC)
         origin = {"line": 0, "character": 0}
-        for arguments in [[], ["file:///nope.py"], [1, 2], [py_uri, {"start": 1}], ["a", "b", "c", "d"],
-                          ["file:///not-open.py", {"start": origin, "end": origin}]]:
+        for arguments in [
+            [],
+            ["file:///nope.py"],
+            [1, 2],
+            [py_uri, {"start": 1}],
+            ["a", "b", "c", "d"],
+            ["file:///not-open.py", {"start": origin, "end": origin}],
+        ]:
             with pytest.raises(JsonRpcInvalidParams):
                 await s.client.workspace_execute_command_async(
                     types.ExecuteCommandParams(command="dg.rewriteBlock", arguments=arguments)
@@ -168,7 +179,8 @@ async def test_fix_is_a_quick_fix_for_the_diagnostic_under_the_cursor(py_uri):
     async with session(fake_spec()) as s:
         s.open(py_uri, BROKEN)
         actions = await s.client.text_document_code_action_async(
-            action_params(py_uri, rng(1, 4, 1, 4), only=["quickfix"], diagnostics=[diagnostic]))
+            action_params(py_uri, rng(1, 4, 1, 4), only=["quickfix"], diagnostics=[diagnostic])
+        )
         (fix,) = actions
         assert list(fix.diagnostics) == [diagnostic]
         resolved = await s.client.code_action_resolve_async(fix)
@@ -178,8 +190,10 @@ async def test_fix_is_a_quick_fix_for_the_diagnostic_under_the_cursor(py_uri):
 
 
 def _json(r: types.Range) -> dict:
-    return {"start": {"line": r.start.line, "character": r.start.character},
-            "end": {"line": r.end.line, "character": r.end.character}}
+    return {
+        "start": {"line": r.start.line, "character": r.start.character},
+        "end": {"line": r.end.line, "character": r.end.character},
+    }
 
 
 def _structure(edit) -> types.WorkspaceEdit:

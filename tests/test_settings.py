@@ -19,21 +19,23 @@ def test_defaults():
 
 
 def test_camel_case_keys_and_nested_context():
-    s, bad = parse_settings({
-        "model": "/models/dg",
-        "device": "cpu",
-        "quantize": "4bit",
-        "enable": {"python": False},
-        "context": {"maxPromptTokens": 1024, "suffixShare": 0.3, "snippetShare": 0.1},
-        "maxLineTokens": 32,
-        "maxBlockTokens": 128,
-        "candidates": 3,
-        "debounceMs": 0,
-        "temperature": 0.7,
-        "seed": 7,
-        "logLevel": "debug",
-        "decoding": "ar",
-    })
+    s, bad = parse_settings(
+        {
+            "model": "/models/dg",
+            "device": "cpu",
+            "quantize": "4bit",
+            "enable": {"python": False},
+            "context": {"maxPromptTokens": 1024, "suffixShare": 0.3, "snippetShare": 0.1},
+            "maxLineTokens": 32,
+            "maxBlockTokens": 128,
+            "candidates": 3,
+            "debounceMs": 0,
+            "temperature": 0.7,
+            "seed": 7,
+            "logLevel": "debug",
+            "decoding": "ar",
+        }
+    )
     assert bad == []
     assert s.decoding == "ar"
     assert (s.model, s.device, s.quantize) == ("/models/dg", "cpu", "4bit")
@@ -66,18 +68,26 @@ def test_null_means_not_set():
 
 
 def test_bad_keys_get_defaults_and_are_named():
-    s, bad = parse_settings({
-        "device": "gpu",  # not one of the choices
-        "candidates": "many",  # wrong type
-        "debounceMs": True,  # booleans are not numbers
-        "bogus": 1,  # unknown
-        "context": {"maxPromptTokens": -5, "suffixShare": "x", "extra": 0},  # out of range, wrong type, unknown
-        "enable": {"python": "yes", "go": False},
-        "seed": 3,  # valid keys next to bad ones survive
-    })
+    s, bad = parse_settings(
+        {
+            "device": "gpu",  # not one of the choices
+            "candidates": "many",  # wrong type
+            "debounceMs": True,  # booleans are not numbers
+            "bogus": 1,  # unknown
+            "context": {"maxPromptTokens": -5, "suffixShare": "x", "extra": 0},  # out of range, wrong type, unknown
+            "enable": {"python": "yes", "go": False},
+            "seed": 3,  # valid keys next to bad ones survive
+        }
+    )
     assert bad == [
-        "bogus", "candidates", "context.extra", "context.maxPromptTokens", "context.suffixShare", "debounceMs",
-        "device", "enable.python",
+        "bogus",
+        "candidates",
+        "context.extra",
+        "context.maxPromptTokens",
+        "context.suffixShare",
+        "debounceMs",
+        "device",
+        "enable.python",
     ]
     assert s.device == "auto" and s.candidates == 1 and s.debounce_ms == Settings().debounce_ms
     assert s.context == ContextSettings()
@@ -158,13 +168,18 @@ def test_decoding_choices_are_the_engines_and_settings_need_no_torch():
 def test_context_budget_comes_from_the_settings():
     from dg_lsp.pipeline import budget_of
 
-    s, bad = parse_settings({"context": {"maxPromptTokens": 1000, "maxSnippets": 1}, "maxLineTokens": 7,
-                             "maxBlockTokens": 70})
+    s, bad = parse_settings(
+        {"context": {"maxPromptTokens": 1000, "maxSnippets": 1}, "maxLineTokens": 7, "maxBlockTokens": 70}
+    )
     assert bad == []
     for settings in (Settings(), s):
         b = budget_of(settings)
         c = settings.context
         assert (b.max_prompt_tokens, b.suffix_share, b.snippet_share, b.max_snippets) == (
-            c.max_prompt_tokens, c.suffix_share, c.snippet_share, c.max_snippets)
+            c.max_prompt_tokens,
+            c.suffix_share,
+            c.snippet_share,
+            c.max_snippets,
+        )
         assert (b.line_tokens, b.block_tokens) == (settings.max_line_tokens, settings.max_block_tokens)
     assert budget_of(s, reserve_tokens=100).max_prompt_tokens == 900

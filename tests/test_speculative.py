@@ -60,8 +60,9 @@ def test_perfect_drafts_commit_many_tokens_per_round():
     assert v.cache == GREEDY + [EOS]  # only committed tokens stay in the cache (an accepted EOS too)
 
 
-@pytest.mark.parametrize("draft", [lambda p, h: [], lambda p, h: [3, 3, 3],
-                                   lambda p, h: [NEXT.get(p, 3), 3, NEXT.get(p, 3)]])
+@pytest.mark.parametrize(
+    "draft", [lambda p, h: [], lambda p, h: [3, 3, 3], lambda p, h: [NEXT.get(p, 3), 3, NEXT.get(p, 3)]]
+)
 def test_any_draft_gives_the_greedy_text(draft):
     out, v = run(draft)
     assert out.tokens == GREEDY

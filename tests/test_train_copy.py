@@ -56,8 +56,14 @@ def test_sampler_recovers_prompt_only_answer(trained):
         cache = DynamicCache(config=trained.config.text_config)
         encode(trained, torch.tensor([prompt]), cache, 0)
         init = noise_like(torch.zeros(1, CANVAS, dtype=torch.long), VOCAB, gen)
-        out = denoise(lambda x, sc, cache=cache: decoder_logits(trained, x, cache, sc), init,
-                      torch.zeros(1, CANVAS, dtype=torch.bool), VOCAB, SamplerConfig(max_steps=8), gen)
+        out = denoise(
+            lambda x, sc, cache=cache: decoder_logits(trained, x, cache, sc),
+            init,
+            torch.zeros(1, CANVAS, dtype=torch.bool),
+            VOCAB,
+            SamplerConfig(max_steps=8),
+            gen,
+        )
         got = out.tokens[0].tolist()
         k = canvas.index(EOS)
         hits += got[: k + 1] == canvas[: k + 1]
@@ -75,7 +81,13 @@ def test_pinned_positions_are_never_renoised(trained):
     pinned[0, 10:] = True
     init[0, 10:] = torch.tensor([9, 10, 11, 12, 13, 14])
     seen = []
-    out = denoise(lambda x, sc: (seen.append(x.clone()), decoder_logits(trained, x, cache, sc))[1], init, pinned,
-                  VOCAB, SamplerConfig(max_steps=6, greedy=False, confidence=0.0), gen)
+    out = denoise(
+        lambda x, sc: (seen.append(x.clone()), decoder_logits(trained, x, cache, sc))[1],
+        init,
+        pinned,
+        VOCAB,
+        SamplerConfig(max_steps=6, greedy=False, confidence=0.0),
+        gen,
+    )
     assert all(torch.equal(x[0, 10:], init[0, 10:]) for x in seen)
     assert out.tokens[0, 10:].tolist() == [9, 10, 11, 12, 13, 14]

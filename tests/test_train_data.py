@@ -17,8 +17,9 @@ def _file(name: str) -> str:
 
 @pytest.mark.parametrize("objective", ["block", "canvas"])
 def test_shares_pick_the_corpus_each_example_comes_from(objective):
-    cfg = train.TrainConfig(corpus="-", tokenizer=str(EMBEDDED_DIR), out="-", batch=16, prompt_tokens=96, canvas=16,
-                            objective=objective)
+    cfg = train.TrainConfig(
+        corpus="-", tokenizer=str(EMBEDDED_DIR), out="-", batch=16, prompt_tokens=96, canvas=16, objective=objective
+    )
     tok = Tokenizer.from_file(str(EMBEDDED_DIR / "tokenizer.json"))
     corpora = [[_file("alpha")], [_file("omega")]]
 
@@ -57,8 +58,10 @@ def test_fim_cuts_at_an_indented_cursor_take_whole_bodies_when_asked(long_at_ind
 
     from dg_model.training.fim_examples import sample_fim
 
-    text = "".join(f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    if z:\n        return z\n    return y\n\n"
-                   for i in range(30))
+    text = "".join(
+        f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    if z:\n        return z\n    return y\n\n"
+        for i in range(30)
+    )
     rng = random.Random(0)
     spans = []
     for _ in range(2000):

@@ -30,9 +30,33 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _train(corpus: Path, out: Path, *extra: str) -> None:
-    args = ["--corpus", str(corpus), "--tokenizer", str(EMBEDDED_DIR), "--out", str(out), "--size", "tiny",
-            "--batch", "4", "--prompt-tokens", "96", "--canvas", "16", "--workers", "0", "--eval-every", "2",
-            "--warmup-steps", "2", "--minutes", "5", "--device", "cpu", *extra]
+    args = [
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        str(EMBEDDED_DIR),
+        "--out",
+        str(out),
+        "--size",
+        "tiny",
+        "--batch",
+        "4",
+        "--prompt-tokens",
+        "96",
+        "--canvas",
+        "16",
+        "--workers",
+        "0",
+        "--eval-every",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--minutes",
+        "5",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     train.main(args)
 
 

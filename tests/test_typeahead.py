@@ -85,8 +85,9 @@ def test_an_edit_that_starts_before_the_cursor_keeps_its_replaced_text_in_the_ch
     replaced=st.integers(min_value=0, max_value=5),
 )
 @example(before="a", after="\r\nb", suggestion="\r\nx", cut=1, replaced=0)
-def test_accepting_after_typing_ahead_gives_the_document_accepting_at_once_gives(before, after, suggestion, cut,
-                                                                                 replaced):
+def test_accepting_after_typing_ahead_gives_the_document_accepting_at_once_gives(
+    before, after, suggestion, cut, replaced
+):
     text, at = before + after, len(before)
     original = Edit(at, min(len(text), at + replaced), suggestion)
     typed = suggestion[: min(cut, len(suggestion))]

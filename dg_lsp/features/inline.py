@@ -19,9 +19,7 @@ from ..server import DgServer
 
 def register(server: DgServer) -> None:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
-    async def inline_completion(
-        ls: DgServer, params: types.InlineCompletionParams
-    ) -> types.InlineCompletionList:
+    async def inline_completion(ls: DgServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         doc = ls.document(params.text_document.uri)
         offset = ls.offset(doc, params.position)
         automatic = params.context.trigger_kind != types.InlineCompletionTriggerKind.Invoked

@@ -162,7 +162,6 @@ async def load_model(ls: DgServer) -> None:
         ls.show_message(f"dg-lsp: could not load model {label}: {error}", types.MessageType.Error)
 
 
-
 async def _begin_progress(ls: DgServer, message: str) -> str | None:
     if not get_capability(ls.client_capabilities, "window.work_done_progress", False):
         return None

@@ -69,8 +69,9 @@ def register(server: DgServer) -> None:
             if resolvable is not None and "edit" in resolvable.properties:
                 action.data = {"action": spec.name, "uri": doc.uri, "range": rng, "version": doc.version}
             else:
-                action.command = types.Command(title=spec.title, command=spec.command,
-                                               arguments=[doc.uri, rng, doc.version])
+                action.command = types.Command(
+                    title=spec.title, command=spec.command, arguments=[doc.uri, rng, doc.version]
+                )
             out.append(action)
         return out
 
@@ -90,7 +91,8 @@ def register(server: DgServer) -> None:
         async def run(ls: DgServer, *args: Any) -> types.WorkspaceEdit | None:
             if not 2 <= len(args) <= 4:
                 raise JsonRpcInvalidParams(
-                    f"{spec.command} takes (uri, range[, version[, options]]), got {len(args)} arguments")
+                    f"{spec.command} takes (uri, range[, version[, options]]), got {len(args)} arguments"
+                )
             opts = args[3] if len(args) == 4 else {}
             if not isinstance(opts, dict):
                 raise JsonRpcInvalidParams(f'{spec.command}: options must be an object like {{"apply": false}}')
@@ -136,14 +138,31 @@ async def block_edit(
     start, end = ls.offsets(doc, rng)
     text = doc.source
     if spec is FIX:
+
         def fn(engine, cancel):
-            result = fix_range(engine, text, start, end, doc.language_id or "", ls.settings, ls.other_docs(doc), cancel,
-                               doc_key=doc.uri)
+            result = fix_range(
+                engine,
+                text,
+                start,
+                end,
+                doc.language_id or "",
+                ls.settings,
+                ls.other_docs(doc),
+                cancel,
+                doc_key=doc.uri,
+            )
             return result.edit, result.message
     else:
-        rewrite = functools.partial(pipeline.rewrite_range, text=text, start=start, end=end,
-                                    language_id=doc.language_id or "", settings=ls.settings,
-                                    other_docs=ls.other_docs(doc), doc_key=doc.uri)
+        rewrite = functools.partial(
+            pipeline.rewrite_range,
+            text=text,
+            start=start,
+            end=end,
+            language_id=doc.language_id or "",
+            settings=ls.settings,
+            other_docs=ls.other_docs(doc),
+            doc_key=doc.uri,
+        )
 
         def fn(engine, cancel):
             return rewrite(engine, cancel=cancel), pipeline.NO_REWRITE

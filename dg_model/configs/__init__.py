@@ -25,14 +25,34 @@ def tiny_config(vocab_size: int = 256, canvas_length: int = 16) -> DiffusionGemm
     The vision config must be tiny too: left to its defaults, Gemma4VisionConfig builds a 167 M-param tower.
     """
     text = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16, num_global_key_value_heads=1,
-        num_experts=4, top_k_experts=2, moe_intermediate_size=32, max_position_embeddings=2048, sliding_window=32,
-        layer_types=["sliding_attention", "full_attention"], use_bidirectional_attention="vision",
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=16,
+        num_global_key_value_heads=1,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=32,
+        max_position_embeddings=2048,
+        sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"],
+        use_bidirectional_attention="vision",
     )
     vision = dict(
-        model_type="gemma4_vision", hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=4, head_dim=8, max_position_embeddings=128, position_embedding_size=64, patch_size=4,
+        model_type="gemma4_vision",
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=8,
+        max_position_embeddings=128,
+        position_embedding_size=64,
+        patch_size=4,
         pooling_kernel_size=1,
     )
     return DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=canvas_length)

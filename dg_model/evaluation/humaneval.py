@@ -135,8 +135,9 @@ def multi_line_tasks(problems: dict[str, dict[str, Any]], per_problem: int = 3, 
     return tasks
 
 
-def build_tasks(kind: str, problems: dict[str, dict[str, Any]] | None = None, per_problem: int = 3,
-                span_seed: int = 0) -> list[InfillTask]:
+def build_tasks(
+    kind: str, problems: dict[str, dict[str, Any]] | None = None, per_problem: int = 3, span_seed: int = 0
+) -> list[InfillTask]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     problems = load_problems() if problems is None else problems
@@ -264,8 +265,15 @@ def run_tasks(
     t_start = time.perf_counter()
 
     def engine_path(task: InfillTask) -> tuple[str, JobResult | None]:
-        job = InfillJob(prefix=task.prefix, suffix=task.suffix, kind=JOB_KIND[kind], max_tokens=budget,
-                        n=candidates, doc_key=doc_key, seed=seed)
+        job = InfillJob(
+            prefix=task.prefix,
+            suffix=task.suffix,
+            kind=JOB_KIND[kind],
+            max_tokens=budget,
+            n=candidates,
+            doc_key=doc_key,
+            seed=seed,
+        )
         result = engine.infill(job)
         return choose(task, result.candidates), result
 
@@ -276,21 +284,40 @@ def run_tasks(
         try:
             completion, result = (solve or engine_path)(task)
         except Exception as exc:  # noqa: BLE001 - an engine bug must show in the report, not abort a long run
-            row.update(latency_ms=(time.perf_counter() - t0) * 1000, engine_error=f"{type(exc).__name__}: {exc}",
-                       raw="", completion="", steps=0, new_tokens=0, tokens_per_forward=0.0, engine_total_ms=0.0,
-                       prompt_tokens=0, reused_tokens=0, score=None)
+            row.update(
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                engine_error=f"{type(exc).__name__}: {exc}",
+                raw="",
+                completion="",
+                steps=0,
+                new_tokens=0,
+                tokens_per_forward=0.0,
+                engine_total_ms=0.0,
+                prompt_tokens=0,
+                reused_tokens=0,
+                score=None,
+            )
         else:
             row["latency_ms"] = (time.perf_counter() - t0) * 1000
             result = result or JobResult([], JobStats(mode="none"))  # the editor path may not ask the model
             raw = result.candidates[0].text if result.candidates else ""
             st = result.stats
             row.update(
-                raw=raw, completion=completion, candidates=len(result.candidates),
+                raw=raw,
+                completion=completion,
+                candidates=len(result.candidates),
                 score=result.candidates[0].score if result.candidates else None,
-                steps=st.steps, new_tokens=st.new_tokens, tokens_per_forward=st.tokens_per_forward,
-                engine_total_ms=st.total_ms, prompt_tokens=st.prompt_tokens, reused_tokens=st.reused_tokens,
-                empty=not result.candidates, decoding=st.mode, decoder_forwards=st.decoder_forwards,
-                drafted=st.drafted, accepted=st.accepted,
+                steps=st.steps,
+                new_tokens=st.new_tokens,
+                tokens_per_forward=st.tokens_per_forward,
+                engine_total_ms=st.total_ms,
+                prompt_tokens=st.prompt_tokens,
+                reused_tokens=st.reused_tokens,
+                empty=not result.candidates,
+                decoding=st.mode,
+                decoder_forwards=st.decoder_forwards,
+                drafted=st.drafted,
+                accepted=st.accepted,
             )
         # tokens that ended up in the inserted text, whatever else the engine decoded and threw away
         row["used_tokens"] = count(row["completion"]) if row["completion"] else 0
@@ -336,21 +363,25 @@ def run_tasks(
         "exact_match": round(sum(r["exact"] for r in rows) / n, 4) if n else 0.0,
         "exact": sum(r["exact"] for r in rows),
         # mean over tasks of the per-job ratio, and the pooled ratio (all new tokens / all forwards)
-        "tokens_per_forward":
-            round(sum(r["tokens_per_forward"] for r in with_steps) / len(with_steps), 3) if with_steps else 0.0,
+        "tokens_per_forward": round(sum(r["tokens_per_forward"] for r in with_steps) / len(with_steps), 3)
+        if with_steps
+        else 0.0,
         "tokens_per_forward_pooled": round(sum(r["new_tokens"] for r in ran) / max(1, sum(r["steps"] for r in ran)), 3),
         # the same with only the tokens of the inserted text (post-processed) counted: what the forwards bought
-        "used_tokens_per_forward":
-            round(sum(r["used_tokens"] / r["steps"] for r in with_steps) / len(with_steps), 3) if with_steps else 0.0,
-        "used_tokens_per_forward_pooled":
-            round(sum(r["used_tokens"] for r in ran) / max(1, sum(r["steps"] for r in ran)), 3),
+        "used_tokens_per_forward": round(sum(r["used_tokens"] / r["steps"] for r in with_steps) / len(with_steps), 3)
+        if with_steps
+        else 0.0,
+        "used_tokens_per_forward_pooled": round(
+            sum(r["used_tokens"] for r in ran) / max(1, sum(r["steps"] for r in ran)), 3
+        ),
         "latency_ms": _summary(latencies),  # wall clock around engine.infill
         "engine_total_ms": _summary([r["engine_total_ms"] for r in ran]),
         "mean_steps": round(sum(r["steps"] for r in ran) / len(ran), 2) if ran else 0.0,
         # where the decoder ran (diffusion, hybrid drafts): tokens committed per decoder forward, pooled
         "tokens_per_decoder_forward": _per_decoder_forward(ran),
-        "draft_acceptance":
-            round(sum(r.get("accepted", 0) for r in ran) / max(1, sum(r.get("drafted", 0) for r in ran)), 3),
+        "draft_acceptance": round(
+            sum(r.get("accepted", 0) for r in ran) / max(1, sum(r.get("drafted", 0) for r in ran)), 3
+        ),
         "empty_completions": sum(not r["completion"].strip() for r in rows),
         "length": _length_summary(rows),
         "mean_new_tokens": round(sum(r["new_tokens"] for r in ran) / len(ran), 2) if ran else 0.0,
@@ -377,10 +408,13 @@ def _length_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     shown = [r["used_tokens"] - r["middle_tokens"] for r in rows if r["completion"].strip()]
     if not shown:
         return {"completions": 0}
-    return {"completions": len(shown), "same": round(sum(d == 0 for d in shown) / len(shown), 3),
-            "within_2": round(sum(abs(d) <= 2 for d in shown) / len(shown), 3),
-            "shorter": round(sum(d < 0 for d in shown) / len(shown), 3),
-            "median_diff": percentile([float(d) for d in shown], 50)}
+    return {
+        "completions": len(shown),
+        "same": round(sum(d == 0 for d in shown) / len(shown), 3),
+        "within_2": round(sum(abs(d) <= 2 for d in shown) / len(shown), 3),
+        "shorter": round(sum(d < 0 for d in shown) / len(shown), 3),
+        "median_diff": percentile([float(d) for d in shown], 50),
+    }
 
 
 def _per_decoder_forward(rows: Sequence[dict[str, Any]]) -> float | None:
@@ -393,26 +427,53 @@ def add_arguments(p: argparse.ArgumentParser, suites: Sequence[str] = ("humaneva
     """`dg-lsp eval humaneval ...` (the model flags --model/--device/--quantize come from the CLI)."""
     p.add_argument("suite", choices=list(suites), help="the benchmark")
     p.add_argument("--kind", choices=KINDS, help="humaneval: single-line or multi-line infilling (required)")
-    p.add_argument("--mode", choices=DECODINGS, default="auto",
-                   help="decoding: the diffusion sampler, autoregressive through the encoder, hybrid (the decoder "
-                        "drafts, the encoder verifies), or auto: what the model's engine settings pick per job kind, "
-                        "as the server does (default: auto)")
+    p.add_argument(
+        "--mode",
+        choices=DECODINGS,
+        default="auto",
+        help="decoding: the diffusion sampler, autoregressive through the encoder, hybrid (the decoder "
+        "drafts, the encoder verifies), or auto: what the model's engine settings pick per job kind, "
+        "as the server does (default: auto)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="run a seeded subset of N tasks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed and subset seed (default: 0)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per test program (default: 3)")
     p.add_argument("--workers", type=int, default=2, help="test programs run in parallel (default: 2)")
-    p.add_argument("--max-tokens", type=int, metavar="N", help="generation budget per task (default: 64 single-line, "
-                   "256 multi-line)")
-    p.add_argument("--candidates", type=int, default=1, metavar="N", help="candidates asked of the engine per task, "
-                   "as the server's `candidates` setting (default: 1; a model may return more, see ar_beam)")
-    p.add_argument("--editor", action="store_true", help="test what the editor gets: the document with the middle "
-                   "removed and the cursor where it was, through the server's own path (context, job kind, decoding, "
-                   "post-processing, ranking; dg_lsp.pipeline.complete), not a job of the task's kind")
-    p.add_argument("--server", action="store_true", help="as --editor, but through a real `dg-lsp --stdio` subprocess "
-                   "(invoked inline completion at the cursor, the first item applied): keeps --editor honest")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="generation budget per task (default: 64 single-line, 256 multi-line)",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=1,
+        metavar="N",
+        help="candidates asked of the engine per task, "
+        "as the server's `candidates` setting (default: 1; a model may return more, see ar_beam)",
+    )
+    p.add_argument(
+        "--editor",
+        action="store_true",
+        help="test what the editor gets: the document with the middle "
+        "removed and the cursor where it was, through the server's own path (context, job kind, decoding, "
+        "post-processing, ranking; dg_lsp.pipeline.complete), not a job of the task's kind",
+    )
+    p.add_argument(
+        "--server",
+        action="store_true",
+        help="as --editor, but through a real `dg-lsp --stdio` subprocess "
+        "(invoked inline completion at the cursor, the first item applied): keeps --editor honest",
+    )
     p.add_argument("--out", metavar="PATH", help="write the full JSON report here")
-    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's choice); 1 keeps "
-                   "latency stable on a machine shared with other work")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads (default: torch's choice); 1 keeps "
+        "latency stable on a machine shared with other work",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -433,14 +494,21 @@ def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: 
         from dg_model.loading import load_engine
 
         t0 = time.perf_counter()
-        engine = load_engine(args.model, device=getattr(args, "device", "auto"),
-                             quantize=getattr(args, "quantize", "none"), mode=args.mode)
+        engine = load_engine(
+            args.model,
+            device=getattr(args, "device", "auto"),
+            quantize=getattr(args, "quantize", "none"),
+            mode=args.mode,
+        )
         load_s = time.perf_counter() - t0
     except EngineError as exc:
         print(f"dg-lsp: cannot load the model: {exc}", file=sys.stderr)
         return 1
-    progress = None if args.quiet else (lambda message: print(f"humaneval {args.kind} {args.mode}: {message}",
-                                                                file=sys.stderr, flush=True))
+    progress = (
+        None
+        if args.quiet
+        else (lambda message: print(f"humaneval {args.kind} {args.mode}: {message}", file=sys.stderr, flush=True))
+    )
     tasks = build_tasks(args.kind)
     server_path = getattr(args, "server", False)
     if (args.editor and editor is None) or (server_path and server is None):
@@ -452,16 +520,32 @@ def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: 
     elif args.editor and editor is not None:
         solve = editor(engine, args)
     try:
-        report = run_tasks(engine, tasks, args.kind, limit=args.limit, seed=args.seed, timeout=args.timeout,
-                           workers=args.workers, max_tokens=args.max_tokens, progress=progress,
-                           candidates=args.candidates, solve=solve)
+        report = run_tasks(
+            engine,
+            tasks,
+            args.kind,
+            limit=args.limit,
+            seed=args.seed,
+            timeout=args.timeout,
+            workers=args.workers,
+            max_tokens=args.max_tokens,
+            progress=progress,
+            candidates=args.candidates,
+            solve=solve,
+        )
     finally:
         close = getattr(solve, "close", None)
         if close is not None:
             close()
     report["path"] = "server" if server_path else "editor" if args.editor else "engine"
-    report = {"mode": args.mode, "model": args.model or "embedded", "load_s": round(load_s, 2),
-              "torch_threads": torch.get_num_threads(), "provenance": provenance(args.model), **report}
+    report = {
+        "mode": args.mode,
+        "model": args.model or "embedded",
+        "load_s": round(load_s, 2),
+        "torch_threads": torch.get_num_threads(),
+        "provenance": provenance(args.model),
+        **report,
+    }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -494,8 +578,13 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "results"}
 
 
-def register(subcommands: dict, subcommand_type: type, editor: EditorPath | None = None,
-             server: EditorPath | None = None, others: dict[str, tuple[Callable, Callable]] | None = None) -> None:
+def register(
+    subcommands: dict,
+    subcommand_type: type,
+    editor: EditorPath | None = None,
+    server: EditorPath | None = None,
+    others: dict[str, tuple[Callable, Callable]] | None = None,
+) -> None:
     """`eval humaneval`, plus `others`: suite name -> (add its arguments, run it), for suites defined elsewhere."""
     others = others or {}
 

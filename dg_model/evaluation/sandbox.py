@@ -63,8 +63,13 @@ except SystemExit:
 def run_program(program: str, timeout: float = 3.0, memory_mb: int = 1024) -> ExecResult:
     """Run `program` in a fresh sandboxed interpreter; passed iff it finishes within `timeout` s with exit code 0."""
     runner = _RUNNER.format(memory=memory_mb << 20, cpu=max(1, math.ceil(timeout)) + 1, fsize=16 << 20)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
-           "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONIOENCODING": "utf-8",
+    }
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dg-humaneval-") as tmp:
         path = os.path.join(tmp, "program.py")
@@ -72,7 +77,11 @@ def run_program(program: str, timeout: float = 3.0, memory_mb: int = 1024) -> Ex
             fh.write(program)
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", runner, path],
-            cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=tmp,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: a timeout kills whatever it left behind too
         )
         try:

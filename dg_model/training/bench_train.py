@@ -51,8 +51,16 @@ def main(argv: list[str] | None = None) -> None:
         # transformers wraps `to` with functools.wraps, and mypy then binds the device to `self`
         model = model.to(device).train()  # type: ignore[arg-type]
         batches = iter(FimBatches(texts, args.model, cfg, seed=0))
-        runs[name] = dict(cfg=cfg, model=model, opt=torch.optim.AdamW(model.parameters(), lr=1e-5), batches=batches,
-                          times=[], positions=[], denoised=[], ar=[])
+        runs[name] = dict(
+            cfg=cfg,
+            model=model,
+            opt=torch.optim.AdamW(model.parameters(), lr=1e-5),
+            batches=batches,
+            times=[],
+            positions=[],
+            denoised=[],
+            ar=[],
+        )
     random.seed(0)
     warm_up = 2  # one step with self-conditioning and one without: each is its own compiled graph
     for round_ in range(args.rounds + warm_up):
@@ -72,8 +80,14 @@ def main(argv: list[str] | None = None) -> None:
             r["positions"].append(batch_tokens(batch, r["cfg"]))
             r["denoised"].append(int(out["denoised_tokens"]))
             r["ar"].append(int(out["ar_tokens"]))
-    result = {"device": str(device), "bf16": bf16, "threads": args.threads, "batch": args.batch,
-              "rounds": args.rounds, "objectives": {}}
+    result = {
+        "device": str(device),
+        "bf16": bf16,
+        "threads": args.threads,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "objectives": {},
+    }
     for name, r in runs.items():
         step = statistics.median(r["times"])
         result["objectives"][name] = {
@@ -89,8 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("block_eager", "block"):
         b = result["objectives"][name]
         result[f"ratios_{name}_vs_canvas"] = {
-            "denoised_tokens_per_example":
-                round(b["denoised_tokens_per_example"] / c["denoised_tokens_per_example"], 1),
+            "denoised_tokens_per_example": round(
+                b["denoised_tokens_per_example"] / c["denoised_tokens_per_example"], 1
+            ),
             "denoised_tokens_per_s": round(b["denoised_tokens_per_s"] / c["denoised_tokens_per_s"], 1),
             "supervised_tokens_per_s": round(b["supervised_tokens_per_s"] / c["supervised_tokens_per_s"], 2),
             "positions_per_s": round(b["positions_per_s"] / c["positions_per_s"], 2),

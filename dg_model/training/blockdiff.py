@@ -101,8 +101,15 @@ def block_mask(start: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, torch.cat([noised_clean, noised_noised], 2)], 1)[:, None]
 
 
-def noise_blocks(ids: torch.Tensor, start: torch.Tensor, vocab: int, t: torch.Tensor | None, eps: float,
-                 gen: torch.Generator | None = None, full: float = 0.0) -> torch.Tensor:
+def noise_blocks(
+    ids: torch.Tensor,
+    start: torch.Tensor,
+    vocab: int,
+    t: torch.Tensor | None,
+    eps: float,
+    gen: torch.Generator | None = None,
+    full: float = 0.0,
+) -> torch.Tensor:
     """Uniform-state noise at one rate per block (t ~ U(eps, 1) unless given, [B, N] or broadcastable); a share
     `full` of the blocks is noised completely, the state a draft (and a first denoising step) starts from, which
     U(eps, 1) alone almost never shows the decoder."""
@@ -168,8 +175,9 @@ class BlockForward:
 
         def attend(q, k, v):
             # clean queries see clean keys only: a causal call that skips the masked half, then the noised queries
-            clean = F.scaled_dot_product_attention(q[:, :, :N], k[:, :, :N], v[:, :, :N], is_causal=True, scale=1.0,
-                                                   enable_gqa=True)
+            clean = F.scaled_dot_product_attention(
+                q[:, :, :N], k[:, :, :N], v[:, :, :N], is_causal=True, scale=1.0, enable_gqa=True
+            )
             noised = F.scaled_dot_product_attention(q[:, :, N:], k, v, noised_mask, scale=1.0, enable_gqa=True)
             return torch.cat([clean, noised], 2)
 
@@ -247,8 +255,17 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
         return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None, None, None, None, None
 
 
-def softcap_cross_entropy(h, weight, targets, row_weight=None, cap: float = 30.0, chunk: int = 2048,
-                          compiled: bool = False, teacher=None, alpha=None):
+def softcap_cross_entropy(
+    h,
+    weight,
+    targets,
+    row_weight=None,
+    cap: float = 30.0,
+    chunk: int = 2048,
+    compiled: bool = False,
+    teacher=None,
+    alpha=None,
+):
     """(weighted mean loss, per-row argmax hits, per-row agreement with the teacher's argmax) of the soft-capped LM
     head on hidden rows `h` [M, H]. `teacher` [M, H] (detached hidden rows) with `alpha` [M]: soft targets mixing
     the teacher's distribution in (self-distillation). `compiled`: through torch.compile (training; a one-off
@@ -260,9 +277,18 @@ def softcap_cross_entropy(h, weight, targets, row_weight=None, cap: float = 30.0
     return _SoftcapCrossEntropy.apply(h, weight, targets, row_weight.float(), cap, chunk, compiled, teacher, alpha)
 
 
-def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps: float = 0.02,
-           t: torch.Tensor | None = None, ar_weight: float = 1.0, compiled: bool = False,
-           full_noise: float = 0.0, distill: float = 0.0) -> dict[str, torch.Tensor]:
+def losses(
+    model,
+    batch: dict[str, torch.Tensor],
+    *,
+    self_cond: bool,
+    noise_eps: float = 0.02,
+    t: torch.Tensor | None = None,
+    ar_weight: float = 1.0,
+    compiled: bool = False,
+    full_noise: float = 0.0,
+    distill: float = 0.0,
+) -> dict[str, torch.Tensor]:
     """The block objective's losses on one batch. `distill`: the denoiser's target at each position mixes in that
     share of the causal encoder's own next-token distribution there (from the clean states one position earlier,
     detached): the denoiser learns to draft what greedy AR of the same weights writes, which is what the hybrid's
@@ -282,14 +308,22 @@ def losses(model, batch: dict[str, torch.Tensor], *, self_cond: bool, noise_eps:
     sel = weight > 0  # denoising: every position of every block predicts its clean token
     teacher = torch.cat([h_clean[:, :1], h_clean[:, :-1]], 1)[sel]  # position i's next-token states: i - 1's
     alpha = (torch.arange(N, device=ids.device) > 0).expand(B, N)[sel] * distill  # position 0 has no teacher
-    diffusion, hit, agree = softcap_cross_entropy(h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap,
-                                                  compiled=compiled, teacher=teacher, alpha=alpha)
+    diffusion, hit, agree = softcap_cross_entropy(
+        h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap, compiled=compiled, teacher=teacher, alpha=alpha
+    )
     in_canvas = (middle & (ids != PAD))[sel]
     canvas_n = in_canvas.sum().clamp(min=1)
 
     pairs = real[:, :-1] & real[:, 1:] & (ids[:, 1:] != PAD)  # causal LM: prompt, middle and its EOS
-    ar, _, _ = softcap_cross_entropy(h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap,
-                                     compiled=compiled)
-    return {"loss": diffusion + ar_weight * ar, "diffusion": diffusion, "ar": ar,
-            "canvas_acc": (hit & in_canvas).sum() / canvas_n, "canvas_agree": (agree & in_canvas).sum() / canvas_n,
-            "denoised_tokens": (sel & (ids != PAD)).sum(), "ar_tokens": pairs.sum()}
+    ar, _, _ = softcap_cross_entropy(
+        h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap, compiled=compiled
+    )
+    return {
+        "loss": diffusion + ar_weight * ar,
+        "diffusion": diffusion,
+        "ar": ar,
+        "canvas_acc": (hit & in_canvas).sum() / canvas_n,
+        "canvas_agree": (agree & in_canvas).sum() / canvas_n,
+        "denoised_tokens": (sel & (ids != PAD)).sum(),
+        "ar_tokens": pairs.sum(),
+    }

@@ -25,8 +25,14 @@ from dg_model.loading import EMBEDDED_DIR
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def export(checkpoint: Path, out: Path, tokenizer: Path, dtype: str = "float16", max_shard_mb: float = 15.0,
-           engine_settings: Path | None = None) -> list[Path]:
+def export(
+    checkpoint: Path,
+    out: Path,
+    tokenizer: Path,
+    dtype: str = "float16",
+    max_shard_mb: float = 15.0,
+    engine_settings: Path | None = None,
+) -> list[Path]:
     """Write the model directory; returns the files written, largest first."""
     model = DiffusionGemmaForBlockDiffusion.from_pretrained(checkpoint, dtype=torch.float32)
     out.mkdir(parents=True, exist_ok=True)

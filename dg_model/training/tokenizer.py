@@ -65,7 +65,8 @@ if __name__ == "__main__":
     from dg_model.training.corpus import read_jsonl
 
     ap = argparse.ArgumentParser(
-        description="Train the embedded model's tokenizer on a corpus written by dg_model.training.corpus")
+        description="Train the embedded model's tokenizer on a corpus written by dg_model.training.corpus"
+    )
     ap.add_argument("corpus", type=Path)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--vocab-size", type=int, default=8192)

@@ -86,8 +86,14 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
 class FimBatches(torch.utils.data.IterableDataset):
     """Endless collated batches of (prompt, prompt_mask, canvas); prompts left-padded to the batch's longest."""
 
-    def __init__(self, corpora: list[list[str]], tokenizer_path: str, cfg: TrainConfig, seed: int,
-                 shares: list[float] | None = None):
+    def __init__(
+        self,
+        corpora: list[list[str]],
+        tokenizer_path: str,
+        cfg: TrainConfig,
+        seed: int,
+        shares: list[float] | None = None,
+    ):
         self.corpora, self.tokenizer_path, self.cfg, self.seed = corpora, tokenizer_path, cfg, seed
         self.shares = shares or [1.0] * len(corpora)
         # within a corpus, files by length (capped): one huge file does not dominate
@@ -111,11 +117,16 @@ class FimBatches(torch.utils.data.IterableDataset):
                 rows = [blockdiff.block_row(*next(examples), layout, rng) for _ in range(self.cfg.batch)]
                 yield blockdiff.collate_rows(rows, width)
         while True:
-            yield collate([(prompt, canvas_target(middle, canvas))
-                           for prompt, middle in itertools.islice(examples, self.cfg.batch)])
+            yield collate(
+                [
+                    (prompt, canvas_target(middle, canvas))
+                    for prompt, middle in itertools.islice(examples, self.cfg.batch)
+                ]
+            )
 
-    def _examples(self, rng: random.Random, encode: Callable[[str], list[int]],
-                  canvas: int) -> Iterator[tuple[list[int], list[int]]]:
+    def _examples(
+        self, rng: random.Random, encode: Callable[[str], list[int]], canvas: int
+    ) -> Iterator[tuple[list[int], list[int]]]:
         """Endless (prompt ids, middle ids) cut from the corpora."""
         while True:
             k = rng.choices(range(len(self.corpora)), self.shares)[0]
@@ -130,8 +141,11 @@ class FimBatches(torch.utils.data.IterableDataset):
 
 
 def block_layout(cfg: TrainConfig) -> blockdiff.BlockLayout:
-    return blockdiff.BlockLayout(canvases=tuple(int(c) for c in cfg.canvases.split(",")),
-                                 prompt_weight=cfg.prompt_weight, pad_weight=cfg.pad_weight)
+    return blockdiff.BlockLayout(
+        canvases=tuple(int(c) for c in cfg.canvases.split(",")),
+        prompt_weight=cfg.prompt_weight,
+        pad_weight=cfg.pad_weight,
+    )
 
 
 def step_losses(model, batch, cfg: TrainConfig, evaluation: bool = False) -> dict[str, torch.Tensor]:
@@ -140,9 +154,17 @@ def step_losses(model, batch, cfg: TrainConfig, evaluation: bool = False) -> dic
     if cfg.objective == "block":
         t = torch.full(batch["ids"].shape, 0.5, device=batch["ids"].device) if evaluation else None
         self_cond = not evaluation and random.random() < cfg.self_cond_prob
-        out = blockdiff.losses(model, batch, self_cond=self_cond, noise_eps=cfg.noise_eps, t=t,
-                               ar_weight=cfg.ar_weight, compiled=cfg.compile, full_noise=cfg.full_noise_prob,
-                               distill=0.0 if evaluation else cfg.distill)  # held-out losses: hard targets
+        out = blockdiff.losses(
+            model,
+            batch,
+            self_cond=self_cond,
+            noise_eps=cfg.noise_eps,
+            t=t,
+            ar_weight=cfg.ar_weight,
+            compiled=cfg.compile,
+            full_noise=cfg.full_noise_prob,
+            distill=0.0 if evaluation else cfg.distill,
+        )  # held-out losses: hard targets
         if evaluation:  # also from pure noise: what a draft (and diffusion's first step) sees
             full = torch.ones(batch["ids"].shape, device=batch["ids"].device)
             draft = blockdiff.losses(model, batch, self_cond=False, t=full, compiled=cfg.compile)
@@ -190,8 +212,9 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
     lens = mask.sum(-1)
     cache = DynamicCache(config=text_cfg)
     # prompt [B, P] -> encoder states [B, P, H]; the cache now holds the prompt for the decoder
-    enc = model.model.encoder(input_ids=prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                              past_key_values=cache)
+    enc = model.model.encoder(
+        input_ids=prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache
+    )
     h_prompt = enc.last_hidden_state
 
     # Diffusion on the canvas: uniform-state noise at rate t
@@ -199,16 +222,20 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
         t = torch.rand(B, 1, device=canvas.device) * (1 - cfg.noise_eps) + cfg.noise_eps
     noise = torch.randint(FIRST_NOISE_ID, text_cfg.vocab_size, canvas.shape, device=canvas.device)
     noised = torch.where(torch.rand(canvas.shape, device=canvas.device) < t, noise, canvas)
-    dec_kwargs = dict(decoder_input_ids=noised, past_key_values=cache,
-                      decoder_attention_mask=torch.cat([mask, torch.ones_like(canvas)], 1),
-                      decoder_position_ids=lens[:, None] + torch.arange(C, device=canvas.device))
+    dec_kwargs = dict(
+        decoder_input_ids=noised,
+        past_key_values=cache,
+        decoder_attention_mask=torch.cat([mask, torch.ones_like(canvas)], 1),
+        decoder_position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
+    )
     sc_logits = sc_mask = None
     if cfg.self_cond_prob > 0:
         with torch.no_grad():
             sc_logits = softcap(lm_head(model.model.decoder(**dec_kwargs).last_hidden_state), cap)
         sc_mask = torch.rand(B, device=canvas.device) < cfg.self_cond_prob
-    h_canvas = model.model.decoder(**dec_kwargs, self_conditioning_logits=sc_logits,
-                                   self_conditioning_mask=sc_mask).last_hidden_state
+    h_canvas = model.model.decoder(
+        **dec_kwargs, self_conditioning_logits=sc_logits, self_conditioning_mask=sc_mask
+    ).last_hidden_state
     logits = softcap(lm_head(h_canvas), cap)
     weight = torch.where(canvas == PAD, cfg.pad_weight, 1.0)
     ce = F.cross_entropy(logits.flatten(0, 1), canvas.flatten(), reduction="none").view(B, C)
@@ -217,9 +244,12 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
 
     # Causal LM over prompt + clean middle, through the same (encoder) weights
     middle_mask = (canvas != PAD).long()
-    enc2 = model.model.encoder(input_ids=canvas, attention_mask=torch.cat([mask, middle_mask], 1),
-                               position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
-                               past_key_values=cache)
+    enc2 = model.model.encoder(
+        input_ids=canvas,
+        attention_mask=torch.cat([mask, middle_mask], 1),
+        position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
+        past_key_values=cache,
+    )
     h = torch.cat([h_prompt, enc2.last_hidden_state], 1)[:, :-1]
     tokens = torch.cat([prompt, canvas], 1)
     valid = torch.cat([mask, middle_mask], 1).bool()
@@ -231,7 +261,8 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
 def loss_definition(cfg: TrainConfig) -> str:
     """What the validation loss means: a best checkpoint is only better than another under the same definition."""
     return f"{cfg.objective} ar_weight={cfg.ar_weight} pad_weight={cfg.pad_weight}" + (
-        f" prompt_weight={cfg.prompt_weight}" if cfg.objective == "block" else "")
+        f" prompt_weight={cfg.prompt_weight}" if cfg.objective == "block" else ""
+    )
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -297,8 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         kind: Callable[[str], Any] = str if required or field.default is None else type(field.default)
         if kind is bool:
             kind = _flag
-        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=None if required else field.default,
-                        required=required)
+        ap.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=None if required else field.default, required=required
+        )
     cfg = TrainConfig(**vars(ap.parse_args(argv)))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -317,9 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
     state: dict[str, Any] = {"step": 0, "tokens": 0, "minutes": 0.0, "best_val": float("inf")}
     if cfg.objective not in ("block", "canvas"):
         raise SystemExit(f"--objective {cfg.objective}: choose block or canvas")
@@ -344,14 +379,28 @@ def main(argv: list[str] | None = None) -> None:
     train_texts = [read_jsonl(d / "train.jsonl") for d in dirs]
     valid_texts = read_jsonl(dirs[0] / "valid.jsonl")
     batches = FimBatches(train_texts, cfg.tokenizer, cfg, cfg.seed, shares)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None,
-                                         num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None,
-                                         persistent_workers=cfg.workers > 0)
+    loader = torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        num_workers=cfg.workers,
+        prefetch_factor=4 if cfg.workers else None,
+        persistent_workers=cfg.workers > 0,
+    )
     val_iter = iter(FimBatches([valid_texts], cfg.tokenizer, cfg, seed=12345))
     val_batches = [to_device(next(val_iter), device) for _ in range(4)]
-    print(json.dumps({"params": n_params, "device": str(device), "bf16": bf16,
-                      "train_files": [len(t) for t in train_texts],
-                      "valid_files": len(valid_texts), "config": asdict(cfg)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "params": n_params,
+                "device": str(device),
+                "bf16": bf16,
+                "train_files": [len(t) for t in train_texts],
+                "valid_files": len(valid_texts),
+                "config": asdict(cfg),
+            }
+        ),
+        flush=True,
+    )
 
     start = time.time()
     last_ckpt = start
@@ -378,11 +427,23 @@ def main(argv: list[str] | None = None) -> None:
         if state["step"] % 50 == 0:
             rate = tokens_window / (time.time() - t_window)
             tokens_window, t_window = 0, time.time()
-            print(json.dumps({"step": state["step"], "min": round(elapsed, 2), "lr": round(lr, 6),
-                              "loss": round(float(res["loss"]), 4), "diff": round(float(res["diffusion"]), 4),
-                              "ar": round(float(res["ar"]), 4), "acc": round(float(res["canvas_acc"]), 3),
-                              "gnorm": round(float(grad_norm), 3), "tok_s": int(rate),
-                              "denoised": int(res["denoised_tokens"])}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "step": state["step"],
+                        "min": round(elapsed, 2),
+                        "lr": round(lr, 6),
+                        "loss": round(float(res["loss"]), 4),
+                        "diff": round(float(res["diffusion"]), 4),
+                        "ar": round(float(res["ar"]), 4),
+                        "acc": round(float(res["canvas_acc"]), 3),
+                        "gnorm": round(float(grad_norm), 3),
+                        "tok_s": int(rate),
+                        "denoised": int(res["denoised_tokens"]),
+                    }
+                ),
+                flush=True,
+            )
         if state["step"] % cfg.eval_every == 0:
             val = evaluate(model, val_batches, cfg, autocast)
             print(json.dumps({"step": state["step"], "val": {k: round(v, 4) for k, v in val.items()}}), flush=True)
