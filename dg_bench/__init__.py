@@ -25,12 +25,15 @@ import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`); only argparse-level code run
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from dg_lsp import cli
+from dg_lsp.engines import Engines
 
 BENCHES = ("latency", "speed", "memory", "forward", "gpu", "remote", "typing")
 DEFAULT_OUT = "bench_results"
@@ -74,7 +77,9 @@ def _gpu_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("gpu_args", nargs="*", metavar="-- ARGS", help="passed to dg_bench.gpu, e.g. -- --bits 16")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, engines: Engines) -> int:
+    # `engines` goes unused: each benchmark runs a server of its own (a subprocess) or loads the model with the
+    # decoding mode it measures (`dg_model.loading.load_engine(..., mode=...)`).
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.bench == "gpu":
@@ -99,21 +104,27 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dg-bench-log-") as tmp:
         log_file = out / f"bench_{args.bench}.server.log" if args.keep_log else Path(tmp) / "server.log"
         log_file.unlink(missing_ok=True)  # the server appends; counts must come from this run only
-        return module.main(args, spec, out, log_file)
+        result = asyncio.run(module.run(module.config_from(args), spec, log_file))
+        return publish(args.bench, module, result, out)
 
 
 def run_in_process(name: str, module, args: argparse.Namespace, out: Path) -> int:
-    """The benchmarks that load the model here: `module.run` -> bench_NAME.json, `chart.NAME` -> .png, the report."""
+    """The benchmarks that load the model here: `module.run`, then `publish`."""
     from dg_model.api import EngineError
-
-    from . import chart
-    from .session import write_json
 
     try:
         result = module.run(args, say=lambda m: print(m, file=sys.stderr, flush=True))
     except EngineError as exc:
         print(f"dg-lsp: cannot load the model: {exc}", file=sys.stderr)
         return 1
+    return publish(name, module, result, out)
+
+
+def publish(name: str, module, result: dict[str, Any], out: Path) -> int:
+    """A benchmark's result as bench_NAME.json, its chart (`chart.NAME`) as bench_NAME.png, then `module`'s report."""
+    from . import chart
+    from .session import write_json
+
     write_json(out / f"bench_{name}.json", result)
     getattr(chart, name)(result, out / f"bench_{name}.png")
     module.print_report(result)

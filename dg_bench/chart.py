@@ -5,7 +5,9 @@ matplotlib is optional (`pip install 'dg-lsp[bench]'`); without it the JSON is s
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,26 @@ def _plt():
     return plt
 
 
-def _skip(path: Path) -> bool:
-    print(f"matplotlib is not installed; no chart at {path} (pip install matplotlib)")
-    return False
+Chart = Callable[[dict[str, Any], Path], bool]  # (result, path) -> whether the PNG was written
 
 
-def _save(plt, fig, path: Path) -> bool:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+def _chart(draw: Callable[[Any, dict[str, Any]], Any]) -> Chart:
+    """A chart function from `draw(plt, result) -> figure`: the figure saved to the path, or without matplotlib a
+    note that there is no chart."""
+
+    @functools.wraps(draw)
+    def chart(r: dict[str, Any], path: Path) -> bool:
+        plt = _plt()
+        if plt is None:
+            print(f"matplotlib is not installed; no chart at {path} (pip install matplotlib)")
+            return False
+        fig = draw(plt, r)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
+
+    return chart
 
 
 def _side_by_side(ax, groups: list[str], series: list[tuple[str, list[float], str | None]], width: float = 0.38):
@@ -45,10 +57,8 @@ def _num(x: Any) -> float:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else 0.0
 
 
-def latency(r: dict[str, Any], path: Path) -> bool:
-    plt = _plt()
-    if plt is None:
-        return _skip(path)
+@_chart
+def latency(plt, r: dict[str, Any]) -> Any:
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
     pauses = [s for s in r["samples"] if s["pause"] and s["latency_ms"] is not None]
     xs = [s["sent"] for s in pauses]
@@ -85,13 +95,11 @@ def latency(r: dict[str, Any], path: Path) -> bool:
     ax3.tick_params(axis="x", labelsize=8)
     ax3.title.set_fontsize(8)
     fig.suptitle(f"dg-lsp latency: {r['server']['status'].get('message', '')}", fontsize=10)
-    return _save(plt, fig, path)
+    return fig
 
 
-def memory(r: dict[str, Any], path: Path) -> bool:
-    plt = _plt()
-    if plt is None:
-        return _skip(path)
+@_chart
+def memory(plt, r: dict[str, Any]) -> Any:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     timeline = r["timeline"]
     if timeline:
@@ -114,13 +122,11 @@ def memory(r: dict[str, Any], path: Path) -> bool:
     ax2.set(ylabel="MiB", title="memory")
     ax2.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.suptitle(f"dg-lsp memory: {r['server']['status'].get('message', '')}", fontsize=10)
-    return _save(plt, fig, path)
+    return fig
 
 
-def speed(r: dict[str, Any], path: Path) -> bool:
-    plt = _plt()
-    if plt is None:
-        return _skip(path)
+@_chart
+def speed(plt, r: dict[str, Any]) -> Any:
     kinds = list(r["kinds"])
     metrics = [
         ("tok_per_s", "new tokens / s"),
@@ -147,13 +153,11 @@ def speed(r: dict[str, Any], path: Path) -> bool:
         for k in kinds
     )
     fig.suptitle(f"diffusion / hybrid vs AR, {r['model']} on {r['device']}: diffusion {ratios}", fontsize=9)
-    return _save(plt, fig, path)
+    return fig
 
 
-def forward(r: dict[str, Any], path: Path) -> bool:
-    plt = _plt()
-    if plt is None:
-        return _skip(path)
+@_chart
+def forward(plt, r: dict[str, Any]) -> Any:
     ops = list(r["ops"])
     fig, ax = plt.subplots(figsize=(1.6 * len(ops) + 2, 4.2))
     _side_by_side(
@@ -173,14 +177,12 @@ def forward(r: dict[str, Any], path: Path) -> bool:
         f"{r['torch_threads']} thread(s), prompt {r['prompt_tokens']}",
     )
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return fig
 
 
-def gpu(r: dict[str, Any], path: Path) -> bool:
+@_chart
+def gpu(plt, r: dict[str, Any]) -> Any:
     """`dg_bench.gpu` results: decoder step time per canvas and the projected tokens/s."""
-    plt = _plt()
-    if plt is None:
-        return _skip(path)
     canvases = list(r["steps"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.bar(canvases, [_num(r["steps"][c]["step_ms"]) for c in canvases], color="tab:blue")
@@ -202,4 +204,4 @@ def gpu(r: dict[str, Any], path: Path) -> bool:
         f"{r['config']} on {r['device']}: experts {r['expert_bits']}-bit, dense {r['dense_bits']}-bit{vram}",
         fontsize=10,
     )
-    return _save(plt, fig, path)
+    return fig

@@ -384,16 +384,3 @@ def print_report(r: dict[str, Any]) -> None:
         f"{tok['reencoded_per_job_mean']:.1f}; per keystroke {tok['reencoded_per_keystroke']:.1f} re-encoded vs "
         f"{tok['full_encode_per_keystroke']:.1f} without reuse (reuse {tok['reuse_ratio']:.0%})"
     )
-
-
-def main(args: argparse.Namespace, spec: ServerSpec, out: Path, log_file: Path) -> int:
-    from .session import write_json
-
-    result = asyncio.run(run(config_from(args), spec, log_file))
-    write_json(out / "bench_latency.json", result)
-    from . import chart
-
-    chart.latency(result, out / "bench_latency.png")
-    print_report(result)
-    print(f"wrote {out / 'bench_latency.json'} and {out / 'bench_latency.png'}")
-    return 0

@@ -268,16 +268,3 @@ def print_report(r: dict[str, Any]) -> None:
     if r["server_tables"]:
         print(f"  after the load: {r['server_tables']}")
     print(f"  load: {r['load']}, engine jobs {r['engine_jobs']}")
-
-
-def main(args: argparse.Namespace, spec: ServerSpec, out: Path, log_file: Path) -> int:
-    from .session import write_json
-
-    result = asyncio.run(run(config_from(args), spec, log_file))
-    write_json(out / "bench_memory.json", result)
-    from . import chart
-
-    chart.memory(result, out / "bench_memory.png")
-    print_report(result)
-    print(f"wrote {out / 'bench_memory.json'} and {out / 'bench_memory.png'}")
-    return 0

@@ -314,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tokenize", action="store_true", help="no /tokenize endpoint")
     args = ap.parse_args(argv)
     if args.model:
-        from dg_lsp.engines import load_engine
+        from dg_lsp.engines import LOCAL
 
-        engine = load_engine(None if args.model == "embedded" else args.model, device="cpu")
+        engine = LOCAL.load(None if args.model == "embedded" else args.model, device="cpu")
     else:
         engine = ConstantEngine(args.text)
     stub = StubServer(engine, args.served_model_name, args.api_key, args.port, tokenize=not args.no_tokenize)

@@ -23,8 +23,14 @@ import gc
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+from dg_lsp.engines import LOCAL, Engines
+
+if TYPE_CHECKING:
+    from dg_lsp.server import DgServer, Register
 
 DOCUMENT_METHOD = "dg/debug/document"
 MEMORY_METHOD = "dg/debug/memory"
@@ -41,10 +47,11 @@ def _cuda_memory() -> dict[str, int]:
     }
 
 
-def _proc_status() -> dict[str, int]:
+def proc_memory(pid: int | None = None) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process (this one unless `pid`), in bytes; {} when /proc is not there."""
     out: dict[str, int] = {}
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
+        with open(f"/proc/{'self' if pid is None else pid}/status", encoding="ascii") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 if key in ("VmRSS", "VmHWM"):
@@ -98,54 +105,38 @@ def _threads() -> int:
         return 0
 
 
-def install() -> None:
-    """Add the debug requests to the server factory and quieten pygls, before `cli.main` runs."""
-    from dg_lsp import cli, server
+def register(ls: DgServer) -> None:
+    """Add the debug requests to the server and quieten pygls (`cli.main` set up logging before the server)."""
+    logging.getLogger("pygls").setLevel(logging.WARNING)
 
-    create = server.create_server
+    # pygls passes the server only to a first parameter named `ls` (or annotated with a resolvable type)
+    @ls.feature(DOCUMENT_METHOD)
+    def debug_document(ls: DgServer, params: Any) -> dict[str, Any] | None:
+        uri = getattr(params, "uri", None) if not isinstance(params, dict) else params.get("uri")
+        doc = ls.workspace.text_documents.get(unquote(uri)) if isinstance(uri, str) else None
+        return None if doc is None else {"text": doc.source, "version": doc.version}
 
-    def create_server(settings=None):
-        ls = create(settings)
-
-        # pygls passes the server only to a first parameter named `ls` (or annotated with a resolvable type)
-        @ls.feature(DOCUMENT_METHOD)
-        def debug_document(ls: server.DgServer, params: Any) -> dict[str, Any] | None:
-            uri = getattr(params, "uri", None) if not isinstance(params, dict) else params.get("uri")
-            doc = ls.workspace.text_documents.get(unquote(uri)) if isinstance(uri, str) else None
-            return None if doc is None else {"text": doc.source, "version": doc.version}
-
-        @ls.feature(MEMORY_METHOD)
-        def debug_memory(ls: server.DgServer, params: Any) -> dict[str, int]:
-            collect = getattr(params, "collect", None) if not isinstance(params, dict) else params.get("collect")
-            # `{"collect": true}`: a full garbage collection first; what it frees was held by reference cycles only
-            collected = {"gc_collected": gc.collect()} if collect else {}
-            # what grows when something leaks: pygls' table of handler futures, open documents, cached answers
-            tables = {
-                "request_futures": len(ls.protocol._request_futures),
-                "documents": len(ls.workspace.text_documents),
-                "cached_answers": len(ls.answers),
-                "python_blocks": sys.getallocatedblocks(),
-                "threads": _threads(),
-            }
-            return {**_proc_status(), **_heap(), **_cuda_memory(), **tables, **collected}
-
-        return ls
-
-    server.create_server = create_server
-    setup = cli.setup_logging
-
-    def setup_logging(log_file: str | None, level: str) -> None:
-        setup(log_file, level)
-        logging.getLogger("pygls").setLevel(logging.WARNING)
-
-    cli.setup_logging = setup_logging
+    @ls.feature(MEMORY_METHOD)
+    def debug_memory(ls: DgServer, params: Any) -> dict[str, int]:
+        collect = getattr(params, "collect", None) if not isinstance(params, dict) else params.get("collect")
+        # `{"collect": true}`: a full garbage collection first; what it frees was held by reference cycles only
+        collected = {"gc_collected": gc.collect()} if collect else {}
+        # what grows when something leaks: pygls' table of handler futures, open documents, cached answers
+        tables = {
+            "request_futures": len(ls.protocol._request_futures),
+            "documents": len(ls.workspace.text_documents),
+            "cached_answers": len(ls.answers),
+            "python_blocks": sys.getallocatedblocks(),
+            "threads": _threads(),
+        }
+        return {**proc_memory(), **_heap(), **_cuda_memory(), **tables, **collected}
 
 
-def main(argv: list[str] | None = None) -> int:
-    install()
+def main(argv: list[str] | None = None, engines: Engines = LOCAL, extras: Sequence[Register] = ()) -> int:
+    """`cli.main` with the debug requests added to the server (and `extras`, for a program that runs the probe)."""
     from dg_lsp import cli
 
-    return cli.main(argv)
+    return cli.main(argv, engines, (register, *extras))
 
 
 if __name__ == "__main__":

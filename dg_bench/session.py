@@ -26,7 +26,7 @@ from pygls.lsp.client import LanguageClient
 
 from dg_lsp.answers import STATS_MARK
 
-from .probe import DOCUMENT_METHOD, MEMORY_METHOD
+from .probe import DOCUMENT_METHOD, MEMORY_METHOD, proc_memory
 
 STATUS_METHOD = "dg/status"
 
@@ -191,20 +191,6 @@ async def _drain(stream: asyncio.StreamReader | None) -> None:
         return
     while await stream.read(65536):
         pass
-
-
-def proc_memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in bytes; {} when /proc is not there."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out["rss_bytes" if key == "VmRSS" else "hwm_bytes"] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ the document

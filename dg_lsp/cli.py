@@ -9,6 +9,10 @@
 `complete` and `rewrite` call the same `dg_lsp.pipeline` functions as the LSP handlers. More sub-commands (eval,
 bench, train) plug in through `SUBCOMMANDS`: add a `Subcommand(add_arguments, run, help)` under a name, directly or
 from a module listed in `SUBCOMMAND_MODULES` (imported before parsing; keep its heavy imports inside `run`).
+
+`main(argv, engines=LOCAL, extras=())` is the whole program: a program that runs dg-lsp differently passes how its
+models load (`engines.Engines`: the server's and every sub-command's) and feature registrations to add to the
+server (`extras`); the tests' `tests/fake_server.py` and the benchmarks' `dg_bench.probe` are such programs.
 """
 
 from __future__ import annotations
@@ -19,25 +23,29 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from lsprotocol.types import Position
 
 from dg_model.api import EngineError
 
 from . import convert, doctor
-from .engines import load_engine
+from .engines import LOCAL, Engines
 from .languages import spec_for
 from .settings import RemoteSettings, Settings
+
+if TYPE_CHECKING:
+    from .server import Register
 
 log = logging.getLogger("dg_lsp")
 
 
 class Subcommand(NamedTuple):
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]  # gets the parsed args (incl. the model flags); returns the exit code
+    # Gets the parsed args (incl. the model flags) and how models load (`engines.load`); returns the exit code.
+    run: Callable[[argparse.Namespace, Engines], int]
     help: str = ""
 
 
@@ -58,7 +66,7 @@ def registries() -> list:
 SUBCOMMAND_MODULES: tuple[str, ...] = ("dg_lsp.eval_cmd", "dg_bench")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, engines: Engines = LOCAL, extras: Sequence[Register] = ()) -> int:
     for module in SUBCOMMAND_MODULES:
         try:
             importlib.import_module(module)
@@ -67,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file, args.log_level)
     if args.command is None:
-        return serve(args)
-    return SUBCOMMANDS[args.command].run(args)
+        return serve(args, engines, extras)
+    return SUBCOMMANDS[args.command].run(args, engines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,22 +187,22 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def engine_from(args: argparse.Namespace):
+def engine_from(args: argparse.Namespace, engines: Engines):
     """Load the engine the flags name (for sub-commands). Raises EngineError."""
     if args.remote:
         from . import remote
 
         return remote.connect(settings_from(args))
-    return load_engine(args.model, device=args.device, quantize=args.quantize)
+    return engines.load(args.model, device=args.device, quantize=args.quantize)
 
 
 # -- the server --
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, engines: Engines, extras: Sequence[Register] = ()) -> int:
     from .server import create_server  # pygls and the handlers only for the server itself
 
-    server = create_server(settings_from(args))
+    server = create_server(settings_from(args), engines, extras)
     if args.tcp is not None:
         host, port = args.tcp
         server.start_tcp(host, port)
@@ -223,14 +231,14 @@ def _add_rewrite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the edit as JSON")
 
 
-def run_complete(args: argparse.Namespace) -> int:
+def run_complete(args: argparse.Namespace, engines: Engines) -> int:
     path, line, col = _split_target(args.target)
     text, language = _read(path, args.language)
     starts = convert.line_starts(text)
     _line_offset(text, starts, line)
     # Columns count characters; one past the end of the line means its end, as in the server.
     offset = convert.offset_at(text, Position(line=line - 1, character=col - 1), convert.UTF32, starts)
-    engine = _engine_or_exit(args)
+    engine = _engine_or_exit(args, engines)
     from . import pipeline  # tree-sitter and the post-processor only for the commands that use them
 
     edits = pipeline.complete(engine, text, offset, language, settings_from(args), doc_key=str(path)).edits
@@ -248,9 +256,9 @@ def _line_range(args: argparse.Namespace) -> tuple[Path, str, str, int, int]:
     return path, text, language, start, starts[last] if last < len(starts) else len(text)
 
 
-def run_rewrite(args: argparse.Namespace) -> int:
+def run_rewrite(args: argparse.Namespace, engines: Engines) -> int:
     path, text, language, start, end = _line_range(args)
-    engine = _engine_or_exit(args)
+    engine = _engine_or_exit(args, engines)
     from . import pipeline
 
     edit = pipeline.rewrite_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
@@ -262,9 +270,9 @@ def run_rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_fix(args: argparse.Namespace) -> int:
+def run_fix(args: argparse.Namespace, engines: Engines) -> int:
     path, text, language, start, end = _line_range(args)
-    engine = _engine_or_exit(args)
+    engine = _engine_or_exit(args, engines)
     from .fix import fix_range
 
     result = fix_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
@@ -310,9 +318,9 @@ def _line_offset(text: str, starts: list[int], line: int) -> int:
     return starts[line - 1]
 
 
-def _engine_or_exit(args: argparse.Namespace):
+def _engine_or_exit(args: argparse.Namespace, engines: Engines):
     try:
-        return engine_from(args)
+        return engine_from(args, engines)
     except EngineError as exc:
         _fail(f"cannot load the model: {exc}", code=1)
 

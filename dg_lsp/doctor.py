@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from dg_model.api import EngineError, InfillJob
 
-from .engines import load_engine, model_label
+from .engines import Engines, model_label
 
 Check = tuple[str, str, str]  # (status, name, detail)
 T = TypeVar("T")
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-load", action="store_true", help="skip loading the model")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, engines: Engines) -> int:
     checks: list[Check] = []
 
     def report(status: str, name: str, detail: str) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     _torch(report)
     _bitsandbytes(report, args.quantize)
     _grammars(report)
-    _model(report, args)
+    _model(report, args, engines)
     return 1 if any(status == "FAIL" for status, _, _ in checks) else 0
 
 
@@ -96,7 +96,7 @@ def _grammars(report) -> None:
         report("ok", "tree-sitter", ", ".join(loaded))
 
 
-def _model(report, args: argparse.Namespace) -> None:
+def _model(report, args: argparse.Namespace, engines: Engines) -> None:
     label = model_label(args.model)
     if args.model is None:
         package = importlib.import_module("dg_model").__file__
@@ -111,7 +111,7 @@ def _model(report, args: argparse.Namespace) -> None:
     if args.no_load:
         return
     try:
-        engine, seconds = _timed(lambda: load_engine(args.model, device=args.device, quantize=args.quantize))
+        engine, seconds = _timed(lambda: engines.load(args.model, device=args.device, quantize=args.quantize))
     except EngineError as exc:
         report("FAIL", "model load", f"{label}: {exc}")
         return

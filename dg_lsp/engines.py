@@ -1,11 +1,11 @@
-"""Where engines come from: the one loading entry point for the server and the CLI sub-commands.
+"""Where engines come from: `Engines`, how a program that runs dg-lsp loads models, decided once and passed down.
 
 `dg_model` (torch, transformers) is imported only here and only when a model is actually loaded, so the server
 starts, answers `initialize` and reports problems even on a machine where the model stack is broken.
 
-Everything that loads a model (the server, its fallback, `remote.fallback`, the sub-commands) calls `load_engine`,
-which loads with `load_local` unless a program that embeds dg-lsp installed another loader with `use_loader` (the
-tests' `tests/fake_server.py` runs the real server that way on a stand-in engine).
+`cli.main` takes an `Engines` (`LOCAL` unless its caller passes another) and hands it on: the server keeps it as
+`DgServer.engines` for its loader, its fallback and `remote.fallback`; sub-commands get it as their second argument
+(`engine_from`, `doctor`). The tests' `tests/fake_server.py` passes one that loads JSON models as a stand-in engine.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dg_model.api import Engine, EngineError
 
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # (model, device, quantize) -> the engine; raises EngineError for a model a user can fix.
 Loader = Callable[[str | None, str, str], Engine]
+# What names an engine to load: (model, device, quantize).
+EngineKey = tuple[str | None, str, str]
+# What serves when the configured model cannot: the embedded model, on the CPU, unquantized.
+EMBEDDED_ON_CPU: EngineKey = (None, "cpu", "none")
 
 
 def model_label(model: str | None) -> str:
@@ -45,20 +50,24 @@ def load_local(model: str | None, device: str = "auto", quantize: str = "none") 
     return loading.load_engine(model, device=device, quantize=quantize)
 
 
-_loader: Loader = load_local
+@dataclass(frozen=True)
+class Engines:
+    """How this process loads engines: `loader` for every model, `fallback` the engine that serves when the
+    configured one fails to load or runs out of memory (`fallback.py`)."""
+
+    loader: Loader = load_local
+    fallback: EngineKey = EMBEDDED_ON_CPU
+
+    def load(self, model: str | None, device: str = "auto", quantize: str = "none") -> Engine:
+        """The engine `model` names. Raises `EngineError`."""
+        return self.loader(model, device, quantize)
+
+    def load_fallback(self) -> Engine:
+        return self.loader(*self.fallback)
 
 
-def load_engine(model: str | None, device: str = "auto", quantize: str = "none") -> Engine:
-    """Load the engine named by `model` with the installed loader (`load_local` unless `use_loader` replaced it).
-    Raises `EngineError`."""
-    return _loader(model, device, quantize)
-
-
-def use_loader(loader: Loader) -> Loader:
-    """Load every engine of this process with `loader` from now on; returns the loader it replaces."""
-    global _loader
-    previous, _loader = _loader, loader
-    return previous
+# dg-lsp's own: every model from `dg_model.loading`, the embedded model on the CPU as the fallback.
+LOCAL = Engines()
 
 
 def close_engine(engine: Engine | None) -> None:

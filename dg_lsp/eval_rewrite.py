@@ -36,6 +36,7 @@ from dg_model.evaluation import humaneval
 from dg_model.evaluation.sandbox import run_program
 
 from .diagnose import IDENTIFIER
+from .engines import Engines
 
 KINDS = ("intact", "misspelt-name", "dropped-bracket", "flipped-operator")
 FLIPS = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "!=", "!=": "==", "+": "-", "-": "+", "+=": "-=", "-=": "+="}
@@ -241,13 +242,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, engines: Engines) -> int:
     import dataclasses
 
     from .cli import engine_from
     from .settings import Settings
 
-    engine = engine_from(args)
+    engine = engine_from(args, engines)
     tasks = build_tasks(humaneval.load_problems(), seed=args.seed)
     if args.limit:
         tasks = random.Random(args.seed).sample(tasks, min(args.limit, len(tasks)))

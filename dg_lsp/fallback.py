@@ -1,7 +1,8 @@
 """Degrade instead of failing: when part of the stack breaks, say so once and keep completing with what works.
 
 - The model does not load (weights missing or corrupt, not a DiffusionGemma, k-bit without CUDA or without
-  bitsandbytes, ...): `recover` loads the embedded model on the CPU instead, shows ONE error message naming the problem
+  bitsandbytes, ...): `recover` loads the fallback instead (`DgServer.engines.fallback`: dg-lsp's is the embedded
+  model on the CPU), shows ONE error message naming the problem
   and the fallback, and the fallback's name (hence dg/status' "ready" message) carries the reason.
 - The GPU runs out of memory while serving: the engine raises `EngineOutOfMemory` (dg_model/api.py; which errors of
   its libraries count is the engine's business) and `handle_out_of_memory` shows ONE error message and swaps in the
@@ -10,7 +11,7 @@
   language; the `textDocument/didOpen` handler registered here tells the user once per language, with the fix.
 
 Hooks (the server calls these; nothing here patches the server):
-- `dg_lsp/features/lifecycle.py`, `load_model`, right after the try/except around `load_engine`:
+- `dg_lsp/features/lifecycle.py`, `load_model`, right after the try/except around `ls.engines.load`:
       if engine is None and generation == ls.load_generation:
           engine, error = await fallback.recover(ls, settings, error)
 - `dg_lsp/server.py`, `DgServer.run`: `except OUT_OF_MEMORY as exc: fallback.handle_out_of_memory(self, exc)`.
@@ -31,7 +32,7 @@ from lsprotocol import types
 from dg_model.api import BlockScore, Engine, EngineOutOfMemory, InfillJob, JobResult, RewriteJob, ScoreJob
 
 from . import languages
-from .engines import load_engine, model_label, settings_label
+from .engines import EngineKey, model_label, settings_label
 from .jobs import in_daemon_thread
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What serves when the configured model cannot: the embedded model, on the CPU, unquantized. (model, device, quantize)
-TARGET: tuple[str | None, str, str] = (None, "cpu", "none")
 # What counts as out of memory: the engine's typed error, and Python's own when the host runs out outside the engine.
 OUT_OF_MEMORY = (EngineOutOfMemory, MemoryError)
 
@@ -81,11 +80,11 @@ class FallbackEngine:
         return self._engine.score(job)
 
 
-def applies(settings: Settings) -> bool:
+def applies(settings: Settings, fallback: EngineKey) -> bool:
     """Whether there is something to fall back to: not when the fallback itself is what failed."""
     if settings.remote.url and not settings.remote.fallback:
         return False  # a remote backend falls back only when asked to (remote.fallback)
-    return settings.engine_key != TARGET
+    return settings.engine_key != fallback
 
 
 def _first_line(text: str, limit: int = 300) -> str:
@@ -99,14 +98,14 @@ def _first_line(text: str, limit: int = 300) -> str:
 async def recover(ls: DgServer, settings: Settings, error: str | None) -> tuple[Engine | None, str | None]:
     """After the configured model failed to load with `error`: (the fallback engine, None), or (None, `error`) when
     there is no fallback or it failed too (the loader then reports `error` as before)."""
-    if not applies(settings):
+    if not applies(settings, ls.engines.fallback):
         return None, error
     label = settings_label(settings)
     why = _first_line(error or "unknown error")
     log.error("model %s failed to load (%s); falling back to the embedded model on the CPU", label, why)
     ls.set_status("loading", message=f"{label} failed to load; loading the embedded model on the CPU")
     try:
-        engine = await in_daemon_thread(load_engine, *TARGET, name="dg-fallback")
+        engine = await in_daemon_thread(ls.engines.load_fallback, name="dg-fallback")
     except Exception as exc:  # noqa: BLE001 - any failure here means "no fallback either"
         log.error("the fallback model failed to load too: %s: %s", type(exc).__name__, exc)
         return None, error
@@ -135,7 +134,11 @@ def handle_out_of_memory(ls: DgServer, exc: EngineOutOfMemory | MemoryError) -> 
     free_memory = getattr(exc, "free_memory", None)  # not `exc`: its traceback holds the engine being dropped
     log.error("%s ran out of memory: %s", label, why)
     _free(free_memory)
-    if not applies(ls.settings) or ls.jobs.engine is None or isinstance(ls.jobs.engine, FallbackEngine):
+    if (
+        not applies(ls.settings, ls.engines.fallback)
+        or ls.jobs.engine is None
+        or isinstance(ls.jobs.engine, FallbackEngine)
+    ):
         ls.show_message(
             f"dg-lsp: {label} ran out of memory ({why}); completions may fail until memory is freed.",
             types.MessageType.Error,
@@ -152,7 +155,7 @@ def handle_out_of_memory(ls: DgServer, exc: EngineOutOfMemory | MemoryError) -> 
 
     def swap() -> None:
         try:
-            engine = load_engine(*TARGET)
+            engine = ls.engines.load_fallback()
         except Exception as err:  # noqa: BLE001
             message = f"{label} ran out of memory and the embedded model failed to load: {_first_line(str(err))}"
             log.error("%s", message)

@@ -2,8 +2,9 @@
 
 - `connect(settings)`: a `RemoteEngine` for `remote.url`, the API key from DG_LSP_API_KEY. CLI sub-commands use it
   as it is: a failure is their error message.
-- `load(settings, reporter)`: what the server's loader runs instead of loading a model: connect, the start-up check
-  (bounded retries: it is idempotent), the local engine when `remote.fallback` is on, all in a `RemoteGuard`.
+- `load(settings, reporter, engines)`: what the server's loader runs instead of loading a model: connect, the
+  start-up check (bounded retries: it is idempotent), the local engine (from `engines`) when `remote.fallback` is
+  on, all in a `RemoteGuard`.
 - `RemoteGuard`: the engine the server gets. A failure (unreachable, key refused, unknown model, HTTP 400, timeout)
   gives ONE window/showMessage and a dg/status naming the URL, and the request answers empty, or from the local
   model with `remote.fallback`. While the server is down, requests get that answer at once without contacting it; it
@@ -28,7 +29,7 @@ from dg_model.remote import RemoteConfig, RemoteEngine
 from dg_model.remote_counts import estimate_tokens
 from dg_model.remote_errors import API_KEY_ENV, RemoteError, display_url, insecure
 
-from .engines import close_engine, load_engine
+from .engines import Engines, close_engine
 
 if TYPE_CHECKING:
     from .server import DgServer
@@ -82,7 +83,7 @@ def connect(settings: Settings) -> RemoteEngine:
     return RemoteEngine(config, api_key=os.environ.get(API_KEY_ENV) or None)
 
 
-def load(settings: Settings, reporter: Reporter) -> RemoteGuard:
+def load(settings: Settings, reporter: Reporter, engines: Engines) -> RemoteGuard:
     """The server's engine for `settings.remote`. Raises EngineError only for settings that cannot work (a bad URL);
     a server that is down is not a load failure: the guard reports it and keeps trying."""
     engine = connect(settings)
@@ -96,7 +97,7 @@ def load(settings: Settings, reporter: Reporter) -> RemoteGuard:
     local = None
     if settings.remote.fallback:
         try:
-            local = load_engine(settings.model, settings.device, settings.quantize)
+            local = engines.load(settings.model, settings.device, settings.quantize)
         except EngineError as exc:
             log.error("remote.fallback: the local model failed to load: %s", exc)
             reporter.show(

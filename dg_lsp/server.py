@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,7 +26,7 @@ from dg_model.api import Cancelled, EngineError
 
 from . import convert, fallback
 from .answers import Answers, SharedJobs
-from .engines import settings_label
+from .engines import Engines, settings_label
 from .jobs import JobRunner, ModelNotReady
 from .postprocess import Edit
 from .settings import Settings
@@ -108,13 +108,14 @@ class DgProtocol(LanguageServerProtocol):
 
 
 class DgServer(LanguageServer):
-    def __init__(self, base_settings: Settings | None = None) -> None:
+    def __init__(self, engines: Engines, base_settings: Settings | None = None) -> None:
         super().__init__(
             "dg-lsp",
             __version__,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
             protocol_cls=DgProtocol,
         )
+        self.engines = engines  # how models load: the configured one, `remote.fallback`'s, the fallback
         # Flags, then initializationOptions merged in at `initialize`; configuration changes merge over this.
         self.base_settings = base_settings or Settings()
         self.settings = self.base_settings
@@ -267,10 +268,18 @@ def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def create_server(settings: Settings | None = None) -> DgServer:
+# A feature's `register(server)`: what `create_server` calls for each feature module.
+Register = Callable[[DgServer], None]
+
+
+def create_server(settings: Settings | None, engines: Engines, extras: Sequence[Register] = ()) -> DgServer:
+    """The server with every feature registered, then `extras` (for programs that run dg-lsp with more: the
+    benchmarks' probe adds debug requests)."""
     from .features import completion, inline, lifecycle, rewrite
 
-    server = DgServer(settings)
+    server = DgServer(engines, settings)
     for feature in (lifecycle, inline, completion, rewrite, fallback):
         feature.register(server)
+    for register in extras:
+        register(server)
     return server

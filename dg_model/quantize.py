@@ -17,6 +17,9 @@ objects, so each layer is quantized once and the one `QuantizedExperts` is insta
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
 import torch
 from torch import nn
 
@@ -174,13 +177,12 @@ def quantize_experts(model: nn.Module, bits: int, blocksize: int = 64, device=No
     Shared experts (encoder and decoder layer i) are quantized once and the same module is installed in both. The
     quantized model is for inference: it cannot be saved with `save_pretrained` (the fused expert keys are gone).
     """
-    done: dict[int, QuantizedExperts] = {}
-    for parent, name, experts in list(_expert_modules(model)):
-        key = id(experts.gate_up_proj)
-        if key not in done:
-            done[key] = QuantizedExperts(experts, bits, blocksize, device)
-        setattr(parent, name, done[key])
-    return model
+    return _replace_once(
+        model,
+        _expert_modules(model),
+        lambda experts: experts.gate_up_proj,
+        lambda experts: QuantizedExperts(experts, bits, blocksize, device),
+    )
 
 
 @torch.no_grad()
@@ -197,11 +199,27 @@ def quantize_dense(model: nn.Module, bits: int, device: str | torch.device = "cu
     """
     import bitsandbytes as bnb
 
+    return _replace_once(
+        model, dense_linears(model), lambda linear: linear.weight, lambda linear: _to_kbit(bnb, linear, bits, device)
+    )
+
+
+M = TypeVar("M", bound=nn.Module)  # the kind of module `_replace_once` replaces
+
+
+def _replace_once(
+    model: nn.Module,
+    found: Iterable[tuple[nn.Module, str, M]],
+    weight: Callable[[M], object],
+    make: Callable[[M], nn.Module],
+) -> nn.Module:
+    """Install `make(module)` in place of each (parent, attribute, module) `found`, one replacement per `weight`:
+    modules that share a weight (tied layers) share the replacement, made once."""
     done: dict[int, nn.Module] = {}
-    for parent, name, linear in list(dense_linears(model)):
-        key = id(linear.weight)
+    for parent, name, module in list(found):
+        key = id(weight(module))
         if key not in done:
-            done[key] = _to_kbit(bnb, linear, bits, device)
+            done[key] = make(module)
         setattr(parent, name, done[key])
     return model
 

@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import pytest
 import pytest_lsp
+from fake_engine import read_events
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
@@ -42,18 +43,6 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-@pytest.fixture
-def fake_models():
-    """In this process, models that are JSON objects load as the fake engine (as in `tests/fake_server.py`)."""
-    import fake_server
-
-    from dg_lsp import engines
-
-    previous = engines.use_loader(fake_server.load)
-    yield
-    engines.use_loader(previous)
-
-
 def vscode_capabilities(**overrides: Any) -> types.ClientCapabilities:
     """VS Code's capabilities plus inline completion (1.65 predates it in LSP)."""
     caps = client_capabilities("visual-studio-code")
@@ -61,6 +50,23 @@ def vscode_capabilities(**overrides: Any) -> types.ClientCapabilities:
     for name, value in overrides.items():
         setattr(caps, name, value)
     return caps
+
+
+def open_document(client: LanguageClient, uri: str, text: str, language_id: str = "python") -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=1, text=text)
+        )
+    )
+
+
+def inline_params(uri: str, line: int, character: int, invoked: bool = True) -> types.InlineCompletionParams:
+    trigger = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=trigger),
+    )
 
 
 class Session:
@@ -87,11 +93,7 @@ class Session:
 
     def open(self, uri: str, text: str, language_id: str = "python") -> None:
         self.versions[uri], self.texts[uri] = 1, text
-        self.client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=1, text=text)
-            )
-        )
+        open_document(self.client, uri, text, language_id)
 
     def change(self, uri: str, edits: list[types.TextEdit]) -> None:
         """Send `edits` as incremental changes and mirror them in `self.texts`."""
@@ -106,16 +108,16 @@ class Session:
             )
 
     def inline(self, uri: str, line: int, character: int, invoked: bool = True, msg_id: str | None = None):
-        params = types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri),
-            position=types.Position(line=line, character=character),
-            context=types.InlineCompletionContext(
-                trigger_kind=types.InlineCompletionTriggerKind.Invoked
-                if invoked
-                else types.InlineCompletionTriggerKind.Automatic
-            ),
-        )
+        params = inline_params(uri, line, character, invoked)
         return self.client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+
+    async def inline_running(self, record: Path, uri: str, line: int, character: int, msg_id: str | None = None):
+        """An invoked inline completion whose job the fake engine has begun (its first event in `record`): the
+        pending answer."""
+        pending = asyncio.ensure_future(self.inline(uri, line, character, msg_id=msg_id))
+        while not read_events(record):
+            await asyncio.sleep(0.01)
+        return pending
 
 
 @contextlib.asynccontextmanager

@@ -1,19 +1,19 @@
 """`python tests/fake_server.py [--probe] [--fallback MODEL] [--stale-answers] [dg-lsp arguments]`: the real dg-lsp
 on the tests' fake engine.
 
-It runs dg-lsp's own `cli.main` (the server, its handlers, job runner, fallback and sub-commands, unchanged) with one
-difference: a model that is a JSON object (`--model '{"text": "a + b"}'`, or the `dg.model` setting) loads as
-`fake_engine.from_spec(model)`; any other model loads as in dg-lsp. The end-to-end server tests, the Neovim and
-VS Code tests and the benchmarks' smoke tests start it; `load` is the same loader for tests that call the CLI
-in-process (`engines.use_loader(fake_server.load)`).
+It runs dg-lsp's own `cli.main` (the server, its handlers, job runner, fallback and sub-commands, unchanged) with the
+`Engines` it takes as a parameter: a model that is a JSON object (`--model '{"text": "a + b"}'`, or the `dg.model`
+setting) loads as `fake_engine.from_spec(model)`; any other model loads as in dg-lsp. The end-to-end server tests,
+the Neovim and VS Code tests and the benchmarks' smoke tests start it; tests that call the CLI in-process call `main`.
 
 * `--probe`: run it as `python -m dg_bench.probe` does (plus the `dg/debug/*` requests).
-* `--fallback MODEL`: what the server falls back to when a model fails to load or runs out of memory
-  (`dg_lsp.fallback.TARGET`, on the CPU). By default a fake that fails to load, so a failing load is reported as
-  such and never quietly replaced by the real embedded model.
+* `--fallback MODEL`: what the server falls back to when a model fails to load or runs out of memory (`Engines`'
+  `fallback`, on the CPU). By default a fake that fails to load, so a failing load is reported as such and never
+  quietly replaced by the real embedded model.
 * `--stale-answers`, a protocol fault no correct server has: each inline completion is answered with the previous
   answer (made for an older text and position; nothing the first time), for the typing benchmark's own test that
-  it counts stale suggestions.
+  it counts stale suggestions. A registration `cli.main` adds to the server after dg-lsp's own (`extras`), which
+  wraps the inline completion handler registered before it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # this checkout's dg-lsp, whatever else the interpreter has installed
@@ -30,7 +30,10 @@ if str(REPO) not in sys.path:  # this checkout's dg-lsp, whatever else the inter
 
 import fake_engine  # noqa: E402 - tests/ is on sys.path: the script's own directory, or pytest's rootdir
 
-from dg_lsp import engines  # noqa: E402
+from dg_lsp.engines import Engines, load_local  # noqa: E402
+
+if TYPE_CHECKING:
+    from dg_lsp.server import DgServer
 
 NO_FALLBACK = json.dumps({"load_error": "the fake server has no fallback engine (tests/fake_server.py --fallback)"})
 
@@ -44,41 +47,27 @@ def load(model: str | None, device: str = "auto", quantize: str = "none") -> Any
     if is_fake(model):
         assert model is not None
         return fake_engine.from_spec(model)
-    return engines.load_local(model, device, quantize)
+    return load_local(model, device, quantize)
 
 
-def install(fallback: str = NO_FALLBACK, stale_answers: bool = False) -> None:
-    from dg_lsp import fallback as fallback_mod
-
-    engines.use_loader(load)
-    fallback_mod.TARGET = (fallback, "cpu", "none")
-    if stale_answers:
-        _answer_stale()
+def engines(fallback: str = NO_FALLBACK) -> Engines:
+    return Engines(loader=load, fallback=(fallback, "cpu", "none"))
 
 
-def _answer_stale() -> None:
+def answer_stale(ls: DgServer) -> None:
     """Wrap the real inline completion handler: answer with what it answered the time before."""
     from lsprotocol import types
 
-    from dg_lsp import server
+    features = ls.protocol.fm.features
+    real = features[types.TEXT_DOCUMENT_INLINE_COMPLETION]
+    last: list[types.InlineCompletionList] = [types.InlineCompletionList(items=[])]
 
-    create = server.create_server
+    async def stale(params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        answer = await real(params)
+        previous, last[0] = last[0], answer
+        return previous
 
-    def create_server(settings=None):
-        ls = create(settings)
-        features = ls.protocol.fm.features
-        real = features[types.TEXT_DOCUMENT_INLINE_COMPLETION]
-        last: list[types.InlineCompletionList] = [types.InlineCompletionList(items=[])]
-
-        async def stale(params: types.InlineCompletionParams) -> types.InlineCompletionList:
-            answer = await real(params)
-            previous, last[0] = last[0], answer
-            return previous
-
-        features[types.TEXT_DOCUMENT_INLINE_COMPLETION] = stale
-        return ls
-
-    server.create_server = create_server
+    features[types.TEXT_DOCUMENT_INLINE_COMPLETION] = stale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fallback", default=NO_FALLBACK)
     parser.add_argument("--stale-answers", action="store_true")
     ours, rest = parser.parse_known_args(argv)
-    install(ours.fallback, ours.stale_answers)
+    extras = [answer_stale] if ours.stale_answers else []
     if ours.probe:
         from dg_bench import probe
 
-        return probe.main(rest)
+        return probe.main(rest, engines(ours.fallback), extras)
     from dg_lsp import cli
 
-    return cli.main(rest)
+    return cli.main(rest, engines(ours.fallback), extras)
 
 
 if __name__ == "__main__":

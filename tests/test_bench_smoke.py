@@ -48,6 +48,14 @@ def run_cli(monkeypatch, *argv: str) -> int:
     return cli.main(list(argv))
 
 
+def run_bench(monkeypatch, name: str, out: Path, *flags: str) -> dict:
+    """`dg-lsp bench NAME --out OUT FLAGS...` in this process: it succeeds, draws its chart (`png`), and this is the
+    bench_NAME.json it wrote."""
+    assert run_cli(monkeypatch, "bench", name, "--out", str(out), *flags) == 0
+    png(out / f"bench_{name}.png")
+    return json.loads((out / f"bench_{name}.json").read_text())
+
+
 def fake_model(**overrides) -> str:
     return json.dumps(fake_spec(text="a + b", steps=3, step_ms=5, **overrides))
 
@@ -98,14 +106,12 @@ def test_region_is_whole_lines_of_a_function_body():
 
 def test_latency_smoke(monkeypatch, fake_env, tmp_path):
     out = tmp_path / "out"
-    code = run_cli(
+    r = run_bench(
         monkeypatch,
-        "bench",
         "latency",
+        out,
         "--model",
         fake_model(),
-        "--out",
-        str(out),
         "--chars",
         "90",
         "--keystroke-ms",
@@ -116,9 +122,6 @@ def test_latency_smoke(monkeypatch, fake_env, tmp_path):
         "10",
         "--keep-log",
     )
-    assert code == 0
-    r = json.loads((out / "bench_latency.json").read_text())
-    png(out / "bench_latency.png")
     assert r["keystrokes"] > 10 and r["requests"]["sent"] == r["keystrokes"]
     assert sum(r["requests"]["outcomes"].values()) == r["requests"]["sent"]
     assert r["requests"]["outcomes"].get("items", 0) >= 1 and not r["requests"]["outcomes"].get("error")
@@ -172,14 +175,12 @@ def test_latency_counts_prompt_reuse_from_engine_stats(fake_env, tmp_path):
 
 def test_memory_smoke(monkeypatch, fake_env, tmp_path):
     out = tmp_path / "out"
-    code = run_cli(
+    r = run_bench(
         monkeypatch,
-        "bench",
         "memory",
+        out,
         "--model",
         fake_model(),
-        "--out",
-        str(out),
         "--load-s",
         "2",
         "--keystroke-ms",
@@ -191,9 +192,6 @@ def test_memory_smoke(monkeypatch, fake_env, tmp_path):
         "--await-every",
         "10",
     )
-    assert code == 0
-    r = json.loads((out / "bench_memory.json").read_text())
-    png(out / "bench_memory.png")
     m = r["rss_mib"]
     assert 10 < m["before_model"] <= m["peak_hwm"] and 10 < m["idle"] <= m["peak_hwm"]
     assert 10 < m["first_answer"] <= m["peak_hwm"]
@@ -279,9 +277,7 @@ def test_speed_smoke(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(speed, "_load", load)
     out = tmp_path / "out"
-    assert run_cli(monkeypatch, "bench", "speed", "--out", str(out), "--limit", "3", "--workers", "2") == 0
-    r = json.loads((out / "bench_speed.json").read_text())
-    png(out / "bench_speed.png")
+    r = run_bench(monkeypatch, "speed", out, "--limit", "3", "--workers", "2")
     assert [e.mode for e in engines] == ["diffusion", "ar", "hybrid"]  # one after the other, same checkpoint flags
     for k in r["kinds"].values():
         d, a = k["diffusion"], k["ar"]
@@ -332,55 +328,19 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
 
 def test_forward_compares_both_paths_on_the_embedded_model(monkeypatch, tmp_path, capsys):
     out = tmp_path / "out"
-    assert (
-        run_cli(
-            monkeypatch,
-            "bench",
-            "forward",
-            "--out",
-            str(out),
-            "--rounds",
-            "3",
-            "--canvases",
-            "8,16",
-            "--prompt-tokens",
-            "64",
-            "--device",
-            "cpu",
-        )
-        == 0
+    r = run_bench(
+        monkeypatch, "forward", out, "--rounds", "3", "--canvases", "8,16", "--prompt-tokens", "64", "--device", "cpu"
     )
-    r = json.loads((out / "bench_forward.json").read_text())
     assert list(r["ops"]) == ["encode", "ar_step", "canvas_8", "canvas_16"]
     assert r["max_logit_diff"] < 1e-3, "the lean forward must compute what transformers' modules compute"
     for o in r["ops"].values():
         assert o["hf_ms"] > 0 and o["lean_ms"] > 0
         assert o["speedup"] == pytest.approx(o["hf_ms"] / o["lean_ms"], rel=1e-2)
-    png(out / "bench_forward.png")
     assert "speed-up" in capsys.readouterr().out
 
 
 def test_forward_prices_an_untrained_size(monkeypatch, tmp_path):
     out = tmp_path / "out"
-    assert (
-        run_cli(
-            monkeypatch,
-            "bench",
-            "forward",
-            "--size",
-            "tiny",
-            "--out",
-            str(out),
-            "--rounds",
-            "2",
-            "--canvases",
-            "8",
-            "--prompt-tokens",
-            "32",
-            "--device",
-            "cpu",
-        )
-        == 0
-    )
-    r = json.loads((out / "bench_forward.json").read_text())
+    flags = ("--size", "tiny", "--rounds", "2", "--canvases", "8", "--prompt-tokens", "32", "--device", "cpu")
+    r = run_bench(monkeypatch, "forward", out, *flags)
     assert r["model"] == "random tiny" and r["params"] < 2_000_000 and r["max_logit_diff"] < 1e-3

@@ -11,20 +11,22 @@ import subprocess
 import sys
 import time
 
+import fake_server
 import pytest
-from conftest import FAKE_SERVER, REPO, fake_spec, server_env
+from conftest import FAKE_SERVER, REPO, fake_spec, inline_params, open_document, server_env
 from lsprotocol import types
 from pytest_lsp import client_capabilities
 from pytest_lsp.client import make_test_lsp_client
 
 from dg_lsp import cli, pipeline
+from dg_lsp.engines import LOCAL
 
 SRC = "import math\n\n\ndef area(r):\n    return \n\n\nprint(area(2.0))\n"
 
 
-@pytest.fixture(autouse=True)
-def _fake_models(fake_models):
-    """`--model <json spec>` loads the fake engine (tests/fake_server.py's loader)."""
+def dg_lsp(argv: list[str]) -> int:
+    """dg-lsp's `cli.main` in this process, `--model <json spec>` loaded as the fake engine (tests/fake_server.py)."""
+    return cli.main(argv, fake_server.engines())
 
 
 def fake(**overrides) -> str:
@@ -91,17 +93,17 @@ def test_model_flags_work_before_or_after_the_sub_command():
 
 
 def test_complete_prints_the_completion(src, capsys):
-    assert cli.main(["complete", f"{src}:5:12", "--model", fake(text="math.pi * r ** 2")]) == 0
+    assert dg_lsp(["complete", f"{src}:5:12", "--model", fake(text="math.pi * r ** 2")]) == 0
     assert capsys.readouterr().out == "math.pi * r ** 2\n"
 
 
 def test_column_past_the_end_of_the_line_means_its_end(src, capsys):
-    assert cli.main(["complete", f"{src}:5:99", "--json", "--model", fake(text="math.pi")]) == 0
+    assert dg_lsp(["complete", f"{src}:5:99", "--json", "--model", fake(text="math.pi")]) == 0
     assert json.loads(capsys.readouterr().out)[0]["start"] == {"line": 5, "col": 12}
 
 
 def test_complete_json(src, capsys):
-    assert cli.main(["complete", f"{src}:5:12", "--json", "--model", fake(text="math.pi * r ** 2")]) == 0
+    assert dg_lsp(["complete", f"{src}:5:12", "--json", "--model", fake(text="math.pi * r ** 2")]) == 0
     (edit,) = json.loads(capsys.readouterr().out)
     assert edit == {"start": {"line": 5, "col": 12}, "end": {"line": 5, "col": 12}, "text": "math.pi * r ** 2"}
 
@@ -110,13 +112,13 @@ def test_complete_uses_the_same_pipeline_as_the_server(src, monkeypatch, capsys)
     calls = []
     real = pipeline.complete
     monkeypatch.setattr(pipeline, "complete", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
-    assert cli.main(["complete", f"{src}:5:12", "--model", fake()]) == 0
+    assert dg_lsp(["complete", f"{src}:5:12", "--model", fake()]) == 0
     ((args, kwargs),) = calls
     assert args[1] == SRC and args[2] == SRC.index("return ") + 7 and args[3] == "python"
 
 
 def test_complete_with_nothing_to_offer_exits_1(src, capsys):
-    assert cli.main(["complete", f"{src}:5:12", "--model", fake(text="(((")]) == 1
+    assert dg_lsp(["complete", f"{src}:5:12", "--model", fake(text="(((")]) == 1
     assert "no completion" in capsys.readouterr().err
 
 
@@ -132,13 +134,13 @@ def test_complete_with_nothing_to_offer_exits_1(src, capsys):
 )
 def test_complete_bad_targets_exit_2(src, capsys, target, message):
     with pytest.raises(SystemExit) as info:
-        cli.main(["complete", target.format(src=src), "--model", fake()])
+        dg_lsp(["complete", target.format(src=src), "--model", fake()])
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_model_that_does_not_load_exits_1(src, capsys):
     with pytest.raises(SystemExit) as info:
-        cli.main(["complete", f"{src}:5:12", "--model", fake(load_error="no weights here")])
+        dg_lsp(["complete", f"{src}:5:12", "--model", fake(load_error="no weights here")])
     assert info.value.code == 1 and "no weights here" in capsys.readouterr().err
 
 
@@ -146,7 +148,7 @@ def test_rewrite_prints_the_rewritten_block(src, capsys):
     new = "def area(r):\n    return math.pi * r * r\n"
     # the stand-in scores blocks -1 per character unless told: this rewrite is far likelier than the block, as a
     # rewrite of working code must be (pipeline.MARGIN), so it is offered
-    assert cli.main(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 0.0})]) == 0
+    assert dg_lsp(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 0.0})]) == 0
     out = capsys.readouterr().out
     assert out == new
     ast.parse(SRC.replace("def area(r):\n    return \n", out))
@@ -154,7 +156,7 @@ def test_rewrite_prints_the_rewritten_block(src, capsys):
 
 def test_rewrite_json_and_single_line_target(src, capsys):
     assert (
-        cli.main(
+        dg_lsp(
             [
                 "rewrite",
                 f"{src}:8",
@@ -170,12 +172,12 @@ def test_rewrite_json_and_single_line_target(src, capsys):
 
 
 def test_rewrite_without_a_change_exits_1(src, capsys):
-    assert cli.main(["rewrite", f"{src}:4-5", "--model", fake()]) == 1  # the fake returns the block unchanged
+    assert dg_lsp(["rewrite", f"{src}:4-5", "--model", fake()]) == 1  # the fake returns the block unchanged
     assert "no rewrite" in capsys.readouterr().err
 
 
 def test_doctor_reports_each_check(capsys):
-    code = cli.main(["doctor", "--model", fake(text="a + b")])
+    code = dg_lsp(["doctor", "--model", fake(text="a + b")])
     out = capsys.readouterr().out
     for name in ("python:", "torch:", "bitsandbytes:", "tree-sitter:", "model:", "model load:", "completion:"):
         assert name in out, name
@@ -184,7 +186,7 @@ def test_doctor_reports_each_check(capsys):
 
 
 def test_doctor_reports_a_model_that_does_not_load(capsys):
-    assert cli.main(["doctor", "--model", fake(load_error="no weights here")]) == 1
+    assert dg_lsp(["doctor", "--model", fake(load_error="no weights here")]) == 1
     model = fake(load_error="no weights here")
     assert f"FAIL  model load: {model}: no weights here" in capsys.readouterr().out
 
@@ -195,13 +197,13 @@ def test_sub_command_registry(monkeypatch, capsys):
     def add_arguments(p):
         p.add_argument("--rounds", type=int, default=1)
 
-    def run(args):
-        seen.update(rounds=args.rounds, device=args.device)
+    def run(args, engines):
+        seen.update(rounds=args.rounds, device=args.device, engines=engines)
         return 3
 
     monkeypatch.setitem(cli.SUBCOMMANDS, "bench", cli.Subcommand(add_arguments, run, "benchmark the engine"))
     assert cli.main(["bench", "--rounds", "5", "--device", "cpu"]) == 3
-    assert seen == {"rounds": 5, "device": "cpu"}
+    assert seen == {"rounds": 5, "device": "cpu", "engines": LOCAL}  # how dg-lsp itself loads models
 
 
 async def test_tcp_transport(tmp_path):
@@ -226,18 +228,8 @@ async def test_tcp_transport(tmp_path):
                 await asyncio.sleep(0.05)
         await client.initialize_session(types.InitializeParams(capabilities=client_capabilities("neovim")))
         uri = (tmp_path / "a.py").as_uri()
-        client.text_document_did_open(
-            types.DidOpenTextDocumentParams(
-                text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SRC)
-            )
-        )
-        result = await client.text_document_inline_completion_async(
-            types.InlineCompletionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=4, character=11),
-                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-            )
-        )
+        open_document(client, uri, SRC)
+        result = await client.text_document_inline_completion_async(inline_params(uri, 4, 11))
         assert result.items[0].insert_text == "a + b"
         await client.shutdown_session()
         assert proc.wait(5) == 0
@@ -250,11 +242,11 @@ async def test_tcp_transport(tmp_path):
 def test_fix_prints_the_repaired_lines_and_says_what_it_fixed(tmp_path, capsys):
     path = tmp_path / "slip.py"
     path.write_text("def add(a, b):\n    retrun a + b\n\n\nprint(add(1, 2))\n")
-    assert cli.main(["fix", f"{path}:2", "--model", fake()]) == 0
+    assert dg_lsp(["fix", f"{path}:2", "--model", fake()]) == 0
     captured = capsys.readouterr()
     assert captured.out == "    return a + b\n" and "fixed a syntax error" in captured.err
 
 
 def test_fix_of_working_code_changes_nothing_and_exits_1(src, capsys):
-    assert cli.main(["fix", f"{src}:4-5", "--model", fake()]) == 1
+    assert dg_lsp(["fix", f"{src}:4-5", "--model", fake()]) == 1
     assert "nothing to fix" in capsys.readouterr().err

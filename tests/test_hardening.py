@@ -22,6 +22,7 @@ run by default (< 1 minute); the long ones are marked slow.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -33,6 +34,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -812,11 +814,14 @@ def test_missing_bitsandbytes_falls_back_to_the_embedded_model(tmp_path):
         server.close()
 
 
-def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
+@contextlib.contextmanager
+def failing_gpu_engine(tmp_path: Path, fault: str) -> Iterator[tuple[RawServer, str, Path]]:
+    """A ready server on a fake "cuda:0" engine whose every job fails with `fault` ("oom", "boom"), a fake fallback,
+    and f.py open: (server, f.py's URI, the engine's event record)."""
     record = tmp_path / "events.jsonl"
     server = start(
         tmp_path,
-        fake={"oom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
+        fake={fault: True, "device": "cuda:0", "text": "a + b", "record": str(record)},
         fallback_to=FAKE_FALLBACK,
     )
     try:
@@ -824,6 +829,13 @@ def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
         server.wait_status("ready")
         uri = (tmp_path / "f.py").as_uri()
         server.open(uri, PY)
+        yield server, uri, record
+    finally:
+        server.close()
+
+
+def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
+    with failing_gpu_engine(tmp_path, "oom") as (server, uri, record):
         answers = [server.request(INLINE, server.inline_params(uri, 1, 11), timeout=60) for _ in range(3)]
         assert any(e["event"] == "oom" for e in read_events(record))
         assert server.alive()
@@ -838,31 +850,17 @@ def test_cuda_out_of_memory_reports_once_and_falls_back(tmp_path):
         answer = server.request(INLINE, server.inline_params(uri2, 1, 11), timeout=60)
         assert answer["result"]["items"][0]["insertText"] == "fallback()", answer
         assert len(server.shown(1)) == 1
-    finally:
-        server.close()
 
 
 def test_any_other_engine_error_stays_the_request_error_and_nothing_falls_back(tmp_path):
     """Only out of memory falls back: an engine bug must not be papered over by a silent model swap."""
-    record = tmp_path / "events.jsonl"
-    server = start(
-        tmp_path,
-        fake={"boom": True, "device": "cuda:0", "text": "a + b", "record": str(record)},
-        fallback_to=FAKE_FALLBACK,
-    )
-    try:
-        server.initialize(tmp_path)
-        server.wait_status("ready")
-        uri = (tmp_path / "f.py").as_uri()
-        server.open(uri, PY)
+    with failing_gpu_engine(tmp_path, "boom") as (server, uri, record):
         for _ in range(2):
             answer = server.request(INLINE, server.inline_params(uri, 1, 11), timeout=60)
             assert "error" in answer and "boom" in answer["error"]["message"], answer
         assert sum(e["event"] == "boom" for e in read_events(record)) == 2  # the same engine, asked again
         assert server.alive() and not server.shown(1), server.shown(1)
         assert all(s["device"] == "cuda:0" for s in server.statuses() if s["state"] == "ready"), server.statuses()
-    finally:
-        server.close()
 
 
 def test_missing_grammar_means_plain_text_context_and_one_warning(tmp_path):

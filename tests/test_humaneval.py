@@ -221,6 +221,7 @@ def test_percentile():
 def test_cli_registration_and_run(tmp_path, monkeypatch, single):
     import dg_model.loading as loading
     from dg_lsp import cli, eval_cmd  # noqa: F401  (registers `eval`)
+    from dg_lsp.engines import LOCAL
 
     assert "eval" in cli.SUBCOMMANDS
     calls = []
@@ -234,7 +235,7 @@ def test_cli_registration_and_run(tmp_path, monkeypatch, single):
     args = cli.build_parser().parse_args(
         ["eval", "humaneval", "--kind", "single-line", "--mode", "ar", "--limit", "4", "--out", str(out), "--quiet"]
     )
-    assert cli.SUBCOMMANDS["eval"].run(args) == 0
+    assert cli.SUBCOMMANDS["eval"].run(args, LOCAL) == 0
     assert calls == [(None, "auto", "none", "ar")]
     report = json.loads(out.read_text())
     assert report["mode"] == "ar" and report["tasks"] == 4
@@ -246,6 +247,7 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
 
     import dg_model.loading as loading
     from dg_lsp import cli
+    from dg_lsp.engines import LOCAL
     from dg_lsp.eval_cmd import editor_path
 
     task = next(t for t in single if t.middle.startswith("for ") and t.middle.endswith(":"))
@@ -283,7 +285,7 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
             "--quiet",
         ]
     )
-    assert cli.SUBCOMMANDS["eval"].run(args) == 0
+    assert cli.SUBCOMMANDS["eval"].run(args, LOCAL) == 0
     report = json.loads(out.read_text())
     assert report["tasks"] == 3 and report["mode"] == "hybrid"
 

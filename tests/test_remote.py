@@ -14,6 +14,7 @@ from conftest import REPO, fake_spec, server_env, session
 from fake_engine import FakeEngine
 
 from dg_bench.openai_stub import EMBEDDED_TOKENIZER, ConstantEngine, StubServer
+from dg_lsp.engines import LOCAL
 from dg_lsp.remote import RemoteGuard
 from dg_lsp.settings import parse_settings
 from dg_model.api import Cancelled, InfillJob, RewriteJob
@@ -437,7 +438,7 @@ def test_load_warns_about_plain_http_to_another_machine(monkeypatch):
     monkeypatch.setattr(RemoteEngine, "check", down)
     rec = Recorder()
     settings = parse_settings({"remote": {"url": "http://gpu-box:8000/v1", "model": "m"}})[0]
-    guard = remote.load(settings, rec)
+    guard = remote.load(settings, rec, LOCAL)  # no remote.fallback: nothing loads locally
     assert len(rec.shown) == 1 and "plain http" in rec.shown[0] and not rec.statuses
     remote.after_ready(guard)  # the start-up failure is reported once the loader said "ready"
     assert len(rec.shown) == 2 and rec.statuses[-1][0] == "error"

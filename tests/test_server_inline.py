@@ -20,6 +20,11 @@ def accept(text: str, item: types.InlineCompletionItem) -> str:
     return apply_edits(text, [types.TextEdit(range=item.range, new_text=item.insert_text)])
 
 
+def _type(s, uri: str, line: int, character: int, text: str) -> None:
+    at = types.Position(line=line, character=character)
+    s.change(uri, [types.TextEdit(range=types.Range(start=at, end=at), new_text=text)])
+
+
 async def test_completion_applies_and_the_file_parses(py_uri):
     async with session(fake_spec(text="math.pi * r ** 2")) as s:
         s.open(py_uri, PY)
@@ -76,17 +81,7 @@ async def test_edits_are_seen_by_the_next_request(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     async with session(fake_spec(text="r * r", record=str(record))) as s:
         s.open(py_uri, PY)
-        s.change(
-            py_uri,
-            [
-                types.TextEdit(
-                    range=types.Range(
-                        start=types.Position(line=4, character=11), end=types.Position(line=4, character=11)
-                    ),
-                    new_text="math.pi * ",
-                )
-            ],
-        )
+        _type(s, py_uri, 4, 11, "math.pi * ")
         (item,) = (await s.inline(py_uri, 4, 21)).items
         start = [e for e in read_events(record) if e["event"] == "start"][-1]
         assert start["prefix_tail"].endswith("    return math.pi * ")
@@ -97,9 +92,7 @@ async def test_cancel_request_stops_the_generation(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     async with session(fake_spec(steps=500, step_ms=20, record=str(record))) as s:  # 10 s if not stopped
         s.open(py_uri, PY)
-        pending = asyncio.ensure_future(s.inline(py_uri, *CURSOR, msg_id="slow-1"))
-        while not read_events(record):
-            await asyncio.sleep(0.01)
+        pending = await s.inline_running(record, py_uri, *CURSOR, msg_id="slow-1")
         sent = time.time()
         s.client.cancel_request(types.CancelParams(id="slow-1"))
         with pytest.raises(JsonRpcRequestCancelled):
@@ -121,9 +114,7 @@ async def test_newer_request_supersedes_the_running_one(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     async with session(fake_spec(steps=50, step_ms=20, record=str(record))) as s:
         s.open(py_uri, PY)
-        first = asyncio.ensure_future(s.inline(py_uri, 4, 4))
-        while not read_events(record):
-            await asyncio.sleep(0.01)
+        first = await s.inline_running(record, py_uri, 4, 4)
         second = asyncio.ensure_future(s.inline(py_uri, *CURSOR))
         assert not (await asyncio.wait_for(first, 2)).items  # superseded: empty, promptly
         assert (await asyncio.wait_for(second, 3)).items
@@ -148,20 +139,8 @@ async def test_result_for_a_stale_version_is_dropped(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     async with session(fake_spec(steps=50, step_ms=20, record=str(record))) as s:
         s.open(py_uri, PY)
-        pending = asyncio.ensure_future(s.inline(py_uri, *CURSOR))
-        while not read_events(record):
-            await asyncio.sleep(0.01)
-        s.change(
-            py_uri,
-            [
-                types.TextEdit(
-                    range=types.Range(
-                        start=types.Position(line=0, character=0), end=types.Position(line=0, character=0)
-                    ),
-                    new_text="# edited\n",
-                )
-            ],
-        )
+        pending = await s.inline_running(record, py_uri, *CURSOR)
+        _type(s, py_uri, 0, 0, "# edited\n")
         assert not (await asyncio.wait_for(pending, 2)).items
         await _wait_event(record, "cancelled")  # the change also stopped the useless generation
 
@@ -197,11 +176,6 @@ async def test_settings_reach_the_engine_job(py_uri, tmp_path):
         start = [e for e in read_events(record) if e["event"] == "start"][-1]
         assert start["n"] == 2 and start["max_tokens"] in (40, 100)
         assert start["doc_key"] == py_uri
-
-
-def _type(s, uri: str, line: int, character: int, text: str) -> None:
-    at = types.Position(line=line, character=character)
-    s.change(uri, [types.TextEdit(range=types.Range(start=at, end=at), new_text=text)])
 
 
 async def test_typing_along_with_a_suggestion_keeps_its_rest_without_asking_the_model(py_uri, tmp_path):

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from conftest import fake_spec, session, vscode_capabilities
+from conftest import fake_spec, inline_params, open_document, session, vscode_capabilities
 from fake_engine import read_events
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
@@ -18,18 +18,8 @@ PY = "def add(a, b):\n    return \n"
 
 async def test_plain_pytest_lsp_fixture(client: LanguageClient, py_uri):
     """The stock pytest-lsp fixture works too: open, complete (the fake engine loads instantly)."""
-    client.text_document_did_open(
-        types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=py_uri, language_id="python", version=1, text=PY)
-        )
-    )
-    result = await client.text_document_inline_completion_async(
-        types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=py_uri),
-            position=types.Position(line=1, character=11),
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-        )
-    )
+    open_document(client, py_uri, PY)
+    result = await client.text_document_inline_completion_async(inline_params(py_uri, 1, 11))
     assert result.items[0].insert_text == "a + b"
 
 
@@ -103,7 +93,7 @@ def test_dg_lsp_knows_no_fake_models(monkeypatch):
     asked = []
     monkeypatch.setattr(loading, "load_engine", lambda model, **kw: asked.append((model, kw)) or "engine")
     spec = json.dumps(fake_spec())
-    assert engines.load_engine(spec) == "engine" and engines.load_engine(None, "cpu") == "engine"
+    assert engines.LOCAL.load(spec) == "engine" and engines.LOCAL.load(None, "cpu") == "engine"
     assert asked == [(spec, {"device": "auto", "quantize": "none"}), (None, {"device": "cpu", "quantize": "none"})]
 
 
@@ -189,9 +179,7 @@ async def test_shutdown_is_prompt_mid_generation(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
     async with session(fake_spec(steps=1000, step_ms=20, record=str(record))) as s:  # a 20 s generation
         s.open(py_uri, PY)
-        pending = asyncio.ensure_future(s.inline(py_uri, 1, 11))
-        while not read_events(record):
-            await asyncio.sleep(0.01)
+        pending = await s.inline_running(record, py_uri, 1, 11)
         started, started_wall = time.monotonic(), time.time()
         await asyncio.wait_for(s.client.shutdown_async(None), 2)
         assert time.monotonic() - started < 1.0

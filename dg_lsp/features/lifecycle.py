@@ -27,7 +27,7 @@ from pygls.capabilities import get_capability
 from dg_model.api import EngineError
 
 from .. import fallback
-from ..engines import close_engine, load_engine, settings_label
+from ..engines import close_engine, settings_label
 from ..jobs import in_daemon_thread
 from ..server import DgServer
 from ..settings import SECTION, parse_settings
@@ -128,9 +128,9 @@ async def load_model(ls: DgServer) -> None:
             from .. import remote
 
             reporter = remote.ServerReporter(ls, settings.remote.url)
-            engine = await in_daemon_thread(remote.load, settings, reporter)
+            engine = await in_daemon_thread(remote.load, settings, reporter, ls.engines)
         else:
-            engine = await in_daemon_thread(load_engine, settings.model, settings.device, settings.quantize)
+            engine = await in_daemon_thread(ls.engines.load, settings.model, settings.device, settings.quantize)
     except EngineError as exc:
         error = str(exc)
     except Exception as exc:  # logged: torch/transformers/OS failures of every kind mean "model unavailable"

@@ -593,8 +593,10 @@ def register(
         for add_other, _ in others.values():
             add_other(p)
 
-    def run(args: argparse.Namespace) -> int:
-        return others[args.suite][1](args) if args.suite in others else run_cli(args, editor, server)
+    def run(args: argparse.Namespace, engines: Any) -> int:
+        # `engines`: how the CLI loads models (dg_lsp.engines.Engines), for the suites that load through it;
+        # `humaneval` loads with a decoding mode of its own (`dg_model.loading.load_engine`).
+        return others[args.suite][1](args, engines) if args.suite in others else run_cli(args, editor, server)
 
     subcommands["eval"] = subcommand_type(add, run, f"run a benchmark ({', '.join(['humaneval', *others])})")
 
