@@ -18,7 +18,7 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dg_model.api import InfillJob
 
@@ -29,14 +29,14 @@ def cuts(corpus: Path, n: int, seed: int = 11) -> list[InfillJob]:
     rng = random.Random(seed)
     files = [json.loads(line)["text"] for line in corpus.open(encoding="utf-8")]
     rng.shuffle(files)
-    jobs = []
+    jobs: list[InfillJob] = []
     for text in files:
         if len(jobs) >= n:
             break
         pieces = sample_fim(text[:6000], rng)
         if pieces is None or len(pieces.middle.strip()) < 4:
             continue
-        kind = "block" if "\n" in pieces.middle.strip("\n") else "line"
+        kind: Literal["line", "block"] = "block" if "\n" in pieces.middle.strip("\n") else "line"
         jobs.append(
             InfillJob(
                 pieces.prefix[-3000:],
