@@ -84,7 +84,8 @@ def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
 
 
 class FimBatches(torch.utils.data.IterableDataset):
-    """Endless collated batches of (prompt, prompt_mask, canvas); prompts left-padded to the batch's longest."""
+    """Endless collated batches: block rows (`blockdiff.collate_rows`) for the block objective, else (prompt,
+    prompt_mask, canvas) with prompts left-padded to the batch's longest."""
 
     def __init__(
         self,
@@ -107,15 +108,17 @@ class FimBatches(torch.utils.data.IterableDataset):
         def encode(s: str) -> list[int]:
             return tok.encode(s, add_special_tokens=False).ids
 
-        canvas = max(block_layout(self.cfg).canvases) if self.cfg.objective == "block" else self.cfg.canvas
-        examples = self._examples(rng, encode, canvas)
         if self.cfg.objective == "block":
             layout = block_layout(self.cfg)
+            canvas = max(layout.canvases)
+            examples = self._examples(rng, encode, canvas)
             # compiled layers want one row width, or they recompile per width
             width = self.cfg.prompt_tokens + max(layout.middle_tokens, canvas) if self.cfg.compile else 0
             while True:
                 rows = [blockdiff.block_row(*next(examples), layout, rng) for _ in range(self.cfg.batch)]
                 yield blockdiff.collate_rows(rows, width)
+        canvas = self.cfg.canvas
+        examples = self._examples(rng, encode, canvas)
         while True:
             yield collate(
                 [
