@@ -288,11 +288,13 @@ def losses(
     compiled: bool = False,
     full_noise: float = 0.0,
     distill: float = 0.0,
+    agree: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The block objective's losses on one batch. `distill`: the denoiser's target at each position mixes in that
     share of the causal encoder's own next-token distribution there (from the clean states one position earlier,
     detached): the denoiser learns to draft what greedy AR of the same weights writes, which is what the hybrid's
-    verifier accepts. `canvas_agree` reports how often its argmax already is the encoder's."""
+    verifier accepts. `agree`: also report `canvas_agree`, how often the denoiser's argmax already is the encoder's.
+    Either needs the encoder's logits at every denoised position, one more LM-head pass, so only then is it made."""
     ids, start, weight, real, middle = (batch[k] for k in ("ids", "start", "weight", "real", "middle"))
     B, N = ids.shape
     fwd = BlockForward(model, compiled)
@@ -306,9 +308,11 @@ def losses(
     h_clean, h_noised = h[:, :N], h[:, N:]
 
     sel = weight > 0  # denoising: every position of every block predicts its clean token
-    teacher = torch.cat([h_clean[:, :1], h_clean[:, :-1]], 1)[sel]  # position i's next-token states: i - 1's
-    alpha = (torch.arange(N, device=ids.device) > 0).expand(B, N)[sel] * distill  # position 0 has no teacher
-    diffusion, hit, agree = softcap_cross_entropy(
+    teacher = alpha = None
+    if distill > 0 or agree:
+        teacher = torch.cat([h_clean[:, :1], h_clean[:, :-1]], 1)[sel]  # position i's next-token states: i - 1's
+        alpha = (torch.arange(N, device=ids.device) > 0).expand(B, N)[sel] * distill  # position 0 has no teacher
+    diffusion, hit, agrees = softcap_cross_entropy(
         h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap, compiled=compiled, teacher=teacher, alpha=alpha
     )
     in_canvas = (middle & (ids != PAD))[sel]
@@ -318,12 +322,14 @@ def losses(
     ar, _, _ = softcap_cross_entropy(
         h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap, compiled=compiled
     )
-    return {
+    out = {
         "loss": diffusion + ar_weight * ar,
         "diffusion": diffusion,
         "ar": ar,
         "canvas_acc": (hit & in_canvas).sum() / canvas_n,
-        "canvas_agree": (agree & in_canvas).sum() / canvas_n,
         "denoised_tokens": (sel & (ids != PAD)).sum(),
         "ar_tokens": pairs.sum(),
     }
+    if agree:
+        out["canvas_agree"] = (agrees & in_canvas).sum() / canvas_n
+    return out

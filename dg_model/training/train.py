@@ -167,10 +167,11 @@ def step_losses(model, batch, cfg: TrainConfig, evaluation: bool = False) -> dic
             compiled=cfg.compile,
             full_noise=cfg.full_noise_prob,
             distill=0.0 if evaluation else cfg.distill,
+            agree=evaluation,
         )  # held-out losses: hard targets
         if evaluation:  # also from pure noise: what a draft (and diffusion's first step) sees
             full = torch.ones(batch["ids"].shape, device=batch["ids"].device)
-            draft = blockdiff.losses(model, batch, self_cond=False, t=full, compiled=cfg.compile)
+            draft = blockdiff.losses(model, batch, self_cond=False, t=full, compiled=cfg.compile, agree=True)
             out["draft_diffusion"], out["draft_acc"] = draft["diffusion"], draft["canvas_acc"]
             out["draft_agree"] = draft["canvas_agree"]  # what the hybrid's verifier would accept, token by token
         return out
