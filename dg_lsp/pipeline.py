@@ -99,6 +99,7 @@ def complete(
         temperature=settings.temperature,
         decoding=settings.decoding,
         cancel=cancel,
+        invoked=not automatic,
     )
     result = engine.infill(job)
     edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind)

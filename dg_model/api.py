@@ -59,6 +59,9 @@ class InfillJob:
     decoding: Decoding = "auto"  # see `Decoding`
     cancel: threading.Event | None = None
     on_draft: Callable[[str], None] | None = None  # argmax text after each decoder step
+    # Asked for explicitly, not while typing: the user waits for this one, so the engine may take longer for a better
+    # first candidate (`EngineSettings.invoked_beam`, `next_line_rescore`).
+    invoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class JobStats:
     decoder_forwards: int = 0  # bidirectional decoder passes (diffusion steps, or hybrid drafts)
     drafted: int = 0  # hybrid: draft tokens offered to the encoder, and those it agreed with
     accepted: int = 0
+    rescore_ms: float = 0.0  # re-ranking the candidates by the suffix's next line (rescore.py), prompt included
 
     @property
     def tokens_per_forward(self) -> float:

@@ -84,10 +84,10 @@ def diffuse(eng: DiffusionEngine, cache, canvas_len: int, pinned_tail: list[int]
 
 
 def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, job: InfillJob, stats: JobStats):
-    """Next-token decoding through the causal encoder and its KV cache: a beam of `max(job.n, ar_beam)` (width 1
+    """Next-token decoding through the causal encoder and its KV cache: a beam (`DiffusionEngine.beam_width`; width 1
     is greedy decoding). Every finished beam is a candidate, best first, so a model tuned for a wider beam returns
     alternatives even for `n=1`: the editor side ranks them again by what still parses."""
-    width = max(1, job.n, eng.settings.ar_beam)
+    width = eng.beam_width(job)
     batched = eng.fwd.expand(cache, width) if width > 1 else cache
     stats.steps += 1  # each prediction costs one forward: the prompt's for the first, then one per token
 

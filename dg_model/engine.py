@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dg_model import decoders
+from dg_model import decoders, rescore
 from dg_model.api import (
     DECODINGS,
     BlockScore,
@@ -68,6 +68,11 @@ class EngineSettings:
     draft_steps: int = 1  # 0: no denoising, the draft is the lookup's continuation alone (a baseline for the decoder)
     # Start each draft from the context's continuation of its last tokens (speculative.lookup) where there is one.
     draft_lookup: bool = False
+    # The beam's width for an invoked job (`InfillJob.invoked`); 0: `ar_beam`.
+    invoked_beam: int = 0
+    # Re-rank an invoked job's candidates by the likelihood of each followed by the suffix's next line (rescore.py):
+    # one more prompt (the suffix without that line, cached per document like the first) and one batched forward.
+    next_line_rescore: bool = False
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
@@ -179,6 +184,8 @@ class DiffusionEngine:
         if job.kind == "block":  # both decoders stop once a block has ended; what their last step wrote past it goes
             indent = cursor_indent(job.prefix)
             texts = [t[: block_end(t, indent)] for t in texts]
+        if job.invoked and self.settings.next_line_rescore and len(set(texts)) > 1:
+            texts, scores = self._rescore(job, texts, stats)
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
         return JobResult(_dedupe(cands), stats)
@@ -268,6 +275,48 @@ class DiffusionEngine:
             )
         finally:
             self.fwd.trim(cache, len(prompt.ids))
+
+    def _rescore(self, job: InfillJob, texts: list[str], stats: JobStats) -> tuple[list[str], list[float]]:
+        """`texts` best first by how likely each is followed by the suffix's next line (by the end of the middle where
+        the suffix has no next line near), with those log-probabilities as scores."""
+        if job.cancel is not None and job.cancel.is_set():
+            raise Cancelled()
+        head, rest = rescore.split_next_line(job.suffix) or ("", job.suffix)
+        t0 = time.perf_counter()
+        prompt = build_prompt(
+            self.tokenizer,
+            self.format,
+            job.prefix,
+            rest,
+            self.settings.prompt_tokens,
+            job.context,
+            self.settings.pinned_suffix_tokens,
+        )
+        # with a head, a second cache per document (while typing on a line the suffix after the next line stays the
+        # same); without one, the prompt is the job's own, still cached
+        key = job.doc_key and job.doc_key + ("\0rest" if head else "")
+        cache, last_hidden = self._prompt_cache(key, prompt.ids, JobStats())
+        try:
+            read = score_blocks(
+                self.tokenizer,
+                self.fwd,
+                cache,
+                last_hidden,
+                [rescore.followed_by(t, head) for t in texts],
+                self.tokenizer.eos_token_id,
+                self.tokenizer.pad_token_id,
+                detail=False,
+            )
+        finally:
+            self.fwd.trim(cache, len(prompt.ids))
+        stats.rescore_ms = (time.perf_counter() - t0) * 1e3
+        order = sorted(range(len(texts)), key=lambda i: -read[i].logprob)
+        return [texts[i] for i in order], [read[i].logprob for i in order]
+
+    def beam_width(self, job: InfillJob) -> int:
+        """AR's beam for `job`: wide enough for its `n` candidates, wider where the model's settings say so."""
+        beam = self.settings.invoked_beam if job.invoked and self.settings.invoked_beam else self.settings.ar_beam
+        return max(1, job.n, beam)
 
     def decoding_for(self, job: InfillJob) -> str:
         """The job's own choice, else the engine's, else the model's recommendation for the job's kind."""

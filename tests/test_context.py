@@ -481,3 +481,16 @@ def test_the_job_carries_the_contexts_kind_and_its_middle_budget() -> None:
         c = build_context(text, offset, "python", engine.count_tokens, budget_of(settings))
         ((_, job),) = engine.calls
         assert (job.kind, job.max_tokens) == (c.kind, c.max_tokens) == (kind, max_tokens)
+
+
+def test_only_an_explicit_request_asks_the_engine_to_try_harder() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+
+    text, offset = at("def f(x):\n    return <CURSOR>\n")
+    for automatic in (True, False):
+        engine = FakeEngine(texts=["x"])
+        complete(engine, text, offset, "python", Settings(), automatic=automatic)
+        ((_, job),) = engine.calls
+        assert job.invoked is not automatic

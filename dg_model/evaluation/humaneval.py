@@ -311,6 +311,7 @@ def run_tasks(
                 new_tokens=st.new_tokens,
                 tokens_per_forward=st.tokens_per_forward,
                 engine_total_ms=st.total_ms,
+                rescore_ms=st.rescore_ms,
                 prompt_tokens=st.prompt_tokens,
                 reused_tokens=st.reused_tokens,
                 empty=not result.candidates,
@@ -376,6 +377,7 @@ def run_tasks(
         ),
         "latency_ms": _summary(latencies),  # wall clock around engine.infill
         "engine_total_ms": _summary([r["engine_total_ms"] for r in ran]),
+        "rescore_ms": _summary([r.get("rescore_ms", 0.0) for r in ran]),  # part of engine_total_ms
         "mean_steps": round(sum(r["steps"] for r in ran) / len(ran), 2) if ran else 0.0,
         # where the decoder ran (diffusion, hybrid drafts): tokens committed per decoder forward, pooled
         "tokens_per_decoder_forward": _per_decoder_forward(ran),

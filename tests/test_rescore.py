@@ -1,0 +1,95 @@
+"""Re-ranking candidates by the suffix's next line: the split of the suffix, and the engine's use of it."""
+
+import threading
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
+
+from dg_model.api import Cancelled, InfillJob, JobStats, ScoreJob
+from dg_model.architecture import TINY, build_config
+from dg_model.engine import DiffusionEngine, EngineSettings
+from dg_model.loading import EMBEDDED_DIR
+from dg_model.rescore import followed_by, split_next_line
+
+
+@pytest.mark.parametrize(
+    ("suffix", "split"),
+    [
+        # the next line, and what follows it
+        ("\n        return True\n    return False\n", ("\n        return True", "\n    return False\n")),
+        # the rest of the cursor's line comes along; blank lines are skipped
+        (")\n\n    x = 1\n", (")\n\n    x = 1", "\n")),
+        ("\n    last", ("\n    last", "")),
+        # nothing to read: no next line, only blank ones, or one too far away
+        ("", None),
+        ("rest of the line", None),
+        ("\n\n  \n", None),
+        ("\n" * 500 + "x = 1\n", None),
+    ],
+)
+def test_split_next_line(suffix, split):
+    assert split_next_line(suffix) == split
+
+
+def test_followed_by_reads_as_the_file_would():
+    # a finished line's break is the head's own; mid-line, the head's text continues the middle's
+    assert followed_by("if x:\n        ", "\n        return True") == "if x:\n        return True"
+    assert followed_by("if x:", "\n        return True") == "if x:\n        return True"
+    assert followed_by("f(a, ", "b)\n    y = 2") == "f(a, b)\n    y = 2"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    tok = PreTrainedTokenizerFast.from_pretrained(EMBEDDED_DIR)
+    model = DiffusionGemmaForBlockDiffusion(build_config(tok.vocab_size, 32, **TINY)).eval()
+    return DiffusionEngine(model, tok, EngineSettings(next_line_rescore=True), name="tiny", mode="ar")
+
+
+PREFIX = "def total(xs):\n    "
+SUFFIX = "\n        t += x\n    return t\n"
+
+
+@torch.inference_mode()
+def test_candidates_are_ranked_by_the_likelihood_of_the_next_line_after_them(engine):
+    texts = ["t = 0", "for x in xs:", "return 0"]
+    ranked, scores = engine._rescore(InfillJob(PREFIX, SUFFIX, doc_key="d"), texts, JobStats())
+    # the same readings asked directly: each middle with the next line, the rest of the suffix as the suffix
+    direct = engine.score(ScoreJob(PREFIX, "\n    return t\n", [t + "\n        t += x" for t in texts], detail=False))
+    expected = sorted(zip(texts, (d.logprob for d in direct)), key=lambda p: -p[1])
+    assert ranked == [t for t, _ in expected]
+    assert scores == pytest.approx([s for _, s in expected], abs=1e-3)
+    assert scores == sorted(scores, reverse=True)
+
+
+@torch.inference_mode()
+def test_infill_reports_the_rescoring_and_stops_when_cancelled(engine):
+    wide = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, ar_beam=3), name="tiny", mode="ar")
+    result = wide.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=6, n=3, invoked=True))
+    assert len({c.text for c in result.candidates}) == len(result.candidates) > 1
+    assert result.stats.rescore_ms > 0
+    # while typing, the candidates come as the beam ranked them, at no extra cost
+    typing = wide.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=6, n=3))
+    assert typing.stats.rescore_ms == 0
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        wide._rescore(InfillJob(PREFIX, SUFFIX, cancel=cancel), ["a", "b"], JobStats())
+    # no next line: ranked by the likelihood of each as the whole middle
+    texts = ["return 0", "t = 0\n    for x in xs:"]
+    ranked, scores = wide._rescore(InfillJob(PREFIX, "\n"), texts, JobStats())
+    direct = [s.logprob for s in wide.score(ScoreJob(PREFIX, "\n", texts, detail=False))]
+    assert scores == pytest.approx(sorted(direct, reverse=True), abs=1e-3)
+    assert ranked == [t for _, t in sorted(zip(direct, texts), reverse=True)]
+
+
+def test_an_invoked_job_gets_the_wider_beam(engine):
+    settings = replace(engine.settings, ar_beam=2, invoked_beam=5)
+    wide = DiffusionEngine(engine.model, engine.tokenizer, settings, name="tiny", mode="ar")
+    assert wide.beam_width(InfillJob(PREFIX, SUFFIX)) == 2
+    assert wide.beam_width(InfillJob(PREFIX, SUFFIX, invoked=True)) == 5
+    assert wide.beam_width(InfillJob(PREFIX, SUFFIX, n=7)) == 7  # the job's own candidates, whatever the rest
+    plain = DiffusionEngine(engine.model, engine.tokenizer, replace(settings, invoked_beam=0), name="tiny", mode="ar")
+    assert plain.beam_width(InfillJob(PREFIX, SUFFIX, invoked=True)) == 2
