@@ -134,7 +134,9 @@ class JobStats:
 @dataclass
 class Candidate:
     text: str
-    score: float  # mean log-probability of the committed tokens; higher is better
+    # higher is better, compared within one result: the mean log-probability of the committed tokens, or, where the
+    # engine re-read its candidates (rescore.py), the total log-probability of each followed by the suffix's next line
+    score: float
 
 
 @dataclass

@@ -383,7 +383,8 @@ class DiffusionEngine:
 
 
 def _dedupe(cands: list[Candidate]) -> list[Candidate]:
-    """Distinct texts: the first candidate (greedy, or the best beam), then the others by score, empty ones last."""
+    """Distinct texts: the first candidate (greedy, the best beam, or the best re-read), then the others by score,
+    empty ones last."""
     seen: set[str] = set()
     out = []
     for c in [cands[0]] + sorted(cands[1:], key=lambda c: (not c.text.strip(), -c.score)) if cands else []:
