@@ -123,6 +123,9 @@ def _model(report, args: argparse.Namespace, engines: Engines) -> None:
     if settings is not None and hasattr(engine, "fwd"):  # the real engine (test doubles have neither)
         kinds = ", ".join(f"{kind} {mode}" for kind, mode in settings.decoding.items())
         beam = f"AR beam {settings.ar_beam}" if settings.ar_beam > 1 else "AR greedy"
+        if settings.invoked_beam or settings.next_line_rescore:
+            ranked = ", re-ranked by the next line" if settings.next_line_rescore else ""
+            beam += f" (asked for: beam {settings.invoked_beam or settings.ar_beam}{ranked})"
         report("ok", "decoding", f"{kinds} (setting decoding: auto); {beam}; forward: {engine.fwd.kind}")
     job = InfillJob(prefix="def add(a, b):\n    return ", suffix="\n", kind="line", max_tokens=8, seed=0)
     try:
