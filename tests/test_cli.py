@@ -250,3 +250,23 @@ def test_fix_prints_the_repaired_lines_and_says_what_it_fixed(tmp_path, capsys):
 def test_fix_of_working_code_changes_nothing_and_exits_1(src, capsys):
     assert dg_lsp(["fix", f"{src}:4-5", "--model", fake()]) == 1
     assert "nothing to fix" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "place", "expected"),
+    [
+        ("def add(a, b):\n    \n", "2:5", "return a + b"),
+        (  # the README's demo
+            "import os\n\ndef list_python_files(root):\n    result = []\n    for dirpath, _, names in os.walk(root):\n"
+            '        for name in names:\n            if name.endswith(".py"):\n                \n    return result\n',
+            "8:17",
+            "result.append(name)",
+        ),
+    ],
+)
+def test_the_embedded_model_completes_the_demos(tmp_path, capsys, text, place, expected):
+    # the real model and an explicit request (its wide beam, re-ranked by the next line), as `dg-lsp complete` runs
+    path = tmp_path / "demo.py"
+    path.write_text(text)
+    assert cli.main(["complete", f"{path}:{place}"]) == 0
+    assert capsys.readouterr().out.strip() == expected
