@@ -36,7 +36,7 @@ from dg_model.api import (
 from dg_model.decoders import mean
 from dg_model.fim import fim_ids
 from dg_model.forward import make_forward
-from dg_model.prompts import build_prompt, choose_format, clean_answer
+from dg_model.prompts import Prompt, build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
 from dg_model.scoring import score_blocks
 from dg_model.stops import block_end, cursor_indent
@@ -159,15 +159,7 @@ class DiffusionEngine:
     @torch.inference_mode()
     def infill(self, job: InfillJob) -> JobResult:
         t0 = time.perf_counter()
-        prompt = build_prompt(
-            self.tokenizer,
-            self.format,
-            job.prefix,
-            job.suffix,
-            self.settings.prompt_tokens,
-            job.context,
-            self.settings.pinned_suffix_tokens,
-        )
+        prompt = self._infill_prompt(job, job.suffix)
         mode = self.decoding_for(job)
         stats = JobStats(mode=mode, prompt_tokens=len(prompt.ids))
         cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
@@ -261,20 +253,28 @@ class DiffusionEngine:
         if job.cancel is not None and job.cancel.is_set():
             raise Cancelled()
         prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens)
-        cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, JobStats())
+        return self._read(job.doc_key, prompt.ids, list(job.blocks), job.detail)
+
+    def _read(self, key: str, prompt_ids: list[int], blocks: list[str], detail: bool) -> list[BlockScore]:
+        """`score_blocks` after a prompt, through the per-document cache, which is left holding the prompt alone."""
+        cache, last_hidden = self._prompt_cache(key, prompt_ids, JobStats())
         try:
-            return score_blocks(
-                self.tokenizer,
-                self.fwd,
-                cache,
-                last_hidden,
-                list(job.blocks),
-                self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id,
-                job.detail,
-            )
+            eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+            return score_blocks(self.tokenizer, self.fwd, cache, last_hidden, blocks, eos, pad, detail)
         finally:
-            self.fwd.trim(cache, len(prompt.ids))
+            self.fwd.trim(cache, len(prompt_ids))
+
+    def _infill_prompt(self, job: InfillJob, suffix: str) -> Prompt:
+        """The prompt an infill job decodes after, with `suffix` as the code after the middle."""
+        return build_prompt(
+            self.tokenizer,
+            self.format,
+            job.prefix,
+            suffix,
+            self.settings.prompt_tokens,
+            job.context,
+            self.settings.pinned_suffix_tokens,
+        )
 
     def _rescore(self, job: InfillJob, texts: list[str], stats: JobStats) -> tuple[list[str], list[float]]:
         """`texts` best first by how likely each is followed by the suffix's next line (by the end of the middle where
@@ -283,32 +283,10 @@ class DiffusionEngine:
             raise Cancelled()
         head, rest = rescore.split_next_line(job.suffix) or ("", job.suffix)
         t0 = time.perf_counter()
-        prompt = build_prompt(
-            self.tokenizer,
-            self.format,
-            job.prefix,
-            rest,
-            self.settings.prompt_tokens,
-            job.context,
-            self.settings.pinned_suffix_tokens,
-        )
         # with a head, a second cache per document (while typing on a line the suffix after the next line stays the
         # same); without one, the prompt is the job's own, still cached
         key = job.doc_key and job.doc_key + ("\0rest" if head else "")
-        cache, last_hidden = self._prompt_cache(key, prompt.ids, JobStats())
-        try:
-            read = score_blocks(
-                self.tokenizer,
-                self.fwd,
-                cache,
-                last_hidden,
-                [rescore.followed_by(t, head) for t in texts],
-                self.tokenizer.eos_token_id,
-                self.tokenizer.pad_token_id,
-                detail=False,
-            )
-        finally:
-            self.fwd.trim(cache, len(prompt.ids))
+        read = self._read(key, self._infill_prompt(job, rest).ids, [rescore.followed_by(t, head) for t in texts], False)
         stats.rescore_ms = (time.perf_counter() - t0) * 1e3
         order = sorted(range(len(texts)), key=lambda i: -read[i].logprob)
         return [texts[i] for i in order], [read[i].logprob for i in order]
