@@ -15,7 +15,7 @@ from typing import Literal
 from dg_model.api import Engine, EngineError, InfillJob, JobResult, RewriteJob, ScoreJob
 
 from .context import ContextBudget, build_context, enclosing_block, should_complete
-from .diagnose import problems
+from .diagnose import Problem, problems
 from .postprocess import Edit, postprocess, rank
 from .settings import Settings
 
@@ -195,6 +195,8 @@ def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Ed
     edit = postprocess(raw, bc.window, at, language_id, "block" if "\n" in bc.block else "line")
     if edit is None or edit.start != at or edit.compiles is False:
         return None  # never offer a rewrite that breaks the parse
+    if _code_lines(edit.text) < _code_lines(raw):
+        return None  # post-processing cut it (a dedent read as the block's end): the edit would delete the rest
     # The post-processor strips trailing blank lines; the block's own line break(s) must stay, or the rewrite would
     # swallow the line break before the suffix.
     block = bc.block
@@ -203,6 +205,10 @@ def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Ed
     # Offsets in the gap text at or after `start` are `end - start` further in the original.
     mapped = Edit(start=bc.start, end=edit.end + bc.base + (bc.end - bc.start), text=new_text)
     return mapped if text[mapped.start : mapped.end] != mapped.text else None
+
+
+def _code_lines(text: str) -> int:
+    return sum(1 for line in text.split("\n") if line.strip())
 
 
 def best_rewrite(
@@ -223,12 +229,17 @@ def best_rewrite(
         new = text[: edit.start] + edit.text + text[edit.end :]
         return new, bc.start, max(edit.start + len(edit.text), bc.end + len(new) - len(text))
 
-    hard_before = sum(p.hard for p in problems(text, bc.start, bc.end, language_id))
+    def counts(found: list[Problem]) -> tuple[int, int]:
+        hard = sum(p.hard for p in found)
+        return hard, len(found) - hard
+
+    hard_before, soft_before = counts(problems(text, bc.start, bc.end, language_id))
     kept, blocks = [], [bc.block]
     for edit in edits:
         new, start, end = after(edit)
-        hard = sum(p.hard for p in problems(new, start, end, language_id))
-        if hard < hard_before or (hard == 0 and hard_before == 0):
+        hard, soft = counts(problems(new, start, end, language_id))
+        # working code may not gain even a soft problem (a name assigned and never read: a respelt variable)
+        if hard < hard_before or (hard == 0 and hard_before == 0 and soft <= soft_before):
             kept.append(edit)
             blocks.append(new[start:end])
     if not kept:

@@ -71,7 +71,7 @@ class RewriteJob:
     prefix: str
     block: str
     suffix: str
-    renoise: float = 0.5  # share of the block's tokens re-noised, most uncertain first
+    renoise: float = 0.15  # share of the block's tokens re-noised, least likely in place first; the rest stay
     max_tokens: int = 256
     n: int = 1
     doc_key: str = ""

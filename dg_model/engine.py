@@ -37,7 +37,7 @@ from dg_model.decoders import mean
 from dg_model.fim import fim_ids
 from dg_model.forward import make_forward
 from dg_model.prompts import Prompt, build_prompt, choose_format, clean_answer
-from dg_model.sampler import SamplerConfig, denoise, entropy, noise_like
+from dg_model.sampler import SamplerConfig, denoise, noise_like
 from dg_model.scoring import score_blocks
 from dg_model.stops import block_end, cursor_indent
 
@@ -187,6 +187,8 @@ class DiffusionEngine:
     def rewrite(self, job: RewriteJob) -> JobResult:
         t0 = time.perf_counter()
         block_ids = self.tokenizer.encode(job.block, add_special_tokens=False)
+        if not block_ids:
+            raise EngineError("there is no block to rewrite")
         if len(block_ids) > job.max_tokens:
             raise EngineError(f"the block is {len(block_ids)} tokens; rewrites are limited to {job.max_tokens}")
         prompt = build_prompt(
@@ -199,28 +201,35 @@ class DiffusionEngine:
         stats = JobStats(mode="diffusion", prompt_tokens=len(prompt.ids))
         cache, _ = self._prompt_cache(job.doc_key, prompt.ids, stats)
         try:
-            length = min(job.max_tokens + 1, max(len(block_ids) + 8, int(len(block_ids) * 1.25) + 1))
-            start = torch.tensor(
-                [
-                    block_ids
-                    + [self.tokenizer.eos_token_id]
-                    + [self.tokenizer.pad_token_id] * (length - len(block_ids) - 1)
-                ]
-            )
+            length = len(block_ids) + 1
+            start = torch.tensor([block_ids + [self.tokenizer.eos_token_id]])
             gen = torch.Generator().manual_seed(job.seed or 0)
-            # The model's own uncertainty about the existing block picks what to re-noise, most uncertain first.
+            # Self-correction, not a fresh block: the decoder reads the block as it is, the tokens it finds least
+            # likely in place are re-noised and everything else stays pinned, so a rewrite changes what the model
+            # doubts and cannot drop the lines it does not (a free canvas let the small model collapse a block to
+            # `return False`, which reads likelier only for being shorter).
             first = self.fwd.decoder_logits(start.to(self.device), cache, None)
             stats.steps += 1
-            k = max(1, round(job.renoise * length))
-            worst = entropy(first[0]).topk(k).indices
-            canvas = start.clone().to(self.device)
-            canvas[0, worst] = noise_like(canvas[0, worst], self.vocab_size, gen)
+            in_place = torch.log_softmax(first[0, : len(block_ids)].float(), -1)
+            in_place = in_place.gather(-1, start[0, : len(block_ids), None].to(self.device)).squeeze(-1)
+            worst = in_place.topk(max(1, round(job.renoise * len(block_ids))), largest=False).indices
             n = max(1, job.n)
+            free = torch.zeros(n, length, dtype=torch.bool, device=self.device)
+            free[:, worst] = True
+            canvas = start.to(self.device).expand(n, -1).clone()
+            canvas[free] = noise_like(canvas[free], self.vocab_size, gen)
             batched = self.fwd.expand(cache, n) if n > 1 else cache
+            ends = torch.tensor(sorted(self.eos_ids), device=self.device)
+
+            def logits_fn(x: torch.Tensor, sc: torch.Tensor | None) -> torch.Tensor:
+                logits = self.text_only(self.fwd.decoder_logits(x, batched, sc))
+                logits[:, : len(block_ids), ends] = -1e4  # the block keeps its length: no end inside it
+                return logits
+
             result = denoise(
-                lambda x, sc: self.text_only(self.fwd.decoder_logits(x, batched, sc)),
-                canvas.expand(n, -1).clone(),
-                torch.zeros(n, length, dtype=torch.bool, device=self.device),
+                logits_fn,
+                canvas,
+                ~free,
                 self.vocab_size,
                 replace(self.settings.sampler, greedy=n == 1),
                 gen,
@@ -232,7 +241,7 @@ class DiffusionEngine:
             stats.decoder_forwards += result.steps
             stats.decoder_ms += result.step_ms
             texts, scores = self._texts(result.tokens, result.logprobs)
-            stats.new_tokens = sum(1 for t in result.tokens[0].tolist() if t not in self.eos_ids)
+            stats.new_tokens = len(worst)  # the tokens it wrote; the rest of the block stayed pinned
         finally:
             self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3

@@ -117,6 +117,24 @@ def test_rewrite_keeps_the_context_and_rejects_oversized_blocks(tiny):
         engine.rewrite(RewriteJob(prefix="", block="x = 1\n" * 200, suffix="", max_tokens=64))
 
 
+def test_rewrite_changes_only_the_tokens_it_re_noises_and_keeps_the_length(tiny):
+    """Self-correction: a quarter of the block is re-noised (what the decoder finds least likely in place); every other
+    token stays, and no candidate ends inside the block (a free canvas let a small model collapse blocks)."""
+    engine = make(tiny)
+    block = "    total = 0\n    for x in items:\n        total += x\n    return total\n"
+    ids = tiny[1].encode(block, add_special_tokens=False)
+    rows = []
+    texts = engine._texts
+    engine._texts = lambda tokens, logprobs: (rows.extend(tokens.tolist()), texts(tokens, logprobs))[1]
+    result = engine.rewrite(RewriteJob(prefix=PREFIX, block=block, suffix=SUFFIX, renoise=0.25, n=3))
+    k = round(0.25 * len(ids))
+    assert len(rows) == 3 and result.stats.new_tokens == k
+    for row in rows:
+        assert not engine.eos_ids & set(row[: len(ids)])
+        assert sum(a != b for a, b in zip(row, ids)) <= k
+    assert any(row[: len(ids)] != ids for row in rows), "nothing was rewritten"
+
+
 def test_embedded_model_settles_a_canvas_in_few_forwards():
     engine = load_engine(None)
     assert engine.format == "fim-spm" and engine.device == "cpu"

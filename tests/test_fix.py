@@ -175,6 +175,7 @@ NEW = "    return a + b\n"
         # a block with a problem: a rewrite that removes it is offered when about as likely
         (BROKEN_DOC, NEW, -REWRITE_TOLERANCE + 0.5, True),
         (BROKEN_DOC, NEW, -REWRITE_TOLERANCE - 0.5, False),
+        (REWRITE_DOC, "    t = a + b\n    return a + b\n", MARGIN + 5, False),  # `t` is never read: a new problem
     ],
 )
 def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, gain, offered):
@@ -187,3 +188,13 @@ def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, ga
     if offered:
         new = doc[: edit.start] + edit.text + doc[edit.end :]
         assert new == "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+
+
+def test_a_rewrite_is_never_cut_short_into_a_deletion():
+    """Post-processing trims a completion that does not parse back to the part that does; for a rewrite the edit
+    would then delete the block's last lines, so such a candidate is not offered, however likely the rest reads."""
+    from dg_lsp.pipeline import rewrite_range
+
+    trimmed = "    s = a + b\n"
+    engine = FakeEngine(rewrite_text=trimmed + "    return (s\n", scores={BLOCK: -20.0, trimmed: -20.0 + MARGIN + 5})
+    assert rewrite_range(engine, REWRITE_DOC, *block_of(REWRITE_DOC, 1, 2), "python", Settings()) is None
