@@ -36,7 +36,7 @@ REWRITE_TOLERANCE = 2.0
 REWRITE_CANDIDATES = 3  # sampled in one batch: the model's score picks among them
 # Why `rewrite_range` returned None, for the editor and the CLI alike.
 NO_REWRITE = (
-    "no rewrite of this block parsed, kept the checks and earned its place (one that removes a problem and "
+    "no rewrite of this block parsed, added no problem and earned its place (one that removes a problem and "
     "is about as likely, or, for code that passes the checks, one the model finds far likelier)"
 )
 
@@ -238,8 +238,9 @@ def best_rewrite(
     for edit in edits:
         new, start, end = after(edit)
         hard, soft = counts(problems(new, start, end, language_id))
-        # working code may not gain even a soft problem (a name assigned and never read: a respelt variable)
-        if hard < hard_before or (hard == 0 and hard_before == 0 and soft <= soft_before):
+        # no rewrite may add even a soft problem: a name assigned and never read is a respelt variable, or a
+        # `retrun x` "repaired" into `retr = x`
+        if soft <= soft_before and (hard < hard_before or hard == hard_before == 0):
             kept.append(edit)
             blocks.append(new[start:end])
     if not kept:

@@ -175,6 +175,7 @@ NEW = "    return a + b\n"
         # a block with a problem: a rewrite that removes it is offered when about as likely
         (BROKEN_DOC, NEW, -REWRITE_TOLERANCE + 0.5, True),
         (BROKEN_DOC, NEW, -REWRITE_TOLERANCE - 0.5, False),
+        (BROKEN_DOC, "    t = a + b\n    return a + b\n", 5.0, False),  # parses, but `t` is never read
         (REWRITE_DOC, "    t = a + b\n    return a + b\n", MARGIN + 5, False),  # `t` is never read: a new problem
     ],
 )
