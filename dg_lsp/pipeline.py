@@ -196,7 +196,7 @@ def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Ed
     if edit is None or edit.start != at or edit.compiles is False:
         return None  # never offer a rewrite that breaks the parse
     if _code_lines(edit.text) < _code_lines(raw):
-        return None  # post-processing cut it (a dedent read as the block's end): the edit would delete the rest
+        return None  # post-processing cut it short (trimmed to what parses): the edit would delete the rest
     # The post-processor strips trailing blank lines; the block's own line break(s) must stay, or the rewrite would
     # swallow the line break before the suffix.
     block = bc.block
