@@ -26,10 +26,11 @@ from .settings import Settings
 
 def editor_path(engine: Engine, args: argparse.Namespace) -> humaneval.Solver:
     settings = dataclasses.replace(Settings(), decoding=args.mode, candidates=args.candidates, seed=args.seed)
+    automatic = getattr(args, "trigger", "invoked") == "automatic"
 
     def solve(task: humaneval.InfillTask) -> tuple[str, JobResult | None]:
         document = task.prefix + task.suffix
-        out = complete(engine, document, len(task.prefix), "python", settings, doc_key="humaneval")
+        out = complete(engine, document, len(task.prefix), "python", settings, doc_key="humaneval", automatic=automatic)
         # The cursor sits at the end of an emptied line, so an edit never replaces text after it.
         edits = [e for e in out.edits if e.end == e.start]
         return (edits[0].text if edits else ""), out.result

@@ -1,10 +1,10 @@
 """`dg-lsp eval humaneval --server`: the tasks asked of a real `dg-lsp --stdio` subprocess, as an editor asks.
 
 Each task's document (the middle removed) is opened in the server, an invoked `textDocument/inlineCompletion` is sent
-at the cursor, and the first item the server returns is applied to the document the way the editor applies ghost
-text (its range replaced by its insert text). The program tested is that document: whatever the server decided
-(job kind, decoding, post-processing, ranking, caches, settings) is in it. Comparing with `--editor` (the same path
-in-process) keeps the in-process benchmark honest.
+at the cursor (`--trigger automatic`: a typing one), and the first item the server returns is applied to the
+document the way the editor applies ghost text (its range replaced by its insert text). The program tested is that
+document: whatever the server decided (job kind, decoding, post-processing, ranking, caches, settings) is in it.
+Comparing with `--editor` (the same path in-process) keeps the in-process benchmark honest.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class ServerPath:
             init_options=init,
         )
         self.timeout = timeout
+        self.automatic = getattr(args, "trigger", "invoked") == "automatic"
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory(prefix="dg-eval-server-")
         self.server: Server | None = None
@@ -76,7 +77,7 @@ class ServerPath:
         doc = Document(self.server, Path(self.tmp.name, f"task{self.count}.py").as_uri(), task.prefix + task.suffix)
         doc.open()
         try:
-            _, future = self.server.inline(doc, len(task.prefix), automatic=False)
+            _, future = self.server.inline(doc, len(task.prefix), automatic=self.automatic)
             result = await asyncio.wait_for(future, self.timeout)
         finally:
             doc.close()

@@ -99,7 +99,8 @@ def complete(
         temperature=settings.temperature,
         decoding=settings.decoding,
         cancel=cancel,
-        invoked=not automatic,
+        # the engine tries harder where the user waits: a key press asked, or a block the settings say is worth it
+        invoked=not automatic or (settings.thorough_blocks and ctx.kind == "block"),
     )
     result = engine.infill(job)
     edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind)

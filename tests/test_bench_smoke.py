@@ -128,6 +128,11 @@ def test_latency_smoke(monkeypatch, fake_env, tmp_path):
     sane_summary(r["time_to_answer_ms"])
     sane_summary(r["time_to_result_ms"])
     assert r["time_to_result_ms"]["n"] <= r["time_to_answer_ms"]["n"] <= r["requests"]["at_pauses"]
+    by_place = r["time_to_result_by_place_ms"]  # after a line break (a block job) and within a line, apart
+    assert by_place["line_start"]["n"] >= 1 and by_place["mid_line"]["n"] >= 1
+    assert by_place["line_start"]["n"] + by_place["mid_line"]["n"] == r["time_to_result_ms"]["n"]
+    line_starts = [s for s in r["samples"] if s["line_start"]]
+    assert line_starts and all(s["pause"] for s in line_starts)  # a line break is always a pause
     e = r["engine"]
     assert e["jobs"] >= 1 and e["done"] + e["cancelled"] + e["errors"] == e["jobs"]
     assert e["steps"]["mean"] == 3  # the fake engine's JobStats came through the server's log line

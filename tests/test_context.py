@@ -483,7 +483,7 @@ def test_the_job_carries_the_contexts_kind_and_its_middle_budget() -> None:
         assert (job.kind, job.max_tokens) == (c.kind, c.max_tokens) == (kind, max_tokens)
 
 
-def test_only_an_explicit_request_asks_the_engine_to_try_harder() -> None:
+def test_within_a_line_only_an_explicit_request_asks_the_engine_to_try_harder() -> None:
     from fake_engine import FakeEngine
 
     from dg_lsp.pipeline import complete
@@ -494,3 +494,21 @@ def test_only_an_explicit_request_asks_the_engine_to_try_harder() -> None:
         complete(engine, text, offset, "python", Settings(), automatic=automatic)
         ((_, job),) = engine.calls
         assert job.invoked is not automatic
+
+
+def test_thorough_blocks_asks_for_a_block_while_typing_as_an_explicit_request_does() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+
+    thorough = Settings()
+    for marked, kind, invoked in (
+        ("def f(x):\n    <CURSOR>\n", "block", True),  # an empty body: the user waits for a block
+        ("def f(x):\n    return <CURSOR>\n", "line", False),  # mid-line typing keeps the fast path
+    ):
+        engine = FakeEngine(texts=["x"])
+        complete(engine, *at(marked), "python", thorough, automatic=True)
+        complete(engine, *at(marked), "python", Settings(thorough_blocks=False), automatic=True)
+        (_, job), (_, fast) = engine.calls
+        assert (job.kind, job.invoked, fast.invoked) == (kind, invoked, False)
+    assert Settings().thorough_blocks  # the default: the user waits at a line's start

@@ -266,6 +266,16 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
     # the server's own decision: a cursor on an emptied line is a block job, whatever the benchmark calls the task
     job = engine.jobs[-1]
     assert job.kind == "block" and job.decoding == "auto" and job.prefix.endswith(task.prefix[-40:])
+    assert job.invoked  # as a key press asks; --trigger automatic asks as typing does
+    import dg_lsp.eval_cmd as eval_cmd
+    from dg_lsp.settings import Settings
+
+    typing = argparse.Namespace(mode="auto", candidates=1, seed=0, trigger="automatic")
+    assert he.run_tasks(engine, [task], "single-line", solve=editor_path(engine, typing))["pass_at_1"] == 1.0
+    assert engine.jobs[-1].invoked  # typing on an emptied line: a block, asked for thoroughly by default
+    monkeypatch.setattr(eval_cmd, "Settings", lambda: Settings(thorough_blocks=False))
+    he.run_tasks(engine, [task], "single-line", solve=editor_path(engine, typing))
+    assert not engine.jobs[-1].invoked  # without thoroughBlocks, typing's fast path
 
     monkeypatch.setattr(loading, "load_engine", lambda *a, **k: TwoCandidates(), raising=False)
     out = tmp_path / "r.json"
@@ -280,6 +290,8 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
             "--editor",
             "--mode",
             "hybrid",
+            "--trigger",
+            "automatic",
             "--out",
             str(out),
             "--quiet",
@@ -287,7 +299,7 @@ def test_editor_path_asks_what_the_server_asks_and_tests_what_it_shows(tmp_path,
     )
     assert cli.SUBCOMMANDS["eval"].run(args, LOCAL) == 0
     report = json.loads(out.read_text())
-    assert report["tasks"] == 3 and report["mode"] == "hybrid"
+    assert report["tasks"] == 3 and report["mode"] == "hybrid" and report["trigger"] == "automatic"
 
 
 # ------------------------------------------------------------------------------------------ the real embedded model

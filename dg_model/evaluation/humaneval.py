@@ -468,6 +468,13 @@ def add_arguments(p: argparse.ArgumentParser, suites: Sequence[str] = ("humaneva
         help="as --editor, but through a real `dg-lsp --stdio` subprocess "
         "(invoked inline completion at the cursor, the first item applied): keeps --editor honest",
     )
+    p.add_argument(
+        "--trigger",
+        choices=("invoked", "automatic"),
+        default="invoked",
+        help="with --editor or --server: the request as a key press asks for it (invoked, the default) or as "
+        "typing does (automatic: the context's gate, the typing path's decoding)",
+    )
     p.add_argument("--out", metavar="PATH", help="write the full JSON report here")
     p.add_argument(
         "--threads",
@@ -540,6 +547,8 @@ def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: 
         if close is not None:
             close()
     report["path"] = "server" if server_path else "editor" if args.editor else "engine"
+    if server_path or args.editor:
+        report["trigger"] = args.trigger
     report = {
         "mode": args.mode,
         "model": args.model or "embedded",

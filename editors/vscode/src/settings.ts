@@ -33,6 +33,7 @@ export const SERVER_SETTINGS = {
   debounceMs: 'integer',
   modelWaitMs: 'integer',
   typeAhead: 'boolean',
+  thoroughBlocks: 'boolean',
   renoise: 'number',
   decoding: 'string',
   temperature: 'number-or-null',
