@@ -61,8 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-pauses", dest="every_keystroke", action="store_false", help="request only at pauses")
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="longest wait for an answer at a pause")
     p.add_argument("--debounce-ms", type=int, default=d.debounce_ms, help="server debounceMs (default: its own)")
+    on_off = {"on": True, "off": False}
     for flag, key in (("--type-ahead", "typeAhead"), ("--thorough-blocks", "thoroughBlocks")):
-        on_off = {"on": True, "off": False}
         p.add_argument(flag, type=on_off.__getitem__, metavar="on|off", help=f"server {key} (default: its own)")
     p.add_argument("--time-limit-s", type=float, default=d.time_limit_s, help="stop typing after this long")
 
