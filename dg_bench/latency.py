@@ -293,12 +293,11 @@ def _report(cfg, spec, path, source, start, typed, keys, samples, log, status, l
 
     pauses = [s for s in samples if s.pause]
     answered = [s.latency_ms for s in pauses if s.latency_ms is not None]
-    with_items = [s.latency_ms for s in pauses if s.outcome == "items" and s.latency_ms is not None]
+    shown = [s for s in pauses if s.outcome == "items" and s.latency_ms is not None]
+    with_items = [s.latency_ms for s in shown]
     # The two goals differ: a line at the cursor 150 ms, a block on an empty line 400 ms
     by_place = {
-        place: summary(
-            [s.latency_ms for s in pauses if s.outcome == "items" and s.latency_ms is not None and s.line_start == at]
-        )
+        place: summary([s.latency_ms for s in shown if s.line_start == at])
         for place, at in (("line_start", True), ("mid_line", False))
     }
     outcomes: dict[str, int] = {}

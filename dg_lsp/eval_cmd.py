@@ -26,7 +26,7 @@ from .settings import Settings
 
 def editor_path(engine: Engine, args: argparse.Namespace) -> humaneval.Solver:
     settings = dataclasses.replace(Settings(), decoding=args.mode, candidates=args.candidates, seed=args.seed)
-    automatic = getattr(args, "trigger", "invoked") == "automatic"
+    automatic = humaneval.asks_as_typing(args)
 
     def solve(task: humaneval.InfillTask) -> tuple[str, JobResult | None]:
         document = task.prefix + task.suffix

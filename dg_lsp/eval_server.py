@@ -53,7 +53,7 @@ class ServerPath:
             init_options=init,
         )
         self.timeout = timeout
-        self.automatic = getattr(args, "trigger", "invoked") == "automatic"
+        self.automatic = humaneval.asks_as_typing(args)
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory(prefix="dg-eval-server-")
         self.server: Server | None = None

@@ -489,6 +489,11 @@ def add_arguments(p: argparse.ArgumentParser, suites: Sequence[str] = ("humaneva
 EditorPath = Callable[[Engine, argparse.Namespace], Solver]
 
 
+def asks_as_typing(args: argparse.Namespace) -> bool:
+    """Whether the editor paths send their requests as typing does (`--trigger automatic`)."""
+    return getattr(args, "trigger", "invoked") == "automatic"
+
+
 def run_cli(args: argparse.Namespace, editor: EditorPath | None = None, server: EditorPath | None = None) -> int:
     import torch
 
