@@ -5,14 +5,16 @@ On the embedded model on a CPU, a decoder step through transformers' modules spe
 matmuls: mask and position builders, a `DynamicCache` that concatenates keys on every call, per-expert index loops,
 output-recording hooks. Here a step is one function per layer over packed projections, a preallocated KV cache that the
 canvas writes into past its end (so a decoder step never copies the prompt's keys), one RoPE table and experts
-computed for their routed tokens only. The result matches `HFForward` to float rounding (tests/test_lean.py).
+computed for their routed tokens only. Rows that continue one prompt (a beam, a batch of candidates) share its keys
+and values, read once per step for all of them: a width-10 beam step at 460 prompt tokens went from 27.5 to 20.2 ms.
+The result matches `HFForward` to float rounding (tests/test_lean.py).
 
 Shapes: B batch, T new tokens, C canvas, H hidden, h heads, g kv heads, d head dim, L cached length.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +43,23 @@ def unsupported(model) -> str | None:
 
 @dataclass
 class LeanCache:
-    """Keys and values per layer, [B, g, capacity, d], valid up to `length`; grows by doubling."""
+    """Keys and values per layer: `shared_*` [1, g, P, d] hold the first P positions once for every row (a prompt
+    that beams or candidates continue), `k`/`v` [B, g, capacity - P, d] each row's positions after them, valid up to
+    `length`; the rows' storage grows by doubling."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     length: int = 0
+    shared_k: list[torch.Tensor] = field(default_factory=list)
+    shared_v: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def shared(self) -> int:
+        return self.shared_k[0].shape[2] if self.shared_k else 0
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[2]
+        return self.shared + self.k[0].shape[2]
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -62,6 +72,25 @@ def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tens
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+def _attend_shared(q, shared_k, shared_v, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of q [B, h, T, d] over a prefix every row shares (keys, values [1, g, P, d]) and then each row's own
+    keys and values [B, g, L, d], `mask` [T, L] (True: visible) on the own part only: the prefix precedes every query.
+    The prefix is read once for all rows (their queries stacked as one matrix per kv head) where attention over a
+    batch would read B copies of it, which dominated a beam's step at a few hundred prompt tokens."""
+    B, h, T, d = q.shape
+    g, P = k.shape[1], shared_k.shape[2]
+    rows = (h // g) * T  # a kv head's queries in one row: its query heads (GQA groups adjacent heads) x positions
+    q = q.reshape(B, g, rows, d)
+    own = q @ k.transpose(-1, -2)  # [B, g, rows, L]
+    if mask is not None:
+        own = own.view(B, g, h // g, T, -1).masked_fill(~mask, float("-inf")).view(B, g, rows, -1)
+    stacked = q.transpose(0, 1).reshape(g, B * rows, d)
+    pre = (stacked @ shared_k[0].transpose(-1, -2)).view(g, B, rows, P).transpose(0, 1)  # [B, g, rows, P]
+    p = torch.softmax(torch.cat([pre, own], -1), -1, dtype=torch.float32).to(q.dtype)
+    out = (p[..., :P].transpose(0, 1).reshape(g, B * rows, P) @ shared_v[0]).view(g, B, rows, d).transpose(0, 1)
+    return (out + p[..., P:] @ v).reshape(B, h, T, d)
 
 
 class _Layer:
@@ -176,29 +205,62 @@ class LeanForward:
 
     def trim(self, cache: LeanCache, length: int) -> None:
         cache.length = min(cache.length, length)
+        if cache.length < cache.shared:
+            cache.shared_k = [t[:, :, : cache.length] for t in cache.shared_k]
+            cache.shared_v = [t[:, :, : cache.length] for t in cache.shared_v]
 
     def expand(self, cache: LeanCache, n: int) -> LeanCache:
-        out = self.new_cache(n, cache.capacity)
-        for dst, src in zip(out.k + out.v, cache.k + cache.v):
-            dst[:, :, : cache.length] = src[:1, :, : cache.length]
+        """`n` rows continuing `cache`'s first row: what it holds becomes their shared prefix, copied once (the
+        source's memory is the next request's, so it is not borrowed)."""
+        own = cache.length - cache.shared
+
+        def prefix(shared: list[torch.Tensor], store: list[torch.Tensor]) -> list[torch.Tensor]:
+            rows = [t[:1, :, :own] for t in store]
+            return [torch.cat([s, t], 2) for s, t in zip(shared, rows)] if shared else [t.clone() for t in rows]
+
+        out = self.new_cache(n, max(64, cache.capacity - cache.length))
+        out.shared_k, out.shared_v = prefix(cache.shared_k, cache.k), prefix(cache.shared_v, cache.v)
         out.length = cache.length
         return out
 
     def reorder(self, cache: LeanCache, rows: torch.Tensor, start: int = 0) -> None:
-        rows = rows.to(self.device)
+        """Row i continues row rows[i] from position `start` on (before it the rows agree: nothing moves there)."""
+        rows, lo, hi = rows.to(self.device), max(0, start - cache.shared), cache.length - cache.shared
         for store in (cache.k, cache.v):
             for t in store:
-                t[:, :, start : cache.length] = t[rows, :, start : cache.length]
+                t[:, :, lo:hi] = t[rows, :, lo:hi]
 
     def _reserve(self, cache: LeanCache, needed: int) -> None:
         if needed > cache.capacity:
-            grown = max(needed, 2 * cache.capacity)
+            grown, kept = max(needed, 2 * cache.capacity) - cache.shared, cache.length - cache.shared
             for store in (cache.k, cache.v):
                 for i, old in enumerate(store):
                     new = old.new_empty(old.shape[0], old.shape[1], grown, old.shape[3])
-                    new[:, :, : cache.length] = old[:, :, : cache.length]
+                    new[:, :, :kept] = old[:, :, :kept]
                     store[i] = new
         self._grow_rope(needed)
+
+    def _causal_mask(self, cache: LeanCache, start: int, end: int) -> torch.Tensor | None:
+        """[T, end - shared]: queries at start..end-1 see the rows' own keys up to their own position."""
+        if end - start == 1:  # one token alone needs no mask
+            return None
+        lo, hi = start - cache.shared, end - cache.shared
+        return torch.arange(hi, device=self.device)[None] <= torch.arange(lo, hi, device=self.device)[:, None]
+
+    def _attend(self, cache: LeanCache, i: int, start: int, end: int, mask: torch.Tensor | None):
+        """Layer i's attention for new tokens at start..end-1: their keys and values written into the rows' storage,
+        queries over everything before `end`, `mask` on the rows' own part."""
+        P = cache.shared
+        lo, hi = start - P, end - P
+
+        def attend(q, k, v):
+            cache.k[i][:, :, lo:hi], cache.v[i][:, :, lo:hi] = k, v
+            own_k, own_v = cache.k[i][:, :, :hi], cache.v[i][:, :, :hi]
+            if P:
+                return _attend_shared(q, cache.shared_k[i], cache.shared_v[i], own_k, own_v, mask)
+            return F.scaled_dot_product_attention(q, own_k, own_v, mask, scale=1.0, enable_gqa=True)
+
+        return attend
 
     def _grow_rope(self, needed: int) -> None:
         if needed <= self._rope_len:
@@ -224,25 +286,13 @@ class LeanForward:
         if cache.k[0].shape[0] != B:
             assert cache.length == 0, "a cache's batch is fixed once it holds tokens"
             fresh = self.new_cache(B, cache.capacity)
-            cache.k, cache.v = fresh.k, fresh.v
+            cache.k, cache.v, cache.shared_k, cache.shared_v = fresh.k, fresh.v, [], []
         self._reserve(cache, start + T)
         end = start + T
-        # queries at start..end-1 see keys 0..their own position; one token alone needs no mask
-        mask = (
-            None
-            if T == 1
-            else (torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None])
-        )
+        mask = self._causal_mask(cache, start, end)
         x = self.enc_embed(ids)
         for i, layer in enumerate(self.enc_layers):
-
-            def attend(q, k, v, i=i):
-                cache.k[i][:, :, start:end], cache.v[i][:, :, start:end] = k, v
-                return F.scaled_dot_product_attention(
-                    q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], mask, scale=1.0, enable_gqa=True
-                )
-
-            x = layer(x, *self._rope_at(layer, start, T), attend)
+            x = layer(x, *self._rope_at(layer, start, T), self._attend(cache, i, start, end, mask))
         cache.length = end
         return _rms(x, self.enc_norm, self.eps)
 
@@ -263,14 +313,7 @@ class LeanForward:
         else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
             x = _rms(x, None, self.eps)
         for i, layer in enumerate(self.dec_layers):
-
-            def attend(q, k, v, i=i):
-                cache.k[i][:, :, start:end], cache.v[i][:, :, start:end] = k, v
-                return F.scaled_dot_product_attention(
-                    q, cache.k[i][:, :, :end], cache.v[i][:, :, :end], scale=1.0, enable_gqa=True
-                )
-
-            x = layer(x, *self._rope_at(layer, start, C), attend)
+            x = layer(x, *self._rope_at(layer, start, C), self._attend(cache, i, start, end, None))
         return self.lm_logits(_rms(x, self.dec_norm, self.eps))
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,23 @@ def test_reordered_beams_continue_from_their_parents_rows(pair):
 
 
 @torch.inference_mode()
+def test_rows_trimmed_into_their_shared_prompt_continue_from_it(pair):
+    # expanded rows share the prompt (read once by every row): trimming into it and growing past the rows' storage
+    # must still read each position once, from the right place
+    hf, lean = pair
+    ids, steps = torch.randint(7, VOCAB, (1, 24)), torch.randint(7, VOCAB, (2, 3))
+    ch, cl = hf.new_cache(), lean.new_cache(capacity=24)
+    hf.encode(ids, ch, 0), lean.encode(ids, cl, 0)
+    bh, bl = hf.expand(ch, 2), lean.expand(cl, 2)
+    close(hf.encode(steps, bh, 24), lean.encode(steps, bl, 24))
+    hf.trim(bh, 18), lean.trim(bl, 18)
+    long = torch.randint(7, VOCAB, (2, 90))
+    close(hf.encode(long, bh, 18), lean.encode(long, bl, 18))
+    canvas = torch.randint(7, VOCAB, (2, 8))
+    close(hf.decoder_logits(canvas, bh, None), lean.decoder_logits(canvas, bl, None))
+
+
+@torch.inference_mode()
 def test_cache_memory_is_never_read_before_it_is_written(pair):
     hf, lean = pair
     cl = lean.new_cache(capacity=8)
