@@ -34,8 +34,8 @@ def test_pack_gzips_the_corpora_and_the_call_fits_the_device(tmp_path):
     with gzip.open(tmp_path / ".data" / "tiny" / "train.jsonl.gz", "rt") as fh:
         assert fh.read() == (corpus / "train.jsonl").read_text()
     assert (tmp_path / ".data" / "tiny" / "licenses.json").exists()
-    command = lease.device_command(6, "embedded")
-    assert len(command) <= 2000  # the device tool's limit on a command
+    for continued in (False, True):
+        assert len(lease.device_command(6, "embedded", continued)) <= 2000  # the device tool's limit on a command
 
 
 def test_run_trains_exports_and_leaves_a_loadable_model(tmp_path):
@@ -57,6 +57,14 @@ def test_run_trains_exports_and_leaves_a_loadable_model(tmp_path):
     logged = [json.loads(line) for line in (out / "train.log").read_text().splitlines() if line.startswith("{")]
     assert logged[-1]["done"] and logged[-1]["step"] == 3
 
+    # a second call on the same machine continues that run (its step count goes on) instead of the shipped weights
+    again = subprocess.run(
+        [sys.executable, "-c", code, *args, "--continue", *train_args], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((out / "lease.json").read_text())
+    assert summary["continued"] and summary["train_exit"] == 0 and summary["step"] == 6
+
     model_dir = tmp_path / "model"
     export.main([str(out / "model"), str(model_dir), "--tokenizer", str(EMBEDDED_DIR)])
     engine = load_engine(str(model_dir), device="cpu")
@@ -74,3 +82,15 @@ def test_run_exports_nothing_and_says_so_when_training_fails(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "lease.json").read_text())
     assert summary["train_exit"] != 0 and summary["exported"] == [] and summary["step"] is None
+
+
+def test_small_corpora_are_read_a_few_times_however_long_the_lease(tmp_path):
+    general, small = tmp_path / "general", tmp_path / "small"
+    for d, size in ((general, 3_500_000), (small, 35_000)):  # ~1 M and ~10 k tokens
+        d.mkdir()
+        (d / "train.jsonl").write_bytes(b"x" * size)
+    short = [float(x) for x in lease.corpus_shares([general, small], expected_tokens=100_000).split(",")]
+    long = [float(x) for x in lease.corpus_shares([general, small], expected_tokens=500e6).split(",")]
+    assert short == [0.7, 0.3]  # a short run: the CPU runs' mixture
+    assert long[1] * 500e6 <= lease.MAX_EPOCHS * 10_000 * 1.01
+    assert abs(sum(long) - 1) < 1e-3  # rounded weights: train.py draws by them
