@@ -46,7 +46,7 @@ DEVICE_PYTHON = "3.12"
 MANYLINUX = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 TREE_LIMIT = 64 * 2**20
 # What a lease's mixture is sized by: an H200 trained the embedded model at ~0.79 M tokens/s over a call's budget,
-# compiling included (session 16); the tokenizer writes ~3.5 bytes of Python per token; a pass over a small corpus
+# compiling included (session 12); the tokenizer writes ~3.5 bytes of Python per token; a pass over a small corpus
 # past the eighth teaches its files, not code.
 TOKENS_PER_S, BYTES_PER_TOKEN, MAX_EPOCHS = 0.79e6, 3.5, 8.0
 RECIPE = [  # train.py's block recipe (MODEL_CARD.md, session 8), at a GPU's batch
@@ -92,7 +92,7 @@ def corpus_shares(corpora: list[Path], expected_tokens: float, max_epochs: float
     """`--corpus-shares` for a run of about `expected_tokens`: the small carried corpora (all but the first) as much as
     the CPU runs' 0.3 each, but never more than `max_epochs` passes over one; the first (general) corpus the rest.
 
-    The CPU runs' fixed 0.4 / 0.3 / 0.3 met ~5 M tokens a session; on an H200's 530 M (session 16) it read each ~1
+    The CPU runs' fixed 0.4 / 0.3 / 0.3 met ~5 M tokens a session; on an H200's 530 M (session 12) it read each ~1
     M-token domain corpus ~150 times: its training loss halved (1.32 -> 0.71 nats) while the general held-out loss
     did not move, and HumanEval single-line fell from 211 to 192 of 1,033."""
     small = [min(0.3, max_epochs * _tokens(c) / expected_tokens) for c in corpora[1:]]
