@@ -46,6 +46,7 @@ class LatencyConfig:
     debounce_ms: int | None = None  # server setting debounceMs; None: the server's default
     type_ahead: bool | None = None  # server setting typeAhead; None: the server's default
     thorough_blocks: bool | None = None  # server setting thoroughBlocks; None: the server's default
+    typing_block_tokens: int | None = None  # server setting typingBlockTokens; None: the server's default
     time_limit_s: float = 600.0
     ready_timeout_s: float = 300.0
 
@@ -61,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-pauses", dest="every_keystroke", action="store_false", help="request only at pauses")
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="longest wait for an answer at a pause")
     p.add_argument("--debounce-ms", type=int, default=d.debounce_ms, help="server debounceMs (default: its own)")
+    p.add_argument("--typing-block-tokens", type=int, help="server typingBlockTokens (default: its own)")
     on_off = {"on": True, "off": False}
     for flag, key in (("--type-ahead", "typeAhead"), ("--thorough-blocks", "thoroughBlocks")):
         p.add_argument(flag, type=on_off.__getitem__, metavar="on|off", help=f"server {key} (default: its own)")
@@ -180,9 +182,12 @@ async def run(cfg: LatencyConfig, spec: ServerSpec, log_file: Path) -> dict[str,
     start, end = pick_region(source, cfg.region, cfg.chars)
     typed = source[start:end].removesuffix("\n")  # the last line break stays: the cursor ends each line
     end = start + len(typed)
-    if cfg.debounce_ms is not None:
-        spec.init_options = {**(spec.init_options or {}), "debounceMs": cfg.debounce_ms}
-    for key, value in (("typeAhead", cfg.type_ahead), ("thoroughBlocks", cfg.thorough_blocks)):
+    for key, value in (
+        ("debounceMs", cfg.debounce_ms),
+        ("typeAhead", cfg.type_ahead),
+        ("thoroughBlocks", cfg.thorough_blocks),
+        ("typingBlockTokens", cfg.typing_block_tokens),
+    ):
         if value is not None:
             spec.init_options = {**(spec.init_options or {}), key: value}
     language = spec_for(str(path))

@@ -43,8 +43,10 @@ NO_REWRITE = (
 OtherDocs = Sequence[tuple[str, str, str]]  # (uri, language_id, text)
 
 
-def budget_of(settings: Settings, reserve_tokens: int = 0) -> ContextBudget:
+def budget_of(settings: Settings, reserve_tokens: int = 0, typing: bool = False) -> ContextBudget:
+    """The context's budget; `typing`: for a request made while typing, whose blocks are shorter."""
     c = settings.context
+    block_tokens = min(settings.max_block_tokens, settings.typing_block_tokens) if typing else settings.max_block_tokens
     return ContextBudget(
         max_prompt_tokens=max(64, c.max_prompt_tokens - reserve_tokens),
         suffix_share=c.suffix_share,
@@ -52,7 +54,7 @@ def budget_of(settings: Settings, reserve_tokens: int = 0) -> ContextBudget:
         max_snippets=c.max_snippets,
         # The middle's budget per kind comes from the user's settings; the context module picks the kind.
         line_tokens=settings.max_line_tokens,
-        block_tokens=settings.max_block_tokens,
+        block_tokens=block_tokens,
     )
 
 
@@ -86,7 +88,8 @@ def complete(
     offset -= base
     if automatic and not should_complete(window, offset, language_id):
         return Completions([], None)
-    ctx = build_context(window, offset, language_id, engine.count_tokens, budget_of(settings), other_docs)
+    budget = budget_of(settings, typing=automatic)
+    ctx = build_context(window, offset, language_id, engine.count_tokens, budget, other_docs)
     job = InfillJob(
         prefix=ctx.prefix,
         suffix=ctx.suffix,

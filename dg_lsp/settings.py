@@ -80,6 +80,11 @@ class Settings:
     # waits for a whole line; it costs ~2.2x the time there (bench latency, three pairs on the quiet 2-core CPU, line
     # starts p50 428 vs 192 ms) and nothing within a line (p50 121 vs 141 ms). Off: every typing request is fast.
     thorough_blocks: bool = True
+    # The middle's budget for a block asked for while typing (maxBlockTokens caps it too). A block decoded token by
+    # token costs one model step per token: a beam of 10 wrote 192 tokens in ~4 s on the 2-core CPU, a wait a typist
+    # should not sit through for lines below the screen; 64 tokens hold 88% of HumanEval's multi-line middles, and the
+    # block ends at its last whole line. An explicit request writes up to maxBlockTokens.
+    typing_block_tokens: int = field(default=64, metadata=_range(1, 4096))
     # How long a request waits for a model that is still loading before it answers empty.
     model_wait_ms: int = field(default=2000, metadata=_range(0, 60000))
     renoise: float = field(default=0.15, metadata=_range(0.05, 1.0))  # share of a rewritten block re-noised

@@ -198,8 +198,13 @@ def _finish(eng: DiffusionEngine, job: InfillJob):
     def finish(tokens: list[int]) -> int | None:
         if (cut := loop_start(tokens)) is not None:
             return cut
-        over = ended(eng.tokenizer.decode(tokens), job.kind, indent, job.suffix)
-        return len(tokens) if over or len(tokens) >= job.max_tokens else None
+        if ended(eng.tokenizer.decode(tokens), job.kind, indent, job.suffix):
+            return len(tokens)
+        if len(tokens) < job.max_tokens:
+            return None
+        # Out of budget: a block ends with its last whole line (a line cut short may still parse, and be wrong)
+        breaks = [j for j, t in enumerate(tokens) if j > 0 and t in eng.newline_ids] if job.kind == "block" else []
+        return breaks[-1] if breaks else len(tokens)
 
     return finish
 

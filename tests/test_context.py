@@ -512,3 +512,23 @@ def test_thorough_blocks_asks_for_a_block_while_typing_as_an_explicit_request_do
         (_, job), (_, fast) = engine.calls
         assert (job.kind, job.invoked, fast.invoked) == (kind, invoked, False)
     assert Settings().thorough_blocks  # the default: the user waits at a line's start
+
+
+def test_a_block_asked_for_while_typing_gets_the_typing_budget() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+
+    settings = Settings(max_block_tokens=192, typing_block_tokens=64)
+    for marked, kind, while_typing, explicit in (
+        ("def f(x):\n    <CURSOR>\n", "block", 64, 192),
+        ("def f(x):\n    return <CURSOR>\n", "line", settings.max_line_tokens, settings.max_line_tokens),
+    ):
+        engine = FakeEngine(texts=["x"])
+        complete(engine, *at(marked), "python", settings, automatic=True)
+        complete(engine, *at(marked), "python", settings, automatic=False)
+        (_, typed), (_, asked) = engine.calls
+        assert (typed.kind, typed.max_tokens, asked.max_tokens) == (kind, while_typing, explicit)
+    engine = FakeEngine(texts=["x"])  # maxBlockTokens caps the typing budget too
+    complete(engine, *at("def f(x):\n    <CURSOR>\n"), "python", Settings(max_block_tokens=32), automatic=True)
+    assert engine.calls[0][1].max_tokens == 32

@@ -312,3 +312,17 @@ def test_hybrid_drafts_started_from_the_context_still_write_greedy_ar_text(tiny,
     for prefix in (PREFIX, "x = f(a, b)\ny = f(a, b)\nz = f("):
         job = InfillJob(prefix, SUFFIX, kind="block", max_tokens=12, doc_key="doc")
         assert [c.text for c in hybrid.infill(job).candidates] == [ar.infill(job).candidates[0].text]
+
+
+def test_a_block_out_of_budget_ends_with_its_last_whole_line():
+    engine = load_engine(None)
+    engine.settings = replace(engine.settings, ar_beam=1)  # greedy: a shorter budget writes a prefix of the same text
+    job = InfillJob("def count_words(text):\n    counts = {}\n    ", "\n", kind="block", max_tokens=160, decoding="ar")
+    whole = engine.infill(job).candidates[0].text
+    assert whole.count("\n") >= 2, whole
+    first_line = engine.count_tokens(whole.split("\n")[0])
+    for budget in range(first_line + 1, engine.count_tokens(whole), 3):
+        text = engine.infill(replace(job, max_tokens=budget)).candidates[0].text
+        assert text and whole.startswith(text) and whole[len(text)] == "\n", (budget, text)
+    line = engine.infill(replace(job, kind="line", max_tokens=3)).candidates[0].text
+    assert line and "\n" not in line and whole.startswith(line)  # a line out of budget keeps what it wrote

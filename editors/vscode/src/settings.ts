@@ -34,6 +34,7 @@ export const SERVER_SETTINGS = {
   modelWaitMs: 'integer',
   typeAhead: 'boolean',
   thoroughBlocks: 'boolean',
+  typingBlockTokens: 'integer',
   renoise: 'number',
   decoding: 'string',
   temperature: 'number-or-null',
