@@ -94,3 +94,5 @@ def test_small_corpora_are_read_a_few_times_however_long_the_lease(tmp_path):
     assert short == [0.7, 0.3]  # a short run: the CPU runs' mixture
     assert long[1] * 500e6 <= lease.MAX_EPOCHS * 10_000 * 1.01
     assert abs(sum(long) - 1) < 1e-3  # rounded weights: train.py draws by them
+    many = [float(x) for x in lease.corpus_shares([general, small, small, small], expected_tokens=100_000).split(",")]
+    assert many[0] >= 0.4 - 1e-3 and abs(sum(many) - 1) < 1e-3  # three small corpora do not crowd the general one out

@@ -96,6 +96,7 @@ def corpus_shares(corpora: list[Path], expected_tokens: float, max_epochs: float
     M-token domain corpus ~150 times: its training loss halved (1.32 -> 0.71 nats) while the general held-out loss
     did not move, and HumanEval single-line fell from 211 to 192 of 1,033."""
     small = [min(0.3, max_epochs * _tokens(c) / expected_tokens) for c in corpora[1:]]
+    small = [x * min(1.0, 0.6 / sum(small)) for x in small] if sum(small) > 0 else small  # general keeps >= 0.4
     return ",".join(f"{x:.4g}" for x in [1 - sum(small), *small])
 
 
