@@ -35,7 +35,8 @@ def test_pack_gzips_the_corpora_and_the_call_fits_the_device(tmp_path):
         assert fh.read() == (corpus / "train.jsonl").read_text()
     assert (tmp_path / ".data" / "tiny" / "licenses.json").exists()
     for continued in (False, True):
-        assert len(lease.device_command(6, "embedded", continued)) <= 2000  # the device tool's limit on a command
+        command = lease.device_command(6, "embedded", continued, grow=384)
+        assert len(command) <= 2000 and "--grow 384" in command  # the device tool's limit on a command
 
 
 def test_run_trains_exports_and_leaves_a_loadable_model(tmp_path):

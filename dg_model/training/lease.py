@@ -86,6 +86,7 @@ def pack(corpora: list[Path], wheels: bool, repo: Path = REPO) -> list[Path]:
 # A second call on the still-warm machine picks up the first's run with its optimizer state: half the lr, a short
 # warm-up (AdamW's moments are kept) and another data order.
 CONTINUE = "--continue --lr 1.5e-4 --warmup-steps 10 --seed 1"
+GROW_HELP = "widen the shipped weights to this hidden size first, computing the same (grow.py; e.g. 384: 2x params)"
 
 
 def corpus_shares(corpora: list[Path], expected_tokens: float, max_epochs: float = MAX_EPOCHS) -> str:
@@ -104,12 +105,13 @@ def _tokens(corpus: Path) -> float:
     return (corpus / "train.jsonl").stat().st_size / BYTES_PER_TOKEN
 
 
-def device_command(minutes: float, size: str, continued: bool = False) -> str:
+def device_command(minutes: float, size: str, continued: bool = False, grow: int = 0) -> str:
     """The shell command for the device tool's `run` (at most 2,000 characters)."""
     return (
         f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "
         f"{WHEELS}/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && "
         f"python3 -m dg_model.training.lease run --minutes {minutes:g} --size {size} --out $OUT"
+        + (f" --grow {grow}" if grow else "")
         + (f" {CONTINUE}" if continued else "")
     )
 
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace, train_args: list[str]) -> dict:
         *(["--corpus-shares", shares] if shares else []), "--tokenizer", str(EMBEDDED_DIR), "--out", str(work / "run"),
         "--size", args.size, "--minutes", f"{args.minutes:g}", "--batch", str(args.batch), "--lr", f"{args.lr:g}",
         "--warmup-steps", str(args.warmup_steps), "--workers", str(args.workers), "--seed", str(args.seed),
-        *resume, *train_args,
+        *resume, *(["--grow", str(args.grow)] if args.grow else []), *train_args,
     ]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     t = time.time()
@@ -209,6 +211,7 @@ def run(args: argparse.Namespace, train_args: list[str]) -> dict:
     summary = {
         "gpu": _gpu(),
         "size": args.size,
+        "grow": args.grow,
         "continued": continued,  # False with --continue: no earlier run on this machine, the shipped weights instead
         "train_exit": code,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -233,11 +236,13 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--minutes", type=float, default=6.0, help="training budget (the call's limit is 10 min)")
         q.add_argument("--size", default="embedded", help="embedded (continues the shipped weights) | medium")
         q.add_argument("--continue", dest="continue_", action="store_true", help="the call that continues a first")
+        q.add_argument("--grow", type=int, default=0, help=GROW_HELP)
     r = sub.add_parser("run", help="there: corpus, train, export into --out")
     r.add_argument("--out", required=True, help="$OUT: what comes back")
     r.add_argument("--minutes", type=float, default=6.0)
     r.add_argument("--size", default="embedded")
     r.add_argument("--from-scratch", action="store_true", help="embedded size without the shipped weights")
+    r.add_argument("--grow", type=int, default=0, help=GROW_HELP)
     r.add_argument(
         "--continue", dest="continue_", action="store_true",
         help="resume the previous call's run on this (still warm) machine, optimizer state included",
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.verb == "pack":
         carry = pack([Path(c) for c in args.corpora.split(",") if c], not args.no_wheels)
     size_mib = tree_bytes(REPO, carry) / 2**20
-    command = device_command(args.minutes, args.size, args.continue_)
+    command = device_command(args.minutes, args.size, args.continue_, args.grow)
     print(json.dumps({"command": command, "carry": [DATA, WHEELS]}, indent=1))
     print(f"what travels: {size_mib:.1f} MiB of {TREE_LIMIT / 2**20:.0f}", file=sys.stderr)
     if size_mib * 2**20 > TREE_LIMIT:

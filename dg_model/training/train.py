@@ -40,6 +40,7 @@ from dg_model.special_tokens import PAD
 from dg_model.training import blockdiff
 from dg_model.training.corpus import read_jsonl
 from dg_model.training.fim_examples import canvas_target, example_ids, far_snippet, sample_fim
+from dg_model.training.grow import grow, width
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TrainConfig:
     distill: float = 0.0  # block objective: share of the encoder's own distribution in the denoiser's targets
     long_at_indent: float = 0.0  # share of cuts at a line's indentation taking 4-12 lines (fim_examples.sample_fim)
     compile: bool = True  # block objective: layers and LM-head loss through torch.compile (bench_train.json)
+    grow: int = 0  # widen the --resume model to this hidden size first, computing the same (grow.py); 0: as it is
 
 
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
@@ -343,8 +345,13 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     tok = Tokenizer.from_file(os.path.join(cfg.tokenizer, "tokenizer.json"))
+    grown = False
     if cfg.resume:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(cfg.resume, dtype=torch.float32)
+        if cfg.grow > width(model):  # a continuation of a grown run is already this wide
+            model, grown = grow(model, cfg.grow, seed=cfg.seed), True
+    elif cfg.grow:
+        raise SystemExit("--grow widens a trained model: give it --resume")
     else:
         if cfg.size not in SIZES:
             raise SystemExit(f"--size {cfg.size}: choose one of {', '.join(SIZES)} (dg_model/architecture.py)")
@@ -362,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     state: dict[str, Any] = {"step": 0, "tokens": 0, "minutes": 0.0, "best_val": float("inf")}
     if cfg.objective not in ("block", "canvas"):
         raise SystemExit(f"--objective {cfg.objective}: choose block or canvas")
-    if cfg.resume and (Path(cfg.resume) / "trainer.pt").exists():
+    if cfg.resume and not grown and (Path(cfg.resume) / "trainer.pt").exists():  # (grown: new shapes, new moments)
         saved = torch.load(Path(cfg.resume) / "trainer.pt", map_location=device)
         optimizer.load_state_dict(saved["optimizer"])
         state.update(saved["state"])

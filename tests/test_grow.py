@@ -1,0 +1,110 @@
+"""Growing a trained model wider keeps every number it computes (encoder, decoder, self-conditioning) and leaves
+the new dimensions trainable."""
+
+import json
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion
+
+from dg_model.architecture import TINY, build_config
+from dg_model.loading import EMBEDDED_DIR
+from dg_model.training import train
+from dg_model.training.blockdiff import BlockForward, BlockLayout, block_row, collate_rows, losses, noise_blocks
+from dg_model.training.grow import grow
+
+VOCAB = 256
+
+
+def _narrow():
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(build_config(VOCAB, 16, max_positions=256, **TINY))
+    with torch.no_grad():  # trained-looking norms and scales: a factor applied to the wrong one would show
+        for name, p in model.named_parameters():
+            if "norm" in name or "scale" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+            elif p.dim() >= 2:  # and activations of a trained model's size, far above the norms' epsilon (which
+                p.normal_(0, 0.2)  # padding would otherwise show: it is added to a mean over more dimensions)
+    return model.eval()
+
+
+def _batch():
+    rng = random.Random(0)
+    layout = BlockLayout(canvases=(8,), middle_tokens=16, prompt_block_min=3, prompt_block_max=9)
+    rows = [
+        block_row(
+            [2] + [rng.randrange(8, VOCAB) for _ in range(n)], [rng.randrange(8, VOCAB) for _ in range(m)], layout, rng
+        )
+        for n, m in ((30, 11), (17, 3))
+    ]
+    return collate_rows(rows)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("self_cond", [False, True])
+def test_grown_model_computes_the_narrow_ones_logits(self_cond):
+    narrow = _narrow()
+    wide = grow(narrow, 96, seed=1).eval()
+    text = wide.config.text_config
+    assert (text.hidden_size, text.intermediate_size, text.moe_intermediate_size) == (96, 192, 48)
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in narrow.parameters())
+    batch = _batch()
+    ids, start = batch["ids"], batch["start"]
+    noised = noise_blocks(ids, start, VOCAB, torch.full(ids.shape, 0.5), 0.02, torch.Generator().manual_seed(1))
+    sc = torch.randn(2, ids.shape[1], VOCAB) * 3 if self_cond else None
+    rows = torch.tensor([True, False]) if self_cond else None
+    got = [BlockForward(m).logits(BlockForward(m).hidden(ids, noised, start, sc, rows)) for m in (narrow, wide)]
+    torch.testing.assert_close(got[1], got[0], atol=2e-4, rtol=2e-4)  # clean (encoder) and noised (decoder) halves
+    # and through transformers' own encoder, as the engine loads it
+    ref = [m.model.encoder(input_ids=ids[:1]).last_hidden_state @ m.lm_head.weight.T for m in (narrow, wide)]
+    torch.testing.assert_close(ref[1], ref[0], atol=2e-4, rtol=2e-4)
+
+
+def test_new_dimensions_learn():
+    wide = grow(_narrow(), 96, seed=1).train()
+    before = {n: p.detach().clone() for n, p in wide.named_parameters()}
+    opt = torch.optim.AdamW(wide.parameters(), lr=1e-3)
+    for step in range(3):
+        out = losses(wide, _batch(), self_cond=step == 1, t=torch.full(_batch()["ids"].shape, 0.5))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    layer = "model.encoder.language_model.layers.0."
+    for name, part in (
+        ("model.encoder.language_model.embed_tokens.weight", (slice(None), slice(64, None))),  # new dimensions
+        (layer + "self_attn.o_proj.weight", (slice(64, None),)),  # outputs into them
+        (layer + "mlp.down_proj.weight", (slice(None), slice(128, None))),  # new units' outputs
+        (layer + "experts.down_proj", (slice(None), slice(64, None))),
+    ):
+        changed = (dict(wide.named_parameters())[name].detach() - before[name])[part]
+        assert changed.abs().max() > 0, name
+
+
+def test_a_model_only_grows():
+    with pytest.raises(ValueError, match="only grow"):
+        grow(_narrow(), 32)
+
+
+def test_training_grows_a_resumed_model_once_and_continues_it_with_its_optimizer(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = Path(textwrap.__file__).parent
+    texts = [json.dumps({"text": (stdlib / n).read_text()}) + "\n" for n in ("textwrap.py", "shlex.py", "glob.py")]
+    (corpus / "train.jsonl").write_text("".join(texts[:2]))
+    (corpus / "valid.jsonl").write_text(texts[2])
+    torch.manual_seed(0)
+    DiffusionGemmaForBlockDiffusion(build_config(8192, 16, max_positions=256, **TINY)).save_pretrained(
+        tmp_path / "narrow"
+    )
+    common = ["--corpus", str(corpus), "--tokenizer", str(EMBEDDED_DIR), "--grow", "96", "--max-steps", "2"]
+    common += ["--batch", "2", "--workers", "0", "--compile", "off", "--prompt-tokens", "96", "--canvas", "16"]
+    common += ["--canvases", "8,16", "--device", "cpu", "--eval-every", "1000", "--warmup-steps", "1"]
+    train.main([*common, "--resume", str(tmp_path / "narrow"), "--out", str(tmp_path / "a")])
+    saved = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "a" / "last")
+    assert saved.config.text_config.hidden_size == 96
+    train.main([*common, "--resume", str(tmp_path / "a" / "last"), "--out", str(tmp_path / "b")])  # not grown again
+    state = json.loads((tmp_path / "b" / "last" / "train_state.json").read_text())
+    assert state["step"] == 4 and state["step_at_resume"] == 2  # the first run's optimizer state carried on
