@@ -86,11 +86,11 @@ def grow(
                 p.fill_(float(old.mean()))  # a norm's or the router's scale on a dimension that starts at zero
             else:
                 p.zero_()  # outputs into new dimensions, new units' outputs, new embedding dimensions
+            old_part = tuple(slice(0, n) for n in old.shape)
             if name.endswith("experts.gate_up_proj"):  # gate and up halves, each grown at its own end
                 p[:, :M, :H], p[:, M2 : M2 + M, :H] = old[:, :M], old[:, M:]
             else:
-                p[tuple(slice(0, n) for n in old.shape)] = old
-            old_part = tuple(slice(0, n) for n in old.shape)
+                p[old_part] = old
             if name.endswith("embed_tokens.weight"):  # the stream starts s times larger
                 p[old_part] *= embed_ratio * s
             elif name.endswith(_PRE_NORMS) or name.endswith("self_conditioning.pre_norm.weight"):
