@@ -14,6 +14,7 @@ from dg_model.architecture import TINY, build_config
 from dg_model.loading import EMBEDDED_DIR
 from dg_model.training import train
 from dg_model.training.blockdiff import BlockForward, BlockLayout, block_row, collate_rows, losses, noise_blocks
+from dg_model.training.export import export
 from dg_model.training.grow import grow
 
 VOCAB = 256
@@ -108,3 +109,14 @@ def test_training_grows_a_resumed_model_once_and_continues_it_with_its_optimizer
     train.main([*common, "--resume", str(tmp_path / "a" / "last"), "--out", str(tmp_path / "b")])  # not grown again
     state = json.loads((tmp_path / "b" / "last" / "train_state.json").read_text())
     assert state["step"] == 4 and state["step_at_resume"] == 2  # the first run's optimizer state carried on
+
+
+def test_the_grown_embedded_model_comes_back_from_a_lease_call(tmp_path):
+    """A device call brings back at most 8 files of 16 MiB: the lease's export of the shipped weights grown to 384
+    (float16 shards, their index, config.json) must leave room for train.log and lease.json."""
+    shipped = DiffusionGemmaForBlockDiffusion.from_pretrained(EMBEDDED_DIR, dtype=torch.float32)
+    grow(shipped, 384).save_pretrained(tmp_path / "ckpt")
+    export(tmp_path / "ckpt", tmp_path / "out", EMBEDDED_DIR)
+    weights = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("model") or p.name == "config.json"]
+    assert len(weights) <= 6 and all(p.stat().st_size < 16 * 2**20 for p in weights)
+    assert sum(p.stat().st_size for p in weights) < 60 * 2**20
