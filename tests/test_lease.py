@@ -66,6 +66,14 @@ def test_run_trains_exports_and_leaves_a_loadable_model(tmp_path):
     summary = json.loads((out / "lease.json").read_text())
     assert summary["continued"] and summary["train_exit"] == 0 and summary["step"] == 6
 
+    # a later call that fails (another experiment on the same machine) brings back nothing, not the earlier run's
+    failed_out = tmp_path / "OUT3"
+    failed = [*args[:1], "--out", str(failed_out), *args[3:], "--size", "no-such-size", *train_args]
+    third = subprocess.run([sys.executable, "-c", code, *failed], capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    summary = json.loads((failed_out / "lease.json").read_text())
+    assert summary["train_exit"] != 0 and summary["exported"] == [] and summary["step"] is None
+
     model_dir = tmp_path / "model"
     export.main([str(out / "model"), str(model_dir), "--tokenizer", str(EMBEDDED_DIR)])
     engine = load_engine(str(model_dir), device="cpu")

@@ -177,6 +177,9 @@ def run(args: argparse.Namespace, train_args: list[str]) -> dict:
         shutil.rmtree(work / "previous", ignore_errors=True)
         shutil.copytree(previous, work / "previous")
         resume = ["--resume", str(work / "previous")]
+    # an earlier call's checkpoints must not pass for this one's (a call failing before its first checkpoint would
+    # otherwise export them)
+    shutil.rmtree(work / "run", ignore_errors=True)
     cmd = [
         sys.executable, "-m", "dg_model.training.train", *RECIPE, "--corpus", ",".join(map(str, corpora)),
         *(["--corpus-shares", shares] if shares else []), "--tokenizer", str(EMBEDDED_DIR), "--out", str(work / "run"),
