@@ -1,10 +1,7 @@
 """Growing a trained model wider keeps every number it computes (encoder, decoder, self-conditioning) and leaves
 the new dimensions trainable."""
 
-import json
 import random
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +9,6 @@ from transformers import DiffusionGemmaForBlockDiffusion
 
 from dg_model.architecture import TINY, build_config
 from dg_model.loading import EMBEDDED_DIR
-from dg_model.training import train
 from dg_model.training.blockdiff import BlockForward, BlockLayout, block_row, collate_rows, losses, noise_blocks
 from dg_model.training.export import export
 from dg_model.training.grow import grow
@@ -87,28 +83,6 @@ def test_new_dimensions_learn():
 def test_a_model_only_grows():
     with pytest.raises(ValueError, match="only grow"):
         grow(_narrow(), 32)
-
-
-def test_training_grows_a_resumed_model_once_and_continues_it_with_its_optimizer(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    stdlib = Path(textwrap.__file__).parent
-    texts = [json.dumps({"text": (stdlib / n).read_text()}) + "\n" for n in ("textwrap.py", "shlex.py", "glob.py")]
-    (corpus / "train.jsonl").write_text("".join(texts[:2]))
-    (corpus / "valid.jsonl").write_text(texts[2])
-    torch.manual_seed(0)
-    DiffusionGemmaForBlockDiffusion(build_config(8192, 16, max_positions=256, **TINY)).save_pretrained(
-        tmp_path / "narrow"
-    )
-    common = ["--corpus", str(corpus), "--tokenizer", str(EMBEDDED_DIR), "--grow", "96", "--max-steps", "2"]
-    common += ["--batch", "2", "--workers", "0", "--compile", "off", "--prompt-tokens", "96", "--canvas", "16"]
-    common += ["--canvases", "8,16", "--device", "cpu", "--eval-every", "1000", "--warmup-steps", "1"]
-    train.main([*common, "--resume", str(tmp_path / "narrow"), "--out", str(tmp_path / "a")])
-    saved = DiffusionGemmaForBlockDiffusion.from_pretrained(tmp_path / "a" / "last")
-    assert saved.config.text_config.hidden_size == 96
-    train.main([*common, "--resume", str(tmp_path / "a" / "last"), "--out", str(tmp_path / "b")])  # not grown again
-    state = json.loads((tmp_path / "b" / "last" / "train_state.json").read_text())
-    assert state["step"] == 4 and state["step_at_resume"] == 2  # the first run's optimizer state carried on
 
 
 def test_the_grown_embedded_model_comes_back_from_a_lease_call(tmp_path):

@@ -87,3 +87,14 @@ def test_train_resume_export_and_serve(corpus, tmp_path, capsys):
     assert engine.fwd.kind == "lean" and next(engine.model.parameters()).dtype.is_floating_point
     result = engine.infill(InfillJob("def area(r):\n    return ", "\n", kind="line", max_tokens=4))
     assert result.stats.steps >= 1  # an untrained tiny model: that it runs through the real loader is the point
+
+
+def test_train_grows_a_resumed_model_once_and_continues_it_with_its_optimizer(corpus, tmp_path):
+    fast = ("--max-steps", "2", "--compile", "off")
+    _train(corpus, tmp_path / "narrow", *fast)
+    _train(corpus, tmp_path / "a", *fast, "--resume", str(tmp_path / "narrow" / "last"), "--grow", "96")
+    saved = json.loads((tmp_path / "a" / "last" / "config.json").read_text())
+    assert saved["text_config"]["hidden_size"] == 96  # tiny's 64, widened (grow.py)
+    _train(corpus, tmp_path / "b", *fast, "--resume", str(tmp_path / "a" / "last"), "--grow", "96")  # not again
+    state = json.loads((tmp_path / "b" / "last" / "train_state.json").read_text())
+    assert state["step"] == 4 and state["step_at_resume"] == 2  # the grown run's optimizer state carried on

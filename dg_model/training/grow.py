@@ -37,8 +37,14 @@ _INPUTS = (
     "gate_proj.weight",
     "up_proj.weight",
     "router.proj.weight",
+    "experts.gate_up_proj",
 )
-_PRE_NORMS = ("input_layernorm.weight", "pre_feedforward_layernorm.weight", "pre_feedforward_layernorm_2.weight")
+_PRE_NORMS = (
+    "input_layernorm.weight",
+    "pre_feedforward_layernorm.weight",
+    "pre_feedforward_layernorm_2.weight",
+    "self_conditioning.pre_norm.weight",
+)
 _FINAL_NORMS = ("language_model.norm.weight", "decoder.norm.weight")
 
 
@@ -80,7 +86,7 @@ def grow(
             if old.shape == p.shape and not name.endswith(("embed_tokens.weight", *_PRE_NORMS, *_FINAL_NORMS)):
                 p.copy_(old)  # untouched by the widths: the vision tower, per-head norms, per-expert scales
                 continue
-            if name.endswith(_INPUTS) or name.endswith("experts.gate_up_proj"):
+            if name.endswith(_INPUTS):
                 p.copy_(torch.randn(p.shape, generator=gen) * init_std)  # new columns and units: small, not silent
             elif p.dim() == 1:
                 p.fill_(float(old.mean()))  # a norm's or the router's scale on a dimension that starts at zero
@@ -93,7 +99,7 @@ def grow(
                 p[old_part] = old
             if name.endswith("embed_tokens.weight"):  # the stream starts s times larger
                 p[old_part] *= embed_ratio * s
-            elif name.endswith(_PRE_NORMS) or name.endswith("self_conditioning.pre_norm.weight"):
+            elif name.endswith(_PRE_NORMS):
                 p[old_part] /= s
             elif name.endswith(_FINAL_NORMS):  # back to the old scale, and the embedding's factor undone for the head
                 p[old_part] /= embed_ratio * s * s

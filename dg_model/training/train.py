@@ -348,10 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     grown = False
     if cfg.resume:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(cfg.resume, dtype=torch.float32)
-        if cfg.grow > width(model):  # (a continuation of a grown run is already this wide: nothing to do)
+        if cfg.grow > (wide := width(model)):  # (a continuation of a grown run is already this wide: nothing to do)
             model, grown = grow(model, cfg.grow, seed=cfg.seed), True
-        elif 0 < cfg.grow < width(model):
-            raise SystemExit(f"--grow {cfg.grow}: the model is {width(model)} wide already; widths only grow")
+        elif 0 < cfg.grow < wide:
+            raise SystemExit(f"--grow {cfg.grow}: the model is {wide} wide already; widths only grow")
     elif cfg.grow:
         raise SystemExit("--grow widens a trained model: give it --resume")
     else:
