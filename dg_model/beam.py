@@ -49,6 +49,7 @@ def beam_search(
     cancel: threading.Event | None = None,
     on_step: Callable[[list[int]], None] | None = None,
     may_end: Callable[[list[int]], bool] | None = None,
+    prune: tuple[int, float] | None = None,
 ) -> BeamResult:
     """Decode from `first_logp` [V] (the prediction after the prompt).
 
@@ -56,6 +57,9 @@ def beam_search(
     (None: go on); EOS completes one without adding a token, unless `may_end(tokens)` says it may not end there.
     The search stops once `width` hypotheses are complete, counting only those that ranked among the `width` best of
     their step, so width 1 is exactly greedy decoding.
+
+    `prune=(k, margin)` stops it earlier: once `k` hypotheses are complete and the likeliest one still going is
+    `margin` nats below the k-th of them in summed log-probability (which only falls as a hypothesis grows).
     """
     width = max(1, width)
     alive = [Hypothesis()]
@@ -88,7 +92,7 @@ def beam_search(
                 done.append(Hypothesis(child.tokens[:keep], child.logprobs[:keep]))
             if len(nxt) == width:
                 break
-        if len(done) >= width or not nxt:
+        if len(done) >= width or not nxt or (prune is not None and _outranked(done, nxt, *prune)):
             break
         alive = [h for _, h in nxt]
         logp = advance([p for p, _ in nxt], [h.tokens[-1] for h in alive])
@@ -97,3 +101,10 @@ def beam_search(
             on_step(alive[0].tokens)
     done = done or alive  # only when a step had nothing to continue and nothing finished
     return BeamResult(sorted(done, key=lambda h: -h.score)[:width], steps)
+
+
+def _outranked(done: list[Hypothesis], alive: list[tuple[int, Hypothesis]], k: int, margin: float) -> bool:
+    if len(done) < k:
+        return False
+    kth = sorted((sum(h.logprobs) for h in done), reverse=True)[k - 1]
+    return max(sum(h.logprobs) for _, h in alive) < kth - margin

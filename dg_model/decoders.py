@@ -106,8 +106,17 @@ def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, jo
     if job.max_tokens <= 0:
         return [""], [0.0]
     first = _next_logprobs(eng, last_hidden[:, -1])[0]
+    prune = eng.settings.beam_prune
     result = beam_search(
-        first, advance, width, _finish(eng, job), eng.eos_ids, job.cancel, _on_step(eng, job), _may_end(eng, job)
+        first,
+        advance,
+        width,
+        _finish(eng, job),
+        eng.eos_ids,
+        job.cancel,
+        _on_step(eng, job),
+        _may_end(eng, job),
+        (int(prune[0]), float(prune[1])) if prune else None,
     )
     stats.steps += result.steps
     # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation

@@ -62,6 +62,25 @@ class LeanCache:
         return self.shared + self.k[0].shape[2]
 
 
+# A logits projection at most this large also keeps a column-major copy (below): the embedding it is tied to is read
+# by rows (token lookups, the decoder's self-conditioning), which that layout slows.
+LM_HEAD_COPY_BYTES = 64 * 2**20
+
+
+def _column_major(t: torch.Tensor) -> torch.Tensor:
+    """The same [..., N, K] weight stored as its transpose: `x @ w.mT` then multiplies a contiguous [K, N] matrix,
+    which MKL does 1.1-2.5x faster for a beam's few rows (10 x 256 by 256 x 8192: 0.84 vs 2.1 ms on the CPU of
+    session 14) and no slower for a prompt's hundreds."""
+    return t.mT.contiguous().mT
+
+
+def _relayout(param: torch.Tensor) -> torch.Tensor:
+    """`param` re-laid out column-major in place (its values, shape and every module reading it unchanged), so
+    inference keeps one copy of each weight."""
+    param.data = _column_major(param.data)
+    return param
+
+
 def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     # transformers' DiffusionGemmaRMSNorm: float32 statistics, scale applied as is (no 1 + w)
     xf = x.float()
@@ -97,10 +116,14 @@ class _Layer:
     """One transformer layer's weights, packed for few large matmuls. Encoder and decoder share the tensors.
 
     `trainable`: the packed tensors stay in the autograd graph of the parameters (training packs them anew each step,
-    since the optimizer replaces what a pack copied); inference packs once, detached."""
+    since the optimizer replaces what a pack copied); inference packs once, detached, and on a CPU column-major
+    (`_column_major`): a width-10 beam step of the embedded model 22.6 -> 17.5 ms, the same candidates."""
 
     def __init__(self, layer, eps: float, trainable: bool = False):
+        relayout = not trainable and layer.self_attn.o_proj.weight.device.type == "cpu"
         keep = (lambda t: t) if trainable else (lambda t: t.detach())
+        pack = (lambda t: _column_major(keep(t))) if relayout else keep
+        own = _relayout if relayout else (lambda t: t)
         attn = layer.self_attn
         self.eps = eps
         self.h, self.d = attn.q_proj.out_features // attn.head_dim, attn.head_dim
@@ -108,8 +131,8 @@ class _Layer:
         self.k_is_v = attn.v_proj is None  # global layers reuse the key projection for values (own norm, no RoPE)
         self.layer_type = attn.layer_type
         projections = [attn.q_proj.weight, attn.k_proj.weight] + ([] if self.k_is_v else [attn.v_proj.weight])
-        self.qkv = keep(torch.cat(projections))
-        self.o = attn.o_proj.weight
+        self.qkv = pack(torch.cat(projections))
+        self.o = own(attn.o_proj.weight)
         self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
         self.norms = {
             name: getattr(layer, name).weight
@@ -123,13 +146,13 @@ class _Layer:
                 "pre_feedforward_layernorm_2",
             )
         }
-        self.gate_up = keep(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))
-        self.down = layer.mlp.down_proj.weight
+        self.gate_up = pack(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))
+        self.down = own(layer.mlp.down_proj.weight)
         self.act = layer.mlp.act_fn
         router = layer.router
-        self.router_proj, self.router_scale = router.proj.weight, keep(router.scale * router.scalar_root_size)
+        self.router_proj, self.router_scale = own(router.proj.weight), keep(router.scale * router.scalar_root_size)
         self.per_expert_scale, self.top_k = router.per_expert_scale, router.config.top_k_experts
-        self.experts_gate_up, self.experts_down = layer.experts.gate_up_proj, layer.experts.down_proj
+        self.experts_gate_up, self.experts_down = own(layer.experts.gate_up_proj), own(layer.experts.down_proj)
         self.expert_act = layer.experts.act_fn
         self.scalar = layer.layer_scalar
 
@@ -183,9 +206,11 @@ class LeanForward:
         self.enc_norm, self.dec_norm = enc.norm.weight, dec.norm.weight
         self.enc_embed, self.dec_embed = enc.embed_tokens, dec.embed_tokens
         self.sc = dec.self_conditioning
-        self.lm_head = model.lm_head.weight
+        head = model.lm_head.weight.detach()
+        small = head.device.type == "cpu" and head.numel() * head.element_size() <= LM_HEAD_COPY_BYTES
+        self.lm_head_t = head.T.contiguous() if small else head.T  # [H, V]
         self.rotary = enc.rotary_emb
-        self.dtype, self.device = self.lm_head.dtype, self.lm_head.device
+        self.dtype, self.device = head.dtype, head.device
         self._rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._rope_len = 0
         self._grow_rope(1024)
@@ -317,4 +342,4 @@ class LeanForward:
         return self.lm_logits(_rms(x, self.dec_norm, self.eps))
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return softcap(hidden @ self.lm_head.T, self.softcap)
+        return softcap(hidden @ self.lm_head_t, self.softcap)

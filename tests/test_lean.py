@@ -137,6 +137,26 @@ def test_cache_memory_is_never_read_before_it_is_written(pair):
     close(hf.encode(canvas[:, :1], bh, 12), lean.encode(canvas[:, :1], bl, 12))
 
 
+@torch.inference_mode()
+def test_the_lean_forward_keeps_the_models_weights_and_answers_in_one_copy():
+    """On a CPU the lean forward re-lays the layers' weights out for speed, in place: the model's values, what
+    transformers' modules compute with them, and the memory they take stay as they were."""
+    model = _model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(7, VOCAB, (1, 20))
+    hf = HFForward(model)
+    expected = hf.lm_logits(hf.encode(ids, hf.new_cache(), 0))
+    lean = LeanForward(model)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    close(hf.lm_logits(hf.encode(ids, hf.new_cache(), 0)), expected)
+    close(lean.lm_logits(lean.encode(ids, lean.new_cache(), 0)), expected)
+    layer = model.model.encoder.language_model.layers[0]
+    shared = (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight, layer.experts.down_proj)
+    assert [w.data_ptr() for w in shared] == [
+        w.data_ptr() for w in (lean.enc_layers[0].o, lean.enc_layers[0].down, lean.enc_layers[0].experts_down)
+    ]
+
+
 def test_auto_falls_back_to_transformers_where_lean_cannot_run():
     model = _model(["sliding_attention", "full_attention"], sliding_window=16)
     assert "sliding" in unsupported(model)
