@@ -91,6 +91,20 @@ def problems(text: str, start: int, end: int, language_id: str, region: Region |
     return [Problem("syntax", region.lo, region.hi, "tree-sitter error")] * languages.count_errors(tree.root_node)
 
 
+def undefined_names(text: str, start: int, end: int, new: str, language_id: str) -> int | None:
+    """How many uses of names that nothing in scope defines the code around `text[start:end]` holds once `new` takes
+    its place (Python; None for other languages, or where it does not parse, so there is nothing to judge by). The
+    code after the cursor counts: a line that defines the name the next lines use removes one."""
+    if not languages.has_compiler(language_id):
+        return None
+    edited = text[:start] + new + text[end:]
+    region = region_of(edited, start, start + len(new))
+    found = problems(edited, region.lo, region.hi, language_id, region)
+    if any(p.kind == "syntax" for p in found):
+        return None
+    return sum(p.kind == "undefined-name" for p in found)
+
+
 def _python_problems(source: str, region: Region, start: int, end: int) -> list[Problem]:
     try:
         tree = ast.parse(source)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from tree_sitter import Tree
 
-from dg_lsp import languages
+from dg_lsp import diagnose, languages
 from dg_lsp.languages import (
     FULL_PARSE_CHARS,
     MAX_PARSE_CHARS,
@@ -294,6 +294,26 @@ def rank(edits: list[Edit]) -> list[Edit]:
     """The model's order, except that an edit after which the code no longer compiles goes last: tree-sitter forgives
     what Python does not (an unexpected indent, a header without a body)."""
     return sorted(edits, key=lambda e: e.compiles is False)
+
+
+def prefer_defined(edits: list[Edit], text: str, language_id: str) -> list[Edit]:
+    """`edits` (ranked) with the one that leaves the fewest undefined names in the code around moved to the front, if
+    that is fewer than the first leaves: a small model often writes a line around a name the code never defines
+    (`idx2` before its loop) or skips the line that defines what the next lines use (`total = 0`); both compile and
+    fail when they run. Only edits that compile are weighed, in order, stopping at one that leaves none; where the
+    check cannot tell for the first, the order stays."""
+    best, fewest = 0, None
+    for i, edit in enumerate(edits):
+        if edit.compiles is False:
+            break
+        count = diagnose.undefined_names(text, edit.start, edit.end, edit.text, language_id)
+        if i == 0 and count is None:
+            return edits
+        if count is not None and (fewest is None or count < fewest):
+            best, fewest = i, count
+        if fewest == 0:
+            break
+    return [edits[best], *edits[:best], *edits[best + 1 :]] if best else edits
 
 
 def _compiles(doc: Doc, text: str, start: int, end: int, new: str, language_id: str) -> bool | None:

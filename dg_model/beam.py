@@ -54,7 +54,10 @@ def beam_search(
     """Decode from `first_logp` [V] (the prediction after the prompt).
 
     `finish(tokens)` says whether a hypothesis is complete after its last token, and how many of its tokens to keep
-    (None: go on); EOS completes one without adding a token, unless `may_end(tokens)` says it may not end there.
+    (None: go on); EOS completes one without adding a token. `may_end(tokens)` may refuse either ending: after EOS the
+    hypothesis goes on without it; cut by `finish` (it moved on to the code after the middle, which could not end
+    there) a beam drops it and goes on with the others, while greedy decoding keeps its one line, the text the
+    hybrid decoder must reproduce.
     The search stops once `width` hypotheses are complete, counting only those that ranked among the `width` best of
     their step, so width 1 is exactly greedy decoding.
 
@@ -88,7 +91,7 @@ def beam_search(
             keep = finish(child.tokens)
             if keep is None:
                 nxt.append((parent, child))
-            elif rank < width:
+            elif rank < width and (width == 1 or may_end is None or may_end(child.tokens[:keep])):
                 done.append(Hypothesis(child.tokens[:keep], child.logprobs[:keep]))
             if len(nxt) == width:
                 break

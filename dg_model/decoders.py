@@ -20,7 +20,7 @@ from dg_model.api import Cancelled, InfillJob, JobStats
 from dg_model.beam import beam_search
 from dg_model.sampler import denoise, noise_like
 from dg_model.speculative import lookup, speculate
-from dg_model.stops import can_end, cursor_indent, ended, loop_start
+from dg_model.stops import block_end, can_end, cursor_indent, ended, loop_start
 
 if TYPE_CHECKING:
     from dg_model.engine import DiffusionEngine
@@ -207,8 +207,14 @@ def _finish(eng: DiffusionEngine, job: InfillJob):
     def finish(tokens: list[int]) -> int | None:
         if (cut := loop_start(tokens)) is not None:
             return cut
-        if ended(eng.tokenizer.decode(tokens), job.kind, indent, job.suffix):
-            return len(tokens)
+        text = eng.tokenizer.decode(tokens)
+        if ended(text, job.kind, indent, job.suffix):
+            # what `may_end` judges is the middle as it will be cut: before the line that left the block
+            end = block_end(text, indent) if job.kind == "block" else None
+            keep = len(tokens)
+            while end is not None and keep > 1 and len(eng.tokenizer.decode(tokens[:keep])) > end:
+                keep -= 1
+            return keep
         if len(tokens) < job.max_tokens:
             return None
         # Out of budget: a block ends with its last whole line (a line cut short may still parse, and be wrong)

@@ -7,6 +7,8 @@ early, which is most of the tail latency of a small model, and cut the text ther
 
 from __future__ import annotations
 
+import re
+
 from dg_model import code_scan
 
 
@@ -103,7 +105,20 @@ def can_end(prefix: str, text: str, suffix: str) -> bool:
     if unclosed > 0 and following.lstrip()[:1] not in (")", "]", "}"):
         return False
     line = code.rstrip().rsplit("\n", 1)[-1]
+    indent = len(line) - len(line.lstrip(" \t"))
+    deeper = len(following) - len(following.lstrip(" \t")) > indent
     if line.rstrip().endswith(":"):
-        indent = len(line) - len(line.lstrip(" \t"))
-        return len(following) - len(following.lstrip(" \t")) > indent
-    return True
+        return deeper
+    # The converse: a more indented line after the middle is the body of a block its last line must open (in Python
+    # a plain statement there is an IndentationError). Lines that go on (`x +`, `.then(` on the next), and
+    # brace-less headers (`if (x)`), are not statements ending there.
+    return not deeper or not line.strip() or _opens(line) or following.lstrip().startswith(_CONTINUES)
+
+
+_CONTINUES = tuple("{([,\\=+-*/%&|^<>.?") + ("=>",)
+_HEADERS = re.compile(r"^\s*(?:}\s*)?(?:if|else|for|foreach|while|do|elif|try|catch|finally|switch|case|default)\b")
+
+
+def _opens(line: str) -> bool:
+    """Whether code may follow `line` indented deeper: it opens a block or a bracket, or goes on to the next line."""
+    return line.rstrip().endswith(_CONTINUES) or bool(_HEADERS.match(line))

@@ -93,3 +93,46 @@ def test_may_end_keeps_a_hypothesis_going_past_a_forbidden_eos():
     rows = [()]
     held = beam_search(TABLE[()], advance, 1, finish, {EOS}, may_end=lambda tokens: len(tokens) >= 3)
     assert [h.tokens for h in held.hypotheses] == [[A, C, C]]  # EOS after A C forbidden: C, then EOS allowed
+
+
+def test_prune_stops_once_every_open_line_is_far_less_likely_than_the_finished():
+    # B ends at once (p 0.7); after A the model rambles (C or D, each 0.5) until the 12-token limit
+    def search(prune):
+        rows: list[tuple[int, ...]] = [()]
+
+        def advance(parents, tokens):
+            nonlocal rows
+            rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+            return torch.stack([dist(EOS=1.0) if r == (B,) else dist(C=0.5, D=0.5) for r in rows])
+
+        finish = lambda tokens: len(tokens) if len(tokens) >= 12 else None  # noqa: E731
+        return beam_search(dist(B=0.7, A=0.3), advance, 3, finish, {EOS}, prune=prune)
+
+    full, pruned, loose = search(None), search((1, 2.0)), search((1, 50.0))
+    assert full.hypotheses[0].tokens == pruned.hypotheses[0].tokens == [B]
+    assert full.steps >= 10 and pruned.steps <= 3  # A C C is already 2.6 nats down against B's 0.36
+    assert loose.steps == full.steps  # a margin nothing falls below changes nothing
+    assert search((2, 2.0)).steps > pruned.steps  # a second finished line is needed first
+
+
+def test_a_beam_drops_a_line_cut_where_it_may_not_end_and_greedy_keeps_it():
+    # `finish` ends a hypothesis at C (it moved on past the middle); `may_end` says a middle may not end on C
+    table = {(): dist(A=0.6, B=0.4), (A,): dist(C=0.9, EOS=0.1), (B,): dist(EOS=1.0)}
+    rows: list[tuple[int, ...]] = [()]
+
+    def advance(parents, tokens):
+        nonlocal rows
+        rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+        return torch.stack([table.get(r, dist(EOS=1.0)) for r in rows])
+
+    def search(width, may_end):
+        nonlocal rows
+        rows = [()]
+        finish = lambda tokens: len(tokens) if tokens[-1] == C else None  # noqa: E731
+        return [h.tokens for h in beam_search(table[()], advance, width, finish, {EOS}, may_end=may_end).hypotheses]
+
+    not_on_c = lambda tokens: tokens[-1] != C  # noqa: E731
+    assert [A, C] in search(2, None)
+    refused = search(2, not_on_c)
+    assert [A, C] not in refused and [B] in refused and len(refused) == 2  # the beam found another second
+    assert search(1, not_on_c) == [[A, C]]

@@ -334,3 +334,50 @@ def test_complete_offers_the_candidate_that_compiles_first() -> None:
     edits = complete(engine, text, offset, "python", Settings(candidates=2)).edits
     assert [e.text for e in edits] == ["for n in numbers:", "print(numbers)"]
     compile(apply(text, edits[0]), "<edit>", "exec")
+
+
+def test_complete_offers_a_candidate_that_uses_only_defined_names_first_and_runs() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+    from dg_lsp.settings import Settings
+
+    # both compile; the likelier one loops over a name the function never defines
+    text, offset = at(GAP)
+    engine = FakeEngine(texts=["for n in nums:", "for n in numbers:", "for n in range(3):"])
+    edits = complete(engine, text, offset, "python", Settings(candidates=3)).edits
+    assert [e.text for e in edits] == ["for n in numbers:", "for n in nums:", "for n in range(3):"]
+    scope: dict = {}
+    exec(apply(text, edits[0]), scope)
+    assert scope["total"]([1, 2, 3]) == 6
+
+
+def test_the_models_order_stays_where_names_cannot_be_judged_or_all_are_undefined() -> None:
+    from dg_lsp.postprocess import prefer_defined
+
+    text, offset = at(GAP)
+    both = [Edit(offset, offset, t, True) for t in ("for n in nums:", "for n in numbrs:")]
+    assert prefer_defined(both, text, "python") == both  # nothing better to offer
+    broken, offset_b = at("def f(:\n    <CURSOR>\n")  # the code around does not parse: nothing to judge by
+    first = [Edit(offset_b, offset_b, t, None) for t in ("x = nope", "x = 1")]
+    assert prefer_defined(first, broken, "python") == first
+    js = [Edit(0, 0, t, None) for t in ("nope()", "f()")]
+    assert prefer_defined(js, "function f() {}\n", "javascript") == js
+    failing = [Edit(offset, offset, "for n in nums", False), Edit(offset, offset, "for n in numbers:", False)]
+    assert prefer_defined(failing, text, "python") == failing  # what does not compile is not promoted
+
+
+def test_complete_prefers_the_line_that_defines_what_the_next_lines_use() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+    from dg_lsp.settings import Settings
+
+    body = "    for n in numbers:\n        result += n\n    return result\n"
+    text, offset = at("def total(numbers):\n    <CURSOR>\n" + body)
+    engine = FakeEngine(texts=["count = 0", "result = 0"])
+    edits = complete(engine, text, offset, "python", Settings(candidates=2)).edits
+    assert [e.text for e in edits] == ["result = 0", "count = 0"]
+    scope: dict = {}
+    exec(apply(text, edits[0]), scope)
+    assert scope["total"]([1, 2, 3]) == 6

@@ -29,6 +29,13 @@ BODY = "    for x in xs:\n        total += x\n    return total\n"
         ("def f(xs):\n    if ", "xs and (", "):\n        pass\n", True),
         # end of file after a header: never complete
         ("class A:\n    ", "def m(self):", "\n", False),
+        # the next line is deeper: the middle must open its block (a plain statement there does not run)
+        ("def f(xs):\n    for x in xs:\n        ", "x.append(1)", "\n            return x\n", False),
+        ("def f(xs):\n    for x in xs:\n        ", "if x > 1:", "\n            return x\n", True),
+        # ...or go on to it (a continued expression, a brace-less header in a C-like language)
+        ("def f(xs):\n    ", "total = x + \\", "\n        y\n", True),
+        ("function f(x) {\n  ", "if (x)", "\n    return 1;\n}\n", True),
+        ("function f(x) {\n  ", "return promise", "\n    .then(g);\n}\n", True),
     ],
 )
 def test_can_end(prefix, text, suffix, ok):
