@@ -91,10 +91,12 @@ def problems(text: str, start: int, end: int, language_id: str, region: Region |
     return [Problem("syntax", region.lo, region.hi, "tree-sitter error")] * languages.count_errors(tree.root_node)
 
 
-def undefined_names(text: str, start: int, end: int, new: str, language_id: str) -> int | None:
-    """How many uses of names that nothing in scope defines the code around `text[start:end]` holds once `new` takes
-    its place (Python; None for other languages, or where it does not parse, so there is nothing to judge by). The
-    code after the cursor counts: a line that defines the name the next lines use removes one."""
+def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> int | None:
+    """What running the code around would certainly hit once `new` takes the place of `text[start:end]`: uses of
+    names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
+    lines use removes one), and calls in `new` of its own function with its own parameters, unchanged (a recursion
+    that never ends once reached). Python; None for other languages, or where the code does not parse, so there is
+    nothing to judge by."""
     if not languages.has_compiler(language_id):
         return None
     edited = text[:start] + new + text[end:]
@@ -102,7 +104,70 @@ def undefined_names(text: str, start: int, end: int, new: str, language_id: str)
     found = problems(edited, region.lo, region.hi, language_id, region)
     if any(p.kind == "syntax" for p in found):
         return None
-    return sum(p.kind == "undefined-name" for p in found)
+    source = edited[region.lo : region.hi]
+    first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
+    return sum(p.kind == "undefined-name" for p in found) + _endless_calls(ast.parse(source), first, last)
+
+
+def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
+    """Calls on lines first..last of a function to itself that recur on every call: with its parameters as they came
+    where it never rebinds them (`return fib(n)` inside `fib(n)`, `self.run(x)` inside `run(self, x)`), or with any
+    arguments from a statement every call reaches (the body's first statements, before anything that can return)."""
+    count = 0
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+        rebound = any(
+            isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load) and n.id in params for n in _own_nodes(fn)
+        )
+        always: set[int] = set()
+        for stmt in fn.body:
+            always.update(id(n) for n in _unconditional(stmt))
+            if any(isinstance(n, (ast.Return, ast.Raise, ast.Yield, ast.YieldFrom)) for n in _own_nodes(stmt)):
+                break
+        for node in _own_nodes(fn):
+            if not isinstance(node, ast.Call) or not first <= node.lineno <= last:
+                continue
+            func, args = node.func, [a.id if isinstance(a, ast.Name) else None for a in node.args]
+            if isinstance(func, ast.Name) and func.id == fn.name:
+                unchanged = args == params
+            elif isinstance(func, ast.Attribute) and func.attr == fn.name and isinstance(func.value, ast.Name):
+                unchanged = bool(params) and [func.value.id, *args] == params and func.value.id in ("self", "cls")
+                if func.value.id not in ("self", "cls"):
+                    continue
+            else:
+                continue
+            count += (unchanged and not rebound and not node.keywords) or id(node) in always
+    return count
+
+
+def _unconditional(stmt: ast.stmt):
+    """The nodes of a simple statement that run whenever it does (not behind `and`, `if`-expressions, lambdas or
+    comprehensions); compound statements (if, for, try, ...) run theirs conditionally."""
+    if not isinstance(stmt, (ast.Expr, ast.Return, ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        return
+    stack: list[ast.AST] = [stmt]
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(
+            node, (ast.BoolOp, ast.IfExp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+        ):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _own_nodes(fn: ast.AST):
+    """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it."""
+    stack = list(ast.iter_child_nodes(fn))
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(
+            child
+            for child in ast.iter_child_nodes(node)
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
+        )
 
 
 def _python_problems(source: str, region: Region, start: int, end: int) -> list[Problem]:

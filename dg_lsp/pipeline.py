@@ -16,7 +16,7 @@ from dg_model.api import Engine, EngineError, InfillJob, JobResult, RewriteJob, 
 
 from .context import ContextBudget, build_context, enclosing_block, should_complete
 from .diagnose import Problem, problems
-from .postprocess import Edit, postprocess, prefer_defined, rank
+from .postprocess import Edit, postprocess, prefer_runnable, rank
 from .settings import Settings
 
 # Context and validation look at most this far (in characters) from the cursor: a multi-MB file still completes,
@@ -119,7 +119,7 @@ def candidate_edits(
         edit = postprocess(raw, text, offset, language_id, kind)
         if edit is not None and edit.text and edit not in edits:
             edits.append(edit)
-    return prefer_defined(rank(edits), text, language_id)
+    return prefer_runnable(rank(edits), text, language_id)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -296,17 +296,17 @@ def rank(edits: list[Edit]) -> list[Edit]:
     return sorted(edits, key=lambda e: e.compiles is False)
 
 
-def prefer_defined(edits: list[Edit], text: str, language_id: str) -> list[Edit]:
-    """`edits` (ranked) with the one that leaves the fewest undefined names in the code around moved to the front, if
-    that is fewer than the first leaves: a small model often writes a line around a name the code never defines
-    (`idx2` before its loop) or skips the line that defines what the next lines use (`total = 0`); both compile and
-    fail when they run. Only edits that compile are weighed, in order, stopping at one that leaves none; where the
-    check cannot tell for the first, the order stays."""
+def prefer_runnable(edits: list[Edit], text: str, language_id: str) -> list[Edit]:
+    """`edits` (ranked) with the one whose code a run would trip over least (`diagnose.run_faults`) moved to the
+    front, if that is less than the first's: a small model often writes a line around a name the code never defines
+    (`idx2` before its loop), skips the line that defines what the next lines use (`total = 0`), or has a function
+    return itself (`return fib(n)` in `fib`); all of them compile. Only edits that compile are weighed, in order,
+    stopping at one without faults; where the check cannot tell for the first, the order stays."""
     best, fewest = 0, None
     for i, edit in enumerate(edits):
         if edit.compiles is False:
             break
-        count = diagnose.undefined_names(text, edit.start, edit.end, edit.text, language_id)
+        count = diagnose.run_faults(text, edit.start, edit.end, edit.text, language_id)
         if i == 0 and count is None:
             return edits
         if count is not None and (fewest is None or count < fewest):

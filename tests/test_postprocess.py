@@ -353,18 +353,18 @@ def test_complete_offers_a_candidate_that_uses_only_defined_names_first_and_runs
 
 
 def test_the_models_order_stays_where_names_cannot_be_judged_or_all_are_undefined() -> None:
-    from dg_lsp.postprocess import prefer_defined
+    from dg_lsp.postprocess import prefer_runnable
 
     text, offset = at(GAP)
     both = [Edit(offset, offset, t, True) for t in ("for n in nums:", "for n in numbrs:")]
-    assert prefer_defined(both, text, "python") == both  # nothing better to offer
+    assert prefer_runnable(both, text, "python") == both  # nothing better to offer
     broken, offset_b = at("def f(:\n    <CURSOR>\n")  # the code around does not parse: nothing to judge by
     first = [Edit(offset_b, offset_b, t, None) for t in ("x = nope", "x = 1")]
-    assert prefer_defined(first, broken, "python") == first
+    assert prefer_runnable(first, broken, "python") == first
     js = [Edit(0, 0, t, None) for t in ("nope()", "f()")]
-    assert prefer_defined(js, "function f() {}\n", "javascript") == js
+    assert prefer_runnable(js, "function f() {}\n", "javascript") == js
     failing = [Edit(offset, offset, "for n in nums", False), Edit(offset, offset, "for n in numbers:", False)]
-    assert prefer_defined(failing, text, "python") == failing  # what does not compile is not promoted
+    assert prefer_runnable(failing, text, "python") == failing  # what does not compile is not promoted
 
 
 def test_complete_prefers_the_line_that_defines_what_the_next_lines_use() -> None:
@@ -381,3 +381,35 @@ def test_complete_prefers_the_line_that_defines_what_the_next_lines_use() -> Non
     scope: dict = {}
     exec(apply(text, edits[0]), scope)
     assert scope["total"]([1, 2, 3]) == 6
+
+
+@pytest.mark.parametrize(
+    ("code", "endless"),
+    [
+        ("def fib(n):\n    <CURSOR>\n", True),  # the middle: fib(n) again
+        ("class A:\n    def run(self, x):\n        <CURSOR>\n", True),
+        # after a base case, with the parameter changed on the way: a recursion's step
+        ("def fib(n):\n    if n < 2:\n        return n\n    n = n - 1\n    <CURSOR>\n", False),
+    ],
+)
+def test_a_function_that_calls_itself_unchanged_is_a_fault(code, endless) -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at(code)
+    call = "return self.run(x)" if "class" in code else "return fib(n)"
+    assert run_faults(text, offset, offset, call, "python") == int(endless)
+    smaller = "if x:\n            return self.run(x[1:])" if "class" in code else "if n:\n        return fib(n - 1)"
+    assert run_faults(text, offset, offset, smaller, "python") == 0
+
+
+def test_a_call_to_itself_that_every_call_reaches_is_a_fault() -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at('def truncate(number):\n    """The decimal part."""\n    <CURSOR>\n')
+    assert run_faults(text, offset, offset, "return truncate(1.0)", "python") == 1
+    assert run_faults(text, offset, offset, "return list(truncate(number - 1))", "python") == 1
+    # behind a condition, a short-circuit or an earlier return, it may be the recursion's step
+    for fine in ("return number and truncate(number - 1)", "if number > 1:\n        return truncate(number - 1)"):
+        assert run_faults(text, offset, offset, fine, "python") == 0
+    base, at_base = at("def count(n):\n    if n == 0:\n        return 0\n    <CURSOR>\n")
+    assert run_faults(base, at_base, at_base, "return 1 + count(n - 1)", "python") == 0
