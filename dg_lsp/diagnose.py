@@ -24,6 +24,8 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A module's top-level definitions by their line's shape, for files that do not parse as a whole.
 _TOP_NAME = re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)|^([A-Za-z_]\w*)\s*(?::[^=]*)?=[^=]", re.M)
 _IMPORTED = re.compile(r"^(?:from\s+\S+\s+)?import\s+(.+)$", re.M)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,33 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
         return None
     source = edited[region.lo : region.hi]
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
-    return sum(p.kind == "undefined-name" for p in found) + _endless_calls(ast.parse(source), first, last)
+    tree, undefined = ast.parse(source), [p.name for p in found if p.kind == "undefined-name"]
+    return len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
+
+
+def _unbound_reads(tree: ast.AST, reported: set[str]) -> int:
+    """Local names whose first use in a function, in reading order, reads them (`total += n` above `total = 0`, or
+    with no `total = 0` before it at all): an UnboundLocalError on the path that gets there first, which pyflakes does
+    not report once the name is assigned anywhere in the function (names it did report, in `reported`, count once)."""
+    count = 0
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        own = [n for n in _own_nodes(fn, _SCOPES + _COMPREHENSIONS)]
+        declared = {name for n in own if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
+        params = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
+        params |= {a.arg for a in (fn.args.vararg, fn.args.kwarg) if a is not None}
+        augmented = {id(n.target) for n in own if isinstance(n, ast.AugAssign)}
+        first: dict[str, ast.Name] = {}
+        # within a line, reads first: `best = max(best, x)` reads `best` before it binds it
+        names = (n for n in own if isinstance(n, ast.Name))
+        for node in sorted(names, key=lambda n: (n.lineno, not isinstance(n.ctx, ast.Load), n.col_offset)):
+            first.setdefault(node.id, node)
+        stored = {n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        for name in stored - params - declared - reported:
+            node = first[name]
+            count += isinstance(node.ctx, ast.Load) or id(node) in augmented
+    return count
 
 
 def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
@@ -157,17 +185,14 @@ def _unconditional(stmt: ast.stmt):
             stack.extend(ast.iter_child_nodes(node))
 
 
-def _own_nodes(fn: ast.AST):
-    """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it."""
+def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = _SCOPES):
+    """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it (nor of any
+    other node type in `skip`)."""
     stack = list(ast.iter_child_nodes(fn))
     while stack:
         node = stack.pop()
         yield node
-        stack.extend(
-            child
-            for child in ast.iter_child_nodes(node)
-            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
-        )
+        stack.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, skip))
 
 
 def _python_problems(source: str, region: Region, start: int, end: int) -> list[Problem]:

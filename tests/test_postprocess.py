@@ -413,3 +413,14 @@ def test_a_call_to_itself_that_every_call_reaches_is_a_fault() -> None:
         assert run_faults(text, offset, offset, fine, "python") == 0
     base, at_base = at("def count(n):\n    if n == 0:\n        return 0\n    <CURSOR>\n")
     assert run_faults(base, at_base, at_base, "return 1 + count(n - 1)", "python") == 0
+
+
+def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
+    from dg_lsp.diagnose import run_faults
+
+    body = "    for x in xs:\n        if x > best:\n            best = x\n    return best\n"
+    text, offset = at("def peak(xs):\n    <CURSOR>\n" + body)
+    assert run_faults(text, offset, offset, "best = xs[0]", "python") == 0
+    assert run_faults(text, offset, offset, "count = 0", "python") == 1  # UnboundLocalError at `x > best`
+    # a name bound before it is read, or read only in a comprehension of its own, is fine
+    assert run_faults(text, offset, offset, "best = max([y for y in xs])", "python") == 0
