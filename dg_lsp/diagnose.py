@@ -24,6 +24,9 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A module's top-level definitions by their line's shape, for files that do not parse as a whole.
 _TOP_NAME = re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)|^([A-Za-z_]\w*)\s*(?::[^=]*)?=[^=]", re.M)
 _IMPORTED = re.compile(r"^(?:from\s+\S+\s+)?import\s+(.+)$", re.M)
+# run_faults reads the whole top-level statement around an edit, ~1 ms per 1,000 characters for each candidate it
+# weighs (15 ms for textwrap.py's TextWrapper class): past this it leaves the model's order.
+RUN_FAULT_CHARS = 6_000
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -98,11 +101,13 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
     names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
     lines use removes one), and calls in `new` of its own function with its own parameters, unchanged (a recursion
     that never ends once reached). Python; None for other languages, or where the code does not parse, so there is
-    nothing to judge by."""
+    nothing to judge by, or where the statement around is over `RUN_FAULT_CHARS`."""
     if not languages.has_compiler(language_id):
         return None
     edited = text[:start] + new + text[end:]
     region = region_of(edited, start, start + len(new))
+    if region.hi - region.lo > RUN_FAULT_CHARS:
+        return None
     found = problems(edited, region.lo, region.hi, language_id, region)
     if any(p.kind == "syntax" for p in found):
         return None
@@ -188,7 +193,7 @@ def _unconditional(stmt: ast.stmt):
 def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = _SCOPES):
     """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it (nor of any
     other node type in `skip`)."""
-    stack = list(ast.iter_child_nodes(fn))
+    stack = [child for child in ast.iter_child_nodes(fn) if not isinstance(child, skip)]
     while stack:
         node = stack.pop()
         yield node

@@ -106,20 +106,28 @@ def complete(
         invoked=not automatic or (settings.thorough_blocks and ctx.kind == "block"),
     )
     result = engine.infill(job)
-    edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind)
+    edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, job.invoked)
     return Completions([_shift(e, base) for e in edits], result)
 
 
 def candidate_edits(
-    texts: Sequence[str], text: str, offset: int, language_id: str, kind: Literal["line", "block"]
+    texts: Sequence[str],
+    text: str,
+    offset: int,
+    language_id: str,
+    kind: Literal["line", "block"],
+    thorough: bool = False,
 ) -> list[Edit]:
-    """The engine's candidate middles as distinct edits at `offset`, post-processed and ranked: best first."""
+    """The engine's candidate middles as distinct edits at `offset`, post-processed and ranked: best first.
+    `thorough` (a job the user waits for, `InfillJob.invoked`): also by what a run would trip over, which costs a
+    check per candidate weighed (`prefer_runnable`); typing within a line keeps its time for the model."""
     edits: list[Edit] = []
     for raw in texts:
         edit = postprocess(raw, text, offset, language_id, kind)
         if edit is not None and edit.text and edit not in edits:
             edits.append(edit)
-    return prefer_runnable(rank(edits), text, language_id)
+    ranked = rank(edits)
+    return prefer_runnable(ranked, text, language_id) if thorough else ranked
 
 
 @dataclasses.dataclass(frozen=True)

@@ -424,3 +424,13 @@ def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
     assert run_faults(text, offset, offset, "count = 0", "python") == 1  # UnboundLocalError at `x > best`
     # a name bound before it is read, or read only in a comprehension of its own, is fine
     assert run_faults(text, offset, offset, "best = max([y for y in xs])", "python") == 0
+
+
+def test_faults_are_not_weighed_in_a_statement_too_large_to_check_per_keystroke() -> None:
+    from dg_lsp.diagnose import RUN_FAULT_CHARS, run_faults
+
+    filler = "".join(f"    v{i} = {i}\n" for i in range(RUN_FAULT_CHARS // 10))
+    text, offset = at("def big():\n" + filler + "    <CURSOR>\n")
+    assert run_faults(text, offset, offset, "return nope", "python") is None
+    small, at_small = at("def small():\n    <CURSOR>\n")
+    assert run_faults(small, at_small, at_small, "return nope", "python") == 1
