@@ -214,6 +214,8 @@ def _finish(eng: DiffusionEngine, job: InfillJob):
             keep = len(tokens)
             while end is not None and keep > 1 and len(eng.tokenizer.decode(tokens[:keep])) > end:
                 keep -= 1
+            if end is not None and len(eng.tokenizer.decode(tokens[:keep])) < end:
+                keep += 1  # a token spans the cut (`)\n`): keep it whole; the engine cuts the text at `end` after
             return keep
         if len(tokens) < job.max_tokens:
             return None
