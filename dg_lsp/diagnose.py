@@ -99,9 +99,9 @@ def problems(text: str, start: int, end: int, language_id: str, region: Region |
 def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> int | None:
     """What running the code around would certainly hit once `new` takes the place of `text[start:end]`: uses of
     names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
-    lines use removes one), and calls in `new` of its own function with its own parameters, unchanged (a recursion
-    that never ends once reached). Python; None for other languages, or where the code does not parse, so there is
-    nothing to judge by, or where the statement around is over `RUN_FAULT_CHARS`."""
+    lines use removes one), locals read before their function binds them, and calls in `new` of its own function
+    that recur on every call. Python; None for other languages, where the code does not parse (nothing to judge
+    by), or where the statement around is over `RUN_FAULT_CHARS`."""
     if not languages.has_compiler(language_id):
         return None
     edited = text[:start] + new + text[end:]
@@ -125,7 +125,7 @@ def _unbound_reads(tree: ast.AST, reported: set[str]) -> int:
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        own = [n for n in _own_nodes(fn, _SCOPES + _COMPREHENSIONS)]
+        own = list(_own_nodes(fn, _SCOPES + _COMPREHENSIONS))
         declared = {name for n in own if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
         params = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
         params |= {a.arg for a in (fn.args.vararg, fn.args.kwarg) if a is not None}
@@ -165,10 +165,13 @@ def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
             func, args = node.func, [a.id if isinstance(a, ast.Name) else None for a in node.args]
             if isinstance(func, ast.Name) and func.id == fn.name:
                 unchanged = args == params
-            elif isinstance(func, ast.Attribute) and func.attr == fn.name and isinstance(func.value, ast.Name):
-                unchanged = bool(params) and [func.value.id, *args] == params and func.value.id in ("self", "cls")
-                if func.value.id not in ("self", "cls"):
-                    continue
+            elif (
+                isinstance(func, ast.Attribute)
+                and func.attr == fn.name
+                and isinstance(func.value, ast.Name)
+                and func.value.id in ("self", "cls")
+            ):
+                unchanged = [func.value.id, *args] == params
             else:
                 continue
             count += (unchanged and not rebound and not node.keywords) or id(node) in always
