@@ -299,9 +299,10 @@ def rank(edits: list[Edit]) -> list[Edit]:
 def prefer_runnable(edits: list[Edit], text: str, language_id: str) -> list[Edit]:
     """`edits` (ranked) with the one whose code a run would trip over least (`diagnose.run_faults`) moved to the
     front, if that is less than the first's: a small model often writes a line around a name the code never defines
-    (`idx2` before its loop), skips the line that defines what the next lines use (`total = 0`), or has a function
-    return itself (`return fib(n)` in `fib`); all of them compile. Only edits that compile are weighed, in order,
-    stopping at one without faults; where the check cannot tell for the first, the order stays."""
+    (`idx2` before its loop), skips the line that defines what the next lines use (`total = 0`, where `total += n`
+    follows), or has a function return itself (`return fib(n)` in `fib`); all of them compile. Only edits that
+    compile are weighed, in order, stopping at one without faults; where the check cannot tell for the first, the
+    order stays."""
     best, fewest = 0, None
     for i, edit in enumerate(edits):
         if edit.compiles is False:

@@ -117,7 +117,8 @@ class _Layer:
 
     `trainable`: the packed tensors stay in the autograd graph of the parameters (training packs them anew each step,
     since the optimizer replaces what a pack copied); inference packs once, detached, and on a CPU column-major
-    (`_column_major`): a width-10 beam step of the embedded model 22.6 -> 17.5 ms, the same candidates."""
+    (`_column_major`): with the logits head's copy (`LeanForward`), a width-10 beam step of the embedded model 22.3 ->
+    15.0 ms, the same candidates."""
 
     def __init__(self, layer, eps: float, trainable: bool = False):
         relayout = not trainable and layer.self_attn.o_proj.weight.device.type == "cpu"
