@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import keyword
 import re
 from dataclasses import dataclass
@@ -60,11 +61,13 @@ def region_of(text: str, start: int, end: int) -> Region:
     lo = doc.offset_of(lo_row, 0)
     hi = doc.offset_of(hi_row - 1, len(doc.lines[hi_row - 1])) if hi_row > 0 else len(text)
     hi = min(len(text), hi + 1) if text[hi : hi + 1] == "\n" else hi
-    return Region(lo, hi, frozenset(module_names(text[:lo] + text[hi:])))
+    return Region(lo, hi, module_names(text[:lo] + text[hi:]))
 
 
-def module_names(text: str) -> set[str]:
-    """Names a file defines at top level (functions, classes, assignments, imports)."""
+@functools.lru_cache(maxsize=4)
+def module_names(text: str) -> frozenset[str]:
+    """Names a file defines at top level (functions, classes, assignments, imports). Cached: the candidates weighed
+    for one request (`run_faults`) all leave the text outside their statement as it was."""
     names: set[str] = set()
     try:
         tree = ast.parse(text)
@@ -73,7 +76,7 @@ def module_names(text: str) -> set[str]:
             names.add(match.group(1) or match.group(2))
         for match in _IMPORTED.finditer(text):
             names.update(part.split(" as ")[-1].strip(" ()").split(".")[0] for part in match.group(1).split(","))
-        return {n for n in names if n}
+        return frozenset(n for n in names if n)
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
@@ -81,7 +84,7 @@ def module_names(text: str) -> set[str]:
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
         else:
             names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
-    return names
+    return frozenset(names)
 
 
 def problems(text: str, start: int, end: int, language_id: str, region: Region | None = None) -> list[Problem]:
@@ -108,12 +111,14 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
     region = region_of(edited, start, start + len(new))
     if region.hi - region.lo > RUN_FAULT_CHARS:
         return None
-    found = problems(edited, region.lo, region.hi, language_id, region)
-    if any(p.kind == "syntax" for p in found):
-        return None
     source = edited[region.lo : region.hi]
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    found = _python_problems(source, region, region.lo, region.hi, tree)
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
-    tree, undefined = ast.parse(source), [p.name for p in found if p.kind == "undefined-name"]
+    undefined = [p.name for p in found if p.kind == "undefined-name"]
     return len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
 
 
@@ -203,9 +208,12 @@ def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = _SCOPES):
         stack.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, skip))
 
 
-def _python_problems(source: str, region: Region, start: int, end: int) -> list[Problem]:
+def _python_problems(
+    source: str, region: Region, start: int, end: int, tree: ast.Module | None = None
+) -> list[Problem]:
+    """`problems` for Python, over `tree` where the caller has parsed `source` already."""
     try:
-        tree = ast.parse(source)
+        tree = tree or ast.parse(source)
     except SyntaxError as exc:
         at = region.lo + _offset(source, exc.lineno or 1, (exc.offset or 1) - 1)
         return [Problem("syntax", at, at, exc.msg or "invalid syntax")]
