@@ -155,16 +155,14 @@ def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
-        rebound = any(
-            isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load) and n.id in params for n in _own_nodes(fn)
-        )
+        params, own = [a.arg for a in fn.args.posonlyargs + fn.args.args], list(_own_nodes(fn))
+        rebound = any(isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load) and n.id in params for n in own)
         always: set[int] = set()
         for stmt in fn.body:
             always.update(id(n) for n in _unconditional(stmt))
             if any(isinstance(n, (ast.Return, ast.Raise, ast.Yield, ast.YieldFrom)) for n in _own_nodes(stmt)):
                 break
-        for node in _own_nodes(fn):
+        for node in own:
             if not isinstance(node, ast.Call) or not first <= node.lineno <= last:
                 continue
             func, args = node.func, [a.id if isinstance(a, ast.Name) else None for a in node.args]
