@@ -99,12 +99,27 @@ def problems(text: str, start: int, end: int, language_id: str, region: Region |
     return [Problem("syntax", region.lo, region.hi, "tree-sitter error")] * languages.count_errors(tree.root_node)
 
 
+@dataclass(frozen=True, order=True)
+class RunCheck:
+    """How code reads once an edit is made, worst first when sorted: `faults`, what a run would certainly hit
+    (`run_faults`); `hints`, what a linter flags that working code seldom has (`_hints`)."""
+
+    faults: int
+    hints: int
+
+
 def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> int | None:
     """What running the code around would certainly hit once `new` takes the place of `text[start:end]`: uses of
     names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
     lines use removes one), locals read before their function binds them, and calls in `new` of its own function
     that recur on every call. Python; None for other languages, where the code does not parse (nothing to judge
     by), or where the statement around is over `RUN_FAULT_CHARS`."""
+    check = check_run(text, start, end, new, language_id)
+    return None if check is None else check.faults
+
+
+def check_run(text: str, start: int, end: int, new: str, language_id: str) -> RunCheck | None:
+    """`run_faults`, and the linter's hints about the function `new` lands in, from one parse (None as there)."""
     if not languages.has_compiler(language_id):
         return None
     edited = text[:start] + new + text[end:]
@@ -119,7 +134,73 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
     found = _python_problems(source, region, region.lo, region.hi, tree)
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
     undefined = [p.name for p in found if p.kind == "undefined-name"]
-    return len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
+    faults = len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
+    return RunCheck(faults, _hints(tree, first, last))
+
+
+def _hints(tree: ast.AST, first: int, last: int) -> int:
+    """What a linter flags in the innermost function around lines first..last, that working code seldom has: a
+    parameter it never reads, where code follows (the line that read it is the one missing); a bare `return` beside
+    returns of a value; returns on those lines of a literal whose type the annotation excludes (`return None` in
+    `-> str`) or, with no annotation, that none of its other literal returns has (`return 0` where they are strings)."""
+    fn = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= first <= (node.end_lineno or 0):
+            fn = node if fn is None or node.lineno > fn.lineno else fn
+    if fn is None:
+        return 0
+    read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    params = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
+    count = 0
+    if last < (fn.end_lineno or 0):  # below the end of code still being written, parameters wait for their lines
+        count += sum(p not in read and p not in ("self", "cls") and not p.startswith("_") for p in params)
+    returns = [n for n in _own_nodes(fn) if isinstance(n, ast.Return)]
+    kinds = [_literal_kind(r.value) for r in returns]
+    count += None in kinds and any(k != "None" for k in kinds if k is not None)  # a bare return reads as None
+    allowed = _annotated_kinds(fn.returns)
+    for ret, kind in zip(returns, kinds):
+        if not first <= ret.lineno <= last or kind in (None, "?"):
+            continue
+        others = {k for r, k in zip(returns, kinds) if r is not ret and k not in (None, "?")}
+        expected = allowed if allowed is not None else others
+        count += bool(expected) and not _KIN.get(kind, {kind}) & expected
+    return count
+
+
+# Literal kinds a return can be judged by, and those that stand in for one another (a flag may be 0 or False).
+_KIN = {"int": {"int", "float", "bool"}, "float": {"int", "float"}, "bool": {"bool", "int"}}
+_ANNOTATED = {"bool": "bool", "int": "int", "float": "float", "str": "str", "bytes": "bytes", "None": "None"}
+_ANNOTATED |= {name: name.lower() for name in ("List", "Dict", "Tuple", "Set")} | {
+    k: k for k in ("list", "dict", "tuple", "set")
+}
+
+
+def _literal_kind(value: ast.expr | None) -> str | None:
+    """The type a returned expression certainly has ("?" when that takes more than its syntax; None: a bare return)."""
+    if value is None:
+        return None
+    if isinstance(value, ast.UnaryOp) and isinstance(value.op, (ast.USub, ast.UAdd)):
+        value = value.operand  # -1 is a number as 1 is
+    if isinstance(value, ast.Constant):
+        return "None" if value.value is None else type(value.value).__name__
+    if isinstance(value, ast.Compare) or (isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.Not)):
+        return "bool"
+    shapes = {ast.List: "list", ast.ListComp: "list", ast.Tuple: "tuple", ast.Dict: "dict", ast.DictComp: "dict"}
+    shapes |= {ast.Set: "set", ast.SetComp: "set", ast.JoinedStr: "str"}
+    return shapes.get(type(value), "?")
+
+
+def _annotated_kinds(annotation: ast.expr | None) -> set[str] | None:
+    """The literal kinds a return annotation admits; None where it says nothing a literal can be held to (absent,
+    Optional, a union, Any, a class of the program's own)."""
+    if annotation is None:
+        return None
+    head = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+    name = head.attr if isinstance(head, ast.Attribute) else head.id if isinstance(head, ast.Name) else None
+    if isinstance(annotation, ast.Constant) and annotation.value is None:
+        name = "None"
+    kind = _ANNOTATED.get(name or "")
+    return None if kind is None else _KIN.get(kind, {kind})
 
 
 def _unbound_reads(tree: ast.AST, reported: set[str]) -> int:

@@ -426,6 +426,57 @@ def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
     assert run_faults(text, offset, offset, "best = max([y for y in xs])", "python") == 0
 
 
+@pytest.mark.parametrize(
+    ("code", "worse", "better"),
+    [
+        # the annotation says what comes back: -1 and None are not lists
+        (
+            "def evens(xs: list[int]) -> list[int]:\n    if not xs:\n        <CURSOR>\n    return xs[::2]\n",
+            "return -1",
+            "return []",
+        ),
+        # no annotation: the function's other literal returns say it, and a flag may be 0 or False
+        ("def name(s):\n    if not s:\n        <CURSOR>\n    return 'x'\n", "return None", "return ''"),
+        ("def ok(n):\n    if n < 0:\n        <CURSOR>\n    return n > 1\n", "return 'no'", "return 0"),
+        # a bare return where the function returns values
+        ("def tri(n):\n    if n == 0:\n        return [1]\n    out = [1, 3]\n    <CURSOR>\n", "return", "return out"),
+        # a parameter nothing reads, with code below: the line that read it is the one missing
+        (
+            "def scale(xs, k):\n    out = []\n    for x in xs:\n        <CURSOR>\n    return out\n",
+            "out.append(x)",
+            "out.append(x * k)",
+        ),
+    ],
+)
+def test_a_linters_hints_break_ties_between_candidates_that_run(code, worse, better) -> None:
+    from dg_lsp.diagnose import check_run
+    from dg_lsp.postprocess import prefer_runnable
+
+    text, offset = at(code)
+    assert (
+        check_run(text, offset, offset, worse, "python").hints > check_run(text, offset, offset, better, "python").hints
+    )
+    ranked = [Edit(offset, offset, worse, True), Edit(offset, offset, better, True)]
+    assert [e.text for e in prefer_runnable(ranked, text, "python")] == [better, worse]
+
+
+def test_hints_leave_alone_what_working_code_often_does() -> None:
+    from dg_lsp.diagnose import check_run
+
+    # a parameter not read yet where the function ends at the cursor: code written top-down reads it further on
+    text, offset = at("def add(a, b):\n    <CURSOR>\n")
+    assert check_run(text, offset, offset, "total = a", "python").hints == 0
+    # Optional, unions and the program's own classes say nothing a literal can be held to
+    for note in ("Optional[str]", "str | None", "Node"):
+        text, offset = at(f"def find(xs) -> {note}:\n    if not xs:\n        <CURSOR>\n    return xs[0]\n")
+        assert check_run(text, offset, offset, "return None", "python").hints == 0
+    # a run fault outweighs any number of hints
+    text, offset = at("def f(xs, k):\n    <CURSOR>\n    return 1\n")
+    assert check_run(text, offset, offset, "return nope", "python") > check_run(
+        text, offset, offset, "return", "python"
+    )
+
+
 def test_faults_are_not_weighed_in_a_statement_too_large_to_check_per_keystroke() -> None:
     from dg_lsp.diagnose import RUN_FAULT_CHARS, run_faults
 
