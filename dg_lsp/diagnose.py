@@ -142,7 +142,8 @@ def _hints(tree: ast.AST, first: int, last: int) -> int:
     """What a linter flags in the innermost function around lines first..last, that working code seldom has: a
     parameter it never reads, where code follows (the line that read it is the one missing); a bare `return` beside
     returns of a value; returns on those lines of a literal whose type the annotation excludes (`return None` in
-    `-> str`) or, with no annotation, that none of its other literal returns has (`return 0` where they are strings)."""
+    `-> str`) or, with no annotation, that none of its other literal returns has (`return 0` where they are strings);
+    code that can never run (`_dead_code`)."""
     fn = None
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= first <= (node.end_lineno or 0):
@@ -164,7 +165,45 @@ def _hints(tree: ast.AST, first: int, last: int) -> int:
         others = {k for r, k in zip(returns, kinds) if r is not ret and k not in (None, "?")}
         expected = allowed if allowed is not None else others
         count += bool(expected) and not _KIN.get(kind, {kind}) & expected
+    return count + _dead_code(fn, first, last)
+
+
+def _dead_code(fn: ast.AST, first: int, last: int) -> int:
+    """Branches that can never run: tests on lines first..last that an `if` of the same chain (`elif`), or an
+    earlier sibling `if` that always leaves, already took, or that such a later one repeats (`if n == 1:` written
+    above `if n == 1: return 1`, where the base case `n == 0` was missing); statements after one that always leaves
+    (`else: return 1` above the function's last `return`)."""
+    elifs = {id(n.orelse) for n in _own_nodes(fn) if isinstance(n, ast.If) and _elif(n) is not None}
+    count = 0
+    for node in (fn, *_own_nodes(fn)):
+        for block in (getattr(node, field, None) for field in ("body", "orelse", "finalbody")):
+            if not isinstance(block, list) or id(block) in elifs:
+                continue
+            left: list[tuple[str, int]] = []  # tests of earlier `if`s here whose branch always leaves
+            for stmt in block:
+                chain, tested = (stmt if isinstance(stmt, ast.If) else None), list(left)
+                while chain is not None:
+                    test, at = ast.dump(chain.test), chain.test.lineno
+                    count += any(t == test and (first <= at <= last or first <= line <= last) for t, line in tested)
+                    tested.append((test, at))
+                    chain = _elif(chain)
+                if isinstance(stmt, ast.If) and _leaves(stmt.body[-1]):
+                    left.append((ast.dump(stmt.test), stmt.test.lineno))
+            count += any(_leaves(stmt) for stmt in block[:-1])  # what follows can never run
     return count
+
+
+def _leaves(stmt: ast.stmt) -> bool:
+    """Whether a statement always leaves its block: return, raise, break, continue, or an if/else all of whose
+    branches do."""
+    if isinstance(stmt, ast.If):
+        return bool(stmt.orelse) and _leaves(stmt.body[-1]) and _leaves(stmt.orelse[-1])
+    return isinstance(stmt, (ast.Return, ast.Raise, ast.Break, ast.Continue))
+
+
+def _elif(node: ast.If) -> ast.If | None:
+    only = node.orelse[0] if len(node.orelse) == 1 else None
+    return only if isinstance(only, ast.If) else None
 
 
 # Literal kinds a return can be judged by, and those that stand in for one another (a flag may be 0 or False).

@@ -440,6 +440,23 @@ def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
         ("def ok(n):\n    if n < 0:\n        <CURSOR>\n    return n > 1\n", "return 'no'", "return 0"),
         # a bare return where the function returns values
         ("def tri(n):\n    if n == 0:\n        return [1]\n    out = [1, 3]\n    <CURSOR>\n", "return", "return out"),
+        # a test an earlier branch that returns already took, in a chain or as a sibling: the branch is dead
+        (
+            "def fib(n):\n    <CURSOR>\n        return 0\n    if n == 1:\n        return 1\n    return n\n",
+            "if n == 1:",
+            "if n == 0:",
+        ),
+        (
+            "def f(n):\n    if n == 0:\n        return 0\n    <CURSOR>\n        return 1\n",
+            "elif n == 0:",
+            "elif n > 0:",
+        ),
+        # an else that returns above the function's last return: that return can never run
+        (
+            "def f(n):\n    if n == 0:\n        return 0\n    <CURSOR>\n        return 1\n    return 2\n",
+            "else:",
+            "if n == 1:",
+        ),
         # a parameter nothing reads, with code below: the line that read it is the one missing
         (
             "def scale(xs, k):\n    out = []\n    for x in xs:\n        <CURSOR>\n    return out\n",
@@ -470,6 +487,9 @@ def test_hints_leave_alone_what_working_code_often_does() -> None:
     for note in ("Optional[str]", "str | None", "Node"):
         text, offset = at(f"def find(xs) -> {note}:\n    if not xs:\n        <CURSOR>\n    return xs[0]\n")
         assert check_run(text, offset, offset, "return None", "python").hints == 0
+    # the same test again after a branch that does not leave may be meant: `if x: a()` ... `if x: b()`
+    text, offset = at("def f(x):\n    if x:\n        print(1)\n    print(2)\n    <CURSOR>\n        print(3)\n")
+    assert check_run(text, offset, offset, "if x:", "python").hints == 0
     # a run fault outweighs any number of hints
     text, offset = at("def f(xs, k):\n    <CURSOR>\n    return 1\n")
     assert check_run(text, offset, offset, "return nope", "python") > check_run(
