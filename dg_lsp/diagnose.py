@@ -119,7 +119,8 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
 
 
 def check_run(text: str, start: int, end: int, new: str, language_id: str) -> RunCheck | None:
-    """`run_faults`, and the linter's hints about the function `new` lands in, from one parse (None as there)."""
+    """`run_faults`, and the linter's hints about the function `new` lands in (`_hints`), from one parse (None as
+    there)."""
     if not languages.has_compiler(language_id):
         return None
     edited = text[:start] + new + text[end:]
@@ -135,12 +136,15 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
     undefined = [p.name for p in found if p.kind == "undefined-name"]
     faults = len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
-    return RunCheck(faults, _hints(tree, first, last))
+    unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
+    return RunCheck(faults, _hints(tree, first, last, unused.count(True), unused.count(False)))
 
 
-def _hints(tree: ast.AST, first: int, last: int) -> int:
-    """What a linter flags in the innermost function around lines first..last, that working code seldom has: a
-    parameter it never reads, where code follows (the line that read it is the one missing); a bare `return` beside
+def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: int) -> int:
+    """What a linter flags in the innermost function around lines first..last, that working code seldom has: locals
+    bound and never read (pyflakes; `unused_old` bound elsewhere, as `total = sum(xs)` above `return True`, and, where
+    code follows, `unused_new` bound on those lines); where code follows, a parameter it never reads (the line that
+    read it is the one missing); a bare `return` beside
     returns of a value; returns on those lines of a literal whose type the annotation excludes (`return None` in
     `-> str`) or, with no annotation, that none of its other literal returns has (`return 0` where they are strings);
     code that can never run (`_dead_code`)."""
@@ -152,9 +156,9 @@ def _hints(tree: ast.AST, first: int, last: int) -> int:
         return 0
     read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     params = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
-    count = 0
-    if last < (fn.end_lineno or 0):  # below the end of code still being written, parameters wait for their lines
-        count += sum(p not in read and p not in ("self", "cls") and not p.startswith("_") for p in params)
+    count = unused_old
+    if last < (fn.end_lineno or 0):  # at the end of code still being written, names wait for the lines that read them
+        count += unused_new + sum(p not in read and p not in ("self", "cls") and not p.startswith("_") for p in params)
     returns = [n for n in _own_nodes(fn) if isinstance(n, ast.Return)]
     kinds = [_literal_kind(r.value) for r in returns]
     count += None in kinds and any(k != "None" for k in kinds if k is not None)  # a bare return reads as None

@@ -457,6 +457,10 @@ def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
             "else:",
             "if n == 1:",
         ),
+        # a local computed and never read
+        ("def f(xs):\n    total = sum(xs)\n    <CURSOR>\n", "return True", "return total"),
+        # with code below, a local the edit binds and nothing reads
+        ("def f(xs):\n    <CURSOR>\n    return xs\n", "n = len(xs)", "xs.sort()"),
         # a parameter nothing reads, with code below: the line that read it is the one missing
         (
             "def scale(xs, k):\n    out = []\n    for x in xs:\n        <CURSOR>\n    return out\n",
@@ -480,7 +484,8 @@ def test_a_linters_hints_break_ties_between_candidates_that_run(code, worse, bet
 def test_hints_leave_alone_what_working_code_often_does() -> None:
     from dg_lsp.diagnose import check_run
 
-    # a parameter not read yet where the function ends at the cursor: code written top-down reads it further on
+    # a parameter or a local not read yet where the function ends at the cursor: code written top-down reads them
+    # further on
     text, offset = at("def add(a, b):\n    <CURSOR>\n")
     assert check_run(text, offset, offset, "total = a", "python").hints == 0
     # Optional, unions and the program's own classes say nothing a literal can be held to
