@@ -47,6 +47,7 @@ class LatencyConfig:
     type_ahead: bool | None = None  # server setting typeAhead; None: the server's default
     thorough_blocks: bool | None = None  # server setting thoroughBlocks; None: the server's default
     typing_block_tokens: int | None = None  # server setting typingBlockTokens; None: the server's default
+    retry_candidates: int | None = None  # server setting retryCandidates; None: the server's default
     time_limit_s: float = 600.0
     ready_timeout_s: float = 300.0
 
@@ -63,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="longest wait for an answer at a pause")
     p.add_argument("--debounce-ms", type=int, default=d.debounce_ms, help="server debounceMs (default: its own)")
     p.add_argument("--typing-block-tokens", type=int, help="server typingBlockTokens (default: its own)")
+    p.add_argument("--retry-candidates", type=int, help="server retryCandidates (default: its own)")
     on_off = {"on": True, "off": False}
     for flag, key in (("--type-ahead", "typeAhead"), ("--thorough-blocks", "thoroughBlocks")):
         p.add_argument(flag, type=on_off.__getitem__, metavar="on|off", help=f"server {key} (default: its own)")
@@ -187,6 +189,7 @@ async def run(cfg: LatencyConfig, spec: ServerSpec, log_file: Path) -> dict[str,
         ("typeAhead", cfg.type_ahead),
         ("thoroughBlocks", cfg.thorough_blocks),
         ("typingBlockTokens", cfg.typing_block_tokens),
+        ("retryCandidates", cfg.retry_candidates),
     ):
         if value is not None:
             spec.init_options = {**(spec.init_options or {}), key: value}

@@ -144,10 +144,9 @@ def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: in
     """What a linter flags in the innermost function around lines first..last, that working code seldom has: locals
     bound and never read (pyflakes; `unused_old` bound elsewhere, as `total = sum(xs)` above `return True`, and, where
     code follows, `unused_new` bound on those lines); where code follows, a parameter it never reads (the line that
-    read it is the one missing); a bare `return` beside
-    returns of a value; returns on those lines of a literal whose type the annotation excludes (`return None` in
-    `-> str`) or, with no annotation, that none of its other literal returns has (`return 0` where they are strings);
-    code that can never run (`_dead_code`)."""
+    read it is the one missing); a bare `return` beside returns of a value; returns on those lines of a literal whose
+    type the annotation excludes (`return None` in `-> str`) or, with no annotation, that none of its other literal
+    returns has (`return 0` where they are strings); code that can never run (`_dead_code`)."""
     fn = None
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= first <= (node.end_lineno or 0):

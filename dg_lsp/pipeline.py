@@ -12,8 +12,9 @@ import threading
 from collections.abc import Sequence
 from typing import Literal
 
-from dg_model.api import Engine, EngineError, InfillJob, JobResult, RewriteJob, ScoreJob
+from dg_model.api import Engine, EngineError, InfillJob, JobResult, JobStats, RewriteJob, ScoreJob
 
+from . import diagnose
 from .context import ContextBudget, build_context, enclosing_block, should_complete
 from .diagnose import Problem, problems
 from .postprocess import Edit, postprocess, prefer_runnable, rank
@@ -107,7 +108,31 @@ def complete(
     )
     result = engine.infill(job)
     edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, job.invoked)
+    if job.invoked and settings.retry_candidates > job.n and _would_fail(edits, window, language_id):
+        # the best a beam offered would stop a run: ask once more, wider (a wider beam only where it is needed)
+        wider = engine.infill(dataclasses.replace(job, n=settings.retry_candidates))
+        texts = [c.text for c in wider.candidates + result.candidates]
+        edits = candidate_edits(texts, window, offset, language_id, ctx.kind, True)
+        result = JobResult(wider.candidates, _sum_stats(result.stats, wider.stats))
     return Completions([_shift(e, base) for e in edits], result)
+
+
+def _would_fail(edits: list[Edit], text: str, language_id: str) -> bool:
+    faults = diagnose.run_faults(text, edits[0].start, edits[0].end, edits[0].text, language_id) if edits else None
+    return bool(faults)
+
+
+def _sum_stats(first: JobStats, then: JobStats) -> JobStats:
+    """Two engine calls' costs as one answer's."""
+    return dataclasses.replace(
+        then,
+        steps=first.steps + then.steps,
+        decoder_ms=first.decoder_ms + then.decoder_ms,
+        total_ms=first.total_ms + then.total_ms,
+        encode_ms=first.encode_ms + then.encode_ms,
+        rescore_ms=first.rescore_ms + then.rescore_ms,
+        decoder_forwards=first.decoder_forwards + then.decoder_forwards,
+    )
 
 
 def candidate_edits(

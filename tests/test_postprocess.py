@@ -367,6 +367,34 @@ def test_the_models_order_stays_where_names_cannot_be_judged_or_all_are_undefine
     assert prefer_runnable(failing, text, "python") == failing  # what does not compile is not promoted
 
 
+def test_an_answer_that_would_fail_when_run_is_asked_for_once_more_wider() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+    from dg_lsp.settings import Settings
+
+    body = "    for n in numbers:\n        result += n\n    return result\n"
+    text, offset = at("def total(numbers):\n    <CURSOR>\n" + body)
+    engine = FakeEngine(texts=["count = 0", "result = 0"])  # a beam of one offers only the line that fails
+    out = complete(engine, text, offset, "python", Settings())
+    assert [e.text for e in out.edits] == ["result = 0", "count = 0"]
+    assert [job.n for kind, job in engine.calls] == [1, Settings().retry_candidates]
+    scope: dict = {}
+    exec(apply(text, out.edits[0]), scope)
+    assert scope["total"]([1, 2]) == 3
+    # no second call: where the first answer runs, while typing within a line, or where the setting is 0
+    for first, chosen, automatic in [
+        ("result = 0", Settings(), False),
+        ("count = 0", Settings(), True),
+        ("count = 0", Settings(retry_candidates=0), False),
+    ]:
+        engine = FakeEngine(texts=[first, "result = 0"])
+        mid_line, at_mid = at("def total(numbers):\n    res<CURSOR>\n" + body)
+        doc, cursor = (mid_line, at_mid) if automatic else (text, offset)
+        complete(engine, doc, cursor, "python", chosen, automatic=automatic)
+        assert len(engine.calls) == 1
+
+
 def test_complete_prefers_the_line_that_defines_what_the_next_lines_use() -> None:
     from fake_engine import FakeEngine
 

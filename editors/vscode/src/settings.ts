@@ -34,6 +34,7 @@ export const SERVER_SETTINGS = {
   modelWaitMs: 'integer',
   typeAhead: 'boolean',
   thoroughBlocks: 'boolean',
+  retryCandidates: 'integer',
   typingBlockTokens: 'integer',
   renoise: 'number',
   decoding: 'string',
