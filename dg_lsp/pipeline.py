@@ -1,6 +1,7 @@
 """Editor state in, edits out: the one path from text to `Edit`s, shared by the LSP handlers and the CLI.
 
-Each function is: gate -> build the context -> ONE engine call -> post-process each candidate. They run on the
+Each function is: gate -> build the context -> ONE engine call -> post-process each candidate (`complete` asks a
+second, wider time where the best candidate of a request the user waits for would fail when run). They run on the
 job worker thread (or in the CLI's main thread), never on the event loop: tree-sitter parses and the model are both
 too slow for it. Offsets are Python string indices into `text`; the LSP layer converts positions before and after.
 """
