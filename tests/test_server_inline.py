@@ -110,9 +110,15 @@ async def test_cancel_request_stops_the_generation(py_uri, tmp_path):
         assert [a.title for a in actions] == ["Fix this block", "Rewrite this block"]
 
 
+# The fake's answer, `a + b`, reads names the document never defines: an explicit request would ask once more,
+# wider (retryCandidates). Tests about one job each turn that off; test_an_answer_that_would_fail_is_asked_again
+# covers it.
+ONE_CALL = {"retryCandidates": 0}
+
+
 async def test_newer_request_supersedes_the_running_one(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
-    async with session(fake_spec(steps=50, step_ms=20, record=str(record))) as s:
+    async with session(fake_spec(steps=50, step_ms=20, record=str(record)), init_options=ONE_CALL) as s:
         s.open(py_uri, PY)
         first = await s.inline_running(record, py_uri, 4, 4)
         second = asyncio.ensure_future(s.inline(py_uri, *CURSOR))
@@ -124,7 +130,7 @@ async def test_newer_request_supersedes_the_running_one(py_uri, tmp_path):
 
 async def test_inline_and_completion_for_one_keystroke_share_one_job(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
-    async with session(fake_spec(steps=10, step_ms=10, record=str(record))) as s:
+    async with session(fake_spec(steps=10, step_ms=10, record=str(record)), init_options=ONE_CALL) as s:
         s.open(py_uri, PY)
         position = types.Position(line=CURSOR[0], character=CURSOR[1])
         completion = s.client.text_document_completion_async(
@@ -169,13 +175,26 @@ async def _wait_event(record, name: str, timeout: float = 2.0) -> dict:
 
 async def test_settings_reach_the_engine_job(py_uri, tmp_path):
     record = tmp_path / "events.jsonl"
-    options = {"candidates": 2, "maxLineTokens": 40, "maxBlockTokens": 100}
+    options = {"candidates": 2, "maxLineTokens": 40, "maxBlockTokens": 100, **ONE_CALL}
     async with session(fake_spec(record=str(record)), init_options=options) as s:
         s.open(py_uri, PY)
         await s.inline(py_uri, *CURSOR)
         start = [e for e in read_events(record) if e["event"] == "start"][-1]
         assert start["n"] == 2 and start["max_tokens"] in (40, 100)
         assert start["doc_key"] == py_uri
+
+
+async def test_an_answer_that_would_fail_is_asked_again(py_uri, tmp_path):
+    record = tmp_path / "events.jsonl"
+    async with session(fake_spec(record=str(record)), init_options={"retryCandidates": 12}) as s:
+        s.open(py_uri, PY)
+        result = await s.inline(py_uri, *CURSOR)
+        assert result.items  # the better of both answers (here the same) still reaches the editor
+        starts = [e["n"] for e in read_events(record) if e["event"] == "start"]
+        assert starts == [1, 12]
+        # typing within a line is never asked twice
+        await s.inline(py_uri, *CURSOR, invoked=False)
+        assert [e["n"] for e in read_events(record) if e["event"] == "start"][2:] == [1]
 
 
 async def test_typing_along_with_a_suggestion_keeps_its_rest_without_asking_the_model(py_uri, tmp_path):
