@@ -158,7 +158,8 @@ def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: in
     count = unused_old
     if last < (fn.end_lineno or 0):  # at the end of code still being written, names wait for the lines that read them
         count += unused_new + sum(p not in read and p not in ("self", "cls") and not p.startswith("_") for p in params)
-    returns = [n for n in _own_nodes(fn) if isinstance(n, ast.Return)]
+    own = list(_own_nodes(fn))
+    returns = [n for n in own if isinstance(n, ast.Return)]
     kinds = [_literal_kind(r.value) for r in returns]
     count += None in kinds and any(k != "None" for k in kinds if k is not None)  # a bare return reads as None
     allowed = _annotated_kinds(fn.returns)
@@ -168,17 +169,17 @@ def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: in
         others = {k for r, k in zip(returns, kinds) if r is not ret and k not in (None, "?")}
         expected = allowed if allowed is not None else others
         count += bool(expected) and not _KIN.get(kind, {kind}) & expected
-    return count + _dead_code(fn, first, last)
+    return count + _dead_code(fn, own, first, last)
 
 
-def _dead_code(fn: ast.AST, first: int, last: int) -> int:
+def _dead_code(fn: ast.AST, own: list[ast.AST], first: int, last: int) -> int:
     """Branches that can never run: tests on lines first..last that an `if` of the same chain (`elif`), or an
     earlier sibling `if` that always leaves, already took, or that such a later one repeats (`if n == 1:` written
     above `if n == 1: return 1`, where the base case `n == 0` was missing); statements after one that always leaves
-    (`else: return 1` above the function's last `return`)."""
-    elifs = {id(n.orelse) for n in _own_nodes(fn) if isinstance(n, ast.If) and _elif(n) is not None}
+    (`else: return 1` above the function's last `return`). `own`: the function's own nodes (`_own_nodes`)."""
+    elifs = {id(n.orelse) for n in own if isinstance(n, ast.If) and _elif(n) is not None}
     count = 0
-    for node in (fn, *_own_nodes(fn)):
+    for node in (fn, *own):
         for block in (getattr(node, field, None) for field in ("body", "orelse", "finalbody")):
             if not isinstance(block, list) or id(block) in elifs:
                 continue
