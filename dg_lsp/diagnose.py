@@ -111,9 +111,9 @@ class RunCheck:
 def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> int | None:
     """What running the code around would certainly hit once `new` takes the place of `text[start:end]`: uses of
     names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
-    lines use removes one), locals read before their function binds them, and calls in `new` of its own function
-    that recur on every call. Python; None for other languages, where the code does not parse (nothing to judge
-    by), or where the statement around is over `RUN_FAULT_CHARS`."""
+    lines use removes one), locals read before their function binds them, calls in `new` of its own function that
+    recur on every call, and loops in `new` over a number. Python; None for other languages, where the code does not
+    parse (nothing to judge by), or where the statement around is over `RUN_FAULT_CHARS`."""
     check = check_run(text, start, end, new, language_id)
     return None if check is None else check.faults
 
@@ -136,6 +136,7 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
     undefined = [p.name for p in found if p.kind == "undefined-name"]
     faults = len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
+    faults += _number_loops(tree, first, last)
     unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
     return RunCheck(faults, _hints(tree, first, last, unused.count(True), unused.count(False)))
 
@@ -303,6 +304,17 @@ def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
                 continue
             count += (unchanged and not rebound and not node.keywords) or id(node) in always
     return count
+
+
+def _number_loops(tree: ast.AST, first: int, last: int) -> int:
+    """Loops and comprehensions on lines first..last over a number (`for i in 1:`): a TypeError whenever they run."""
+    loops = (n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)))
+    return sum(
+        isinstance(n.iter, ast.Constant)
+        and isinstance(n.iter.value, (int, float, complex, type(None)))
+        and first <= n.iter.lineno <= last
+        for n in loops
+    )
 
 
 def _unconditional(stmt: ast.stmt):

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Sequence
 from typing import Literal
 
-from dg_model.api import Engine, EngineError, InfillJob, JobResult, JobStats, RewriteJob, ScoreJob
+from dg_model.api import Candidate, Engine, EngineError, InfillJob, JobResult, JobStats, RewriteJob, ScoreJob
 
-from . import diagnose
+from . import bindings, diagnose
 from .context import ContextBudget, build_context, enclosing_block, should_complete
 from .diagnose import Problem, problems
 from .postprocess import Edit, postprocess, prefer_runnable, rank
@@ -109,13 +109,31 @@ def complete(
     )
     result = engine.infill(job)
     edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, job.invoked)
+    # Where the best a request the user waits for offers would stop a run, ask again: first with the line the code
+    # below needs opened for the model (bindings.py), then, if that is not it either, with a wider beam.
+    if job.invoked and _would_fail(edits, window, language_id):
+        for opening in bindings.openings(window, offset, language_id):
+            result = _plus(result, _finish(engine, job, opening, settings.max_line_tokens))
+        edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)
     if job.invoked and settings.retry_candidates > job.n and _would_fail(edits, window, language_id):
-        # the best a beam offered would stop a run: ask once more, wider (a wider beam only where it is needed)
         wider = engine.infill(dataclasses.replace(job, n=settings.retry_candidates))
-        texts = [c.text for c in wider.candidates + result.candidates]
-        edits = candidate_edits(texts, window, offset, language_id, ctx.kind, True)
-        result = JobResult(wider.candidates, _sum_stats(result.stats, wider.stats))
+        result = _plus(result, wider)
+        edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)
     return Completions([_shift(e, base) for e in edits], result)
+
+
+def _finish(engine: Engine, job: InfillJob, opening: bindings.Opening, max_tokens: int) -> JobResult:
+    """Candidates that start with `opening`: the model finishes the line after it (the whole line needs no call)."""
+    if opening.whole:
+        return JobResult([Candidate(opening.text, 0.0)], JobStats())
+    job = dataclasses.replace(job, prefix=job.prefix + opening.text, kind="line", max_tokens=max_tokens)
+    answer = engine.infill(job)
+    return JobResult([Candidate(opening.text + c.text, c.score) for c in answer.candidates], answer.stats)
+
+
+def _plus(first: JobResult, then: JobResult) -> JobResult:
+    """Two engine answers as one: the first's candidates keep their places, the second's follow."""
+    return JobResult(first.candidates + then.candidates, _sum_stats(first.stats, then.stats))
 
 
 def _would_fail(edits: list[Edit], text: str, language_id: str) -> bool:
@@ -124,15 +142,18 @@ def _would_fail(edits: list[Edit], text: str, language_id: str) -> bool:
 
 
 def _sum_stats(first: JobStats, then: JobStats) -> JobStats:
-    """Two engine calls' costs as one answer's."""
+    """Two engine calls' costs as one answer's: the first call's prompt, both calls' work."""
     return dataclasses.replace(
-        then,
+        first,
         steps=first.steps + then.steps,
         decoder_ms=first.decoder_ms + then.decoder_ms,
+        new_tokens=first.new_tokens + then.new_tokens,
         total_ms=first.total_ms + then.total_ms,
         encode_ms=first.encode_ms + then.encode_ms,
         rescore_ms=first.rescore_ms + then.rescore_ms,
         decoder_forwards=first.decoder_forwards + then.decoder_forwards,
+        drafted=first.drafted + then.drafted,
+        accepted=first.accepted + then.accepted,
     )
 
 

@@ -44,6 +44,8 @@ from dg_model.api import (
 @dataclass
 class FakeEngine:
     texts: list[str] = field(default_factory=lambda: ["pass"])  # infill candidates, best first
+    # candidates instead of `texts` where the prefix ends with the key (the start of a line, opened for the model)
+    after: dict[str, list[str]] = field(default_factory=dict)
     rewrite_text: str | None = None  # None: return the block unchanged
     scores: dict[str, float] = field(default_factory=dict)  # block -> log-likelihood; others: -1 per character
     steps: int = 4
@@ -74,7 +76,7 @@ class FakeEngine:
         self._denoise("infill", job)
         if self.line_start and not _blank_around(job.prefix, job.suffix):
             return JobResult([], JobStats(steps=self.steps))
-        texts = self.texts[: max(1, job.n)]
+        texts = next((t for end, t in self.after.items() if job.prefix.endswith(end)), self.texts)[: max(1, job.n)]
         return JobResult([Candidate(t, -0.1 * i) for i, t in enumerate(texts)], JobStats(steps=self.steps))
 
     def rewrite(self, job: RewriteJob) -> JobResult:
@@ -131,8 +133,8 @@ def _freed(record: str | None) -> None:  # a function of the record's path: `fre
 
 
 def from_spec(spec: str) -> FakeEngine:
-    """`spec` is a JSON object: text | texts, rewrite, scores, steps, step_ms, record, line_start, oom, boom, name,
-    device, keep_calls, and for the load itself load_ms, load_error, exit."""
+    """`spec` is a JSON object: text | texts, after, rewrite, scores, steps, step_ms, record, line_start, oom, boom,
+    name, device, keep_calls, and for the load itself load_ms, load_error, exit."""
     opts = json.loads(spec or "{}")
     time.sleep(opts.pop("load_ms", 0) / 1000)
     if (status := opts.pop("exit", None)) is not None:

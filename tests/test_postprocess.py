@@ -373,26 +373,57 @@ def test_an_answer_that_would_fail_when_run_is_asked_for_once_more_wider() -> No
     from dg_lsp.pipeline import complete
     from dg_lsp.settings import Settings
 
-    body = "    for n in numbers:\n        result += n\n    return result\n"
-    text, offset = at("def total(numbers):\n    <CURSOR>\n" + body)
-    engine = FakeEngine(texts=["count = 0", "result = 0"])  # a beam of one offers only the line that fails
+    # a fault no line here can bind away (the function calls itself as it was called): no opening, a wider beam
+    text, offset = at("def fib(n):\n    if n < 2:\n        return n\n    <CURSOR>\n")
+    engine = FakeEngine(texts=["return fib(n)", "return fib(n - 1) + fib(n - 2)"])  # a beam of one: the endless call
     out = complete(engine, text, offset, "python", Settings())
-    assert [e.text for e in out.edits] == ["result = 0", "count = 0"]
+    assert [e.text for e in out.edits] == ["return fib(n - 1) + fib(n - 2)", "return fib(n)"]
     assert [job.n for kind, job in engine.calls] == [1, Settings().retry_candidates]
     scope: dict = {}
     exec(apply(text, out.edits[0]), scope)
-    assert scope["total"]([1, 2]) == 3
+    assert scope["fib"](10) == 55
     # no second call: where the first answer runs, while typing within a line, or where the setting is 0
     for first, chosen, automatic in [
-        ("result = 0", Settings(), False),
-        ("count = 0", Settings(), True),
-        ("count = 0", Settings(retry_candidates=0), False),
+        ("return fib(n - 1) + fib(n - 2)", Settings(), False),
+        ("return fib(n)", Settings(), True),
+        ("return fib(n)", Settings(retry_candidates=0), False),
     ]:
-        engine = FakeEngine(texts=[first, "result = 0"])
-        mid_line, at_mid = at("def total(numbers):\n    res<CURSOR>\n" + body)
+        engine = FakeEngine(texts=[first, "return fib(n - 1) + fib(n - 2)"])
+        mid_line, at_mid = at("def fib(n):\n    if n < 2:\n        return n\n    return fib<CURSOR>\n")
         doc, cursor = (mid_line, at_mid) if automatic else (text, offset)
         complete(engine, doc, cursor, "python", chosen, automatic=automatic)
         assert len(engine.calls) == 1
+
+
+def test_the_line_the_code_below_needs_is_opened_for_the_model_before_a_wider_beam() -> None:
+    from fake_engine import FakeEngine
+
+    from dg_lsp.pipeline import complete
+    from dg_lsp.settings import Settings
+
+    body = "    for n in numbers:\n        result += n\n    return result\n"
+    text, offset = at("def total(numbers):\n    <CURSOR>\n" + body)
+    # the beam ignores `result`, which the loop below adds to; opened as `result =`, the model finishes it
+    engine = FakeEngine(texts=["count = 0"], after={"result =": [" 0", " []"]})
+    out = complete(engine, text, offset, "python", Settings(retry_candidates=0))
+    assert out.edits[0].text == "result = 0"
+    (_, first), (_, opened) = engine.calls
+    assert opened.prefix == first.prefix + "result =" and opened.kind == "line"
+    scope: dict = {}
+    exec(apply(text, out.edits[0]), scope)
+    assert scope["total"]([1, 2]) == 3
+    # the loop's names: the missing line opens the loop that binds them
+    loop, at_loop = at("def show(items):\n    <CURSOR>\n        print(i, item)\n")
+    engine = FakeEngine(texts=["for x in items:"], after={"for i, item in": [" enumerate(items):"]})
+    out = complete(engine, loop, at_loop, "python", Settings())
+    assert out.edits[0].text == "for i, item in enumerate(items):" and len(engine.calls) == 2  # no wider beam
+    # a module read below and never imported: the line is the import, no model call needed for it
+    root, at_root = at("def root(x):\n    <CURSOR>\n    return math.sqrt(x)\n")
+    engine = FakeEngine(texts=["y = x"])
+    out = complete(engine, root, at_root, "python", Settings())
+    assert out.edits[0].text == "import math" and len(engine.calls) == 1
+    exec(apply(root, out.edits[0]), scope)
+    assert scope["root"](9) == 3.0
 
 
 def test_complete_prefers_the_line_that_defines_what_the_next_lines_use() -> None:
@@ -538,3 +569,14 @@ def test_faults_are_not_weighed_in_a_statement_too_large_to_check_per_keystroke(
     assert run_faults(text, offset, offset, "return nope", "python") is None
     small, at_small = at("def small():\n    <CURSOR>\n")
     assert run_faults(small, at_small, at_small, "return nope", "python") == 1
+
+
+def test_a_loop_over_a_number_is_a_fault() -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at("def primes(n):\n    found = []\n    <CURSOR>\n        found.append(i)\n    return found\n")
+    assert run_faults(text, offset, offset, "for i in 1:", "python") == 1  # TypeError: 'int' is not iterable
+    assert run_faults(text, offset, offset, "for i in range(2, n):", "python") == 0
+    line, at_line = at("def squares(n):\n    <CURSOR>\n")
+    assert run_faults(line, at_line, at_line, "return [i * i for i in n + 1]", "python") == 0  # n may be a list
+    assert run_faults(line, at_line, at_line, "return [i * i for i in 10]", "python") == 1
