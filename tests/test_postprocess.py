@@ -412,6 +412,10 @@ def test_the_line_the_code_below_needs_is_opened_for_the_model_before_a_wider_be
     scope: dict = {}
     exec(apply(text, out.edits[0]), scope)
     assert scope["total"]([1, 2]) == 3
+    # a beam with nothing to offer: the opening still asks (its answer runs: no wider beam)
+    engine = FakeEngine(texts=[""], after={"result =": [" 0"]})
+    assert complete(engine, text, offset, "python", Settings()).edits[0].text == "result = 0"
+    assert len(engine.calls) == 2
     # the loop's names: the missing line opens the loop that binds them
     loop, at_loop = at("def show(items):\n    <CURSOR>\n        print(i, item)\n")
     engine = FakeEngine(texts=["for x in items:"], after={"for i, item in": [" enumerate(items):"]})
