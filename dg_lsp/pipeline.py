@@ -112,11 +112,12 @@ def complete(
     # Where the best a request the user waits for offers would stop a run (or it offers nothing), ask again: first
     # with the line the code below needs opened for the model (bindings.py), then, if that is not it either (and only
     # where there was an answer: a wider beam does not find one where a beam of 10 found none), with a wider beam.
-    if job.invoked and (not edits or _would_fail(edits, window, language_id)):
+    retry = job.invoked and settings.retry_candidates > 0  # 0: never ask twice
+    if retry and (not edits or _would_fail(edits, window, language_id)):
         for opening in bindings.openings(window, offset, language_id):
             result = _plus(result, _finish(engine, job, opening, settings.max_line_tokens))
         edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)
-    if job.invoked and settings.retry_candidates > job.n and _would_fail(edits, window, language_id):
+    if retry and settings.retry_candidates > job.n and _would_fail(edits, window, language_id):
         wider = engine.infill(dataclasses.replace(job, n=settings.retry_candidates))
         result = _plus(result, wider)
         edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)

@@ -80,12 +80,13 @@ class Settings:
     # waits for a whole line; it costs ~2.2x the time there (bench latency, three pairs on the quiet 2-core CPU, line
     # starts p50 428 vs 192 ms) and nothing within a line (p50 121 vs 141 ms). Off: every typing request is fast.
     thorough_blocks: bool = True
-    # Candidates asked for once more, from one wider beam, where the best of an explicit request (or of a thorough
-    # block) would certainly fail when run: a name nothing defines, a function calling itself endlessly, a local
-    # read before it is bound (dg_lsp/diagnose.py). With the embedded model that is 22% of HumanEval's 1,033 lines;
-    # asked again with 24 candidates, 243 lines pass instead of 231 (12 gained, none lost; a beam of 16 found 5 fewer
-    # of them in about the same time), at the cost of a second, wider decode on those requests (model card, session
-    # 15). 0: never ask twice.
+    # Where the best of an explicit request (or of a thorough block) would certainly fail when run (a name nothing
+    # defines, a function calling itself endlessly, a local read before it is bound: dg_lsp/diagnose.py), it asks
+    # again: first with the line the code below needs opened for the model (dg_lsp/bindings.py: `total =` where the
+    # lines below add to `total`), then, if that is not it either, with one beam this wide. With the embedded model
+    # 22% of HumanEval's 1,033 lines would fail; the wider beam alone makes 243 pass instead of 231 (session 15), the
+    # opening first 294 (session 16), at the cost of a second decode on those requests (model card). 0: never ask
+    # twice.
     retry_candidates: int = field(default=24, metadata=_range(0, 64))
     # The middle's budget for a block asked for while typing (maxBlockTokens caps it too). A block decoded token by
     # token costs one model step per token, and a beam of 10 writing 192 tokens kept a typist waiting seconds for

@@ -405,9 +405,9 @@ def test_the_line_the_code_below_needs_is_opened_for_the_model_before_a_wider_be
     text, offset = at("def total(numbers):\n    <CURSOR>\n" + body)
     # the beam ignores `result`, which the loop below adds to; opened as `result =`, the model finishes it
     engine = FakeEngine(texts=["count = 0"], after={"result =": [" 0", " []"]})
-    out = complete(engine, text, offset, "python", Settings(retry_candidates=0))
+    out = complete(engine, text, offset, "python", Settings())
     assert out.edits[0].text == "result = 0"
-    (_, first), (_, opened) = engine.calls
+    (_, first), (_, opened) = engine.calls  # the opening's answer runs: no wider beam
     assert opened.prefix == first.prefix + "result =" and opened.kind == "line"
     scope: dict = {}
     exec(apply(text, out.edits[0]), scope)
@@ -428,6 +428,10 @@ def test_the_line_the_code_below_needs_is_opened_for_the_model_before_a_wider_be
     assert out.edits[0].text == "import math" and len(engine.calls) == 1
     exec(apply(root, out.edits[0]), scope)
     assert scope["root"](9) == 3.0
+    # retryCandidates 0: never ask twice
+    engine = FakeEngine(texts=["count = 0"], after={"result =": [" 0"]})
+    assert complete(engine, text, offset, "python", Settings(retry_candidates=0)).edits[0].text == "count = 0"
+    assert len(engine.calls) == 1
 
 
 def test_complete_prefers_the_line_that_defines_what_the_next_lines_use() -> None:
