@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyflakes import checker, messages
 
-from dg_lsp import languages
+from dg_lsp import languages, literals
 from dg_lsp.languages import Doc, top_level_region
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -112,8 +112,9 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
     """What running the code around would certainly hit once `new` takes the place of `text[start:end]`: uses of
     names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
     lines use removes one), locals read before their function binds them, calls in `new` of its own function that
-    recur on every call, and loops in `new` over a number. Python; None for other languages, where the code does not
-    parse (nothing to judge by), or where the statement around is over `RUN_FAULT_CHARS`."""
+    recur on every call, loops in `new` over a number, and uses of a local `new` binds to a literal that the literal's
+    type cannot serve (`count = []` above `count += 1`: `literals.py`). Python; None for other languages, where the
+    code does not parse (nothing to judge by), or where the statement around is over `RUN_FAULT_CHARS`."""
     check = check_run(text, start, end, new, language_id)
     return None if check is None else check.faults
 
@@ -136,7 +137,11 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
     undefined = [p.name for p in found if p.kind == "undefined-name"]
     faults = len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
-    faults += _number_loops(tree, first, last)
+    faults += _number_loops(tree, first, last) + sum(
+        literals.misuses(fn, list(_own_nodes(fn)), first, last)
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+    )
     unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
     return RunCheck(faults, _hints(tree, first, last, unused.count(True), unused.count(False)))
 

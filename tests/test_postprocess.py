@@ -588,3 +588,40 @@ def test_a_loop_over_a_number_is_a_fault() -> None:
     line, at_line = at("def squares(n):\n    <CURSOR>\n")
     assert run_faults(line, at_line, at_line, "return [i * i for i in n + 1]", "python") == 0  # n may be a list
     assert run_faults(line, at_line, at_line, "return [i * i for i in 10]", "python") == 1
+
+
+@pytest.mark.parametrize(
+    ("new", "faults"),
+    [
+        ("count = []", 1),  # `count += 1` below: a list takes no number
+        ("count = 0", 0),
+        ("count = None", 1),
+        ("seen = 0", 1),  # `seen.append(x)`: an int has no append
+        ("seen = []", 0),
+        ("seen = ''", 1),
+        ("table = 0", 1),  # `table[x] = 1`: an int holds no items
+        ("table = {}", 0),
+        ("table = ()", 1),  # a tuple cannot have items stored into it
+    ],
+)
+def test_a_literal_whose_type_the_code_below_cannot_use_is_a_fault(new: str, faults: int) -> None:
+    from dg_lsp.diagnose import run_faults
+
+    name = new.split(" ")[0]
+    use = {"count": "count += 1", "seen": "seen.append(x)", "table": "table[x] = 1"}[name]
+    text, offset = at(f"def f(xs):\n    <CURSOR>\n    for x in xs:\n        {use}\n    return {name}\n")
+    assert run_faults(text, offset, offset, new, "python") == faults
+
+
+def test_a_literal_rebound_elsewhere_or_huge_to_repeat_is_not_judged_by_its_type() -> None:
+    from dg_lsp.diagnose import run_faults
+
+    # rebound on another line: the use may see the other value
+    text, offset = at(
+        "def f(xs):\n    <CURSOR>\n    if xs:\n        count = []\n    count.append(1)\n    return count\n"
+    )
+    assert run_faults(text, offset, offset, "count = 0", "python") == 0
+    # the type allows it; the check must not build the value (a 10 GB string) to find out
+    text, offset = at("def f():\n    <CURSOR>\n    s *= 10000000000\n    return s\n")
+    assert run_faults(text, offset, offset, "s = 'abc'", "python") == 0
+    assert run_faults(text, offset, offset, "s = None", "python") == 1

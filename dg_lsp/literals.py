@@ -1,0 +1,100 @@
+"""What a literal's type cannot do: the type errors a run would certainly hit once an edit binds a name to a literal.
+
+A small model finishes `total =` with `[]` as readily as with `0`; the code below (`total += n`) settles which one
+runs. Where the edit's line binds a local to a literal (`= 0`, `= []`, `= ""`, `= {}`, `= None`) and nothing else in
+the function rebinds it (augmented assignments keep it to the literal's type, for a list or a number alike), every use
+sees that type: an attribute the type does not have (`count.append`), an item read from or stored into what holds
+none, a loop over a number, or an augmented assignment whose operand the type rejects (`[] += 1`) is a TypeError or
+an AttributeError on the path that reaches it. Python; `diagnose.check_run` counts these among the run faults.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+
+_OPERATORS = {
+    ast.Add: operator.iadd,
+    ast.Sub: operator.isub,
+    ast.Mult: operator.imul,
+    ast.Div: operator.itruediv,
+    ast.FloorDiv: operator.ifloordiv,
+    ast.Mod: operator.imod,
+}
+
+
+def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], first: int, last: int) -> int:
+    """Uses, in function `fn` (whose own-scope nodes are `own`), of locals that lines first..last bind to a literal,
+    which the literal's type cannot serve."""
+    bound: dict[str, object] = {}
+    for node in own:
+        if (
+            isinstance(node, ast.Assign)
+            and first <= node.lineno <= last
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            value = _literal(node.value)
+            if value is not _UNKNOWN:
+                bound[node.targets[0].id] = value
+    if not bound:
+        return 0
+    params = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
+    augmented = {id(n.target) for n in own if isinstance(n, ast.AugAssign)}
+    stores: dict[str, int] = {}
+    for node in own:
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) and id(node) not in augmented:
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            stores.update((name, 2) for name in node.names)
+    typed = {name: value for name, value in bound.items() if stores.get(name) == 1 and name not in params}
+    return sum(_fails(node, typed) for node in own)
+
+
+def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
+    """Whether `node` is a use of one of `typed`'s names that its literal's type cannot serve."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in typed:
+        return not hasattr(typed[node.value.id], node.attr)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in typed:
+        method = "__getitem__" if isinstance(node.ctx, ast.Load) else "__setitem__"
+        return not hasattr(typed[node.value.id], method)
+    if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.iter, ast.Name):
+        return node.iter.id in typed and not hasattr(typed[node.iter.id], "__iter__")
+    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id in typed:
+        apply, operand = _OPERATORS.get(type(node.op)), _literal(node.value)
+        if apply is None or operand is _UNKNOWN:
+            return False
+        try:
+            apply(_copy(typed[node.target.id]), operand)
+        except TypeError:
+            return True
+        except (ArithmeticError, ValueError):  # `0 /= 0`: the value's business, not the type's
+            return False
+    return False
+
+
+_UNKNOWN = object()
+
+
+def _literal(node: ast.expr) -> object:
+    """An empty or constant literal's value (`0`, `""`, `None`, `[]`, `{}`, `()`, `set()`), else _UNKNOWN; a
+    container literal with items stands for its empty self (its type is what counts)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.List):
+        return []
+    if isinstance(node, ast.Dict):
+        return {}
+    if isinstance(node, ast.Tuple):
+        return ()
+    if isinstance(node, ast.Set) or (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "set" and not node.args
+    ):
+        return set()
+    return _UNKNOWN
+
+
+def _copy(value: object) -> object:
+    """A fresh value of `value`'s type to try an operation on: empty where it is a sequence, so `*=` by a large number
+    costs nothing."""
+    return type(value)() if isinstance(value, (str, bytes, list, tuple, dict, set)) else value
