@@ -56,7 +56,7 @@ def openings(text: str, offset: int, language_id: str) -> list[Opening]:
     if opens_block:
         return [Opening(f"for {', '.join(names)} in")]
     if names == modules:  # `math.sqrt(x)` below, and nothing binds `math`
-        return [Opening(f"import {names[0]}", whole=True)]
+        return [Opening(f"import {', '.join(names)}", whole=True)]
     return [Opening(f"{', '.join(names)} =")]
 
 

@@ -56,7 +56,7 @@ def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in typed:
         return not hasattr(typed[node.value.id], node.attr)
     if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in typed:
-        method = "__getitem__" if isinstance(node.ctx, ast.Load) else "__setitem__"
+        method = {ast.Load: "__getitem__", ast.Store: "__setitem__"}.get(type(node.ctx), "__delitem__")
         return not hasattr(typed[node.value.id], method)
     if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.iter, ast.Name):
         return node.iter.id in typed and not hasattr(typed[node.iter.id], "__iter__")

@@ -22,6 +22,10 @@ def at(code: str) -> tuple[str, int]:
         ("def f(xs):\n    <CURSOR>\n        if idx:\n            print(elem)\n", ["for idx, elem in"]),
         # a standard module, read only as `module.attribute`: the line is its import
         ("def f(x):\n    <CURSOR>\n    return math.sqrt(x)\n", [Opening("import math", whole=True)]),
+        (
+            "def f(p):\n    <CURSOR>\n    return os.path.join(p, str(math.pi))\n",
+            [Opening("import os, math", whole=True)],
+        ),
         # a local that happens to share a module's name is assigned, not imported
         ("def f(x):\n    <CURSOR>\n    return string + x\n", ["string ="]),
         # within a class's method, a blank line with trailing spaces

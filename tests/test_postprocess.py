@@ -602,13 +602,15 @@ def test_a_loop_over_a_number_is_a_fault() -> None:
         ("table = 0", 1),  # `table[x] = 1`: an int holds no items
         ("table = {}", 0),
         ("table = ()", 1),  # a tuple cannot have items stored into it
+        ("names = 0", 1),  # `del names[0]`: nor can a number lose one
+        ("names = []", 0),
     ],
 )
 def test_a_literal_whose_type_the_code_below_cannot_use_is_a_fault(new: str, faults: int) -> None:
     from dg_lsp.diagnose import run_faults
 
     name = new.split(" ")[0]
-    use = {"count": "count += 1", "seen": "seen.append(x)", "table": "table[x] = 1"}[name]
+    use = {"count": "count += 1", "seen": "seen.append(x)", "table": "table[x] = 1", "names": "del names[0]"}[name]
     text, offset = at(f"def f(xs):\n    <CURSOR>\n    for x in xs:\n        {use}\n    return {name}\n")
     assert run_faults(text, offset, offset, new, "python") == faults
 
