@@ -262,6 +262,8 @@ def test_fix_of_working_code_changes_nothing_and_exits_1(src, capsys):
             "8:17",
             "result.append(name)",
         ),
+        # the README's: the line the code below needs (it reads `acc`, which nothing binds), opened for the model
+        ("def total(xs):\n    \n    for x in xs:\n        acc += x\n    return acc\n", "2:5", "acc = 0"),
     ],
 )
 def test_the_embedded_model_completes_the_demos(tmp_path, capsys, text, place, expected):
