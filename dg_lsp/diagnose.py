@@ -137,7 +137,7 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
     undefined = [p.name for p in found if p.kind == "undefined-name"]
     faults = len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
-    faults += _number_loops(tree, first, last) + sum(
+    faults += literals.number_loops(tree, first, last) + sum(
         literals.misuses(fn, list(_own_nodes(fn)), first, last)
         for fn in ast.walk(tree)
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
@@ -309,17 +309,6 @@ def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
                 continue
             count += (unchanged and not rebound and not node.keywords) or id(node) in always
     return count
-
-
-def _number_loops(tree: ast.AST, first: int, last: int) -> int:
-    """Loops and comprehensions on lines first..last over a number (`for i in 1:`): a TypeError whenever they run."""
-    loops = (n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)))
-    return sum(
-        isinstance(n.iter, ast.Constant)
-        and isinstance(n.iter.value, (int, float, complex, type(None)))
-        and first <= n.iter.lineno <= last
-        for n in loops
-    )
 
 
 def _unconditional(stmt: ast.stmt):

@@ -5,7 +5,8 @@ runs. Where the edit's line binds a local to a literal (`= 0`, `= []`, `= ""`, `
 the function rebinds it (augmented assignments keep it to the literal's type, for a list or a number alike), every use
 sees that type: an attribute the type does not have (`count.append`), an item read from or stored into what holds
 none, a loop over a number, or an augmented assignment whose operand the type rejects (`[] += 1`) is a TypeError or
-an AttributeError on the path that reaches it. Python; `diagnose.check_run` counts these among the run faults.
+an AttributeError on the path that reaches it; so is a loop over a number literal itself (`for i in 1:`). Python;
+`diagnose.check_run` counts these among the run faults.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ _OPERATORS = {
     ast.FloorDiv: operator.ifloordiv,
     ast.Mod: operator.imod,
 }
+
+
+def number_loops(tree: ast.AST, first: int, last: int) -> int:
+    """Loops and comprehensions on lines first..last over a number (`for i in 1:`): a TypeError whenever they run."""
+    loops = (n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)))
+    return sum(
+        isinstance(n.iter, ast.Constant) and not hasattr(n.iter.value, "__iter__") and first <= n.iter.lineno <= last
+        for n in loops
+    )
 
 
 def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], first: int, last: int) -> int:
