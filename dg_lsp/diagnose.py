@@ -140,7 +140,10 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     faults += literals.number_loops(tree, first, last) + sum(
         literals.misuses(fn, list(_own_nodes(fn)), first, last)
         for fn in ast.walk(tree)
+        # only a function spanning the edit's lines can bind a name on them: the others' nodes are not collected
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and fn.lineno <= last
+        and first <= (fn.end_lineno or fn.lineno)
     )
     unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
     return RunCheck(faults, _hints(tree, first, last, unused.count(True), unused.count(False)))

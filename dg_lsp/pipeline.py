@@ -113,13 +113,14 @@ def complete(
     # with the line the code below needs opened for the model (bindings.py), then, if that is not it either (and only
     # where there was an answer: a wider beam does not find one where a beam of 10 found none), with a wider beam.
     retry = job.invoked and settings.retry_candidates > 0  # 0: never ask twice
+    wider = False  # where the first answer runs, it is checked once, not again for the wider beam
     if retry and (not edits or _would_fail(edits, window, language_id)):
         for opening in bindings.openings(window, offset, language_id):
             result = _plus(result, _finish(engine, job, opening, settings.max_line_tokens))
         edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)
-    if retry and settings.retry_candidates > job.n and _would_fail(edits, window, language_id):
-        wider = engine.infill(dataclasses.replace(job, n=settings.retry_candidates))
-        result = _plus(result, wider)
+        wider = settings.retry_candidates > job.n and _would_fail(edits, window, language_id)
+    if wider:
+        result = _plus(result, engine.infill(dataclasses.replace(job, n=settings.retry_candidates)))
         edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)
     return Completions([_shift(e, base) for e in edits], result)
 
