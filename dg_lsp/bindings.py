@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyflakes import checker, messages
 
-from dg_lsp import languages
+from dg_lsp import flow, languages
 from dg_lsp.diagnose import RUN_FAULT_CHARS, region_of
 
 # More names than this for one line is not a line that binds them (a block went missing, or a paste is half done).
@@ -48,7 +48,11 @@ def openings(text: str, offset: int, language_id: str) -> list[Opening]:
     opens_block = _next_indent(text, line_end) > len(indent.expandtabs())
     # a statement in the gap that binds nothing and reads nothing: the document as it would read with any line there
     placeholder = "if True:" if opens_block else "pass"
-    names, modules = _unbound_below(text[:offset] + placeholder + text[line_end:], offset, offset + len(placeholder))
+    names, modules, unsure = _unbound_below(
+        text[:offset] + placeholder + text[line_end:], offset, offset + len(placeholder)
+    )
+    if not opens_block:  # a line that opens no block can bind what only some paths below find bound
+        names += [name for name in unsure if name not in names]
     if not names or len(names) > MAX_NAMES:
         return []
     # No space after the opening: the model's tokens carry their leading space (` 0`, ` range`), and a prefix ending
@@ -68,22 +72,25 @@ def _next_indent(text: str, at: int) -> int:
     return -1
 
 
-def _unbound_below(edited: str, start: int, end: int) -> tuple[list[str], list[str]]:
+def _unbound_below(edited: str, start: int, end: int) -> tuple[list[str], list[str], list[str]]:
     """Names read after `edited[start:end]` (the placeholder line), within its function, that nothing binds, in the
-    order the code reads them; and those of them that are a standard module's name, read only as `name.attribute`."""
+    order the code reads them; those of them that are a standard module's name, read only as `name.attribute`; and
+    the function's locals read there that some path to the read leaves unbound (`flow.py`), in the same order."""
     region = region_of(edited, start, end)
     if region.hi - region.lo > RUN_FAULT_CHARS:
-        return [], []
+        return [], [], []
     source = edited[region.lo : region.hi]
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return [], []
+        return [], [], []
     row = source.count("\n", 0, start - region.lo) + 1
     last = source.count("\n") + 1
+    inner: ast.FunctionDef | ast.AsyncFunctionDef | None = None
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.lineno < row <= (fn.end_lineno or 0):
-            last = min(last, fn.end_lineno or last)  # the innermost function around the line
+            if fn.end_lineno is not None and fn.end_lineno <= last:
+                inner, last = fn, fn.end_lineno  # the innermost function around the line
     flakes = checker.Checker(tree, filename="<line>", builtins=set(region.outside_names))
     found = sorted((m.lineno, m.col, str(m.message_args[0])) for m in flakes.messages if isinstance(m, _UNBOUND))
     names = list(dict.fromkeys(name for lineno, _, name in found if row < lineno <= last))
@@ -92,4 +99,8 @@ def _unbound_below(edited: str, start: int, end: int) -> tuple[list[str], list[s
     modules = [
         name for name in names if name in sys.stdlib_module_names and all(id(n) in bases for n in reads if n.id == name)
     ]
-    return names, modules
+    below = sorted(
+        (r.node.lineno, r.node.col_offset, r.node.id) for r in (flow.reads(inner) if inner else []) if not r.must
+    )
+    unsure = list(dict.fromkeys(name for lineno, _, name in below if row < lineno <= last))
+    return names, modules, unsure

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyflakes import checker, messages
 
-from dg_lsp import languages, literals
+from dg_lsp import flow, languages, literals, smells
 from dg_lsp.languages import Doc, top_level_region
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -102,9 +102,12 @@ def problems(text: str, start: int, end: int, language_id: str, region: Region |
 @dataclass(frozen=True, order=True)
 class RunCheck:
     """How code reads once an edit is made, worst first when sorted: `faults`, what a run would certainly hit
-    (`run_faults`); `hints`, what a linter flags that working code seldom has (`_hints`)."""
+    (`run_faults`); `unsure`, locals a read may find unbound (some path to it binds the name, another does not:
+    `return i` after a loop that may not run, `if is_prime:` below a loop that sets it only on a break); `hints`, what
+    a linter flags that working code seldom has (`_hints`)."""
 
     faults: int
+    unsure: int
     hints: int
 
 
@@ -136,7 +139,8 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     found = _python_problems(source, region, region.lo, region.hi, tree)
     first, last = (source.count("\n", 0, at - region.lo) + 1 for at in (start, start + len(new)))
     undefined = [p.name for p in found if p.kind == "undefined-name"]
-    faults = len(undefined) + _endless_calls(tree, first, last) + _unbound_reads(tree, set(undefined))
+    unbound, unsure = _unbound_reads(tree, set(undefined))
+    faults = len(undefined) + _endless_calls(tree, first, last) + unbound
     faults += literals.number_loops(tree, first, last) + sum(
         literals.misuses(fn, list(_own_nodes(fn)), first, last)
         for fn in ast.walk(tree)
@@ -146,7 +150,7 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
         and first <= (fn.end_lineno or fn.lineno)
     )
     unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
-    return RunCheck(faults, _hints(tree, first, last, unused.count(True), unused.count(False)))
+    return RunCheck(faults, unsure, _hints(tree, first, last, unused.count(True), unused.count(False)))
 
 
 def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: int) -> int:
@@ -155,7 +159,8 @@ def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: in
     code follows, `unused_new` bound on those lines); where code follows, a parameter it never reads (the line that
     read it is the one missing); a bare `return` beside returns of a value; returns on those lines of a literal whose
     type the annotation excludes (`return None` in `-> str`) or, with no annotation, that none of its other literal
-    returns has (`return 0` where they are strings); code that can never run (`_dead_code`)."""
+    returns has (`return 0` where they are strings); code that can never run (`_dead_code`); loops and tests on
+    those lines that bind or test nothing (`smells.py`)."""
     fn = None
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= first <= (node.end_lineno or 0):
@@ -178,7 +183,7 @@ def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: in
         others = {k for r, k in zip(returns, kinds) if r is not ret and k not in (None, "?")}
         expected = allowed if allowed is not None else others
         count += bool(expected) and not _KIN.get(kind, {kind}) & expected
-    return count + _dead_code(fn, own, first, last)
+    return count + _dead_code(fn, own, first, last) + smells.smells(fn, own, first, last)
 
 
 def _dead_code(fn: ast.AST, own: list[ast.AST], first: int, last: int) -> int:
@@ -255,29 +260,19 @@ def _annotated_kinds(annotation: ast.expr | None) -> set[str] | None:
     return None if kind is None else _KIN.get(kind, {kind})
 
 
-def _unbound_reads(tree: ast.AST, reported: set[str]) -> int:
-    """Local names whose first use in a function, in reading order, reads them (`total += n` above `total = 0`, or
-    with no `total = 0` before it at all): an UnboundLocalError on the path that gets there first, which pyflakes does
-    not report once the name is assigned anywhere in the function (names it did report, in `reported`, count once)."""
-    count = 0
+def _unbound_reads(tree: ast.AST, reported: set[str]) -> tuple[int, int]:
+    """Locals that some read in a function finds unbound on every path that reaches it (`flow.py`: `total += n` above
+    `total = 0`, or `return res` in the `else` of an `if` that binds `res`), an UnboundLocalError on the path that
+    gets there, which pyflakes does not report once the name is assigned anywhere in the function (names it did
+    report, in `reported`, count once); and, apart, locals some read finds bound on some of its paths only."""
+    unbound: set[str] = set()
+    unsure: set[str] = set()
     for fn in ast.walk(tree):
-        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        own = list(_own_nodes(fn, _SCOPES + _COMPREHENSIONS))
-        declared = {name for n in own if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
-        params = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
-        params |= {a.arg for a in (fn.args.vararg, fn.args.kwarg) if a is not None}
-        augmented = {id(n.target) for n in own if isinstance(n, ast.AugAssign)}
-        first: dict[str, ast.Name] = {}
-        # within a line, reads first: `best = max(best, x)` reads `best` before it binds it
-        names = (n for n in own if isinstance(n, ast.Name))
-        for node in sorted(names, key=lambda n: (n.lineno, not isinstance(n.ctx, ast.Load), n.col_offset)):
-            first.setdefault(node.id, node)
-        stored = {n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-        for name in stored - params - declared - reported:
-            node = first[name]
-            count += isinstance(node.ctx, ast.Load) or id(node) in augmented
-    return count
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found = flow.reads(fn)
+            unbound |= {read.node.id for read in found if not read.may}
+            unsure |= {read.node.id for read in found if read.may and not read.must}
+    return len(unbound - reported), len(unsure - unbound - reported)
 
 
 def _endless_calls(tree: ast.AST, first: int, last: int) -> int:

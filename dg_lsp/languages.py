@@ -8,12 +8,12 @@ nothing in this module raises for a bad or unknown language id or document.
 
 from __future__ import annotations
 
-import ast
 import bisect
 import functools
 import importlib
 import posixpath
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -210,12 +210,15 @@ def compiles(source: str, language_id: str | None) -> bool | None:
 
     Python only: tree-sitter's Python grammar accepts what Python refuses (an unexpected indent, a header with no
     body), which are the commonest ways a generated line breaks a file (HumanEval single-line: 40% of the embedded
-    model's wrong lines).
+    model's wrong lines). The compiler proper, not only its parser: `break` outside a loop, `return` outside a
+    function parse, and fail the moment the module is imported (no slower: ~1 ms for a 4,000-character function).
     """
     if not has_compiler(language_id):
         return None
     try:
-        ast.parse(source)
+        with warnings.catch_warnings():  # `"\d"` and the like: the code compiles, the warning is the linter's business
+            warnings.simplefilter("ignore")
+            compile(source, "<edit>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: NUL bytes
         return False
     return True

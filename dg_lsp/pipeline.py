@@ -140,8 +140,13 @@ def _plus(first: JobResult, then: JobResult) -> JobResult:
 
 
 def _would_fail(edits: list[Edit], text: str, language_id: str) -> bool:
-    faults = diagnose.run_faults(text, edits[0].start, edits[0].end, edits[0].text, language_id) if edits else None
-    return bool(faults)
+    """Whether the best edit leaves code the compiler refuses (every candidate does: those go last), or a run trips
+    over or may (a local read where some path leaves it unbound)."""
+    if not edits:
+        return False
+    best = edits[0]
+    check = diagnose.check_run(text, best.start, best.end, best.text, language_id)
+    return best.compiles is False or (check is not None and (check.faults > 0 or check.unsure > 0))
 
 
 def _sum_stats(first: JobStats, then: JobStats) -> JobStats:

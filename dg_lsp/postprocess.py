@@ -296,17 +296,18 @@ def rank(edits: list[Edit]) -> list[Edit]:
     return sorted(edits, key=lambda e: e.compiles is False)
 
 
-_CLEAN = diagnose.RunCheck(0, 0)
+_CLEAN = diagnose.RunCheck(0, 0, 0)
 
 
 def prefer_runnable(edits: list[Edit], text: str, language_id: str) -> list[Edit]:
     """`edits` (ranked) with the one whose code a run would trip over least (`diagnose.run_faults`) moved to the
     front, if that is less than the first's: a small model often writes a line around a name the code never defines
     (`idx2` before its loop), skips the line that defines what the next lines use (`total = 0`, where `total += n`
-    follows), or has a function return itself (`return fib(n)` in `fib`); all of them compile. Among those that run
-    as well, fewer linter's hints win (`diagnose.check_run`: `return None` in a function `-> str`, a parameter left
-    unread). Only edits that compile are weighed, in order, stopping at a clean one; where the check cannot tell for
-    the first, the order stays."""
+    follows), or has a function return itself (`return fib(n)` in `fib`); all of them compile. Then fewer reads of
+    locals that some path leaves unbound (`return i` after a loop that may not run), then fewer linter's hints
+    (`diagnose.check_run`: `return None` in a function `-> str`, a parameter left unread, a loop whose variable
+    nothing reads). Only edits that compile are weighed, in order, stopping at a clean one; where the check cannot
+    tell for the first, the order stays."""
     best, fewest = 0, None
     for i, edit in enumerate(edits):
         if edit.compiles is False:

@@ -28,6 +28,11 @@ def at(code: str) -> tuple[str, int]:
         ),
         # a local that happens to share a module's name is assigned, not imported
         ("def f(x):\n    <CURSOR>\n    return string + x\n", ["string ="]),
+        # a name the code below binds on some paths only (in a branch of a loop) and then reads
+        (
+            "def f(s):\n    <CURSOR>\n    for c in s:\n        if c == 'x':\n            flag = 1\n    return flag\n",
+            ["flag ="],
+        ),
         # within a class's method, a blank line with trailing spaces
         ("class A:\n    def f(self):\n        <CURSOR>   \n        return self.k * n\n", ["n ="]),
     ],
@@ -42,6 +47,10 @@ def test_names_read_below_and_bound_nowhere_open_the_line(code: str, expected: l
     "code",
     [
         "def f(x):\n    <CURSOR>\n    return x\n",  # everything below is bound
+        # bound on every path before it is read, though in branches
+        "def f(x):\n    <CURSOR>\n    if x:\n        y = 1\n    else:\n        y = 2\n    return y\n",
+        # the line opens a block: what only some paths bind is not what its header binds
+        "def f(s):\n    <CURSOR>\n        if s:\n            flag = 1\n    return flag\n",
         "def f(x):\n    y = <CURSOR>1\n    return z\n",  # not an empty line
         "def f(x):\n    return x\n    <CURSOR>\n",  # nothing below reads anything
         # an unbound name in the next function is not this line's business

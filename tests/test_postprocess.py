@@ -313,6 +313,11 @@ def test_python_edits_say_whether_the_code_still_compiles() -> None:
     assert statement is not None and statement.compiles is False
     js = postprocess("x = 1;", *at("function f() {\n  <CURSOR>\n}\n"), "javascript", "line")
     assert js is not None and js.compiles is None
+    # what parses but the compiler refuses: a `break` outside any loop
+    loop, at_loop = at("def f(xs):\n    for x in xs:\n        if x:\n            <CURSOR>\n    return 1\n")
+    text, offset = at("def f(xs):\n    if xs:\n        <CURSOR>\n    return 1\n")
+    assert getattr(postprocess("break", text, offset, "python", "line"), "compiles", None) is False
+    assert getattr(postprocess("break", loop, at_loop, "python", "line"), "compiles", None) is True
 
 
 def test_ranking_moves_edits_that_break_compilation_last_and_keeps_the_models_order_otherwise() -> None:
@@ -382,6 +387,12 @@ def test_an_answer_that_would_fail_when_run_is_asked_for_once_more_wider() -> No
     scope: dict = {}
     exec(apply(text, out.edits[0]), scope)
     assert scope["fib"](10) == 55
+    # an answer the compiler refuses (a statement where the block below needs its header) is asked again too
+    header, at_header = at("def sign(x):\n    <CURSOR>\n        return -1\n    return 1\n")
+    engine = FakeEngine(texts=["print(x)", "if x < 0:"])
+    out = complete(engine, header, at_header, "python", Settings())
+    assert out.edits[0].text == "if x < 0:"
+    assert [job.n for kind, job in engine.calls] == [1, Settings().retry_candidates]
     # no second call: where the first answer runs, while typing within a line, or where the setting is 0
     for first, chosen, automatic in [
         ("return fib(n - 1) + fib(n - 2)", Settings(), False),
@@ -421,6 +432,15 @@ def test_the_line_the_code_below_needs_is_opened_for_the_model_before_a_wider_be
     engine = FakeEngine(texts=["for x in items:"], after={"for i, item in": [" enumerate(items):"]})
     out = complete(engine, loop, at_loop, "python", Settings())
     assert out.edits[0].text == "for i, item in enumerate(items):" and len(engine.calls) == 2  # no wider beam
+    # a name only some paths below bind before they read it: the answer runs on the others, and may stop there
+    flag, at_flag = at(
+        "def f(s):\n    <CURSOR>\n    for c in s:\n        if c == 'x':\n            seen = 1\n    return seen\n"
+    )
+    engine = FakeEngine(texts=["print(s)"], after={"seen =": [" 0"]})
+    out = complete(engine, flag, at_flag, "python", Settings())
+    assert out.edits[0].text == "seen = 0" and len(engine.calls) == 2
+    exec(apply(flag, out.edits[0]), scope)
+    assert scope["f"]("abc") == 0
     # a module read below and never imported: the line is the import, no model call needed for it
     root, at_root = at("def root(x):\n    <CURSOR>\n    return math.sqrt(x)\n")
     engine = FakeEngine(texts=["y = x"])
@@ -528,6 +548,30 @@ def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
         ("def f(xs):\n    total = sum(xs)\n    <CURSOR>\n", "return True", "return total"),
         # with code below, a local the edit binds and nothing reads
         ("def f(xs):\n    <CURSOR>\n    return xs\n", "n = len(xs)", "xs.sort()"),
+        # a loop the code it opens never reads the variable of: the line was a test
+        (
+            "def f(n):\n    ns = []\n    for i in range(n):\n        <CURSOR>\n            ns.append(i)\n"
+            "    return ns\n",
+            "for j in range(n):",
+            "if i % 3 == 0:",
+        ),
+        # a loop that rebinds the variable of the loop around it
+        (
+            "def f(s):\n    out = []\n    for c in s:\n        <CURSOR>\n            out.append(c)\n    return out\n",
+            "for c in s:",
+            "if c.isdigit():",
+        ),
+        # a loop over its own variable, a test of an expression against itself
+        (
+            "def f(word):\n    out = []\n    <CURSOR>\n        out.append(word)\n    return out\n",
+            "for word in word:",
+            "if word:",
+        ),
+        (
+            "def f(xs):\n    n = 0\n    for i in range(len(xs)):\n        <CURSOR>\n            n += 1\n    return n\n",
+            "if xs[i] < xs[i]:",
+            "if xs[i] < 0:",
+        ),
         # a parameter nothing reads, with code below: the line that read it is the one missing
         (
             "def scale(xs, k):\n    out = []\n    for x in xs:\n        <CURSOR>\n    return out\n",
@@ -562,6 +606,13 @@ def test_hints_leave_alone_what_working_code_often_does() -> None:
     # the same test again after a branch that does not leave may be meant: `if x: a()` ... `if x: b()`
     text, offset = at("def f(x):\n    if x:\n        print(1)\n    print(2)\n    <CURSOR>\n        print(3)\n")
     assert check_run(text, offset, offset, "if x:", "python").hints == 0
+    # a loop whose variable is `_`, or read after the loop; a test for NaN
+    text, offset = at("def f(n):\n    k = 0\n    <CURSOR>\n        k += 1\n    return k\n")
+    assert check_run(text, offset, offset, "for _ in range(n):", "python").hints == 0
+    text, offset = at("def f(xs):\n    i = -1\n    <CURSOR>\n        pass\n    return i\n")
+    assert check_run(text, offset, offset, "for i, x in enumerate(xs):", "python").hints == 0
+    text, offset = at("def f(x):\n    <CURSOR>\n        return 0\n    return x\n")
+    assert check_run(text, offset, offset, "if x != x:", "python").hints == 0
     # a run fault outweighs any number of hints
     text, offset = at("def f(xs, k):\n    <CURSOR>\n    return 1\n")
     assert check_run(text, offset, offset, "return nope", "python") > check_run(
