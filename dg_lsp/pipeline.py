@@ -114,7 +114,7 @@ def complete(
     # where there was an answer: a wider beam does not find one where a beam of 10 found none), with a wider beam.
     retry = job.invoked and settings.retry_candidates > 0  # 0: never ask twice
     wider = False  # where the first answer runs, it is checked once, not again for the wider beam
-    if retry and (not edits or _would_fail(edits, window, language_id)):
+    if retry and (not edits or _would_fail(edits, window, language_id, unsure=True)):
         for opening in bindings.openings(window, offset, language_id):
             result = _plus(result, _finish(engine, job, opening, settings.max_line_tokens))
         edits = candidate_edits([c.text for c in result.candidates], window, offset, language_id, ctx.kind, True)
@@ -139,14 +139,16 @@ def _plus(first: JobResult, then: JobResult) -> JobResult:
     return JobResult(first.candidates + then.candidates, _sum_stats(first.stats, then.stats))
 
 
-def _would_fail(edits: list[Edit], text: str, language_id: str) -> bool:
-    """Whether the best edit leaves code the compiler refuses (every candidate does: those go last), or a run trips
-    over or may (a local read where some path leaves it unbound)."""
+def _would_fail(edits: list[Edit], text: str, language_id: str, unsure: bool = False) -> bool:
+    """Whether the best edit leaves code the compiler refuses (every candidate does: those go last) or a run trips
+    over; with `unsure`, also code that reads a local some path leaves unbound. That much asks for the openings, which
+    cost a short line job where there are any (a name read below that only some paths bind) and nothing otherwise,
+    but not for the wider beam: `return i` after a loop that binds `i` is common in working code."""
     if not edits:
         return False
     best = edits[0]
     check = diagnose.check_run(text, best.start, best.end, best.text, language_id)
-    return best.compiles is False or (check is not None and (check.faults > 0 or check.unsure > 0))
+    return best.compiles is False or (check is not None and (check.faults > 0 or (unsure and check.unsure > 0)))
 
 
 def _sum_stats(first: JobStats, then: JobStats) -> JobStats:

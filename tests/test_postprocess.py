@@ -393,6 +393,11 @@ def test_an_answer_that_would_fail_when_run_is_asked_for_once_more_wider() -> No
     out = complete(engine, header, at_header, "python", Settings())
     assert out.edits[0].text == "if x < 0:"
     assert [job.n for kind, job in engine.calls] == [1, Settings().retry_candidates]
+    # a read some path leaves unbound (the loop may not run) with no line to open for it: no wider beam
+    after_loop, at_end = at("def last(xs):\n    for x in xs:\n        pass\n    <CURSOR>\n")
+    engine = FakeEngine(texts=["return x", "return None"])
+    assert complete(engine, after_loop, at_end, "python", Settings()).edits[0].text == "return x"
+    assert len(engine.calls) == 1
     # no second call: where the first answer runs, while typing within a line, or where the setting is 0
     for first, chosen, automatic in [
         ("return fib(n - 1) + fib(n - 2)", Settings(), False),
