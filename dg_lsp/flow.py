@@ -55,7 +55,7 @@ class _Walk:
 
     def expr(self, node: ast.AST | None, state: _State) -> _State:
         """Record the reads of an expression evaluated in `state`; a walrus binds after it."""
-        if node is None:
+        if node is None or isinstance(node, _SCOPES + _COMPREHENSIONS):  # they read later, or in a scope of their own
             return state
         bound: set[str] = set()
         for n in _own(node):

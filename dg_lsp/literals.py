@@ -34,9 +34,23 @@ def number_loops(tree: ast.AST, first: int, last: int) -> int:
 
 
 def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], first: int, last: int) -> int:
-    """Uses, in function `fn` (whose own-scope nodes are `own`), of locals that lines first..last bind to a literal,
-    which the literal's type cannot serve."""
-    bound: dict[str, object] = {}
+    """Uses, in function `fn` (whose own-scope nodes are `own`), of names whose type is known which that type cannot
+    serve: anywhere, of locals that lines first..last bind to a literal (or loop over an annotated parameter's items);
+    on lines first..last, of parameters annotated with a builtin type (`n: int` in `for i in n:`) and of the items
+    other loops take from them (`for x in xs` over `xs: List[float]`, then `len(x)`)."""
+    stores: dict[str, int] = {}
+    augmented = {id(n.target) for n in own if isinstance(n, ast.AugAssign)}
+    for node in own:
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) and id(node) not in augmented:
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            stores.update((name, 2) for name in node.names)
+    args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+    params = {a.arg for a in args}
+    declared = {a.arg: _annotated(a.annotation) for a in args if not stores.get(a.arg)}
+    items = {name: _annotated(_element(a.annotation)) for a in args if not stores.get(name := a.arg)}
+    declared = {name: value for name, value in declared.items() if value is not _UNKNOWN}
+    bound: dict[str, object] = {}  # names the edit's lines give a type
     for node in own:
         if (
             isinstance(node, ast.Assign)
@@ -47,18 +61,15 @@ def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], firs
             value = _literal(node.value)
             if value is not _UNKNOWN:
                 bound[node.targets[0].id] = value
-    if not bound:
-        return 0
-    params = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
-    augmented = {id(n.target) for n in own if isinstance(n, ast.AugAssign)}
-    stores: dict[str, int] = {}
-    for node in own:
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) and id(node) not in augmented:
-            stores[node.id] = stores.get(node.id, 0) + 1
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            stores.update((name, 2) for name in node.names)
+        elif isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
+            item = items.get(node.iter.id, _UNKNOWN)
+            if item is not _UNKNOWN and stores.get(node.target.id) == 1:
+                (bound if first <= node.lineno <= last else declared)[node.target.id] = item
     typed = {name: value for name, value in bound.items() if stores.get(name) == 1 and name not in params}
-    return sum(_fails(node, typed) for node in own)
+    count = sum(_fails(node, typed) for node in own) if typed else 0
+    if declared:
+        count += sum(_fails(node, declared) for node in own if first <= getattr(node, "lineno", 0) <= last)
+    return count
 
 
 def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
@@ -70,6 +81,22 @@ def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
         return not hasattr(typed[node.value.id], method)
     if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and isinstance(node.iter, ast.Name):
         return node.iter.id in typed and not hasattr(typed[node.iter.id], "__iter__")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+        values = [typed[a.id] if isinstance(a, ast.Name) and a.id in typed else _UNKNOWN for a in node.args]
+        if node.func.id == "range":  # `range(xs)`: a list cannot be interpreted as an integer
+            return any(v is not _UNKNOWN and not isinstance(v, int) for v in values)
+        needs = "__len__" if node.func.id == "len" else "__iter__" if node.func.id in _CONSUME else None
+        single = node.func.id not in ("min", "max") or len(values) == 1  # `max(a, b)` compares, it does not iterate
+        return needs is not None and single and any(v is not _UNKNOWN and not hasattr(v, needs) for v in values)
+    if isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+        return any(  # `x in n` for a number n
+            isinstance(op, (ast.In, ast.NotIn))
+            and isinstance(right, ast.Name)
+            and right.id in typed
+            and not hasattr(typed[right.id], "__contains__")
+            and not hasattr(typed[right.id], "__iter__")
+            for op, right in zip(node.ops, node.comparators)
+        )
     if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id in typed:
         apply, operand = _OPERATORS.get(type(node.op)), _literal(node.value)
         if apply is None or operand is _UNKNOWN:
@@ -84,6 +111,30 @@ def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
 
 
 _UNKNOWN = object()
+# Builtins that iterate over their arguments.
+_CONSUME = frozenset(
+    ("enumerate", "sorted", "list", "tuple", "set", "sum", "reversed", "zip", "min", "max", "any", "all")
+)
+# Builtin annotations and an empty value of each: what the type can do is all that is asked of it.
+_EMPTY: dict[str, object] = {"int": 0, "float": 0.0, "bool": False, "str": "", "bytes": b""}
+_EMPTY |= {name: factory() for name, factory in (("list", list), ("dict", dict), ("tuple", tuple), ("set", set))}
+_EMPTY |= {name.title(): _EMPTY[name] for name in ("list", "dict", "tuple", "set")}
+
+
+def _annotated(annotation: ast.expr | None) -> object:
+    """An empty value of the builtin type an annotation names (`int`, `str`, `List[int]`, `dict`), else _UNKNOWN
+    (none, a union, Optional, a class of the program's own: nothing a value can stand for)."""
+    head = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+    name = head.attr if isinstance(head, ast.Attribute) else head.id if isinstance(head, ast.Name) else None
+    return _EMPTY.get(name or "", _UNKNOWN)
+
+
+def _element(annotation: ast.expr | None) -> ast.expr | None:
+    """The item type of a `List[X]` / `list[X]` annotation, else None."""
+    if isinstance(annotation, ast.Subscript) and isinstance(annotation.value, ast.Name):
+        if annotation.value.id in ("List", "list") and not isinstance(annotation.slice, ast.Tuple):
+            return annotation.slice
+    return None
 
 
 def _literal(node: ast.expr) -> object:

@@ -140,3 +140,11 @@ def test_a_read_some_path_leaves_unbound_ranks_between_faults_and_hints(new: str
     text = code + "\n"
     check = check_run(text, len(code), len(code), new, "python")
     assert check is not None and check.faults == 0 and check.unsure == unsure
+
+
+def test_a_comprehension_assigned_whole_is_a_scope_of_its_own() -> None:
+    # `i` is bound by the loop below and by the comprehension for itself: no read of the function's `i` here
+    got = judged(
+        "def f(n):\n    a = [i * i for i in range(n)]\n    for i in range(n):\n        a[i] += 1\n    return a\n"
+    )
+    assert ("i", 2) not in got and got[("i", 4)] == (True, True)
