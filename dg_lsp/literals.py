@@ -5,7 +5,10 @@ runs. Where the edit's line binds a local to a literal (`= 0`, `= []`, `= ""`, `
 the function rebinds it (augmented assignments keep it to the literal's type, for a list or a number alike), every use
 sees that type: an attribute the type does not have (`count.append`), an item read from or stored into what holds
 none, a loop over a number, or an augmented assignment whose operand the type rejects (`[] += 1`) is a TypeError or
-an AttributeError on the path that reaches it; so is a loop over a number literal itself (`for i in 1:`). Python;
+an AttributeError on the path that reaches it; so is a loop over a number literal itself (`for i in 1:`). A parameter
+annotated with a builtin type that the function never rebinds is held to that type the same way where the edit uses
+it (`for i in n:` with `n: int`, `range(xs)` with `xs: List[int]`, `len(x)` for an item of a `List[float]`), as is
+a name the builtins that iterate (`sum`, `sorted`, `enumerate`, ...) or measure (`len`) are given. Python;
 `diagnose.check_run` counts these among the run faults.
 """
 

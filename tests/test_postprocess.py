@@ -683,3 +683,56 @@ def test_a_literal_rebound_elsewhere_or_huge_to_repeat_is_not_judged_by_its_type
     text, offset = at("def f():\n    <CURSOR>\n    s *= 10000000000\n    return s\n")
     assert run_faults(text, offset, offset, "s = 'abc'", "python") == 0
     assert run_faults(text, offset, offset, "s = None", "python") == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "wrong", "right"),
+    [
+        # `n: int` is not iterable, has no length, holds nothing `in` it
+        (
+            "def divisor(n: int) -> int:\n    <CURSOR>\n        if n % i == 0:\n            return i\n",
+            "for i in n:",
+            "for i in range(2, n):",
+        ),
+        ("def f(n: int) -> int:\n    <CURSOR>\n", "return len(n)", "return n + 1"),
+        ("def f(xs: list, n: int) -> bool:\n    <CURSOR>\n", "return 3 in n", "return n in xs"),
+        # a list is no count: `range(xs)`
+        (
+            "from typing import List\n\n\n"
+            "def f(xs: List[int]) -> int:\n    t = 0\n    <CURSOR>\n        t += xs[i]\n    return t\n",
+            "for i in range(xs):",
+            "for i in range(len(xs)):",
+        ),
+        # the items of a `List[float]` are floats
+        (
+            "from typing import List\n\n\n"
+            "def f(xs: List[float]) -> int:\n    for x in xs:\n        <CURSOR>\n    return 0\n",
+            "print(len(x))",
+            "print(x)",
+        ),
+    ],
+)
+def test_an_annotated_parameter_used_as_its_type_cannot_be_is_a_fault(code: str, wrong: str, right: str) -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at(code)
+    assert run_faults(text, offset, offset, wrong, "python") == 1
+    assert run_faults(text, offset, offset, right, "python") == 0
+
+
+def test_parameters_are_judged_by_their_annotation_only_where_nothing_else_can_hold_them() -> None:
+    from dg_lsp.diagnose import run_faults
+
+    # rebound in the function, or annotated with a union or a class of the program's own: not judged
+    for code in (
+        "def f(n: int):\n    n = str(n)\n    <CURSOR>\n",
+        "def f(n: int | str):\n    <CURSOR>\n",
+        "from typing import Optional\n\n\ndef f(n: Optional[int]):\n    <CURSOR>\n",
+        "class Node:\n    pass\n\n\ndef f(n: Node):\n    <CURSOR>\n",
+    ):
+        text, offset = at(code)
+        assert run_faults(text, offset, offset, "return len(n)", "python") == 0, code
+    # `max(a, b)` compares two numbers; `max(n)` iterates one
+    text, offset = at("def f(a: int, b: int):\n    <CURSOR>\n")
+    assert run_faults(text, offset, offset, "return max(a, b)", "python") == 0
+    assert run_faults(text, offset, offset, "return max(a)", "python") == 1
