@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ast
 import operator
+from collections.abc import Callable
+from typing import Any
 
 _OPERATORS = {
     ast.Add: operator.iadd,
@@ -39,8 +41,10 @@ def number_loops(tree: ast.AST, first: int, last: int) -> int:
 def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], first: int, last: int) -> int:
     """Uses, in function `fn` (whose own-scope nodes are `own`), of names whose type is known which that type cannot
     serve: anywhere, of locals that lines first..last bind to a literal (or loop over an annotated parameter's items);
-    on lines first..last, of parameters annotated with a builtin type (`n: int` in `for i in n:`) and of the items
-    other loops take from them (`for x in xs` over `xs: List[float]`, then `len(x)`)."""
+    on lines first..last, of locals other lines bind to a literal (`balance = 0` above `balance.append(op)`), of
+    parameters annotated with a builtin type (`n: int` in `for i in n:`) and of the items other loops take from them
+    (`for x in xs` over `xs: List[float]`, then `len(x)`). A local is held to its literal only where nothing else in
+    the function binds it."""
     stores: dict[str, int] = {}
     augmented = {id(n.target) for n in own if isinstance(n, ast.AugAssign)}
     for node in own:
@@ -55,15 +59,11 @@ def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], firs
     declared = {name: value for name, value in declared.items() if value is not _UNKNOWN}
     bound: dict[str, object] = {}  # names the edit's lines give a type
     for node in own:
-        if (
-            isinstance(node, ast.Assign)
-            and first <= node.lineno <= last
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-        ):
-            value = _literal(node.value)
-            if value is not _UNKNOWN:
-                bound[node.targets[0].id] = value
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value, name = _literal(node.value), node.targets[0].id
+            if value is not _UNKNOWN and stores.get(name) == 1 and name not in params:
+                # bound here, judged wherever it is used; bound elsewhere, where the edit uses it (`balance.append`)
+                (bound if first <= node.lineno <= last else declared)[name] = value
         elif isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
             item = items.get(node.iter.id, _UNKNOWN)
             if item is not _UNKNOWN and stores.get(node.target.id) == 1:
@@ -100,6 +100,9 @@ def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
             and not hasattr(typed[right.id], "__iter__")
             for op, right in zip(node.ops, node.comparators)
         )
+    if isinstance(node, ast.Compare) and any(isinstance(op, _ORDERS) for op in node.ops):
+        sides = [_value(side, typed) for side in (node.left, *node.comparators)]
+        return any(_refuses(op, a, b) for op, a, b in zip(node.ops, sides, sides[1:]) if isinstance(op, _ORDERS))
     if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id in typed:
         apply, operand = _OPERATORS.get(type(node.op)), _literal(node.value)
         if apply is None or operand is _UNKNOWN:
@@ -156,6 +159,31 @@ def _literal(node: ast.expr) -> object:
     ):
         return set()
     return _UNKNOWN
+
+
+_ORDERS = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+_COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+
+
+def _value(node: ast.expr, typed: dict[str, object]) -> object:
+    """What a comparison's side certainly is: a typed name's value, a number or string constant, else _UNKNOWN."""
+    if isinstance(node, ast.Name):
+        return typed.get(node.id, _UNKNOWN)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)):
+        return node.value
+    return _UNKNOWN
+
+
+def _refuses(op: ast.cmpop, a: object, b: object) -> bool:
+    """Whether ordering `a` and `b` is a TypeError (`{} > 0`, `'' < 1`, `None < 0`)."""
+    if a is _UNKNOWN or b is _UNKNOWN:
+        return False
+    compare: Callable[[Any, Any], object] = _COMPARE[type(op)]
+    try:
+        compare(_copy(a), _copy(b))
+    except TypeError:
+        return True
+    return False
 
 
 def _copy(value: object) -> object:

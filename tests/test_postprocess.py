@@ -720,6 +720,18 @@ def test_an_annotated_parameter_used_as_its_type_cannot_be_is_a_fault(code: str,
     assert run_faults(text, offset, offset, right, "python") == 0
 
 
+def test_the_edit_using_a_local_another_line_binds_to_a_literal_is_held_to_its_type() -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at(
+        "def f(ops):\n    balance = 0\n    seen = {}\n    for op in ops:\n        <CURSOR>\n    return 1\n"
+    )
+    assert run_faults(text, offset, offset, "balance.append(op)", "python") == 1  # an int has no append
+    assert run_faults(text, offset, offset, "if seen > 0:\n            return 0", "python") == 1  # {} > 0
+    assert run_faults(text, offset, offset, "if balance > 0:\n            return 0", "python") == 0
+    assert run_faults(text, offset, offset, "seen[op] = 1", "python") == 0
+
+
 def test_parameters_are_judged_by_their_annotation_only_where_nothing_else_can_hold_them() -> None:
     from dg_lsp.diagnose import run_faults
 
