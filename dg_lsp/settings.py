@@ -80,10 +80,11 @@ class Settings:
     # waits for a whole line; it costs ~2.2x the time there (bench latency, three pairs on the quiet 2-core CPU, line
     # starts p50 428 vs 192 ms) and nothing within a line (p50 121 vs 141 ms). Off: every typing request is fast.
     thorough_blocks: bool = True
-    # Where the best of an explicit request (or of a thorough block) would certainly fail when run (a name nothing
-    # defines, a function calling itself endlessly, a local read before it is bound: dg_lsp/diagnose.py), it asks
-    # again: first with the line the code below needs opened for the model (dg_lsp/bindings.py: `total =` where the
-    # lines below add to `total`), then, if that is not it either, with one beam this wide. With the embedded model
+    # Where the best of an explicit request (or of a thorough block) does not compile or would certainly fail when
+    # run (a name nothing defines, a function calling itself endlessly, a local read where no path binds it:
+    # dg_lsp/diagnose.py), it asks again: first with the line the code below needs opened for the model
+    # (dg_lsp/bindings.py: `total =` where the lines below add to `total`; this much also where the best reads a local
+    # some path leaves unbound), then, if that is not it either, with one beam this wide. With the embedded model
     # 22% of HumanEval's 1,033 lines would fail; the wider beam alone makes 243 pass instead of 231 (session 15), the
     # opening first 295 (session 16), at the cost of a second decode on those requests (model card). 0: never ask
     # twice.
