@@ -18,7 +18,7 @@ from dg_model.api import Candidate, Engine, EngineError, InfillJob, JobResult, J
 from . import bindings, diagnose
 from .context import ContextBudget, build_context, enclosing_block, should_complete
 from .diagnose import Problem, problems
-from .postprocess import Edit, postprocess, prefer_runnable, rank
+from .postprocess import Edit, compiles_around, postprocess, prefer_runnable, rank
 from .settings import Settings
 
 # Context and validation look at most this far (in characters) from the cursor: a multi-MB file still completes,
@@ -147,8 +147,11 @@ def _would_fail(edits: list[Edit], text: str, language_id: str, unsure: bool = F
     if not edits:
         return False
     best = edits[0]
+    if best.compiles is False:
+        # the edit's fault only where a line there can compile: code still being typed below often does not
+        return bool(compiles_around(text, best.start, best.end, language_id))
     check = diagnose.check_run(text, best.start, best.end, best.text, language_id)
-    return best.compiles is False or (check is not None and (check.faults > 0 or (unsure and check.unsure > 0)))
+    return check is not None and (check.faults > 0 or (unsure and check.unsure > 0))
 
 
 def _sum_stats(first: JobStats, then: JobStats) -> JobStats:

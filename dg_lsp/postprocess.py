@@ -322,6 +322,19 @@ def prefer_runnable(edits: list[Edit], text: str, language_id: str) -> list[Edit
     return [edits[best], *edits[:best], *edits[best + 1 :]] if best else edits
 
 
+def compiles_around(text: str, start: int, end: int, language_id: str) -> bool | None:
+    """Whether the statement(s) around `text[start:end]` compile with a neutral line in its place (`pass`, or
+    `if True:` above a more indented line): if not, no edit there can make them compile. None within a line, where no
+    line stands in for the edit."""
+    line_start = text.rfind("\n", 0, start) + 1
+    if text[line_start:start].strip():
+        return None
+    following = next((line for line in text[end:].split("\n")[1:] if line.strip()), "")
+    indent = len(text[line_start:start].expandtabs())
+    deeper = len(following.expandtabs()) - len(following.expandtabs().lstrip()) > indent
+    return _compiles(Doc(text, start), text, start, end, "if True:" if deeper else "pass", language_id)
+
+
 def _compiles(doc: Doc, text: str, start: int, end: int, new: str, language_id: str) -> bool | None:
     """languages.compiles over the top-level statement(s) the edit touches, as they read after it."""
     if not languages.has_compiler(language_id):

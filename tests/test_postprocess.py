@@ -393,6 +393,11 @@ def test_an_answer_that_would_fail_when_run_is_asked_for_once_more_wider() -> No
     out = complete(engine, header, at_header, "python", Settings())
     assert out.edits[0].text == "if x < 0:"
     assert [job.n for kind, job in engine.calls] == [1, Settings().retry_candidates]
+    # code below that no line here can make compile (typed halfway): an answer that does not compile is not retried
+    broken, at_broken = at("def sign(x):\n    <CURSOR>\n    return (x,\n")
+    engine = FakeEngine(texts=["print(x)", "y = x"])
+    complete(engine, broken, at_broken, "python", Settings())
+    assert len(engine.calls) == 1
     # a read some path leaves unbound (the loop may not run) with no line to open for it: no wider beam
     after_loop, at_end = at("def last(xs):\n    for x in xs:\n        pass\n    <CURSOR>\n")
     engine = FakeEngine(texts=["return x", "return None"])
