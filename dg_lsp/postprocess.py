@@ -323,16 +323,21 @@ def prefer_runnable(edits: list[Edit], text: str, language_id: str) -> list[Edit
 
 
 def compiles_around(text: str, start: int, end: int, language_id: str) -> bool | None:
-    """Whether the statement(s) around `text[start:end]` compile with a neutral line in its place (`pass`, or
-    `if True:` above a more indented line): if not, no edit there can make them compile. None within a line, where no
-    line stands in for the edit."""
+    """Whether the statement(s) around `text[start:end]` compile with a neutral line in its place (`pass`; above a
+    more indented line `if True:`, which an `elif` may follow, or `while True:`, whose body may `break`): if not, no
+    edit there can make them compile. None within a line, where no line stands in for the edit."""
     line_start = text.rfind("\n", 0, start) + 1
     if text[line_start:start].strip():
         return None
     following = next((line for line in text[end:].split("\n")[1:] if line.strip()), "")
     indent = len(text[line_start:start].expandtabs())
     deeper = len(following.expandtabs()) - len(following.expandtabs().lstrip()) > indent
-    return _compiles(Doc(text, start), text, start, end, "if True:" if deeper else "pass", language_id)
+    doc = Doc(text, start)
+    verdicts = [_compiles(doc, text, start, end, line, language_id) for line in _NEUTRAL[deeper]]
+    return True if True in verdicts else verdicts[0]
+
+
+_NEUTRAL = {False: ("pass",), True: ("if True:", "while True:")}
 
 
 def _compiles(doc: Doc, text: str, start: int, end: int, new: str, language_id: str) -> bool | None:

@@ -393,6 +393,12 @@ def test_an_answer_that_would_fail_when_run_is_asked_for_once_more_wider() -> No
     out = complete(engine, header, at_header, "python", Settings())
     assert out.edits[0].text == "if x < 0:"
     assert [job.n for kind, job in engine.calls] == [1, Settings().retry_candidates]
+    # a body that `continue`s: only a loop's header compiles above it, and a loop is what is asked for
+    loop, at_loop = at(
+        "def f(xs):\n    out = []\n    <CURSOR>\n        if out:\n            continue\n        out.append(1)\n"
+    )
+    engine = FakeEngine(texts=["print(xs)", "for _ in xs:"])
+    assert complete(engine, loop, at_loop, "python", Settings()).edits[0].text == "for _ in xs:"
     # code below that no line here can make compile (typed halfway): an answer that does not compile is not retried
     broken, at_broken = at("def sign(x):\n    <CURSOR>\n    return (x,\n")
     engine = FakeEngine(texts=["print(x)", "y = x"])
