@@ -120,6 +120,8 @@ def test_latency_smoke(monkeypatch, fake_env, tmp_path):
         "20",
         "--timeout-s",
         "10",
+        "--retry-candidates",  # one engine call per request: every job's steps are the fake engine's own
+        "0",
         "--keep-log",
     )
     assert r["keystrokes"] > 10 and r["requests"]["sent"] == r["keystrokes"]
