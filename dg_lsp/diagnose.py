@@ -28,8 +28,6 @@ _IMPORTED = re.compile(r"^(?:from\s+\S+\s+)?import\s+(.+)$", re.M)
 # run_faults reads the whole top-level statement around an edit, ~1 ms per 1,000 characters for each candidate it
 # weighs (15 ms for textwrap.py's TextWrapper class): past this it leaves the model's order.
 RUN_FAULT_CHARS = 6_000
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 @dataclass(frozen=True)
@@ -324,7 +322,7 @@ def _unconditional(stmt: ast.stmt):
             stack.extend(ast.iter_child_nodes(node))
 
 
-def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = _SCOPES):
+def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = flow.SCOPES):
     """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it (nor of any
     other node type in `skip`)."""
     stack = [child for child in ast.iter_child_nodes(fn) if not isinstance(child, skip)]

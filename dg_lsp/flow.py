@@ -17,8 +17,9 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+# Nodes whose names live in a scope of their own (diagnose.py skips them the same way).
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -55,7 +56,7 @@ class _Walk:
 
     def expr(self, node: ast.AST | None, state: _State) -> _State:
         """Record the reads of an expression evaluated in `state`; a walrus binds after it."""
-        if node is None or isinstance(node, _SCOPES + _COMPREHENSIONS):  # they read later, or in a scope of their own
+        if node is None or isinstance(node, SCOPES + COMPREHENSIONS):  # they read later, or in a scope of their own
             return state
         bound: set[str] = set()
         for n in _own(node):
@@ -207,4 +208,4 @@ def _own(node: ast.AST):
     while stack:
         n = stack.pop()
         yield n
-        stack.extend(c for c in ast.iter_child_nodes(n) if not isinstance(c, _SCOPES + _COMPREHENSIONS))
+        stack.extend(c for c in ast.iter_child_nodes(n) if not isinstance(c, SCOPES + COMPREHENSIONS))
