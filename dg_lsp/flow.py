@@ -73,7 +73,7 @@ class _Walk:
                 state = self.expr(n.value, state)
                 if isinstance(n, ast.Subscript):
                     state = self.expr(n.slice, state)
-        return state.bind(_stored(node))
+        return state.bind(stored(node))
 
     def block(self, stmts: list[ast.stmt], state: _State | None) -> _State | None:
         for stmt in stmts:
@@ -197,7 +197,8 @@ def _names_stored(stmts: list[ast.stmt]) -> set[str]:
     return {n.id for s in stmts for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
-def _stored(target: ast.expr) -> set[str]:
+def stored(target: ast.expr) -> set[str]:
+    """The names an assignment target binds (`a, b[i], c.d` binds `a`)."""
     return {n.id for n in _own(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
+from dg_lsp import flow
+
 # Comparisons whose two sides may legitimately be the same expression: a NaN test (`x != x`), identity with itself.
 _SELF_OK = (ast.NotEq, ast.Is, ast.IsNot)
 
@@ -26,7 +28,7 @@ def smells(fn: ast.AST, own: Sequence[ast.AST], first: int, last: int) -> int:
     reads = {n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     count = 0
     for loop in (n for n in own if isinstance(n, (ast.For, ast.AsyncFor)) and first <= n.lineno <= last):
-        names = _stored(loop.target)
+        names = flow.stored(loop.target)
         if not names:
             continue
         count += not names & reads and not all(name.startswith("_") for name in names)
@@ -40,10 +42,6 @@ def smells(fn: ast.AST, own: Sequence[ast.AST], first: int, last: int) -> int:
     return count
 
 
-def _stored(target: ast.expr) -> set[str]:
-    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-
-
 def _enclosing_targets(fn: ast.AST, loop: ast.AST) -> set[str]:
     """Names the loops around `loop` (within `fn`) bind."""
     names: set[str] = set()
@@ -53,7 +51,7 @@ def _enclosing_targets(fn: ast.AST, loop: ast.AST) -> set[str]:
         if node is loop:
             names |= outer
             continue
-        inner = outer | _stored(node.target) if isinstance(node, (ast.For, ast.AsyncFor)) else outer
+        inner = outer | flow.stored(node.target) if isinstance(node, (ast.For, ast.AsyncFor)) else outer
         for child in ast.iter_child_nodes(node):
             if isinstance(node, (ast.For, ast.AsyncFor)) and child in (node.target, node.iter):
                 continue
