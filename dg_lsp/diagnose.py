@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyflakes import checker, messages
 
-from dg_lsp import flow, languages, literals, smells
+from dg_lsp import flow, languages, literals, loops, smells
 from dg_lsp.languages import Doc, top_level_region
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -113,8 +113,9 @@ def run_faults(text: str, start: int, end: int, new: str, language_id: str) -> i
     """What running the code around would certainly hit once `new` takes the place of `text[start:end]`: uses of
     names that nothing in scope defines (the code after the cursor counts: a line that defines the name the next
     lines use removes one), locals read before their function binds them, calls in `new` of its own function that
-    recur on every call, loops in `new` over a number, and uses of a local `new` binds to a literal that the literal's
-    type cannot serve (`count = []` above `count += 1`: `literals.py`). Python; None for other languages, where the
+    recur on every call, loops in `new` over a number, uses of a local `new` binds to a literal that the literal's
+    type cannot serve (`count = []` above `count += 1`: `literals.py`), and `while` loops around or on its lines that
+    nothing can end (`loops.py`). Python; None for other languages, where the
     code does not parse (nothing to judge by), or where the statement around is over `RUN_FAULT_CHARS`."""
     check = check_run(text, start, end, new, language_id)
     return None if check is None else check.faults
@@ -139,14 +140,19 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     undefined = [p.name for p in found if p.kind == "undefined-name"]
     unbound, unsure = _unbound_reads(tree, set(undefined))
     faults = len(undefined) + _endless_calls(tree, first, last) + unbound
-    faults += literals.number_loops(tree, first, last) + sum(
-        literals.misuses(fn, list(_own_nodes(fn)), first, last)
+    # only a function spanning the edit's lines can bind a name on them or loop over them: the others' nodes are not
+    # collected
+    spanning = [
+        fn
         for fn in ast.walk(tree)
-        # only a function spanning the edit's lines can bind a name on them: the others' nodes are not collected
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
         and fn.lineno <= last
         and first <= (fn.end_lineno or fn.lineno)
-    )
+    ]
+    for fn in spanning:
+        own = list(_own_nodes(fn))
+        faults += literals.misuses(fn, own, first, last) + loops.endless(own, first, last)
+    faults += literals.number_loops(tree, first, last)
     unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
     return RunCheck(faults, unsure, _hints(tree, first, last, unused.count(True), unused.count(False)))
 
@@ -276,7 +282,8 @@ def _unbound_reads(tree: ast.AST, reported: set[str]) -> tuple[int, int]:
 def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
     """Calls on lines first..last of a function to itself that recur on every call: with its parameters as they came
     where it never rebinds them (`return fib(n)` inside `fib(n)`, `self.run(x)` inside `run(self, x)`), or with any
-    arguments from a statement every call reaches (the body's first statements, before anything that can return)."""
+    arguments from a statement every call reaches (the body's first statements, before anything that can return; a
+    function defined among them returns from itself only)."""
     count = 0
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -286,7 +293,9 @@ def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
         always: set[int] = set()
         for stmt in fn.body:
             always.update(id(n) for n in _unconditional(stmt))
-            if any(isinstance(n, (ast.Return, ast.Raise, ast.Yield, ast.YieldFrom)) for n in _own_nodes(stmt)):
+            if not isinstance(stmt, flow.SCOPES) and any(
+                isinstance(n, (ast.Return, ast.Raise, ast.Yield, ast.YieldFrom)) for n in _own_nodes(stmt)
+            ):
                 break
         for node in own:
             if not isinstance(node, ast.Call) or not first <= node.lineno <= last:

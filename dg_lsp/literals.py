@@ -1,15 +1,16 @@
 """What a literal's type cannot do: the type errors a run would certainly hit once an edit binds a name to a literal.
 
 A small model finishes `total =` with `[]` as readily as with `0`; the code below (`total += n`) settles which one
-runs. Where the edit's line binds a local to a literal (`= 0`, `= []`, `= ""`, `= {}`, `= None`) and nothing else in
-the function rebinds it (augmented assignments keep it to the literal's type, for a list or a number alike), every use
-sees that type: an attribute the type does not have (`count.append`), an item read from or stored into what holds
-none, a loop over a number, or an augmented assignment whose operand the type rejects (`[] += 1`) is a TypeError or
-an AttributeError on the path that reaches it; so is a loop over a number literal itself (`for i in 1:`). A parameter
-annotated with a builtin type that the function never rebinds is held to that type the same way where the edit uses
-it (`for i in n:` with `n: int`, `range(xs)` with `xs: List[int]`, `len(x)` for an item of a `List[float]`), as is
-a name the builtins that iterate (`sum`, `sorted`, `enumerate`, ...) or measure (`len`) are given. Python;
-`diagnose.check_run` counts these among the run faults.
+runs. Where the edit's line binds a local to a literal (`= 0`, `= []`, `= ""`, `= {}`, `= None`, `= -1`, or a
+builtin whose result has one type: `= len(xs)`, `= str(n)`, `= sorted(xs)`) and nothing else in the function rebinds
+it (augmented assignments keep it to the literal's type, for a list or a number alike), every use sees that type: an
+attribute the type does not have (`count.append`), an item read from or stored into what holds none, a loop over a
+number, or an augmented assignment whose operand the type rejects (`[] += 1`) is a TypeError or an AttributeError on
+the path that reaches it; so is a loop over a number literal itself (`for i in 1:`). A parameter annotated with a
+builtin type that the function never rebinds is held to that type the same way where the edit uses it (`for i in n:`
+with `n: int`, `range(xs)` with `xs: List[int]`, `len(x)` for an item of a `List[float]` taken by `for x in xs` or
+`for i, x in enumerate(xs)`), as is a name the builtins that iterate (`sum`, `sorted`, `enumerate`, ...) or measure
+(`len`) are given. Python; `diagnose.check_run` counts these among the run faults.
 """
 
 from __future__ import annotations
@@ -64,15 +65,32 @@ def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], firs
             if value is not _UNKNOWN and stores.get(name) == 1 and name not in params:
                 # bound here, judged wherever it is used; bound elsewhere, where the edit uses it (`balance.append`)
                 (bound if first <= node.lineno <= last else declared)[name] = value
-        elif isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
-            item = items.get(node.iter.id, _UNKNOWN)
-            if item is not _UNKNOWN and stores.get(node.target.id) == 1:
-                (bound if first <= node.lineno <= last else declared)[node.target.id] = item
+        elif isinstance(node, ast.For):
+            for name, item in _loop_items(node, items):
+                if item is not _UNKNOWN and stores.get(name) == 1:
+                    (bound if first <= node.lineno <= last else declared)[name] = item
     typed = {name: value for name, value in bound.items() if stores.get(name) == 1 and name not in params}
     count = sum(_fails(node, typed) for node in own) if typed else 0
     if declared:
         count += sum(_fails(node, declared) for node in own if first <= getattr(node, "lineno", 0) <= last)
     return count
+
+
+def _loop_items(loop: ast.For, items: dict[str, object]) -> list[tuple[str, object]]:
+    """(name, value) for the names a loop over a parameter binds to its items: `for x in xs`, and `for i, x in
+    enumerate(xs)` (`i` a count)."""
+    if isinstance(loop.iter, ast.Name) and isinstance(loop.target, ast.Name):
+        return [(loop.target.id, items.get(loop.iter.id, _UNKNOWN))]
+    call, target = loop.iter, loop.target
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "enumerate"):
+        return []
+    if len(call.args) != 1 or call.keywords or not isinstance(call.args[0], ast.Name):
+        return []
+    if not (isinstance(target, ast.Tuple) and len(target.elts) == 2):
+        return []
+    count, item = target.elts
+    found = [(count.id, 0)] if isinstance(count, ast.Name) else []
+    return found + ([(item.id, items.get(call.args[0].id, _UNKNOWN))] if isinstance(item, ast.Name) else [])
 
 
 def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
@@ -144,10 +162,16 @@ def _element(annotation: ast.expr | None) -> ast.expr | None:
 
 
 def _literal(node: ast.expr) -> object:
-    """An empty or constant literal's value (`0`, `""`, `None`, `[]`, `{}`, `()`, `set()`), else _UNKNOWN; a
-    container literal with items stands for its empty self (its type is what counts)."""
+    """An empty or constant literal's value (`0`, `-1`, `""`, `None`, `[]`, `{}`, `()`, `set()`), or an empty value
+    of the one type a builtin returns (`len(xs)`: 0), else _UNKNOWN; a container literal with items stands for its
+    empty self (its type is what counts)."""
     if isinstance(node, ast.Constant):
         return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+        value = node.operand.value
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else _UNKNOWN
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _RESULTS:
+        return _RESULTS[node.func.id]  # a builtin whose result has one type, whatever it is given
     if isinstance(node, ast.List):
         return []
     if isinstance(node, ast.Dict):
@@ -160,6 +184,10 @@ def _literal(node: ast.expr) -> object:
         return set()
     return _UNKNOWN
 
+
+# Builtins whose result's type is theirs alone (`len(xs)` is an int, `sorted(xs)` a list).
+_RESULTS: dict[str, object] = {"len": 0, "int": 0, "float": 0.0, "str": "", "repr": "", "sorted": [], "list": []}
+_RESULTS |= {"tuple": (), "dict": {}, "set": set()}
 
 _ORDERS = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}

@@ -516,6 +516,11 @@ def test_a_call_to_itself_that_every_call_reaches_is_a_fault() -> None:
         assert run_faults(text, offset, offset, fine, "python") == 0
     base, at_base = at("def count(n):\n    if n == 0:\n        return 0\n    <CURSOR>\n")
     assert run_faults(base, at_base, at_base, "return 1 + count(n - 1)", "python") == 0
+    # a helper defined first returns from itself, not from the function around it
+    helper = "def nth_square(n):\n    def square(k):\n        return k * k\n    <CURSOR>\n    return square(n)\n"
+    text, offset = at(helper)
+    assert run_faults(text, offset, offset, "n = nth_square(n)", "python") == 1
+    assert run_faults(text, offset, offset, "n = square(n)", "python") == 0
 
 
 def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
@@ -671,6 +676,13 @@ def test_a_loop_over_a_number_is_a_fault() -> None:
         ("table = ()", 1),  # a tuple cannot have items stored into it
         ("names = 0", 1),  # `del names[0]`: nor can a number lose one
         ("names = []", 0),
+        # a builtin's result has its one type, a negated number is a number
+        ("seen = len(xs)", 1),
+        ("seen = list(xs)", 0),
+        ("seen = sorted(xs)", 0),
+        ("table = -1", 1),
+        ("table = str(xs)", 1),  # a string holds no items stored into it
+        ("table = dict(a=1)", 0),
     ],
 )
 def test_a_literal_whose_type_the_code_below_cannot_use_is_a_fault(new: str, faults: int) -> None:
@@ -720,6 +732,13 @@ def test_a_literal_rebound_elsewhere_or_huge_to_repeat_is_not_judged_by_its_type
             "def f(xs: List[float]) -> int:\n    for x in xs:\n        <CURSOR>\n    return 0\n",
             "print(len(x))",
             "print(x)",
+        ),
+        # ... as they are counted (`enumerate`)
+        (
+            "from typing import List\n\n\n"
+            "def f(xs: List[float]) -> int:\n    for i, x in enumerate(xs):\n        <CURSOR>\n    return 0\n",
+            "for y in x:\n            print(y, i)",
+            "for y in xs:\n            print(y, x, i)",
         ),
     ],
 )
