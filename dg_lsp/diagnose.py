@@ -152,7 +152,7 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     for fn in spanning:
         own = list(_own_nodes(fn))
         faults += literals.misuses(fn, own, first, last) + loops.endless(own, first, last)
-    faults += literals.number_loops(tree, first, last)
+    faults += literals.number_loops(tree, first, last) + literals.bad_unpacking(tree, first, last)
     unused = [start <= p.start < start + len(new) for p in found if p.kind == "unused-name"]  # bound by `new`?
     return RunCheck(faults, unsure, _hints(tree, first, last, unused.count(True), unused.count(False)))
 

@@ -39,6 +39,51 @@ def number_loops(tree: ast.AST, first: int, last: int) -> int:
     )
 
 
+def bad_unpacking(tree: ast.AST, first: int, last: int) -> int:
+    """Assignments and loops on lines first..last that unpack into more or fewer names than their value certainly has:
+    a literal of another length or none (`a, b = []`, `lo, hi = 0`), a loop over `enumerate` (pairs), `zip` of k
+    sequences (k-tuples) or `range` (numbers) into a tuple of another length. A ValueError or TypeError wherever they
+    run."""
+    count = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and first <= node.lineno <= last:
+            count += any(_unpacks_badly(target, _length(node.value)) for target in node.targets)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and first <= node.iter.lineno <= last:
+            count += _unpacks_badly(node.target, _item_length(node.iter))
+    return count
+
+
+_NOT_ITERABLE = -1
+
+
+def _length(value: ast.expr) -> int | None:
+    """How many items unpacking `value` certainly yields (_NOT_ITERABLE: it cannot be unpacked), or None."""
+    if isinstance(value, (ast.List, ast.Tuple)):
+        return None if any(isinstance(e, ast.Starred) for e in value.elts) else len(value.elts)
+    if isinstance(value, ast.Constant):
+        if isinstance(value.value, (str, bytes)):
+            return len(value.value)
+        return _NOT_ITERABLE
+    return None
+
+
+def _item_length(iterable: ast.expr) -> int | None:
+    """`_length` of each item a loop over `iterable` takes, where a builtin settles it."""
+    if not (isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name)) or iterable.keywords:
+        return None
+    if any(isinstance(a, ast.Starred) for a in iterable.args):
+        return None
+    return {"enumerate": 2, "zip": len(iterable.args), "range": _NOT_ITERABLE}.get(iterable.func.id)
+
+
+def _unpacks_badly(target: ast.expr, length: int | None) -> bool:
+    if length is None or not isinstance(target, (ast.Tuple, ast.List)):
+        return False
+    if any(isinstance(e, ast.Starred) for e in target.elts):
+        return length == _NOT_ITERABLE or length < len(target.elts) - 1
+    return length != len(target.elts)
+
+
 def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], first: int, last: int) -> int:
     """Uses, in function `fn` (whose own-scope nodes are `own`), of names whose type is known which that type cannot
     serve: anywhere, of locals that lines first..last bind to a literal (or loop over an annotated parameter's items);
@@ -74,6 +119,18 @@ def misuses(fn: ast.FunctionDef | ast.AsyncFunctionDef, own: list[ast.AST], firs
     if declared:
         count += sum(_fails(node, declared) for node in own if first <= getattr(node, "lineno", 0) <= last)
     return count
+
+
+def _names(node: ast.BinOp, typed: dict[str, object]) -> bool:
+    """Whether a side of `node` is one of `typed`'s names (a sum of literals alone is not the edit's business)."""
+    return any(isinstance(side, ast.Name) and side.id in typed for side in (node.left, node.right))
+
+
+def _operand(node: ast.expr, typed: dict[str, object]) -> object:
+    """What a binary operation's side certainly is, by type: a typed name's value or a literal's, else _UNKNOWN."""
+    if isinstance(node, ast.Name):
+        return typed.get(node.id, _UNKNOWN)
+    return _literal(node)
 
 
 def _loop_items(loop: ast.For, items: dict[str, object]) -> list[tuple[str, object]]:
@@ -121,6 +178,17 @@ def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
     if isinstance(node, ast.Compare) and any(isinstance(op, _ORDERS) for op in node.ops):
         sides = [_value(side, typed) for side in (node.left, *node.comparators)]
         return any(_refuses(op, a, b) for op, a, b in zip(node.ops, sides, sides[1:]) if isinstance(op, _ORDERS))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY and _names(node, typed):
+        left, right = _operand(node.left, typed), _operand(node.right, typed)
+        if left is _UNKNOWN or right is _UNKNOWN or (isinstance(node.op, ast.Mod) and isinstance(left, str)):
+            return False  # (a format string's `%` depends on its text, which the empty value does not keep)
+        try:
+            _BINARY[type(node.op)](_copy(left), _copy(right))
+        except TypeError:
+            return True  # `str(n) + []`, `[0] + 1`
+        except (ArithmeticError, ValueError):
+            return False
+        return False
     if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id in typed:
         apply, operand = _OPERATORS.get(type(node.op)), _literal(node.value)
         if apply is None or operand is _UNKNOWN:
@@ -135,6 +203,14 @@ def _fails(node: ast.AST, typed: dict[str, object]) -> bool:
 
 
 _UNKNOWN = object()
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
 # Builtins that iterate over their arguments.
 _CONSUME = frozenset(
     ("enumerate", "sorted", "list", "tuple", "set", "sum", "reversed", "zip", "min", "max", "any", "all")

@@ -694,6 +694,53 @@ def test_a_literal_whose_type_the_code_below_cannot_use_is_a_fault(new: str, fau
     assert run_faults(text, offset, offset, new, "python") == faults
 
 
+@pytest.mark.parametrize(
+    ("new", "faults"),
+    [
+        ("lo, hi = []", 1),  # ValueError: not enough values to unpack
+        ("lo, hi = 0", 1),  # TypeError: cannot unpack a number
+        ("lo, hi = 0, len(xs)", 0),
+        ("lo, *rest = [0]", 0),
+        ("lo, hi = xs", 0),  # the list's length is the caller's
+        ("for lo, hi, n in enumerate(xs):\n        print(lo, hi, n)", 1),  # enumerate yields pairs
+        ("for lo, hi in enumerate(xs):\n        print(lo, hi)", 0),
+        ("for lo, hi in range(len(xs)):\n        print(lo, hi)", 1),
+        ("for lo, hi in zip(xs, xs[1:]):\n        print(lo, hi)", 0),
+    ],
+)
+def test_unpacking_into_more_or_fewer_names_than_the_value_has_is_a_fault(new: str, faults: int) -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at("def f(xs):\n    <CURSOR>\n    return xs\n")
+    assert run_faults(text, offset, offset, new, "python") == faults
+    scope: dict = {}
+    exec(text[:offset] + new + text[offset:], scope)
+    if faults:
+        with pytest.raises((TypeError, ValueError)):
+            scope["f"]([1, 2])
+    else:
+        scope["f"]([1, 2])
+
+
+@pytest.mark.parametrize(
+    ("new", "faults"),
+    [
+        ("top = [0]", 1),  # `top + 1` below: a list takes no number
+        ("top = 0", 0),
+        ("top = len(xs)", 0),
+        ("top = str(xs)", 1),  # a string takes no number either
+    ],
+)
+def test_an_operation_the_types_of_its_sides_refuse_is_a_fault(new: str, faults: int) -> None:
+    from dg_lsp.diagnose import run_faults
+
+    text, offset = at("def f(xs):\n    <CURSOR>\n    return list(range(0, top + 1))\n")
+    assert run_faults(text, offset, offset, new, "python") == faults
+    # a format string's `%` depends on its text
+    text, offset = at("def f(n):\n    <CURSOR>\n    return fmt % n\n")
+    assert run_faults(text, offset, offset, "fmt = '%d'", "python") == 0
+
+
 def test_a_literal_rebound_elsewhere_or_huge_to_repeat_is_not_judged_by_its_type() -> None:
     from dg_lsp.diagnose import run_faults
 
