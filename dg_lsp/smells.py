@@ -5,7 +5,8 @@ A small model asked for the line above an indented block writes a loop far more 
 with a `for`). Such a loop runs, so no run fault tells it apart; what does is that it binds nothing the code uses: the
 body never reads its variable (`for j in range(n):` over `ns.append(i)`), it rebinds the variable of the loop around
 it (`for c in s:` inside `for c in s:`), or it walks its own variable (`for c in c:`). A test of an expression
-against itself (`if x[i] < x[i]:`) is the same kind of line. Each counts as a linter's hint (`diagnose.check_run`),
+against itself (`if x[i] < x[i]:`) is the same kind of line, as are an assignment of an expression to itself
+(`x[i] = x[i]`) and a list given itself (`xs.append(xs)`). Each counts as a linter's hint (`diagnose.check_run`),
 which ranks a candidate below one that runs as well without it.
 
 Python only; pure functions over one function's nodes.
@@ -34,12 +35,31 @@ def smells(fn: ast.AST, own: Sequence[ast.AST], first: int, last: int) -> int:
         count += not names & reads and not all(name.startswith("_") for name in names)
         count += bool(names & _enclosing_targets(fn, loop))
         count += bool(names & {n.id for n in ast.walk(loop.iter) if isinstance(n, ast.Name)})
+    for node in (n for n in own if first <= getattr(n, "lineno", 0) <= last):
+        count += _to_itself(node)
     for test in (n for n in own if isinstance(n, ast.Compare) and first <= n.lineno <= last):
         sides = [test.left, *test.comparators]
         count += any(
             not isinstance(op, _SELF_OK) and ast.dump(a) == ast.dump(b) for op, a, b in zip(test.ops, sides, sides[1:])
         )
     return count
+
+
+def _to_itself(node: ast.AST) -> bool:
+    """An assignment of an expression to itself (`x[i] = x[i]`), or a container given itself (`xs.append(xs)`)."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        return _same(node.targets[0], node.value)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _GROW:
+        return any(_same(node.func.value, arg) for arg in node.args)
+    return False
+
+
+_GROW = frozenset(("append", "extend", "add", "insert"))
+
+
+def _same(a: ast.AST, b: ast.AST) -> bool:
+    """Whether two expressions are written alike (their load or store context aside)."""
+    return ast.dump(a).replace("Store()", "Load()") == ast.dump(b)
 
 
 def _enclosing_targets(fn: ast.AST, loop: ast.AST) -> set[str]:

@@ -593,6 +593,17 @@ def test_a_local_read_before_the_function_binds_it_is_a_fault() -> None:
             "if xs[i] < xs[i]:",
             "if xs[i] < 0:",
         ),
+        # an item assigned to itself, a list given itself
+        (
+            "def f(xs, ys):\n    for i in range(len(ys)):\n        <CURSOR>\n    return xs\n",
+            "xs[i] = xs[i]",
+            "xs[i] = ys[i]",
+        ),
+        (
+            "def f(xs):\n    out = []\n    for x in xs:\n        <CURSOR>\n    return out\n",
+            "out.append(out)",
+            "out.append(x)",
+        ),
         # a parameter nothing reads, with code below: the line that read it is the one missing
         (
             "def scale(xs, k):\n    out = []\n    for x in xs:\n        <CURSOR>\n    return out\n",
