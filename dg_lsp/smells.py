@@ -39,9 +39,7 @@ def smells(fn: ast.AST, own: Sequence[ast.AST], first: int, last: int) -> int:
         count += _to_itself(node)
     for test in (n for n in own if isinstance(n, ast.Compare) and first <= n.lineno <= last):
         sides = [test.left, *test.comparators]
-        count += any(
-            not isinstance(op, _SELF_OK) and ast.dump(a) == ast.dump(b) for op, a, b in zip(test.ops, sides, sides[1:])
-        )
+        count += any(not isinstance(op, _SELF_OK) and _same(a, b) for op, a, b in zip(test.ops, sides, sides[1:]))
     return count
 
 
