@@ -122,10 +122,10 @@ def noise_blocks(
     return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
 
 
-def _dense_moe(layer: _Layer, x_route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _dense_moe(layer: _Layer, route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """`_Layer.moe` with every expert run on every token and unrouted ones weighted 0: the same output and gradients,
     static shapes for torch.compile (the routed version's per-expert gathers are data-dependent)."""
-    scores = (_rms(x_route, None, layer.eps) * layer.router_scale) @ layer.router_proj.T
+    scores = (route * layer.router_scale) @ layer.router_proj.T
     weights, index = torch.softmax(scores, -1, dtype=torch.float32).topk(layer.top_k, -1)
     weights = (weights / weights.sum(-1, keepdim=True)) * layer.per_expert_scale[index]
     routed = torch.zeros(scores.shape, dtype=weights.dtype, device=x.device).scatter(1, index, weights)  # [M, E]
