@@ -337,6 +337,27 @@ class LeanForward:
         return _rms(x, self.enc_norm, self.eps)
 
     @torch.inference_mode()
+    def encode_tree(
+        self, ids: torch.Tensor, depth: torch.Tensor, visible: torch.Tensor, cache: LeanCache
+    ) -> torch.Tensor:
+        """The tokens of a prefix tree after a one-row cache's end, through the causal encoder: token j [T] at
+        position `cache.length + depth[j]`, seeing the cache and the tree tokens `visible[j]` [T, T] marks (its
+        ancestors and itself). Candidates that share their first tokens are read once for all of them, where a batch
+        would read each copy. Written past the end like a canvas: `cache.length` does not move. -> states [T, H]."""
+        if cache.k[0].shape[0] != 1:
+            raise ValueError("a tree is read after a one-row cache")
+        start, T = cache.length, ids.shape[0]
+        self._reserve(cache, start + T)
+        seen = torch.ones(T, start - cache.shared, dtype=torch.bool, device=self.device)
+        mask = torch.cat([seen, visible.to(self.device)], 1)
+        pos = (start + depth).to(self.device)
+        x = self.enc_embed(ids.to(self.device)[None])
+        for i, layer in enumerate(self.enc_layers):
+            cos, sin = self._rope[layer.layer_type]
+            x = layer(x, cos[pos, None], sin[pos, None], self._attend(cache, i, start, start + T, mask))
+        return _rms(x, self.enc_norm, self.eps)[0]
+
+    @torch.inference_mode()
     def decoder_logits(self, canvas: torch.Tensor, cache: LeanCache, sc_logits: torch.Tensor | None) -> torch.Tensor:
         """Canvas [B, C] -> logits [B, C, V]: bidirectional over the cache and the canvas. The canvas's keys go past
         the cache's end, where the next call overwrites them; `cache.length` does not move."""

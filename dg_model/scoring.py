@@ -5,8 +5,9 @@ The self-correction actions ("Fix this block", and the ranking of "Rewrite this 
 - the causal encoder's log-probability of every token of each candidate block, given the fill-in-the-middle prompt
   (both sides of the block) and the tokens before it in the block, plus the end of the middle. Summed, that is the
   likelihood of the block in its place, comparable between candidates of different lengths. All candidates go in one
-  batched encoder forward over a copy of the prompt's cache (right padding: a causal model's earlier positions never
-  see it).
+  encoder forward after the prompt's cache: as one prefix tree where the forward reads trees (the lean one: what
+  candidates share is read once), else as a batch over a copy of the cache (right padding: a causal model's earlier
+  positions never see it).
 - the bidirectional decoder's reading of the block as it is: DiffusionGemma's decoder is trained to tell noise from
   text in a partly noised canvas, so where it would put another token than the one present, that token is suspect
   and its choice is a repair to try. One decoder forward.
@@ -36,20 +37,61 @@ def encoder_logprobs(fwd, cache, last_hidden: torch.Tensor, seqs: list[list[int]
     """For each token of each sequence (right-padded to T) after the prompt in `cache`: its log-probability, and the
     encoder's first choice there with that choice's log-probability; three [N, T] tensors. `cache` is left as it was.
 
-    The prompt's last state predicts token 0; the state at token j predicts token j + 1."""
-    n, width = len(seqs), max(len(s) for s in seqs)
+    The prompt's last state predicts token 0; the state after token j predicts token j + 1."""
+    width = max(len(s) for s in seqs)
     padded = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], device=last_hidden.device)
-    states = last_hidden[:, -1:].expand(n, 1, -1)
-    start = fwd.seq_length(cache)
-    if width > 1:
-        batched = fwd.expand(cache, n) if n > 1 else cache
-        try:
-            states = torch.cat([states, fwd.encode(padded[:, :-1], batched, start)], 1)
-        finally:
-            fwd.trim(cache, start)
-    logp = torch.log_softmax(fwd.lm_logits(states).float(), -1)  # [N, T, V]
+    states, rows = _states(fwd, cache, last_hidden[0, -1], seqs, padded)
+    logp = torch.log_softmax(fwd.lm_logits(states).float(), -1)  # [R, V]
     best = logp.max(-1)
-    return logp.gather(-1, padded[..., None])[..., 0].cpu(), best.indices.cpu(), best.values.cpu()
+    rows = rows.to(logp.device)
+    return logp[rows, padded].cpu(), best.indices[rows].cpu(), best.values[rows].cpu()
+
+
+def _states(fwd, cache, last: torch.Tensor, seqs: list[list[int]], padded: torch.Tensor):
+    """The encoder states [R, H] that predict the sequences' tokens, and per token the row of its state [N, T]."""
+    n, width = padded.shape
+    start = fwd.seq_length(cache)
+    if width == 1:
+        return last[None], torch.zeros(n, 1, dtype=torch.long)
+    tree = getattr(fwd, "encode_tree", None)  # the lean forward's; transformers' modules read a batch
+    try:
+        if tree is not None:
+            ids, depth, visible, rows = prefix_tree(seqs, width)
+            return torch.cat([last[None], tree(ids, depth, visible, cache)]), rows
+        batched = fwd.expand(cache, n) if n > 1 else cache
+        states = torch.cat([last.expand(n, 1, -1), fwd.encode(padded[:, :-1], batched, start)], 1)
+        return states.flatten(0, 1), torch.arange(n * width).view(n, width)
+    finally:
+        fwd.trim(cache, start)
+
+
+def prefix_tree(seqs: list[list[int]], width: int):
+    """The distinct proper prefixes of `seqs` as one tree (candidates of one beam share their first tokens, and an
+    answer's duplicates all of them): for its nodes, token ids [M], depth [M] and which nodes each sees [M, M] (its
+    ancestors and itself); per token of each sequence, the row of the state that predicts it [N, width] (0: the
+    prompt's; 1 + node after it; padding 0)."""
+    node: dict[tuple[int, int], int] = {}  # (parent node or -1, token) -> node
+    ids: list[int] = []
+    depth: list[int] = []
+    parent: list[int] = []
+    rows = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        at = -1
+        for j, token in enumerate(s[:-1]):  # the last token predicts nothing that is read
+            key = (at, token)
+            if key not in node:
+                node[key] = len(ids)
+                ids.append(token)
+                depth.append(j)
+                parent.append(at)
+            at = node[key]
+            rows[i, j + 1] = 1 + at
+    visible = torch.zeros(len(ids), len(ids), dtype=torch.bool)
+    for k, p in enumerate(parent):  # parents come first: a node sees what its parent sees, and itself
+        if p >= 0:
+            visible[k] = visible[p]
+        visible[k, k] = True
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(depth, dtype=torch.long), visible, rows
 
 
 def decoder_alternatives(fwd, cache, ids: list[int], pad_id: int, device, k: int = ALTERNATIVES):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
 
+from dg_model import scoring
 from dg_model.api import ScoreJob
 from dg_model.architecture import TINY, build_config
 from dg_model.engine import DiffusionEngine, EngineSettings
@@ -58,3 +59,61 @@ def test_totals_only_skip_the_detail_and_keep_the_numbers(engine):
     totals = engine.score(ScoreJob(prefix, suffix, blocks, doc_key="t", detail=False))
     assert [s.logprob for s in totals] == pytest.approx([s.logprob for s in full], abs=1e-4)
     assert all(s.tokens == [] for s in totals)
+
+
+def test_candidates_sharing_their_start_score_as_each_read_alone(engine):
+    # a beam's candidates: duplicates, shared first tokens, one a prefix of another, one a single token
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+    blocks = ["return a + b", "return a + b", "return a + b + 1", "return a - b", "return", "x"]
+    got = engine.score(ScoreJob(prefix, suffix, blocks, doc_key="tree", detail=False))
+    for block, s in zip(blocks, got):
+        assert s.logprob == pytest.approx(reference(engine, prefix, suffix, block), abs=2e-3)
+
+
+def test_prefix_tree_reads_each_shared_start_once():
+    seqs = [[5, 6, 7, 1], [5, 6, 7, 1], [5, 6, 8, 1], [9, 1]]
+    ids, depth, visible, rows = scoring.prefix_tree(seqs, 4)
+    # the proper prefixes: 5 / 5 6 / 5 6 7 / 5 6 8 / 9
+    assert ids.tolist() == [5, 6, 7, 8, 9] and depth.tolist() == [0, 1, 2, 2, 0]
+    # each node sees its ancestors and itself, never a sibling's branch
+    assert visible.int().tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 1, 0],
+        [0, 0, 0, 0, 1],
+    ]
+    # token j of a sequence is predicted by the state after its first j tokens (row 0: the prompt's last state)
+    assert rows.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 4], [0, 5, 0, 0]]
+
+
+class _BatchOnly:
+    """A forward without the tree reading: the batched path of `encoder_logprobs`."""
+
+    def __init__(self, fwd):
+        self.fwd = fwd
+
+    def __getattr__(self, name: str):
+        if name == "encode_tree":
+            raise AttributeError(name)
+        return getattr(self.fwd, name)
+
+
+def test_tree_reading_gives_the_batched_readings_numbers():
+    torch.manual_seed(0)
+    tok = PreTrainedTokenizerFast.from_pretrained(EMBEDDED_DIR)
+    model = DiffusionGemmaForBlockDiffusion(build_config(tok.vocab_size, 32, **TINY)).eval()
+    fwd = make_forward(model, "lean")
+    prompt = build_prompt(tok, "fim-spm", "def f(x):\n    ", "\n", 256).ids
+    seqs = [tok.encode(t, add_special_tokens=False) + [1] for t in ("return x", "return x + 1", "return x", "pass")]
+    cache = fwd.new_cache()
+    with torch.inference_mode():
+        last = fwd.encode(torch.tensor([prompt]), cache, 0)[:, -1:]
+        tree = scoring.encoder_logprobs(fwd, cache, last, seqs, 0)
+        batch = scoring.encoder_logprobs(_BatchOnly(fwd), cache, last, seqs, 0)
+    assert fwd.seq_length(cache) == len(prompt)  # both leave the prompt's cache as it was
+    for i, s in enumerate(seqs):
+        n = len(s)
+        assert torch.allclose(tree[0][i, :n], batch[0][i, :n], atol=1e-4)
+        assert tree[1][i, :n].tolist() == batch[1][i, :n].tolist()
+        assert torch.allclose(tree[2][i, :n], batch[2][i, :n], atol=1e-4)
