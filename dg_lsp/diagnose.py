@@ -334,11 +334,7 @@ def _unconditional(stmt: ast.stmt):
 def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = flow.SCOPES):
     """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it (nor of any
     other node type in `skip`)."""
-    stack = [child for child in ast.iter_child_nodes(fn) if not isinstance(child, skip)]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, skip))
+    return flow.own_nodes(ast.iter_child_nodes(fn), skip)
 
 
 def _python_problems(

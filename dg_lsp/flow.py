@@ -15,6 +15,7 @@ Python only; pure functions over `ast` nodes.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 # Nodes whose names live in a scope of their own (diagnose.py skips them the same way).
@@ -59,7 +60,7 @@ class _Walk:
         if node is None or isinstance(node, SCOPES + COMPREHENSIONS):  # they read later, or in a scope of their own
             return state
         bound: set[str] = set()
-        for n in _own(node):
+        for n in own_nodes([node]):
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in self.local:
                 self.reads.append(Read(n, n.id in state.may, n.id in state.must))
             elif isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name):
@@ -68,7 +69,7 @@ class _Walk:
 
     def target(self, node: ast.expr, state: _State) -> _State:
         """Bind an assignment target: names bound, subscripts' and attributes' bases read."""
-        for n in _own(node):
+        for n in own_nodes([node]):
             if isinstance(n, (ast.Subscript, ast.Attribute)):
                 state = self.expr(n.value, state)
                 if isinstance(n, ast.Subscript):
@@ -180,7 +181,7 @@ class _Walk:
 def reads(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[Read]:
     """Every read of one of `fn`'s locals in its own scope (not in functions, lambdas or comprehensions inside it),
     with whether the paths that reach it bind the name."""
-    own = list(_own(fn))
+    own = [fn, *own_nodes(ast.iter_child_nodes(fn))]
     declared = {name for n in own if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
     args = fn.args
     params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
@@ -199,14 +200,14 @@ def _names_stored(stmts: list[ast.stmt]) -> set[str]:
 
 def stored(target: ast.expr) -> set[str]:
     """The names an assignment target binds (`a, b[i], c.d` binds `a`)."""
-    return {n.id for n in _own(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return {n.id for n in own_nodes([target]) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
-def _own(node: ast.AST):
-    """`node` and its descendants in the same scope: not those of lambdas, comprehensions or nested definitions
-    (their reads run later, or in a scope of their own)."""
-    stack = [node]
+def own_nodes(nodes: Iterable[ast.AST], skip: tuple[type, ...] = SCOPES + COMPREHENSIONS) -> Iterator[ast.AST]:
+    """`nodes` and everything below them in the same scope: a node of a type in `skip` is left out with all below
+    it (a nested definition, lambda or comprehension reads later, or in a scope of its own)."""
+    stack = [n for n in nodes if not isinstance(n, skip)]
     while stack:
         n = stack.pop()
         yield n
-        stack.extend(c for c in ast.iter_child_nodes(n) if not isinstance(c, SCOPES + COMPREHENSIONS))
+        stack.extend(c for c in ast.iter_child_nodes(n) if not isinstance(c, skip))

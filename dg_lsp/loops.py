@@ -16,7 +16,7 @@ Python only; pure functions over `ast` nodes.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from dg_lsp import flow
 
@@ -47,18 +47,7 @@ def _stuck(loop: ast.While) -> bool:
             return False  # the condition computes something that may change by itself
         if isinstance(node, ast.Name):
             tested.add(node.id)
-    return not any(_changes(node, tested) or _leaves(node) for node in _body_nodes(loop))
-
-
-def _body_nodes(loop: ast.While) -> Iterator[ast.AST]:
-    """The loop body's nodes; not the insides of functions and classes it defines (they run when called, and a call
-    counts by itself)."""
-    stack: list[ast.AST] = list(loop.body)
-    while stack:
-        node = stack.pop()
-        yield node
-        if not isinstance(node, flow.SCOPES):
-            stack.extend(ast.iter_child_nodes(node))
+    return not any(_changes(node, tested) or _leaves(node) for node in flow.own_nodes(loop.body, flow.SCOPES))
 
 
 def _leaves(node: ast.AST) -> bool:
