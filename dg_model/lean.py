@@ -181,13 +181,19 @@ class _Layer:
         scores = (route * self.router_scale) @ self.router_proj.T
         weights, index = torch.softmax(scores, -1, dtype=torch.float32).topk(self.top_k, -1)
         weights = (weights / weights.sum(-1, keepdim=True)) * self.per_expert_scale[index]
-        out = torch.zeros_like(x)
-        for e in index.unique().tolist():
-            rows, slot = torch.where(index == e)
-            gate, up = (x[rows] @ self.experts_gate_up[e].T).chunk(2, -1)
-            y = (self.expert_act(gate) * up) @ self.experts_down[e].T
-            out.index_add_(0, rows, (y * weights[rows, slot, None]).to(out.dtype))
-        return out
+        # (row, slot) pairs grouped by expert, rows ascending within one: one gather and one scatter for all experts,
+        # each expert's rows a slice (the same products and sums, in the same order, as a gather per expert)
+        flat = index.flatten()
+        order = flat.argsort(stable=True)
+        rows = order // self.top_k
+        xs, ys, at = x[rows], [], 0
+        for e, count in enumerate(torch.bincount(flat, minlength=self.experts_down.shape[0]).tolist()):
+            if count:
+                gate, up = (xs[at : at + count] @ self.experts_gate_up[e].T).chunk(2, -1)
+                ys.append((self.expert_act(gate) * up) @ self.experts_down[e].T)
+                at += count
+        y = torch.cat(ys) * weights.flatten()[order, None]
+        return torch.zeros_like(x).index_add_(0, rows, y.to(x.dtype))
 
     def __call__(self, x: torch.Tensor, cos, sin, attend) -> torch.Tensor:
         n = self.norms
