@@ -81,17 +81,21 @@ def _relayout(param: torch.Tensor) -> torch.Tensor:
     return param
 
 
-def _inv_rms(xf: torch.Tensor, eps: float) -> torch.Tensor:
-    """1 / sqrt(mean(x^2) + eps) over the last dimension, kept. As a dot product: CPU's `mean` is a sum and a
-    division, and a beam step at a few rows is dispatch-bound (this form: 31 vs 45 us a call, the same bits)."""
-    return torch.rsqrt(torch.linalg.vecdot(xf, xf).unsqueeze(-1).div(xf.shape[-1]).add(eps))
+def _normed(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dimension, in float32 (transformers' DiffusionGemmaRMSNorm's
+    statistics). The mean as a dot product: CPU's `mean` is a sum and a division, and a beam step at a few rows is
+    dispatch-bound (this form: 31 vs 45 us a call, the same bits)."""
+    xf = x.float()
+    return xf * torch.rsqrt(torch.linalg.vecdot(xf, xf).unsqueeze(-1).div(xf.shape[-1]).add(eps))
+
+
+def _scaled(normed: torch.Tensor, weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A norm's scale applied as is (no 1 + w), in `like`'s dtype: one statistic can serve several norms."""
+    return (normed * weight.float() if weight is not None else normed).type_as(like)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    # transformers' DiffusionGemmaRMSNorm: float32 statistics, scale applied as is (no 1 + w)
-    xf = x.float()
-    out = xf * _inv_rms(xf, eps)
-    return (out * weight.float() if weight is not None else out).type_as(x)
+    return _scaled(_normed(x, eps), weight, x)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -169,10 +173,9 @@ class _Layer:
         keys rotate together (where values are the keys' projection, its statistics serve both): a decode step is
         dispatch-bound (with the shared statistics in `__call__`, 1,148 ops a beam step instead of 1,309)."""
         B, T, _ = x.shape
-        heads = (x @ self.qkv.T).view(B, T, -1, self.d).float()  # q heads, k heads, v heads unless v is k
-        normed = heads * _inv_rms(heads, self.eps)
-        qk = _rotate((normed[:, :, : self.h + self.g] * self.qk_norm.float()).type_as(x), cos, sin)
-        v = normed[:, :, self.h if self.k_is_v else self.h + self.g :].type_as(x)
+        normed = _normed((x @ self.qkv.T).view(B, T, -1, self.d), self.eps)  # q heads, k heads, v heads unless v is k
+        qk = _rotate(_scaled(normed[:, :, : self.h + self.g], self.qk_norm, x), cos, sin)
+        v = _scaled(normed[:, :, self.h if self.k_is_v else self.h + self.g :], None, x)
         q, k = qk.split([self.h, self.g], 2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
@@ -202,14 +205,11 @@ class _Layer:
         a = a.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) @ self.o.T
         x = x + _rms(a, n["post_attention_layernorm"], self.eps)
         # the dense MLP, the router and the experts each norm the same residual: its statistics once
-        xf = x.float()
-        normed = xf * _inv_rms(xf, self.eps)
-        pre = (normed * n["pre_feedforward_layernorm"].float()).type_as(x)
-        gate, up = (pre @ self.gate_up.T).chunk(2, -1)
+        normed = _normed(x, self.eps)
+        gate, up = (_scaled(normed, n["pre_feedforward_layernorm"], x) @ self.gate_up.T).chunk(2, -1)
         dense = _rms((self.act(gate) * up) @ self.down.T, n["post_feedforward_layernorm_1"], self.eps)
         flat = normed.reshape(-1, x.shape[-1])
-        pre_experts = (flat * n["pre_feedforward_layernorm_2"].float()).type_as(x)
-        experts = self.moe(flat.type_as(x), pre_experts).view_as(x)
+        experts = self.moe(_scaled(flat, None, x), _scaled(flat, n["pre_feedforward_layernorm_2"], x)).view_as(x)
         experts = _rms(experts, n["post_feedforward_layernorm_2"], self.eps)
         x = x + _rms(dense + experts, n["post_feedforward_layernorm"], self.eps)
         return x * self.scalar
