@@ -18,6 +18,7 @@ from dg_model.training.blockdiff import (
     collate_rows,
     losses,
     noise_blocks,
+    noised_chunks,
 )
 
 VOCAB = 256
@@ -58,6 +59,19 @@ def test_layout_has_a_boundary_at_the_canvas_and_ends_the_middle_with_eos():
     assert batch["weight"][1, -1] == 0 and batch["weight"][1, len(short.ids) - 1] == pytest.approx(0.1)
 
 
+def test_noised_query_chunks_hold_every_block_they_touch():
+    _, batch = _batch()
+    start = batch["start"]
+    N = start.shape[1]
+    chunks = noised_chunks(start, 5)
+    assert [a for a, *_ in chunks] == list(range(0, N, 5)) and chunks[-1][1] == N
+    for b in range(2):
+        for a, hi_q, lo, hi in chunks:
+            for i in range(a, hi_q):
+                block = (start[b] == start[b, i]).nonzero().flatten()
+                assert lo <= int(block.min()) and int(block.max()) < hi
+
+
 def test_mask_rows_are_never_empty_and_noised_blocks_never_see_their_own_clean_tokens():
     _, batch = _batch()
     mask = block_mask(batch["start"])[:, 0]
@@ -71,13 +85,14 @@ def test_mask_rows_are_never_empty_and_noised_blocks_never_see_their_own_clean_t
 
 @torch.no_grad()
 @pytest.mark.parametrize("self_cond", [False, True])
-def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond):
+@pytest.mark.parametrize("query_chunk", [64, 5])  # one call for all noised queries; chunks cutting through blocks
+def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond, query_chunk):
     model = _model().eval()
     rows, batch = _batch()
     ids, start = batch["ids"], batch["start"]
     N = ids.shape[1]
     noised = noise_blocks(ids, start, VOCAB, torch.full(ids.shape, 0.5), 0.02, torch.Generator().manual_seed(1))
-    fwd = BlockForward(model)
+    fwd = BlockForward(model, query_chunk=query_chunk)
     sc = torch.randn(2, N, VOCAB) if self_cond else None
     sc_rows = torch.tensor([True, False]) if self_cond else None
     logits = fwd.logits(fwd.hidden(ids, noised, start, sc, sc_rows))

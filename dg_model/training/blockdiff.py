@@ -90,15 +90,21 @@ def collate_rows(rows: Sequence[BlockRow], width: int = 0) -> dict[str, torch.Te
     return {"ids": ids, "start": start, "weight": weight, "real": real, "middle": middle}
 
 
+def noised_sees(start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N] block starts -> what each noised query sees, [B, 1, N, N] booleans each: the clean keys before its
+    block, and the noised keys of its own block."""
+    pos = torch.arange(start.shape[1], device=start.device)
+    return (pos[None, None, :] < start[:, :, None])[:, None], (start[:, :, None] == start[:, None, :])[:, None]
+
+
 def block_mask(start: torch.Tensor) -> torch.Tensor:
-    """[B, N] block starts -> [B, 1, 2N, 2N] boolean attention mask over (clean, noised) x (clean, noised)."""
+    """[B, N] block starts -> [B, 1, 2N, 2N] boolean attention mask over (clean, noised) x (clean, noised): the
+    attention of the two passes (`BlockForward`) written as one matrix."""
     B, N = start.shape
     pos = torch.arange(N, device=start.device)
-    clean_clean = (pos[:, None] >= pos[None, :]).expand(B, N, N)
-    noised_clean = pos[None, None, :] < start[:, :, None]
-    noised_noised = start[:, :, None] == start[:, None, :]
-    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], 2)
-    return torch.cat([top, torch.cat([noised_clean, noised_noised], 2)], 1)[:, None]
+    clean_clean = (pos[:, None] >= pos[None, :]).expand(B, 1, N, N)
+    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], 3)
+    return torch.cat([top, torch.cat(noised_sees(start), 3)], 2)
 
 
 def noise_blocks(
@@ -122,67 +128,103 @@ def noise_blocks(
     return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
 
 
-def _dense_moe(layer: _Layer, route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`_Layer.moe` with every expert run on every token and unrouted ones weighted 0: the same output and gradients,
-    static shapes for torch.compile (the routed version's per-expert gathers are data-dependent)."""
-    scores = (route * layer.router_scale) @ layer.router_proj.T
-    weights, index = torch.softmax(scores, -1, dtype=torch.float32).topk(layer.top_k, -1)
-    weights = (weights / weights.sum(-1, keepdim=True)) * layer.per_expert_scale[index]
-    routed = torch.zeros(scores.shape, dtype=weights.dtype, device=x.device).scatter(1, index, weights)  # [M, E]
-    gate, up = torch.einsum("mh,eih->emi", x, layer.experts_gate_up).chunk(2, -1)
-    y = torch.einsum("emi,ehi->emh", layer.expert_act(gate) * up, layer.experts_down)
-    return torch.einsum("emh,me->mh", y, routed.to(y.dtype))
+# Noised queries in chunks of this many positions: each reads the clean keys up to its end and the noised keys near
+# it, where one call over all of them read 2N keys per query of which ~N/2 + a block were visible.
+QUERY_CHUNK = 64
+
+
+def noised_chunks(start: torch.Tensor, chunk: int = QUERY_CHUNK) -> list[tuple[int, int, int, int]]:
+    """(a, b, lo, hi) per chunk of noised queries [a, b): the noised keys [lo, hi) hold every block those queries
+    are in (blocks are at most `span` long: a block reaching into [a, b) lies inside [a - span + 1, b + span - 1)).
+    `span` is rounded up to a power of two so that compiled graphs see few distinct plans."""
+    N = start.shape[1]
+    span = int((torch.arange(N, device=start.device) - start).max()) + 1
+    span = 1 << (span - 1).bit_length()
+    return [(a, min(a + chunk, N), max(0, a - span + 1), min(N, a + chunk + span - 1)) for a in range(0, N, chunk)]
 
 
 class BlockForward:
-    """The clean + noised forward over a model's parameters (rebuilt per step: packs carry this step's weights).
-    `compiled`: the layers run through torch.compile (dense experts; fixed row width, or it recompiles per width)."""
+    """The clean and noised passes over a model's parameters (rebuilt per step: packs carry this step's weights):
+    `clean` runs the causal encoder and keeps each layer's keys and values, `noised` the decoder over noised blocks
+    reading them. Two passes rather than one over the concatenation: a self-conditioning pass reuses the clean one.
+    `compiled`: the layers run through torch.compile (fixed row width, or it recompiles per width), all but the routed
+    experts: their per-expert row counts are data, which a compiled graph would specialise on and recompile for; the
+    experts run eagerly between compiled pieces (a step 0.79x the time of every expert on every row, compiled)."""
 
-    def __init__(self, model, compiled: bool = False):
+    def __init__(self, model, compiled: bool = False, query_chunk: int = QUERY_CHUNK):
         text = model.config.text_config
+        self.query_chunk = query_chunk
         self.enc, self.dec = model.model.encoder.language_model, model.model.decoder
         self.eps, self.softcap = text.rms_norm_eps, text.final_logit_softcapping
         self.layers = [_Layer(layer, self.eps, trainable=True) for layer in self.enc.layers]
         if compiled:
             for layer in self.layers:
-                layer.moe = functools.partial(_dense_moe, layer)  # type: ignore[method-assign]  # per-instance swap
-        self.run_layers = torch.compile(self._run_layers, dynamic=False) if compiled else self._run_layers
+                layer.moe = torch.compiler.disable(layer.moe)  # type: ignore[method-assign]  # per-instance swap
+        compile_ = functools.partial(torch.compile, dynamic=False) if compiled else (lambda f: f)
+        self.run_clean, self.run_noised = compile_(self._run_clean), compile_(self._run_noised)
         # the only per-half difference inside the shared layers: each side's layer scalar (a buffer, not tied)
         self.scalars = [(enc.layer_scalar, dec.layer_scalar) for enc, dec in zip(self.enc.layers, self.dec.layers)]
         self.lm_head = model.lm_head.weight
 
+    def clean(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The encoder's final hidden states [B, N, H] and each layer's keys and values [B, g, N, d]."""
+        return self.run_clean(self.enc.embed_tokens(ids))
+
+    def noised(self, noised, start, kv, sc_logits=None, sc_rows=None) -> torch.Tensor:
+        """The decoder's final hidden states [B, N, H] over `noised` blocks, each reading the clean keys and values
+        `kv` (from `clean`) before its block; self-conditioned on `sc_logits` in rows `sc_rows`."""
+        x = self.dec.embed_tokens(noised)
+        if sc_logits is not None:
+            soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(x.dtype) @ self.dec.embed_tokens.weight
+            soft = soft * self.dec.embed_tokens.embed_scale.to(x.dtype) * sc_rows.to(x.dtype)[:, None, None]
+            x = self.dec.self_conditioning(x, soft)
+        else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
+            x = _rms(x, None, self.eps)
+        x = x.to(self.enc.embed_tokens.weight.dtype)
+        return self.run_noised(x, start, kv, noised_chunks(start, self.query_chunk))
+
     def hidden(self, ids, noised, start, sc_logits=None, sc_rows=None) -> torch.Tensor:
         """Final hidden states [B, 2N, H]: clean positions first, then noised ones."""
-        x_dec = self.dec.embed_tokens(noised)
-        if sc_logits is not None:
-            soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(x_dec.dtype) @ self.dec.embed_tokens.weight
-            soft = soft * self.dec.embed_tokens.embed_scale.to(x_dec.dtype) * sc_rows.to(x_dec.dtype)[:, None, None]
-            x_dec = self.dec.self_conditioning(x_dec, soft)
-        else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
-            x_dec = _rms(x_dec, None, self.eps)
-        x = torch.cat([self.enc.embed_tokens(ids), x_dec.to(self.enc.embed_tokens.weight.dtype)], 1)
-        return self.run_layers(x, start)
+        h_clean, kv = self.clean(ids)
+        return torch.cat([h_clean, self.noised(noised, start, kv, sc_logits, sc_rows)], 1)
 
-    def _run_layers(self, x: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        N = start.shape[1]
-        noised_mask = block_mask(start)[:, :, N:]  # [B, 1, N, 2N]
-        pos = torch.arange(N, device=x.device)[None]
+    def _rope(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        pos = torch.arange(x.shape[1], device=x.device)[None]
         rope = {}
         for layer in self.layers:
             if layer.layer_type not in rope:
                 cos, sin = self.enc.rotary_emb(x, pos, layer.layer_type)
-                rope[layer.layer_type] = (torch.cat([cos[0], cos[0]])[:, None], torch.cat([sin[0], sin[0]])[:, None])
+                rope[layer.layer_type] = (cos[0, :, None], sin[0, :, None])
+        return rope
+
+    def _run_clean(self, x: torch.Tensor):
+        rope, kv = self._rope(x), []
 
         def attend(q, k, v):
-            # clean queries see clean keys only: a causal call that skips the masked half, then the noised queries
-            clean = F.scaled_dot_product_attention(
-                q[:, :, :N], k[:, :, :N], v[:, :, :N], is_causal=True, scale=1.0, enable_gqa=True
-            )
-            noised = F.scaled_dot_product_attention(q[:, :, N:], k, v, noised_mask, scale=1.0, enable_gqa=True)
-            return torch.cat([clean, noised], 2)
+            kv.append((k, v))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=True)
 
-        for layer, (enc_scalar, dec_scalar) in zip(self.layers, self.scalars):
-            layer.scalar = torch.cat([enc_scalar.expand(N), dec_scalar.expand(N)])[:, None]  # [2N, 1]
+        for layer, (enc_scalar, _) in zip(self.layers, self.scalars):
+            layer.scalar = enc_scalar
+            x = layer(x, *rope[layer.layer_type], attend)
+        return _rms(x, self.enc.norm.weight, self.eps), kv
+
+    def _run_noised(self, x: torch.Tensor, start: torch.Tensor, kv, chunks) -> torch.Tensor:
+        sees_clean, sees_noised = noised_sees(start)
+        masks = [torch.cat([sees_clean[..., a:b, :b], sees_noised[..., a:b, lo:hi]], -1) for a, b, lo, hi in chunks]
+        rope, kv_of = self._rope(x), iter(kv)
+
+        def attend(q, k, v):
+            k_clean, v_clean = next(kv_of)
+            out = []
+            for (a, b, lo, hi), mask in zip(chunks, masks):
+                keys = torch.cat([k_clean[:, :, :b], k[:, :, lo:hi]], 2)
+                values = torch.cat([v_clean[:, :, :b], v[:, :, lo:hi]], 2)
+                out.append(F.scaled_dot_product_attention(q[:, :, a:b], keys, values, mask, scale=1.0, enable_gqa=True))
+            return torch.cat(out, 2)
+
+        for layer, (_, dec_scalar) in zip(self.layers, self.scalars):
+            layer.scalar = dec_scalar
             x = layer(x, *rope[layer.layer_type], attend)
         return _rms(x, self.enc.norm.weight, self.eps)
 
@@ -299,13 +341,13 @@ def losses(
     B, N = ids.shape
     fwd = BlockForward(model, compiled)
     noised = noise_blocks(ids, start, model.config.text_config.vocab_size, t, noise_eps, full=full_noise)
+    h_clean, kv = fwd.clean(ids)
     sc_logits = sc_rows = None
     if self_cond:  # the sampler feeds each step the previous step's logits; half the rows learn to use them
         with torch.no_grad():
-            sc_logits = fwd.logits(fwd.hidden(ids, noised, start)[:, N:])
+            sc_logits = fwd.logits(fwd.noised(noised, start, kv))
         sc_rows = torch.rand(B, device=ids.device) < 0.5
-    h = fwd.hidden(ids, noised, start, sc_logits, sc_rows)
-    h_clean, h_noised = h[:, :N], h[:, N:]
+    h_noised = fwd.noised(noised, start, kv, sc_logits, sc_rows)
 
     sel = weight > 0  # denoising: every position of every block predicts its clean token
     teacher = alpha = None
