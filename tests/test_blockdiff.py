@@ -144,31 +144,9 @@ def test_gradients_reach_the_shared_weights_and_the_loss_falls():
     assert int(out["denoised_tokens"]) > 60 and int(out["ar_tokens"]) > 40
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_softcap_cross_entropy_matches_autograd(dtype):
-    from dg_model.training.blockdiff import softcap_cross_entropy
-
-    torch.manual_seed(0)
-    h = (torch.randn(37, 16) * 3).to(dtype).requires_grad_()
-    w = torch.randn(50, 16, requires_grad=True)
-    targets, row_weight = torch.randint(0, 50, (37,)), torch.rand(37)
-    loss, hits, _ = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8)
-    (loss * 2).backward()
-    h2, w2 = h.detach().float().requires_grad_(), w.detach().clone().requires_grad_()
-    logits = torch.tanh(h2 @ w2.T / 5.0) * 5.0
-    ref = (torch.nn.functional.cross_entropy(logits, targets, reduction="none") * row_weight).sum() / row_weight.sum()
-    (ref * 2).backward()
-    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(loss, ref, **tol)
-    torch.testing.assert_close(h.grad.float(), h2.grad, **tol)
-    torch.testing.assert_close(w.grad, w2.grad, **tol)
-    if dtype == torch.float32:
-        assert torch.equal(hits, logits.argmax(-1) == targets)
-
-
 def test_compiled_training_forward_gives_the_eager_losses_and_gradients():
-    """Training runs the layers through torch.compile with dense experts (static shapes): same numbers as the routed
-    eager forward, which the test above checks against transformers."""
+    """Training runs the layers through torch.compile (the routed experts eagerly between compiled pieces): the same
+    numbers as the eager forward, which the test above checks against transformers."""
     _, batch = _batch(seed=3)
     t = torch.full(batch["ids"].shape, 0.5)
     grads = []
@@ -186,28 +164,67 @@ def test_compiled_training_forward_gives_the_eager_losses_and_gradients():
         torch.testing.assert_close(g_comp[name], g_eager[name], atol=1e-4, rtol=1e-3, msg=name)
 
 
-def test_fused_soft_targets_match_autograd_and_leave_the_teacher_alone():
-    """Self-distillation: target = (1 - a) onehot + a softmax(teacher logits); no gradient reaches the teacher rows."""
-    from dg_model.training.blockdiff import softcap_cross_entropy
+def _paired_reference(hc, hn, w, targets, wa, wd, alpha, cap):
+    """The two losses by autograd over materialised logits."""
+    logits_c, logits_n = (torch.tanh(h @ w.T / cap) * cap for h in (hc, hn))
+    ar = (torch.nn.functional.cross_entropy(logits_c, targets, reduction="none") * wa).sum() / wa.sum()
+    onehot = torch.nn.functional.one_hot(targets, w.shape[0]).float()
+    target = onehot + alpha[:, None] * (torch.softmax(logits_c.detach(), -1) - onehot)
+    denoise = (-(target * torch.log_softmax(logits_n, -1)).sum(-1) * wd).sum() / wd.sum()
+    return ar, denoise, logits_c, logits_n
 
-    torch.manual_seed(1)
-    h = (torch.randn(29, 16) * 3).requires_grad_()
-    teacher = (torch.randn(29, 16) * 3).requires_grad_()
-    w = torch.randn(50, 16, requires_grad=True)
-    targets, row_weight, alpha = torch.randint(0, 50, (29,)), torch.rand(29), torch.rand(29)
-    loss, hits, agree = softcap_cross_entropy(h, w, targets, row_weight, cap=5.0, chunk=8, teacher=teacher, alpha=alpha)
-    loss.backward()
-    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    logits = torch.tanh(h2 @ w2.T / 5.0) * 5.0
-    with torch.no_grad():
-        t_logits = torch.tanh(teacher @ w.T / 5.0) * 5.0
-    soft = torch.softmax(t_logits, -1)
-    target = (1 - alpha[:, None]) * torch.nn.functional.one_hot(targets, 50) + alpha[:, None] * soft
-    ref = (-(target * torch.log_softmax(logits, -1)).sum(-1) * row_weight).sum() / row_weight.sum()
-    ref.backward()
-    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(h.grad, h2.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(w.grad, w2.grad, atol=1e-5, rtol=1e-4)
-    assert teacher.grad is None
-    assert torch.equal(agree, logits.argmax(-1) == t_logits.argmax(-1))
-    assert torch.equal(hits, logits.argmax(-1) == targets)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paired_head_losses_match_autograd_and_keep_their_gradients_apart(dtype):
+    """Causal-LM loss on the clean rows, denoising loss (soft targets from the clean rows' distribution, which get
+    no gradient from it) on the noised rows; each loss's upstream gradient reaches only its own rows."""
+    from dg_model.training.head_loss import paired_losses
+
+    torch.manual_seed(0)
+    M, H, V = 37, 16, 50
+    hc, hn = ((torch.randn(M, H) * 3).to(dtype).requires_grad_() for _ in range(2))
+    w = torch.randn(V, H, requires_grad=True)
+    targets, alpha = torch.randint(0, V, (M,)), torch.rand(M)
+    wa, wd = (torch.rand(M) > 0.3).float(), torch.rand(M)  # a row may count for one loss only
+    ar, denoise, hits, agree = paired_losses(hc, hn, w, targets, wa, wd, alpha, cap=5.0, chunk=8)
+    (2 * ar + 3 * denoise).backward()
+    hc2, hn2 = (h.detach().float().requires_grad_() for h in (hc, hn))
+    w2 = w.detach().clone().requires_grad_()
+    ref_ar, ref_denoise, logits_c, logits_n = _paired_reference(hc2, hn2, w2, targets, wa, wd, alpha, 5.0)
+    (2 * ref_ar + 3 * ref_denoise).backward()
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(ar, ref_ar, **tol)
+    torch.testing.assert_close(denoise, ref_denoise, **tol)
+    for got, ref in ((hc, hc2), (hn, hn2), (w, w2)):
+        torch.testing.assert_close(got.grad.float(), ref.grad, **tol)
+    if dtype == torch.float32:
+        assert torch.equal(hits, logits_n.argmax(-1) == targets)
+        assert torch.equal(agree, logits_n.argmax(-1) == logits_c.argmax(-1))
+
+
+def test_paired_losses_in_the_objective_are_the_two_losses_read_apart():
+    """`losses` pairs the encoder's state at q - 1 with the decoder's at q: the same numbers as the causal-LM loss
+    and the self-distilled denoising loss computed separately from the forward's states."""
+    model = _model(seed=6).eval()
+    _, batch = _batch(seed=7)
+    ids, start, weight, real = (batch[k] for k in ("ids", "start", "weight", "real"))
+    t = torch.full(ids.shape, 0.5)
+    torch.manual_seed(8)
+    out = losses(model, batch, self_cond=False, t=t, distill=0.4)
+    torch.manual_seed(8)
+    noised = noise_blocks(ids, start, VOCAB, t, 0.02)
+    fwd = BlockForward(model)
+    h = fwd.hidden(ids, noised, start)
+    N = ids.shape[1]
+    logits_c, logits_n = fwd.logits(h[:, :N]), fwd.logits(h[:, N:])
+    pairs = real[:, :-1] & real[:, 1:] & (ids[:, 1:] != PAD)
+    ar = torch.nn.functional.cross_entropy(logits_c[:, :-1][pairs], ids[:, 1:][pairs])
+    teacher = torch.softmax(torch.cat([logits_c[:, :1], logits_c[:, :-1]], 1), -1)
+    alpha = (torch.arange(N) > 0).float()[None, :, None] * 0.4
+    onehot = torch.nn.functional.one_hot(ids, VOCAB).float()
+    target = onehot + alpha * (teacher - onehot)
+    sel = weight > 0
+    ce = -(target * torch.log_softmax(logits_n, -1)).sum(-1)
+    denoise = (ce * weight)[sel].sum() / weight[sel].sum()
+    torch.testing.assert_close(out["ar"], ar, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["diffusion"], denoise, atol=1e-5, rtol=1e-5)

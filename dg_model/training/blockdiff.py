@@ -33,6 +33,7 @@ from dg_model.lean import _Layer, _rms
 from dg_model.sampler import FIRST_NOISE_ID  # noise never draws special tokens, in training as in the sampler
 from dg_model.special_tokens import PAD
 from dg_model.training.fim_examples import canvas_target
+from dg_model.training.head_loss import paired_losses
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,43 @@ def noise_blocks(
     return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
 
 
+@torch.library.custom_op("dg_model::grouped_mm", mutates_args=())
+def traceable_grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """`lean._grouped_mm` as an operator torch.compile can trace in float32 (torch's own has a bf16-only fake
+    implementation), so the routed experts stay inside the compiled graph: no graph break per layer."""
+    return F.grouped_mm(a, b, offs=ends)
+
+
+@traceable_grouped_mm.register_fake
+def _(a, b, ends):
+    return a.new_empty(a.shape[0], b.shape[-1])  # contiguous, as torch's product returns it
+
+
+@torch.library.custom_op("dg_model::grouped_mm_backward", mutates_args=())
+def _grouped_mm_backward(
+    grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # each group's rows: d a = grad @ b[e].T; d b[e] = a.T @ grad over them (grouped along the rows)
+    grad_b = F.grouped_mm(a.T, grad, offs=ends)
+    return F.grouped_mm(grad, b.transpose(1, 2), offs=ends).contiguous(), grad_b.contiguous()
+
+
+@_grouped_mm_backward.register_fake
+def _(grad, a, b, ends):
+    return a.new_empty(a.shape), b.new_empty(b.shape)
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_grad(ctx, grad):
+    return *_grouped_mm_backward(grad, *ctx.saved_tensors), None
+
+
+traceable_grouped_mm.register_autograd(_grouped_mm_grad, setup_context=_save_inputs)
+
+
 # Noised queries in chunks of this many positions: each reads the clean keys up to its end and the noised keys near
 # it, where one call over all of them read 2N keys per query of which ~N/2 + a block were visible.
 QUERY_CHUNK = 64
@@ -147,9 +185,8 @@ class BlockForward:
     """The clean and noised passes over a model's parameters (rebuilt per step: packs carry this step's weights):
     `clean` runs the causal encoder and keeps each layer's keys and values, `noised` the decoder over noised blocks
     reading them. Two passes rather than one over the concatenation: a self-conditioning pass reuses the clean one.
-    `compiled`: the layers run through torch.compile (fixed row width, or it recompiles per width), all but the routed
-    experts: their per-expert row counts are data, which a compiled graph would specialise on and recompile for; the
-    experts run eagerly between compiled pieces (a step 0.79x the time of every expert on every row, compiled)."""
+    `compiled`: the layers run through torch.compile (fixed row width, or it recompiles per width), the routed experts
+    as grouped products (`_Layer.moe`: static shapes, one graph per pass)."""
 
     def __init__(self, model, compiled: bool = False, query_chunk: int = QUERY_CHUNK):
         text = model.config.text_config
@@ -157,11 +194,12 @@ class BlockForward:
         self.enc, self.dec = model.model.encoder.language_model, model.model.decoder
         self.eps, self.softcap = text.rms_norm_eps, text.final_logit_softcapping
         self.layers = [_Layer(layer, self.eps, trainable=True) for layer in self.enc.layers]
-        if compiled:
-            for layer in self.layers:
-                layer.moe = torch.compiler.disable(layer.moe)  # type: ignore[method-assign]  # per-instance swap
+        for layer in self.layers:
+            layer.grouped_mm = traceable_grouped_mm
         compile_ = functools.partial(torch.compile, dynamic=False) if compiled else (lambda f: f)
         self.run_clean, self.run_noised = compile_(self._run_clean), compile_(self._run_noised)
+        # self-conditioning's [B, N, V] logits and softmax: eager, ~10 passes over 75 M floats per step at batch 16
+        self.logits, self.conditioned = compile_(self._logits), compile_(self._conditioned)
         # the only per-half difference inside the shared layers: each side's layer scalar (a buffer, not tied)
         self.scalars = [(enc.layer_scalar, dec.layer_scalar) for enc, dec in zip(self.enc.layers, self.dec.layers)]
         self.lm_head = model.lm_head.weight
@@ -175,9 +213,7 @@ class BlockForward:
         `kv` (from `clean`) before its block; self-conditioned on `sc_logits` in rows `sc_rows`."""
         x = self.dec.embed_tokens(noised)
         if sc_logits is not None:
-            soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(x.dtype) @ self.dec.embed_tokens.weight
-            soft = soft * self.dec.embed_tokens.embed_scale.to(x.dtype) * sc_rows.to(x.dtype)[:, None, None]
-            x = self.dec.self_conditioning(x, soft)
+            x = self.conditioned(x, sc_logits, sc_rows)
         else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
             x = _rms(x, None, self.eps)
         x = x.to(self.enc.embed_tokens.weight.dtype)
@@ -228,95 +264,13 @@ class BlockForward:
             x = layer(x, *rope[layer.layer_type], attend)
         return _rms(x, self.enc.norm.weight, self.eps)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _conditioned(self, x: torch.Tensor, sc_logits: torch.Tensor, sc_rows: torch.Tensor) -> torch.Tensor:
+        soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(x.dtype) @ self.dec.embed_tokens.weight
+        soft = soft * self.dec.embed_tokens.embed_scale.to(x.dtype) * sc_rows.to(x.dtype)[:, None, None]
+        return self.dec.self_conditioning(x, soft)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
         return softcap(h @ self.lm_head.T, self.softcap)
-
-
-def _chunk_loss_and_grad(hc, W, tc, wc, scale, cap: float, ht=None, ac=None):
-    """One chunk of rows: (sum of weighted losses, argmax hits, argmax agreeing with the teacher's, d loss / d logits
-    before the cap). With teacher rows `ht` the target is `(1 - ac) * onehot(tc) + ac * softmax(teacher logits)`:
-    the teacher's whole distribution, not just the sampled next token, reaches the student."""
-    t = torch.tanh((hc @ W.T).float() / cap)
-    s = t * cap
-    lse = torch.logsumexp(s, -1)
-    top = s.argmax(-1)
-    hits = top == tc
-    target = F.one_hot(tc, s.shape[1]).to(s.dtype)
-    agree = hits
-    if ht is not None:
-        st = torch.tanh((ht @ W.T).float() / cap) * cap
-        agree = top == st.argmax(-1)
-        target = target + ac[:, None] * (torch.softmax(st, -1) - target)
-    g = (torch.exp(s - lse[:, None]) - target) * (wc * scale)[:, None] * (1 - t * t)
-    return ((lse - (target * s).sum(-1)) * wc).sum(), hits, agree, g.to(hc.dtype)
-
-
-@functools.cache
-def _compiled_chunk():
-    # inductor fuses the ~12 passes over each [chunk, V] block into two: 4x faster on this CPU (bench_train.json)
-    return torch.compile(_chunk_loss_and_grad, dynamic=False)
-
-
-class _SoftcapCrossEntropy(torch.autograd.Function):
-    """Weighted mean cross-entropy of soft-capped logits `cap * tanh(h @ W.T / cap)`, computed in row chunks with
-    its gradients in the same pass (the fused linear cross-entropy of Liger and others): the [rows, V] logits never
-    exist for autograd, which held ~5 GB per step of the embedded model at batch 16. Returns the loss and, per row,
-    whether the argmax is the target and whether it is the teacher's (`teacher` rows, no gradient through them)."""
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, row_weight, cap: float, chunk: int, compiled: bool, teacher, alpha):
-        W = weight.to(h.dtype) if h.dtype == torch.bfloat16 else weight
-        step = _compiled_chunk() if compiled else _chunk_loss_and_grad
-        M = h.shape[0]
-        pad = -M % chunk  # whole chunks only: one compiled shape
-        hp = F.pad(h.to(W.dtype), (0, 0, 0, pad))
-        tp, wp = F.pad(targets, (0, pad)), F.pad(row_weight, (0, pad))
-        if teacher is not None:
-            teacher, alpha = F.pad(teacher.to(W.dtype), (0, 0, 0, pad)), F.pad(alpha, (0, pad))
-        scale = 1.0 / row_weight.sum().clamp(min=1e-9)  # a tensor: a float would be compiled in as a constant
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        hits = torch.empty(M + pad, dtype=torch.bool, device=h.device)
-        agree = torch.empty(M + pad, dtype=torch.bool, device=h.device)
-        grad_h = torch.empty_like(hp)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
-        for lo in range(0, M + pad, chunk):
-            hc, part = hp[lo : lo + chunk], slice(lo, lo + chunk)
-            soft = () if teacher is None else (teacher[part], alpha[part])
-            chunk_loss, hits[part], agree[part], g = step(hc, W, tp[part], wp[part], scale, cap, *soft)
-            loss += chunk_loss
-            grad_h[part] = g @ W
-            grad_w += (g.T @ hc).float()
-        ctx.save_for_backward(grad_h[:M].to(h.dtype), grad_w)
-        hits, agree = hits[:M], agree[:M]
-        ctx.mark_non_differentiable(hits, agree)
-        return loss * scale, hits, agree
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_hits, _grad_agree):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None, None, None, None, None
-
-
-def softcap_cross_entropy(
-    h,
-    weight,
-    targets,
-    row_weight=None,
-    cap: float = 30.0,
-    chunk: int = 2048,
-    compiled: bool = False,
-    teacher=None,
-    alpha=None,
-):
-    """(weighted mean loss, per-row argmax hits, per-row agreement with the teacher's argmax) of the soft-capped LM
-    head on hidden rows `h` [M, H]. `teacher` [M, H] (detached hidden rows) with `alpha` [M]: soft targets mixing
-    the teacher's distribution in (self-distillation). `compiled`: through torch.compile (training; a one-off
-    compile of ~30 s), else eager (same numbers)."""
-    row_weight = torch.ones(h.shape[0], device=h.device) if row_weight is None else row_weight
-    if teacher is not None:
-        teacher = teacher.detach()
-        alpha = torch.zeros(h.shape[0], device=h.device) if alpha is None else alpha.float()
-    return _SoftcapCrossEntropy.apply(h, weight, targets, row_weight.float(), cap, chunk, compiled, teacher, alpha)
 
 
 def losses(
@@ -335,8 +289,7 @@ def losses(
     """The block objective's losses on one batch. `distill`: the denoiser's target at each position mixes in that
     share of the causal encoder's own next-token distribution there (from the clean states one position earlier,
     detached): the denoiser learns to draft what greedy AR of the same weights writes, which is what the hybrid's
-    verifier accepts. `agree`: also report `canvas_agree`, how often the denoiser's argmax already is the encoder's.
-    Either needs the encoder's logits at every denoised position, one more LM-head pass, so only then is it made."""
+    verifier accepts. `agree`: also report `canvas_agree`, how often the denoiser's argmax already is the encoder's."""
     ids, start, weight, real, middle = (batch[k] for k in ("ids", "start", "weight", "real", "middle"))
     B, N = ids.shape
     fwd = BlockForward(model, compiled)
@@ -349,27 +302,31 @@ def losses(
         sc_rows = torch.rand(B, device=ids.device) < 0.5
     h_noised = fwd.noised(noised, start, kv, sc_logits, sc_rows)
 
-    sel = weight > 0  # denoising: every position of every block predicts its clean token
-    teacher = alpha = None
-    if distill > 0 or agree:
-        teacher = torch.cat([h_clean[:, :1], h_clean[:, :-1]], 1)[sel]  # position i's next-token states: i - 1's
-        alpha = (torch.arange(N, device=ids.device) > 0).expand(B, N)[sel] * distill  # position 0 has no teacher
-    diffusion, hit, agrees = softcap_cross_entropy(
-        h_noised[sel], fwd.lm_head, ids[sel], weight[sel], fwd.softcap, compiled=compiled, teacher=teacher, alpha=alpha
+    # position q's token: the decoder denoises it at q (every position of every block), the encoder predicts it from
+    # q - 1 (the causal LM over prompt, middle and its EOS; position 0 has no predictor, nor a teacher)
+    pairs = F.pad(real[:, :-1] & real[:, 1:] & (ids[:, 1:] != PAD), (1, 0))
+    rows = (weight > 0) | pairs
+    before = torch.cat([torch.zeros_like(h_clean[:, :1]), h_clean[:, :-1]], 1)
+    alpha = (torch.arange(N, device=ids.device) > 0).expand(B, N) * distill
+    ar, diffusion, hit, agrees = paired_losses(
+        before[rows],
+        h_noised[rows],
+        fwd.lm_head,
+        ids[rows],
+        pairs[rows],
+        weight[rows],
+        alpha[rows],
+        fwd.softcap,
+        compiled=compiled,
     )
-    in_canvas = (middle & (ids != PAD))[sel]
+    in_canvas = (middle & (ids != PAD))[rows]
     canvas_n = in_canvas.sum().clamp(min=1)
-
-    pairs = real[:, :-1] & real[:, 1:] & (ids[:, 1:] != PAD)  # causal LM: prompt, middle and its EOS
-    ar, _, _ = softcap_cross_entropy(
-        h_clean[:, :-1][pairs], fwd.lm_head, ids[:, 1:][pairs], None, fwd.softcap, compiled=compiled
-    )
     out = {
         "loss": diffusion + ar_weight * ar,
         "diffusion": diffusion,
         "ar": ar,
         "canvas_acc": (hit & in_canvas).sum() / canvas_n,
-        "denoised_tokens": (sel & (ids != PAD)).sum(),
+        "denoised_tokens": ((weight > 0) & (ids != PAD)).sum(),
         "ar_tokens": pairs.sum(),
     }
     if agree:
