@@ -98,11 +98,6 @@ def _rms(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tens
     return _scaled(_normed(x, eps), weight, x)
 
 
-def _grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Rows a[ends[e-1]:ends[e]] times b[e], for each e."""
-    return F.grouped_mm(a, b, offs=ends)
-
-
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
@@ -170,8 +165,6 @@ class _Layer:
         self.router_proj, self.router_scale = own(router.proj.weight), keep(router.scale * router.scalar_root_size)
         self.per_expert_scale, self.top_k = router.per_expert_scale, router.config.top_k_experts
         self.experts_gate_up, self.experts_down = own(layer.experts.gate_up_proj), own(layer.experts.down_proj)
-        self.expert_ids = torch.arange(self.experts_down.shape[0], device=self.experts_down.device)
-        self.grouped_mm = _grouped_mm
         self.expert_act = layer.experts.act_fn
         self.scalar = layer.layer_scalar
 
@@ -186,20 +179,27 @@ class _Layer:
         q, k = qk.split([self.h, self.g], 2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def moe(self, route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Router on the residual (`route`: normed, unscaled), experts on its pre-norm: [N, H] -> [N, H]."""
+    def routing(self, route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The router on the residual (`route`: normed, unscaled) -> each row's expert weights and experts [N, k]."""
         scores = (route * self.router_scale) @ self.router_proj.T
         weights, index = torch.softmax(scores, -1, dtype=torch.float32).topk(self.top_k, -1)
-        weights = (weights / weights.sum(-1, keepdim=True)) * self.per_expert_scale[index]
-        # (row, slot) pairs grouped by expert, rows ascending within one: one gather, one grouped product per
-        # projection (each expert's rows a slice, the same products and sums as a gather per expert), one scatter;
-        # static shapes, so a compiled training step traces it whole
-        experts, order = index.flatten().sort(stable=True)
+        return (weights / weights.sum(-1, keepdim=True)) * self.per_expert_scale[index], index
+
+    def moe(self, route: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Router on the residual (`route`: normed, unscaled), experts on its pre-norm: [N, H] -> [N, H]."""
+        weights, index = self.routing(route)
+        # (row, slot) pairs grouped by expert, rows ascending within one: one gather and one scatter for all experts,
+        # each expert's rows a slice (the same products and sums, in the same order, as a gather per expert)
+        flat = index.flatten()
+        order = flat.argsort(stable=True)
         rows = order // self.top_k
-        ends = torch.searchsorted(experts, self.expert_ids, right=True).to(torch.int32)
-        gate, up = self.grouped_mm(x[rows], self.experts_gate_up.transpose(1, 2), ends).chunk(2, -1)
-        y = self.grouped_mm(self.expert_act(gate) * up, self.experts_down.transpose(1, 2), ends)
-        y = y * weights.flatten()[order, None]
+        xs, ys, at = x[rows], [], 0
+        for e, count in enumerate(torch.bincount(flat, minlength=self.experts_down.shape[0]).tolist()):
+            if count:
+                gate, up = (xs[at : at + count] @ self.experts_gate_up[e].T).chunk(2, -1)
+                ys.append((self.expert_act(gate) * up) @ self.experts_down[e].T)
+                at += count
+        y = torch.cat(ys) * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, rows, y.to(x.dtype))
 
     def __call__(self, x: torch.Tensor, cos, sin, attend) -> torch.Tensor:

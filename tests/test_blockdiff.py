@@ -228,3 +228,23 @@ def test_paired_losses_in_the_objective_are_the_two_losses_read_apart():
     denoise = (ce * weight)[sel].sum() / weight[sel].sum()
     torch.testing.assert_close(out["ar"], ar, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["diffusion"], denoise, atol=1e-5, rtol=1e-5)
+
+
+def test_traceable_grouped_product_and_its_gradients_are_each_groups_own():
+    """The training experts' grouped product (an operator of ours, for torch.compile): each group of rows times its
+    own matrix, gradients as autograd gives them for the products one by one (an empty group included)."""
+    from dg_model.training.blockdiff import traceable_grouped_mm
+
+    torch.manual_seed(0)
+    a = torch.randn(23, 8, requires_grad=True)
+    b = torch.randn(4, 8, 12).transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # strided as in training
+    ends = torch.tensor([6, 6, 17, 23], dtype=torch.int32)
+    out = traceable_grouped_mm(a, b, ends)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (a, b), grad)
+    cuts = [0, *ends.tolist()]
+    ref_out = torch.cat([a[lo:hi] @ b[e] for e, (lo, hi) in enumerate(zip(cuts, cuts[1:]))])
+    ref = torch.autograd.grad(ref_out, (a, b), grad)
+    torch.testing.assert_close(out, ref_out)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
