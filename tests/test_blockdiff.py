@@ -230,21 +230,25 @@ def test_paired_losses_in_the_objective_are_the_two_losses_read_apart():
     torch.testing.assert_close(out["diffusion"], denoise, atol=1e-5, rtol=1e-5)
 
 
-def test_traceable_grouped_product_and_its_gradients_are_each_groups_own():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_traceable_grouped_product_and_its_gradients_are_each_groups_own(dtype):
     """The training experts' grouped product (an operator of ours, for torch.compile): each group of rows times its
-    own matrix, gradients as autograd gives them for the products one by one (an empty group included)."""
+    own matrix, gradients as autograd gives them for the products one by one (an empty group included); bf16 rows
+    (autocast) with float32 weights give bf16 products and float32 weight gradients."""
     from dg_model.training.blockdiff import traceable_grouped_mm
 
     torch.manual_seed(0)
-    a = torch.randn(23, 8, requires_grad=True)
-    b = torch.randn(4, 8, 12).transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # strided as in training
+    a = torch.randn(23, 8).to(dtype).requires_grad_()
+    b = torch.randn(4, 8, 16).transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # strided as in training
     ends = torch.tensor([6, 6, 17, 23], dtype=torch.int32)
     out = traceable_grouped_mm(a, b, ends)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (a, b), grad)
     cuts = [0, *ends.tolist()]
-    ref_out = torch.cat([a[lo:hi] @ b[e] for e, (lo, hi) in enumerate(zip(cuts, cuts[1:]))])
-    ref = torch.autograd.grad(ref_out, (a, b), grad)
-    torch.testing.assert_close(out, ref_out)
+    ref_out = torch.cat([a[lo:hi].float() @ b[e] for e, (lo, hi) in enumerate(zip(cuts, cuts[1:]))])
+    ref = torch.autograd.grad(ref_out, (a, b), grad.float())
+    tol = {} if dtype == torch.float32 else dict(atol=0.1, rtol=0.05)
+    assert out.dtype == dtype and got[0].dtype == dtype and got[1].dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref_out, **tol)
     for g, r in zip(got, ref):
-        torch.testing.assert_close(g, r)
+        torch.testing.assert_close(g.float(), r.float(), **tol)

@@ -26,7 +26,7 @@ from dg_model.loading import EMBEDDED_DIR
 from dg_model.training.corpus import read_jsonl
 from dg_model.training.train import FimBatches, TrainConfig, batch_tokens, pick_device, step_losses, use_bf16
 
-# (name, objective, compiled): the first recipe; block diffusion eager (the lean layers, routed experts); compiled
+# (name, objective, compiled): the first recipe; block diffusion through the eager lean layers; compiled (`train`)
 VARIANTS = (("canvas", "canvas", False), ("block_eager", "block", False), ("block", "block", True))
 
 

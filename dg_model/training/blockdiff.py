@@ -129,25 +129,44 @@ def noise_blocks(
     return torch.where(torch.rand(ids.shape, generator=gen, device=ids.device) < t, noise, ids)
 
 
+def _group_products(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Rows a[ends[e-1]:ends[e]] times b[e], for each e, in a's dtype (under autocast the rows are bf16, the
+    experts' weights float32). `F.grouped_mm` where it runs (any CPU; bf16 on CUDA), else a product per group."""
+    b = b.to(a.dtype)
+    if a.device.type == "cpu" or a.dtype == torch.bfloat16:
+        return F.grouped_mm(a, b, offs=ends)
+    cuts = [0, *ends.tolist()]
+    return torch.cat([a[lo:hi] @ b[e] for e, (lo, hi) in enumerate(zip(cuts, cuts[1:]))])
+
+
+def _group_outer_products(a: torch.Tensor, g: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """a[rows of e].T @ g[rows of e] for each group e -> [E, a columns, g columns]."""
+    if a.device.type == "cpu" or a.dtype == torch.bfloat16:
+        return F.grouped_mm(a.T, g, offs=ends)
+    cuts = [0, *ends.tolist()]
+    return torch.stack([a[lo:hi].T @ g[lo:hi] for lo, hi in zip(cuts, cuts[1:])])
+
+
 @torch.library.custom_op("dg_model::grouped_mm", mutates_args=())
 def traceable_grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Rows a[ends[e-1]:ends[e]] times b[e], for each e: `F.grouped_mm` as an operator torch.compile can trace in
-    float32 (torch's own has a bf16-only fake implementation), so the routed experts stay inside the compiled graph."""
-    return F.grouped_mm(a, b, offs=ends)
+    """`_group_products` as an operator torch.compile can trace (torch's own grouped product has a bf16-only fake
+    implementation), so the routed experts stay inside the compiled graph."""
+    return _group_products(a, b, ends).contiguous()
 
 
 @traceable_grouped_mm.register_fake
 def _(a, b, ends):
-    return a.new_empty(a.shape[0], b.shape[-1])  # contiguous, as torch's product returns it
+    return a.new_empty(a.shape[0], b.shape[-1])
 
 
 @torch.library.custom_op("dg_model::grouped_mm_backward", mutates_args=())
 def _grouped_mm_backward(
     grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    # each group's rows: d a = grad @ b[e].T; d b[e] = a.T @ grad over them (grouped along the rows)
-    grad_b = F.grouped_mm(a.T, grad, offs=ends)
-    return F.grouped_mm(grad, b.transpose(1, 2), offs=ends).contiguous(), grad_b.contiguous()
+    # each group's rows: d a = grad @ b[e].T; d b[e] = a.T @ grad over them
+    grad = grad.to(a.dtype)
+    grad_a = _group_products(grad, b.transpose(1, 2), ends)
+    return grad_a.contiguous(), _group_outer_products(a, grad, ends).to(b.dtype).contiguous()
 
 
 @_grouped_mm_backward.register_fake
