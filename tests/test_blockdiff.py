@@ -65,6 +65,8 @@ def test_noised_query_chunks_hold_every_block_they_touch():
     N = start.shape[1]
     chunks = noised_chunks(start, 5)
     assert [a for a, *_ in chunks] == list(range(0, N, 5)) and chunks[-1][1] == N
+    # blocks no longer than a chunk: one plan whatever the longest (a compiled graph is specialised on it)
+    assert noised_chunks(start, 16) == noised_chunks(torch.arange(N).repeat(2, 1), 16)
     for b in range(2):
         for a, hi_q, lo, hi in chunks:
             for i in range(a, hi_q):

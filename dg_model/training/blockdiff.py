@@ -208,10 +208,11 @@ QUERY_CHUNK = 64
 def noised_chunks(start: torch.Tensor, chunk: int = QUERY_CHUNK) -> list[tuple[int, int, int, int]]:
     """(a, b, lo, hi) per chunk of noised queries [a, b): the noised keys [lo, hi) hold every block those queries
     are in (blocks are at most `span` long: a block reaching into [a, b) lies inside [a - span + 1, b + span - 1)).
-    `span` is rounded up to a power of two so that compiled graphs see few distinct plans."""
+    `span` is at least `chunk` and a power of two: the plan is an argument a compiled graph is specialised on, and
+    batches whose longest block differs (64 in most, 32 in some) recompiled it for a minute each."""
     N = start.shape[1]
     span = int((torch.arange(N, device=start.device) - start).max()) + 1
-    span = 1 << (span - 1).bit_length()
+    span = max(chunk, 1 << (span - 1).bit_length())
     return [(a, min(a + chunk, N), max(0, a - span + 1), min(N, a + chunk + span - 1)) for a in range(0, N, chunk)]
 
 
