@@ -5,8 +5,9 @@ A row is one FIM example laid out as the engine decodes it: `prompt + middle + E
 row is cut into blocks with a boundary exactly where the engine's first canvas starts (after `<fim_middle>`): blocks
 of the canvas region are canvas-sized (a middle longer than one canvas continues in the next block, as block-
 autoregressive decoding does), blocks of the prompt random-sized (more denoising practice on real code, conditioned
-on the clean code before it). One forward runs the clean row (the causal encoder: causal-LM loss) and a noised copy
-(the bidirectional decoder: denoising loss on every position) over their concatenation with a block-structured mask:
+on the clean code before it). The clean row runs through the causal encoder (causal-LM loss) and a noised copy
+through the bidirectional decoder (denoising loss on every position), as two passes that together compute this
+block-structured attention over their concatenation:
 
                  keys: clean                     noised
     clean query        causal                     -
@@ -14,7 +15,8 @@ on the clean code before it). One forward runs the clean row (the causal encoder
 
 which is what inference computes: the encoder's KV cache of the context, and a canvas attending to it and to
 itself. The layers are `lean._Layer`s packed per step with gradients: the same math as transformers' modules, checked
-against them in tests/test_blockdiff.py. Shapes: B rows, N positions, H hidden, V vocabulary.
+against them in tests/test_blockdiff.py; the LM head's two losses are `head_loss.py`'s. Shapes: B rows, N positions,
+H hidden, V vocabulary.
 """
 
 from __future__ import annotations

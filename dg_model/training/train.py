@@ -4,7 +4,7 @@
 Two objectives over the same FIM examples (`--objective`):
 - `block` (default): block diffusion over the whole row, prompt + canvas region (`blockdiff.py`): every position
   is denoised by the decoder against the clean context before its block, and predicted by the causal encoder,
-  in one vectorised forward. The denoiser gets ~25x the supervised tokens of `canvas`.
+  in one vectorised step (a clean and a noised pass). The denoiser gets ~25x the supervised tokens of `canvas`.
 - `canvas` (the first recipe): one step supervises every token it pays for, but the decoder sees one canvas:
 - the causal encoder reads the FIM prompt into the KV cache, and its states predict each next prompt token;
 - the bidirectional decoder denoises the canvas (uniform-state noise at rate t ~ U(eps, 1), optional
