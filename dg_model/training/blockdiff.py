@@ -223,7 +223,7 @@ class BlockForward:
     `clean` runs the causal encoder and keeps each layer's keys and values, `noised` the decoder over noised blocks
     reading them. Two passes rather than one over the concatenation: a self-conditioning pass reuses the clean one.
     `compiled`: the layers run through torch.compile (fixed row width, or it recompiles per width), the routed experts
-    as grouped products (`_Layer.moe`: static shapes, one graph per pass)."""
+    as grouped products (`_grouped_moe`: static shapes, one graph per pass)."""
 
     def __init__(self, model, compiled: bool = False, query_chunk: int = QUERY_CHUNK):
         text = model.config.text_config
