@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from dg_model.api import (
 from dg_model.decoders import mean
 from dg_model.fim import fim_ids
 from dg_model.forward import make_forward
+from dg_model.prompt_cache import Encoded, Pending, PromptCaches
 from dg_model.prompts import Prompt, build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, noise_like
 from dg_model.scoring import score_blocks
@@ -89,20 +90,6 @@ class EngineSettings:
         return cls(**{k: v for k, v in raw.items() if k in known and k != "sampler"}, sampler=sampler)
 
 
-@dataclass
-class _CachedPrompt:
-    ids: list[int]
-    cache: object  # the Forward's cache type
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _out_of_memory_typed(method):
     """Out of memory leaves a job as `EngineOutOfMemory`, whichever way it was raised: torch's OutOfMemoryError, a
     kernel library's own class of that name or its "out of memory" RuntimeError, or a host MemoryError."""
@@ -150,7 +137,9 @@ class DiffusionEngine:
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
         self._never = torch.tensor(sorted(_prompt_format_ids(tokenizer) - self.eos_ids), dtype=torch.long)
         self.fwd = make_forward(model, settings.forward)
-        self._caches: OrderedDict[str, _CachedPrompt] = OrderedDict()
+        self.prompts = PromptCaches(self.fwd, self.device, settings.cached_documents)
+        # An explicit request's rescoring prompt is read on a core the decoding leaves idle, where there is one
+        self._spare_core = self.device == "cpu" and (os.cpu_count() or 1) > torch.get_num_threads()
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
         self.newline_ids = tuple(i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
 
@@ -165,22 +154,30 @@ class DiffusionEngine:
         prompt = self._infill_prompt(job, job.suffix)
         mode = self.decoding_for(job)
         stats = JobStats(mode=mode, prompt_tokens=len(prompt.ids))
-        cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
+        reading = self._reading(job) if job.invoked and self.settings.next_line_rescore else None
         try:
-            if mode == "ar":
-                texts, scores = decoders.autoregressive(self, cache, last_hidden, len(prompt.ids), job, stats)
-            elif mode == "hybrid":
-                texts, scores = decoders.hybrid(self, cache, last_hidden, prompt.ids, job, stats)
-            else:
-                canvas = job.canvas or (self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas)
-                texts, scores = decoders.diffuse(self, cache, canvas, prompt.pinned_tail, job, stats)
+            cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
+            try:
+                if mode == "ar":
+                    texts, scores = decoders.autoregressive(self, cache, last_hidden, len(prompt.ids), job, stats)
+                elif mode == "hybrid":
+                    texts, scores = decoders.hybrid(self, cache, last_hidden, prompt.ids, job, stats)
+                else:
+                    canvas = job.canvas or (
+                        self.settings.line_canvas if job.kind == "line" else self.settings.block_canvas
+                    )
+                    texts, scores = decoders.diffuse(self, cache, canvas, prompt.pinned_tail, job, stats)
+            finally:
+                self.fwd.trim(cache, len(prompt.ids))
+            # both decoders stop once a block has ended; what their last step wrote past it goes
+            if job.kind == "block":
+                indent = cursor_indent(job.prefix)
+                texts = [t[: block_end(t, indent)] for t in texts]
+            if reading is not None and len(set(texts)) > 1:
+                texts, scores = self._rescore(job, reading, texts, stats)
         finally:
-            self.fwd.trim(cache, len(prompt.ids))
-        if job.kind == "block":  # both decoders stop once a block has ended; what their last step wrote past it goes
-            indent = cursor_indent(job.prefix)
-            texts = [t[: block_end(t, indent)] for t in texts]
-        if job.invoked and self.settings.next_line_rescore and len(set(texts)) > 1:
-            texts, scores = self._rescore(job, texts, stats)
+            if reading is not None:
+                reading.wait()  # no thread is left in the model once a job returns, however it ends
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
         return JobResult(_dedupe(cands), stats)
@@ -265,16 +262,15 @@ class DiffusionEngine:
         if job.cancel is not None and job.cancel.is_set():
             raise Cancelled()
         prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens)
-        return self._read(job.doc_key, prompt.ids, list(job.blocks), job.detail)
+        return self._read(self.prompts.encode(job.doc_key, prompt.ids), len(prompt.ids), list(job.blocks), job.detail)
 
-    def _read(self, key: str, prompt_ids: list[int], blocks: list[str], detail: bool) -> list[BlockScore]:
-        """`score_blocks` after a prompt, through the per-document cache, which is left holding the prompt alone."""
-        cache, last_hidden = self._prompt_cache(key, prompt_ids, JobStats())
+    def _read(self, prompt: Encoded, length: int, blocks: list[str], detail: bool) -> list[BlockScore]:
+        """`score_blocks` after an encoded prompt of `length` tokens, whose cache is left holding the prompt alone."""
         try:
             eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-            return score_blocks(self.tokenizer, self.fwd, cache, last_hidden, blocks, eos, pad, detail)
+            return score_blocks(self.tokenizer, self.fwd, prompt.cache, prompt.last_hidden, blocks, eos, pad, detail)
         finally:
-            self.fwd.trim(cache, len(prompt_ids))
+            self.fwd.trim(prompt.cache, length)
 
     def _infill_prompt(self, job: InfillJob, suffix: str) -> Prompt:
         """The prompt an infill job decodes after, with `suffix` as the code after the middle."""
@@ -288,18 +284,28 @@ class DiffusionEngine:
             self.settings.pinned_suffix_tokens,
         )
 
-    def _rescore(self, job: InfillJob, texts: list[str], stats: JobStats) -> tuple[list[str], list[float]]:
+    def _reading(self, job: InfillJob) -> _Reading:
+        """How an invoked job's candidates will be re-read (rescore.py), its prompt already encoding on a spare core
+        where it is a prompt of its own."""
+        head, rest = rescore.split_next_line(job.suffix) or ("", job.suffix)
+        # with a head, a second cache per document (while typing on a line the suffix after the next line stays the
+        # same); without one, the prompt is the job's own, still cached once the job has decoded
+        key = job.doc_key and job.doc_key + ("\0rest" if head else "")
+        ids = self._infill_prompt(job, rest).ids
+        pending = self.prompts.encode_beside(key, ids) if head and self._spare_core else None
+        return _Reading(head, key, ids, pending)
+
+    def _rescore(
+        self, job: InfillJob, reading: _Reading, texts: list[str], stats: JobStats
+    ) -> tuple[list[str], list[float]]:
         """`texts` best first by how likely each is followed by the suffix's next line (by the end of the middle where
         the suffix has no next line near), with those log-probabilities as scores."""
         if job.cancel is not None and job.cancel.is_set():
             raise Cancelled()
-        head, rest = rescore.split_next_line(job.suffix) or ("", job.suffix)
         t0 = time.perf_counter()
-        # with a head, a second cache per document (while typing on a line the suffix after the next line stays the
-        # same); without one, the prompt is the job's own, still cached
-        key = job.doc_key and job.doc_key + ("\0rest" if head else "")
-        read = self._read(key, self._infill_prompt(job, rest).ids, [rescore.followed_by(t, head) for t in texts], False)
-        stats.rescore_ms = (time.perf_counter() - t0) * 1e3
+        prompt = reading.pending.result() if reading.pending else self.prompts.encode(reading.key, reading.ids)
+        read = self._read(prompt, len(reading.ids), [rescore.followed_by(t, reading.head) for t in texts], False)
+        stats.rescore_ms = (time.perf_counter() - t0) * 1e3  # what the reading added after decoding
         order = sorted(range(len(texts)), key=lambda i: -read[i].logprob)
         return [texts[i] for i in order], [read[i].logprob for i in order]
 
@@ -319,25 +325,11 @@ class DiffusionEngine:
 
     # ------------------------------------------------------------------ prompt cache
     def _prompt_cache(self, key: str, ids: list[int], stats: JobStats):
-        """Cache holding `ids`, re-encoding only what differs from this document's last prompt.
-        Returns the final encoder state of the last prompt token (the AR mode's first prediction)."""
-        entry = self._caches.pop(key, None) if key else None
-        reuse = _common_prefix(entry.ids, ids) if entry else 0
-        reuse = min(reuse, len(ids) - 1)  # always re-encode the last token: its state starts AR decoding
-        if entry is None or reuse == 0:
-            entry, reuse = _CachedPrompt([], self.fwd.new_cache()), 0
-        else:
-            self.fwd.trim(entry.cache, reuse)
-        t0 = time.perf_counter()
-        hidden = self.fwd.encode(torch.tensor([ids[reuse:]], device=self.device), entry.cache, reuse)
-        stats.encode_ms = (time.perf_counter() - t0) * 1e3
-        stats.reused_tokens = reuse
-        entry.ids = list(ids)
-        if key:
-            self._caches[key] = entry
-            while len(self._caches) > self.settings.cached_documents:
-                self._caches.popitem(last=False)
-        return entry.cache, hidden[:, -1:]
+        """Cache holding `ids`, re-encoding only what differs from this document's last prompt (prompt_cache.py), and
+        the final encoder state of the last prompt token (the AR mode's first prediction)."""
+        encoded = self.prompts.encode(key, ids)
+        stats.encode_ms, stats.reused_tokens = encoded.ms, encoded.reused
+        return encoded.cache, encoded.last_hidden
 
     # ------------------------------------------------------------------ canvas rows (here and in decoders.py)
     def _texts(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[str], list[float]]:
@@ -370,6 +362,20 @@ class DiffusionEngine:
             on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
 
         return emit
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """An invoked job's rescoring: the suffix's next line each candidate is read with, and the prompt without it."""
+
+    head: str
+    key: str
+    ids: list[int]
+    pending: Pending | None  # that prompt encoding on another thread; None: encoded when the candidates are read
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.wait()
 
 
 def _dedupe(cands: list[Candidate]) -> list[Candidate]:

@@ -315,13 +315,14 @@ class LeanForward:
     def _grow_rope(self, needed: int) -> None:
         if needed <= self._rope_len:
             return
-        self._rope_len = max(needed, 2 * self._rope_len)
-        pos = torch.arange(self._rope_len, device=self.device)[None]
+        length = max(needed, 2 * self._rope_len)
+        pos = torch.arange(length, device=self.device)[None]
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
         # transformers' own rotary module builds the table: partial and scaled RoPE variants come for free
         for layer_type in {x.layer_type for x in self.enc_layers}:
             cos, sin = self.rotary(probe, pos, layer_type)
             self._rope[layer_type] = (cos[0], sin[0])  # [P, d]
+        self._rope_len = length  # after the tables: a prompt encoding on another thread reads them (prompt_cache.py)
 
     def _rope_at(self, layer: _Layer, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self._rope[layer.layer_type]

@@ -40,7 +40,7 @@ def test_cache_reuse_gives_the_logits_of_a_fresh_encode(tiny):
     engine.infill(InfillJob(PREFIX, SUFFIX, doc_key="d"))
     result = engine.infill(InfillJob(PREFIX + "fh.re", SUFFIX, doc_key="d"))
     assert result.stats.reused_tokens > result.stats.prompt_tokens - 6
-    cached = engine._caches["d"]
+    cached = engine.prompts.entries["d"]
     fresh = DynamicCache(config=tiny[0].config.text_config)
     encode(tiny[0], torch.tensor([cached.ids]), fresh, 0)
     canvas = torch.randint(7, 500, (1, 16))
@@ -54,7 +54,7 @@ def test_ar_mode_equals_step_by_step_recomputation(tiny):
     engine = make(tiny, mode="ar")
     job = InfillJob(PREFIX, SUFFIX, kind="block", max_tokens=6)
     text = engine.infill(job).candidates[0].text
-    ids = engine._caches  # AR with no doc_key keeps no cache; recompute greedily from scratch each step
+    ids = engine.prompts.entries  # AR with no doc_key keeps no cache; recompute greedily from scratch each step
     from dg_model.prompts import build_prompt
 
     seq = build_prompt(tiny[1], engine.format, PREFIX, SUFFIX, engine.settings.prompt_tokens).ids
@@ -112,7 +112,7 @@ def test_rewrite_keeps_the_context_and_rejects_oversized_blocks(tiny):
     engine = make(tiny)
     result = engine.rewrite(RewriteJob(prefix=PREFIX, block="fh.read()\n", suffix=SUFFIX, renoise=0.5, doc_key="r"))
     assert result.candidates and result.stats.steps >= 1
-    assert engine._caches["r"].ids[-1] == tiny[1].convert_tokens_to_ids("<fim_middle>")
+    assert engine.prompts.entries["r"].ids[-1] == tiny[1].convert_tokens_to_ids("<fim_middle>")
     with pytest.raises(EngineError):
         engine.rewrite(RewriteJob(prefix="", block="x = 1\n" * 200, suffix="", max_tokens=64))
 

@@ -123,6 +123,6 @@ def test_prompt_caches_are_bounded_by_cached_documents(tiny_engine):
     for i in range(8):
         tiny_engine.infill(InfillJob(f"def f{i}(x):\n    return ", "\n", doc_key=f"doc{i}", max_tokens=2))
     # the most recently used documents keep their caches; a job for an evicted one starts afresh
-    assert list(tiny_engine._caches) == ["doc5", "doc6", "doc7"]
+    assert list(tiny_engine.prompts.entries) == ["doc5", "doc6", "doc7"]
     again = tiny_engine.infill(InfillJob("def f0(x):\n    return ", "\n", doc_key="doc0", max_tokens=2))
-    assert again.stats.reused_tokens == 0 and len(tiny_engine._caches) == 3
+    assert again.stats.reused_tokens == 0 and len(tiny_engine.prompts.entries) == 3

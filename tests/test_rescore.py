@@ -11,6 +11,7 @@ from dg_model.api import Cancelled, InfillJob, JobStats, ScoreJob
 from dg_model.architecture import TINY, build_config
 from dg_model.engine import DiffusionEngine, EngineSettings
 from dg_model.loading import EMBEDDED_DIR
+from dg_model.prompt_cache import PromptCaches
 from dg_model.rescore import followed_by, split_next_line
 
 
@@ -52,10 +53,22 @@ PREFIX = "def total(xs):\n    "
 SUFFIX = "\n        t += x\n    return t\n"
 
 
+def _rescore(engine: DiffusionEngine, job: InfillJob, texts: list[str]) -> tuple[list[str], list[float]]:
+    reading = engine._reading(job)
+    try:
+        return engine._rescore(job, reading, texts, JobStats())
+    finally:
+        reading.wait()
+
+
+def _prompt_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dg-prompt"]
+
+
 @torch.inference_mode()
 def test_candidates_are_ranked_by_the_likelihood_of_the_next_line_after_them(engine):
     texts = ["t = 0", "for x in xs:", "return 0"]
-    ranked, scores = engine._rescore(InfillJob(PREFIX, SUFFIX, doc_key="d"), texts, JobStats())
+    ranked, scores = _rescore(engine, InfillJob(PREFIX, SUFFIX, doc_key="d"), texts)
     # the same readings asked directly: each middle with the next line, the rest of the suffix as the suffix
     direct = engine.score(ScoreJob(PREFIX, "\n    return t\n", [t + "\n        t += x" for t in texts], detail=False))
     expected = sorted(zip(texts, (d.logprob for d in direct)), key=lambda p: -p[1])
@@ -76,10 +89,10 @@ def test_infill_reports_the_rescoring_and_stops_when_cancelled(engine):
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        wide._rescore(InfillJob(PREFIX, SUFFIX, cancel=cancel), ["a", "b"], JobStats())
+        _rescore(wide, InfillJob(PREFIX, SUFFIX, cancel=cancel), ["a", "b"])
     # no next line: ranked by the likelihood of each as the whole middle
     texts = ["return 0", "t = 0\n    for x in xs:"]
-    ranked, scores = wide._rescore(InfillJob(PREFIX, "\n"), texts, JobStats())
+    ranked, scores = _rescore(wide, InfillJob(PREFIX, "\n"), texts)
     direct = [s.logprob for s in wide.score(ScoreJob(PREFIX, "\n", texts, detail=False))]
     assert scores == pytest.approx(sorted(direct, reverse=True), abs=1e-3)
     assert ranked == [t for _, t in sorted(zip(direct, texts), reverse=True)]
@@ -93,3 +106,47 @@ def test_an_invoked_job_gets_the_wider_beam(engine):
     assert wide.beam_width(InfillJob(PREFIX, SUFFIX, n=7)) == 7  # the job's own candidates, whatever the rest
     plain = DiffusionEngine(engine.model, engine.tokenizer, replace(settings, invoked_beam=0), name="tiny", mode="ar")
     assert plain.beam_width(InfillJob(PREFIX, SUFFIX, invoked=True)) == 2
+
+
+@pytest.mark.parametrize("spare_core", [False, True])
+@torch.inference_mode()
+def test_the_rescoring_prompt_read_beside_the_decoding_changes_nothing_and_outlives_no_job(engine, spare_core):
+    wide = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, ar_beam=3), name="tiny", mode="ar")
+    wide._spare_core = spare_core
+    job = InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=6, n=3, invoked=True, doc_key="d")
+    result = wide.infill(job)
+    # the candidates and scores of the rescoring prompt read after the decoding, on this thread
+    serial = DiffusionEngine(engine.model, engine.tokenizer, wide.settings, name="tiny", mode="ar")
+    serial._spare_core = False
+    assert result.candidates == serial.infill(job).candidates
+    assert not _prompt_threads()
+    # the document keeps both prompts: the next request re-reads neither
+    rest = wide.prompts.entries["d\0rest"]
+    assert rest.ids == wide._infill_prompt(job, "\n    return t\n").ids
+    assert _rescore(wide, job, ["t = 0", "return 0"])[0]  # reads through the kept cache
+    # a job cancelled while it decodes waits for the prompt's thread, whose work is kept for the next request
+    cancel = threading.Event()
+    cancel.set()
+    wide.prompts.entries.clear()
+    with pytest.raises(Cancelled):
+        wide.infill(replace(job, cancel=cancel))
+    assert not _prompt_threads()
+    assert ("d\0rest" in wide.prompts.entries) is spare_core
+
+
+def test_a_prompt_that_fails_on_its_thread_fails_the_caller_and_is_not_kept():
+    class Failing:
+        def new_cache(self):
+            return []
+
+        def trim(self, cache, length):
+            pass
+
+        def encode(self, ids, cache, start):
+            raise MemoryError("no room")
+
+    caches = PromptCaches(Failing(), "cpu", capacity=2)
+    pending = caches.encode_beside("d", [1, 2, 3])
+    with pytest.raises(MemoryError, match="no room"):
+        pending.result()
+    assert not caches.entries and not _prompt_threads()
