@@ -36,7 +36,7 @@ from dg_model.api import (
 from dg_model.decoders import mean
 from dg_model.fim import fim_ids
 from dg_model.forward import make_forward
-from dg_model.prompt_cache import Encoded, Pending, PromptCaches
+from dg_model.prompt_cache import Encoded, PromptCaches
 from dg_model.prompts import Prompt, build_prompt, choose_format, clean_answer
 from dg_model.sampler import SamplerConfig, denoise, noise_like
 from dg_model.scoring import score_blocks
@@ -154,7 +154,7 @@ class DiffusionEngine:
         prompt = self._infill_prompt(job, job.suffix)
         mode = self.decoding_for(job)
         stats = JobStats(mode=mode, prompt_tokens=len(prompt.ids))
-        reading = self._reading(job) if job.invoked and self.settings.next_line_rescore else None
+        reader = self._reader(job) if job.invoked and self.settings.next_line_rescore else None
         try:
             cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
             try:
@@ -169,15 +169,16 @@ class DiffusionEngine:
                     texts, scores = decoders.diffuse(self, cache, canvas, prompt.pinned_tail, job, stats)
             finally:
                 self.fwd.trim(cache, len(prompt.ids))
-            # both decoders stop once a block has ended; what their last step wrote past it goes
-            if job.kind == "block":
-                indent = cursor_indent(job.prefix)
-                texts = [t[: block_end(t, indent)] for t in texts]
-            if reading is not None and len(set(texts)) > 1:
-                texts, scores = self._rescore(job, reading, texts, stats)
+            texts = [self._middle(job, t) for t in texts]
+            if reader is not None and len(set(texts)) > 1:
+                if job.cancel is not None and job.cancel.is_set():
+                    raise Cancelled()
+                t1 = time.perf_counter()
+                texts, scores = reader.ranked(texts)
+                stats.rescore_ms = (time.perf_counter() - t1) * 1e3  # what the reading added after decoding
         finally:
-            if reading is not None:
-                reading.wait()  # no thread is left in the model once a job returns, however it ends
+            if reader is not None:
+                reader.close()  # no thread is left in the model once a job returns, however it ends
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         cands = [Candidate(clean_answer(t, self.format), s) for t, s in zip(texts, scores)]
         return JobResult(_dedupe(cands), stats)
@@ -284,30 +285,24 @@ class DiffusionEngine:
             self.settings.pinned_suffix_tokens,
         )
 
-    def _reading(self, job: InfillJob) -> _Reading:
-        """How an invoked job's candidates will be re-read (rescore.py), its prompt already encoding on a spare core
-        where it is a prompt of its own."""
+    def _middle(self, job: InfillJob, text: str) -> str:
+        """A decoded middle as the job keeps it: a block stops where it has ended (both decoders notice that only
+        after the step that wrote past it)."""
+        return text[: block_end(text, cursor_indent(job.prefix))] if job.kind == "block" else text
+
+    def _reader(self, job: InfillJob) -> rescore.NextLineReader:
+        """The reading that ranks an invoked job's candidates (rescore.py)."""
         head, rest = rescore.split_next_line(job.suffix) or ("", job.suffix)
         # with a head, a second cache per document (while typing on a line the suffix after the next line stays the
-        # same); without one, the prompt is the job's own, still cached once the job has decoded
+        # same), read beside the decoding where a core is spare; without one, the prompt is the job's own, still
+        # cached once the job has decoded
         key = job.doc_key and job.doc_key + ("\0rest" if head else "")
         ids = self._infill_prompt(job, rest).ids
-        pending = self.prompts.encode_beside(key, ids) if head and self._spare_core else None
-        return _Reading(head, key, ids, pending)
 
-    def _rescore(
-        self, job: InfillJob, reading: _Reading, texts: list[str], stats: JobStats
-    ) -> tuple[list[str], list[float]]:
-        """`texts` best first by how likely each is followed by the suffix's next line (by the end of the middle where
-        the suffix has no next line near), with those log-probabilities as scores."""
-        if job.cancel is not None and job.cancel.is_set():
-            raise Cancelled()
-        t0 = time.perf_counter()
-        prompt = reading.pending.result() if reading.pending else self.prompts.encode(reading.key, reading.ids)
-        read = self._read(prompt, len(reading.ids), [rescore.followed_by(t, reading.head) for t in texts], False)
-        stats.rescore_ms = (time.perf_counter() - t0) * 1e3  # what the reading added after decoding
-        order = sorted(range(len(texts)), key=lambda i: -read[i].logprob)
-        return [texts[i] for i in order], [read[i].logprob for i in order]
+        def read(prompt: Encoded, blocks: list[str]) -> list[float]:
+            return [s.logprob for s in self._read(prompt, len(ids), blocks, False)]
+
+        return rescore.NextLineReader(self.prompts, key, ids, head, read, beside=bool(head) and self._spare_core)
 
     def beam_width(self, job: InfillJob) -> int:
         """AR's beam for `job`: wide enough for its `n` candidates, wider where the model's settings say so."""
@@ -362,20 +357,6 @@ class DiffusionEngine:
             on_draft(self.tokenizer.decode((prefix or []) + row[:cut]))
 
         return emit
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """An invoked job's rescoring: the suffix's next line each candidate is read with, and the prompt without it."""
-
-    head: str
-    key: str
-    ids: list[int]
-    pending: Pending | None  # that prompt encoding on another thread; None: encoded when the candidates are read
-
-    def wait(self) -> None:
-        if self.pending is not None:
-            self.pending.wait()
 
 
 def _dedupe(cands: list[Candidate]) -> list[Candidate]:

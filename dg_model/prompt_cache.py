@@ -4,14 +4,12 @@ While typing, a document's prompt changes at the cursor and stays the same befor
 fim-spm format, then the prefix up to the line being typed), so most of a prompt is read once. Each document key keeps
 its last prompt's ids and cache; the least recently used key goes once there are more than `capacity`.
 
-`encode_beside` reads a second prompt on a spare core while the calling thread decodes on the first: an explicit
-request's rescoring prompt (rescore.py) is the job's prompt without the suffix's next line, a different prompt from
-its first token on, and encoding it took a fifth of such a request on this CPU.
+A `Lease` lets another thread encode into a document's entry: an explicit request's rescoring prompt (rescore.py),
+the job's prompt without the suffix's next line, is read on a spare core while the job decodes.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -48,33 +46,24 @@ class PromptCaches:
 
     def encode(self, key: str, ids: list[int]) -> Encoded:
         """A cache holding `ids` for document `key` ("": a fresh cache, kept nowhere)."""
-        entry, reuse = self._take(key, ids)
+        lease = self.lease(key, ids)
         try:
-            return self._encode(entry, ids, reuse)
+            return lease.encode()
         finally:
-            self._keep(key, entry)
+            lease.give_back()
 
-    def encode_beside(self, key: str, ids: list[int]) -> Pending:
-        """`encode` on another thread; `Pending.result()` waits for it. Until then `key`'s entry is the thread's alone:
-        taken out of `entries` here, on the calling thread, and put back by `result` or `wait`."""
-        entry, reuse = self._take(key, ids)
-        return Pending(self, key, entry, ids, reuse)
-
-    def _take(self, key: str, ids: list[int]) -> tuple[_Entry, int]:
+    def lease(self, key: str, ids: list[int]) -> Lease:
+        """`key`'s entry taken out of the caches, on the calling thread, for `ids` to be encoded into it on any one
+        thread (rescore.py reads a second prompt beside the decoding): no other request sees it until it is given
+        back."""
         entry = self.entries.pop(key, None) if key else None
         reuse = _common_prefix(entry.ids, ids) if entry else 0
         reuse = min(reuse, len(ids) - 1)  # always re-encode the last token: its state starts AR decoding
         if entry is None or reuse == 0:
-            return _Entry([], self.fwd.new_cache()), 0
-        self.fwd.trim(entry.cache, reuse)
-        return entry, reuse
-
-    def _encode(self, entry: _Entry, ids: list[int], reuse: int) -> Encoded:
-        entry.ids = []  # half-encoded until the encoder returns: an error leaves nothing to reuse
-        t0 = time.perf_counter()
-        hidden = self.fwd.encode(torch.tensor([ids[reuse:]], device=self.device), entry.cache, reuse)
-        entry.ids = list(ids)
-        return Encoded(entry.cache, hidden[:, -1:], reuse, (time.perf_counter() - t0) * 1e3)
+            entry, reuse = _Entry([], self.fwd.new_cache()), 0
+        else:
+            self.fwd.trim(entry.cache, reuse)
+        return Lease(self, key, entry, ids, reuse)
 
     def _keep(self, key: str, entry: _Entry) -> None:
         if key and entry.ids:
@@ -83,35 +72,23 @@ class PromptCaches:
                 self.entries.popitem(last=False)
 
 
-class Pending:
-    """A prompt being encoded on its own thread (`PromptCaches.encode_beside`)."""
-
+class Lease:
     def __init__(self, caches: PromptCaches, key: str, entry: _Entry, ids: list[int], reuse: int):
-        self._caches, self._key, self._entry = caches, key, entry
-        self._out: Encoded | None = None
-        self._error: BaseException | None = None
+        self._caches, self._key, self._entry, self._ids, self._reuse = caches, key, entry, ids, reuse
         self._returned = False
 
-        def run() -> None:
-            try:
-                with torch.inference_mode():  # thread-local: the caller's mode does not reach this thread
-                    self._out = caches._encode(entry, ids, reuse)
-            except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread, by `result`
-                self._error = exc
+    def encode(self) -> Encoded:
+        entry, fwd = self._entry, self._caches.fwd
+        entry.ids = []  # half-encoded until the encoder returns: an error leaves nothing to reuse
+        t0 = time.perf_counter()
+        hidden = fwd.encode(
+            torch.tensor([self._ids[self._reuse :]], device=self._caches.device), entry.cache, self._reuse
+        )
+        entry.ids = list(self._ids)
+        return Encoded(entry.cache, hidden[:, -1:], self._reuse, (time.perf_counter() - t0) * 1e3)
 
-        self._thread = threading.Thread(target=run, name="dg-prompt", daemon=True)
-        self._thread.start()
-
-    def result(self) -> Encoded:
-        self.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._out is not None
-        return self._out
-
-    def wait(self) -> None:
-        """Until the thread is done with the model; the entry goes back to its document once (encoded or not)."""
-        self._thread.join()
+    def give_back(self) -> None:
+        """The entry back to its document, once (unless its encoding failed): the next prompt reuses it."""
         if not self._returned:
             self._returned = True
             self._caches._keep(self._key, self._entry)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
 
-from dg_model.api import Cancelled, InfillJob, JobStats, ScoreJob
+from dg_model.api import Cancelled, InfillJob, ScoreJob
 from dg_model.architecture import TINY, build_config
 from dg_model.engine import DiffusionEngine, EngineSettings
 from dg_model.loading import EMBEDDED_DIR
 from dg_model.prompt_cache import PromptCaches
-from dg_model.rescore import followed_by, split_next_line
+from dg_model.rescore import NextLineReader, followed_by, split_next_line
 
 
 @pytest.mark.parametrize(
@@ -54,11 +54,11 @@ SUFFIX = "\n        t += x\n    return t\n"
 
 
 def _rescore(engine: DiffusionEngine, job: InfillJob, texts: list[str]) -> tuple[list[str], list[float]]:
-    reading = engine._reading(job)
+    reader = engine._reader(job)
     try:
-        return engine._rescore(job, reading, texts, JobStats())
+        return reader.ranked(texts)
     finally:
-        reading.wait()
+        reader.close()
 
 
 def _prompt_threads() -> list[threading.Thread]:
@@ -78,7 +78,7 @@ def test_candidates_are_ranked_by_the_likelihood_of_the_next_line_after_them(eng
 
 
 @torch.inference_mode()
-def test_infill_reports_the_rescoring_and_stops_when_cancelled(engine):
+def test_infill_reports_the_rescoring(engine):
     wide = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, ar_beam=3), name="tiny", mode="ar")
     result = wide.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=6, n=3, invoked=True))
     assert len({c.text for c in result.candidates}) == len(result.candidates) > 1
@@ -86,10 +86,6 @@ def test_infill_reports_the_rescoring_and_stops_when_cancelled(engine):
     # while typing, the candidates come as the beam ranked them, at no extra cost
     typing = wide.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=6, n=3))
     assert typing.stats.rescore_ms == 0
-    cancel = threading.Event()
-    cancel.set()
-    with pytest.raises(Cancelled):
-        _rescore(wide, InfillJob(PREFIX, SUFFIX, cancel=cancel), ["a", "b"])
     # no next line: ranked by the likelihood of each as the whole middle
     texts = ["return 0", "t = 0\n    for x in xs:"]
     ranked, scores = _rescore(wide, InfillJob(PREFIX, "\n"), texts)
@@ -146,7 +142,8 @@ def test_a_prompt_that_fails_on_its_thread_fails_the_caller_and_is_not_kept():
             raise MemoryError("no room")
 
     caches = PromptCaches(Failing(), "cpu", capacity=2)
-    pending = caches.encode_beside("d", [1, 2, 3])
+    reader = NextLineReader(caches, "d", [1, 2, 3], "\n    x", lambda prompt, blocks: [0.0] * len(blocks), beside=True)
     with pytest.raises(MemoryError, match="no room"):
-        pending.result()
+        reader.ranked(["a = 1", "b = 2"])
+    reader.close()
     assert not caches.entries and not _prompt_threads()
