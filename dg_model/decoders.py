@@ -106,7 +106,7 @@ def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, jo
     if job.max_tokens <= 0:
         return [""], [0.0]
     first = _next_logprobs(eng, last_hidden[:, -1])[0]
-    prune = eng.settings.beam_prune
+    prune = eng.settings.beam_prune if job.invoked else None
     result = beam_search(
         first,
         advance,

@@ -326,3 +326,21 @@ def test_a_block_out_of_budget_ends_with_its_last_whole_line():
         assert text and whole.startswith(text) and whole[len(text)] == "\n", (budget, text)
     line = engine.infill(replace(job, kind="line", max_tokens=3)).candidates[0].text
     assert line and "\n" not in line and whole.startswith(line)  # a line out of budget keeps what it wrote
+
+
+def test_only_a_beam_the_user_waits_for_is_pruned(tiny, monkeypatch):
+    from dg_model import decoders
+
+    pruned = []
+
+    def spy(*args, **kwargs):
+        pruned.append(args[8])  # beam_search's `prune`
+        return beam_search(*args, **kwargs)
+
+    monkeypatch.setattr(decoders, "beam_search", spy)
+    model, tok = tiny
+    settings = EngineSettings(ar_beam=3, invoked_beam=4, beam_prune=[2, 1])
+    engine = DiffusionEngine(model, tok, settings, name="tiny", mode="ar")
+    engine.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4))
+    engine.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4, invoked=True))
+    assert pruned == [None, (2, 1.0)]
