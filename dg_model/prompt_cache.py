@@ -40,6 +40,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PromptCaches:
+    """The documents' last prompts, each with the cache that holds it; `capacity` documents at most."""
+
     def __init__(self, fwd, device: str, capacity: int):
         self.fwd, self.device, self.capacity = fwd, device, capacity
         self.entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -73,6 +75,9 @@ class PromptCaches:
 
 
 class Lease:
+    """A document's entry out of the caches (`PromptCaches.lease`): `encode` fills it with the prompt on whichever
+    thread calls it, `give_back` returns it to the document for the next prompt to reuse."""
+
     def __init__(self, caches: PromptCaches, key: str, entry: _Entry, ids: list[int], reuse: int):
         self._caches, self._key, self._entry, self._ids, self._reuse = caches, key, entry, ids, reuse
         self._returned = False
