@@ -268,15 +268,12 @@ class DiffusionEngine:
         if job.cancel is not None and job.cancel.is_set():
             raise Cancelled()
         prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens)
-        return self._read(self.prompts.encode(job.doc_key, prompt.ids), len(prompt.ids), list(job.blocks), job.detail)
+        return self._read(self.prompts.encode(job.doc_key, prompt.ids), list(job.blocks), job.detail)
 
-    def _read(self, prompt: Encoded, length: int, blocks: list[str], detail: bool) -> list[BlockScore]:
-        """`score_blocks` after an encoded prompt of `length` tokens, whose cache is left holding the prompt alone."""
-        try:
-            eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-            return score_blocks(self.tokenizer, self.fwd, prompt.cache, prompt.last_hidden, blocks, eos, pad, detail)
-        finally:
-            self.fwd.trim(prompt.cache, length)
+    def _read(self, prompt: Encoded, blocks: list[str], detail: bool) -> list[BlockScore]:
+        """`score_blocks` after an encoded prompt (whose cache it leaves holding the prompt alone)."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        return score_blocks(self.tokenizer, self.fwd, prompt.cache, prompt.last_hidden, blocks, eos, pad, detail)
 
     def _infill_prompt(self, job: InfillJob, suffix: str) -> Prompt:
         """The prompt an infill job decodes after, with `suffix` as the code after the middle."""
@@ -305,7 +302,7 @@ class DiffusionEngine:
         ids = self._infill_prompt(job, rest).ids
 
         def read(prompt: Encoded, blocks: list[str]) -> list[float]:
-            return [s.logprob for s in self._read(prompt, len(ids), blocks, False)]
+            return [s.logprob for s in self._read(prompt, blocks, False)]
 
         return rescore.NextLineReader(self.prompts, key, ids, head, read, beside=bool(head) and self._spare_core)
 
