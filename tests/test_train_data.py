@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from tokenizers import Tokenizer
 
 from dg_model.loading import EMBEDDED_DIR
 from dg_model.training import corpus, train
+
+
+def _encoder(tok: Tokenizer):
+    return lambda s: tok.encode(s, add_special_tokens=False).ids
 
 
 def _file(name: str) -> str:
@@ -114,3 +119,44 @@ def test_fim_cuts_at_an_indented_cursor_take_whole_bodies_when_asked(long_at_ind
     assert len(spans) > 300
     long = sum(n >= 4 for n in spans)
     assert (long > len(spans) // 4) if long_at_indent else (long == 0)
+
+
+def test_body_cuts_start_inside_documented_functions_after_their_docstrings():
+    """`--body-cuts`: a share of cuts starts where an editor's requests land, in the body of a documented function
+    below its docstring, and ends with that function; undocumented code, signatures and docstrings are never cut."""
+    import random
+
+    from dg_model.training.fim_examples import documented_bodies, sample_fim
+
+    text = (
+        "import os\n\n\n"
+        "def plain(x):\n    return x\n\n\n"
+        'def documented(xs):\n    """Sum the even numbers."""\n    total = 0\n    for x in xs:\n'
+        "        if x % 2 == 0:\n            total += x\n    return total\n\n\n"
+        "class Box:\n"
+        '    async def size(self):\n        """How many."""\n        return len(self.items)\n'
+    )
+    lines = text.split("\n")
+    body = documented_bodies(text)
+    assert [lines[i].strip() for i in sorted(body)] == [
+        "total = 0", "for x in xs:", "if x % 2 == 0:", "total += x", "return total", "return len(self.items)"
+    ]  # fmt: skip
+    assert {lines[last] for last in body.values()} == {"    return total", "        return len(self.items)"}
+    assert documented_bodies("def broken(:\n") == {}
+
+    rng = random.Random(0)
+    starts = set()
+    for _ in range(300):
+        p = sample_fim(text, rng, lines_from=body)
+        assert p is not None and p.prefix + p.middle + p.suffix == text
+        starts.add(p.prefix.count("\n"))  # the line the cut starts on
+    assert starts == set(body)
+
+    corpora = [[text]]
+    cfg = train.TrainConfig(corpus="-", tokenizer=str(EMBEDDED_DIR), out="-", batch=8, prompt_tokens=96, canvas=16)
+    tok = Tokenizer.from_file(str(EMBEDDED_DIR / "tokenizer.json"))
+    cut = dataclasses.replace(cfg, body_cuts=1.0)
+    examples = train.FimBatches(corpora, cfg.tokenizer, cut, seed=0)._examples(random.Random(0), _encoder(tok), 16)
+    for _ in range(40):
+        _, middle = next(examples)
+        assert "def " not in tok.decode(middle) and "class " not in tok.decode(middle)  # within one function

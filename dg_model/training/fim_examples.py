@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dg_model.fim import Encode, spm_prompt
@@ -31,7 +32,28 @@ def _line_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in re.finditer("\n", text)]
 
 
-def sample_fim(text: str, rng: random.Random, long_at_indent: float = 0.0) -> FimPieces | None:
+def documented_bodies(text: str) -> dict[int, int]:
+    """Each line (0-based) in the body of a documented function, after its docstring, -> the function's last line:
+    where an editor's requests mostly land (a function being written below its signature and docstring), and where
+    a line follows from what the docstring says rather than from code repeated nearby. Nested functions map to the
+    innermost. Empty for a file that does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return {}
+    found: dict[int, int] = {}
+    for node in ast.walk(tree):  # outer functions before the ones nested in them
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or ast.get_docstring(node) is None:
+            continue
+        body = node.body[1:]  # after the docstring
+        if body and node.end_lineno is not None:
+            found.update((i, node.end_lineno - 1) for i in range(body[0].lineno - 1, node.end_lineno))
+    return found
+
+
+def sample_fim(
+    text: str, rng: random.Random, long_at_indent: float = 0.0, lines_from: Mapping[int, int] | None = None
+) -> FimPieces | None:
     """Cut one editor-like FIM example from a source file.
 
     Kinds, by share: mid-line cursor completing the line (40%), cursor at a line's indentation writing 1-3 lines
@@ -40,13 +62,18 @@ def sample_fim(text: str, rng: random.Random, long_at_indent: float = 0.0) -> Fi
     line sits after the indentation, and the model ends 98% of HumanEval multi-line middles after one line). At 0.5
     for 225 CPU steps it made single-line answers twice as long and passed 131 instead of 147 of 1,033 single-line
     HumanEval tasks, multi-line unchanged (model card, session 7): off by default.
+    `lines_from`: the lines a cut may start on, each with the last line it may take (`documented_bodies`: a middle
+    ends with its function); any line, up to the end of the file, by default.
     """
     starts = _line_starts(text)
     lines = len(starts)
     if lines < 3:
         return None
+    choices = [i for i in lines_from if i < lines - 1] if lines_from is not None else range(lines - 1)
+    if not choices:
+        return None
     for _ in range(8):
-        i = rng.randrange(lines - 1)
+        i = rng.choice(choices)
         line_start, line_end = starts[i], starts[i + 1] - 1  # line_end: index of its "\n"
         line = text[line_start:line_end]
         body = line.lstrip()
@@ -70,6 +97,8 @@ def sample_fim(text: str, rng: random.Random, long_at_indent: float = 0.0) -> Fi
             end = starts[min(i + rng.randint(2, 12), lines - 1)] - 1
         else:
             cursor = end = rng.choice((line_end, indent_end))
+        if lines_from is not None and lines_from[i] + 1 < lines:
+            end = min(end, starts[lines_from[i] + 1] - 1)
         if end < cursor:
             continue
         return FimPieces(text[:cursor], text[cursor:end], text[end:])

@@ -39,7 +39,13 @@ from dg_model.sampler import FIRST_NOISE_ID
 from dg_model.special_tokens import PAD
 from dg_model.training import blockdiff
 from dg_model.training.corpus import read_jsonl
-from dg_model.training.fim_examples import canvas_target, example_ids, far_snippet, sample_fim
+from dg_model.training.fim_examples import (
+    canvas_target,
+    documented_bodies,
+    example_ids,
+    far_snippet,
+    sample_fim,
+)
 from dg_model.training.grow import grow, width
 
 
@@ -77,6 +83,7 @@ class TrainConfig:
     full_noise_prob: float = 0.0  # block objective: share of blocks noised completely (a draft's starting state)
     distill: float = 0.0  # block objective: share of the encoder's own distribution in the denoiser's targets
     long_at_indent: float = 0.0  # share of cuts at a line's indentation taking 4-12 lines (fim_examples.sample_fim)
+    body_cuts: float = 0.0  # share of cuts inside documented functions' bodies (fim_examples.documented_bodies)
     compile: bool = True  # block objective: layers and LM-head loss through torch.compile (bench_train.json)
     grow: int = 0  # widen the --resume model to this hidden size first, computing the same (grow.py); 0: as it is
 
@@ -133,10 +140,17 @@ class FimBatches(torch.utils.data.IterableDataset):
         self, rng: random.Random, encode: Callable[[str], list[int]], canvas: int
     ) -> Iterator[tuple[list[int], list[int]]]:
         """Endless (prompt ids, middle ids) cut from the corpora."""
+        bodies: dict[tuple[int, int], dict[int, int]] = {}  # each file parsed once per worker
         while True:
             k = rng.choices(range(len(self.corpora)), self.shares)[0]
-            text = rng.choices(self.corpora[k], self.weights[k])[0]
-            pieces = sample_fim(text, rng, self.cfg.long_at_indent)
+            j = rng.choices(range(len(self.corpora[k])), self.weights[k])[0]
+            text = self.corpora[k][j]
+            lines_from = None
+            if rng.random() < self.cfg.body_cuts:
+                if (k, j) not in bodies:
+                    bodies[k, j] = documented_bodies(text)
+                lines_from = bodies[k, j]
+            pieces = sample_fim(text, rng, self.cfg.long_at_indent, lines_from)
             if pieces is None:
                 continue
             snips = []
