@@ -49,7 +49,8 @@ def beam_search(
     cancel: threading.Event | None = None,
     on_step: Callable[[list[int]], None] | None = None,
     may_end: Callable[[list[int]], bool] | None = None,
-    prune: tuple[int, float] | None = None,
+    prune: tuple[float, ...] | None = None,
+    give_up: int | None = None,
 ) -> BeamResult:
     """Decode from `first_logp` [V] (the prediction after the prompt).
 
@@ -63,12 +64,21 @@ def beam_search(
 
     `prune=(k, margin)` stops it earlier: once `k` hypotheses are complete and the likeliest one still going is
     `margin` nats below the k-th of them in summed log-probability (which only falls as a hypothesis grows).
+    `prune=(k, margin, lone)` also once fewer are complete and every one still going is `lone` nats below the best
+    of them: a beam with one short line complete searched for a second through near-garbage until its 192-token
+    budget (the open lines' log-probability falls ~0.25 nat a token, so they were 50 nats down by then).
+
+    `give_up=n` ends a search stuck where it may not end: once the likeliest continuation of the whole beam has been an
+    EOS that `may_end` refused at `n` steps. A model that keeps wanting to stop where the suffix forbids it (a header
+    the code below is indented under, which it does not write) otherwise writes lines until its budget, near-copies
+    of each other that no loop check sees: 192 steps, 5-10 s of a CPU, for an empty answer. What finished by then is
+    returned (nothing: one empty hypothesis).
     """
     width = max(1, width)
     alive = [Hypothesis()]
     logp = first_logp.float().reshape(1, -1)
     done: list[Hypothesis] = []
-    steps = 0
+    steps = refused = 0
     while alive:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
@@ -83,6 +93,7 @@ def beam_search(
             if token in eos_ids:
                 # EOS and pad end a hypothesis alike: only the likelier of the two takes a place among the finished
                 if may_end is not None and not may_end(h.tokens):
+                    refused += rank == 0
                     continue
                 if rank < width and all(d.tokens != h.tokens for d in done):
                     done.append(Hypothesis(h.tokens, h.logprobs + [lp]))
@@ -97,6 +108,8 @@ def beam_search(
                 break
         if len(done) >= width or not nxt or (prune is not None and _outranked(done, nxt, *prune)):
             break
+        if give_up is not None and refused >= give_up:
+            return BeamResult(sorted(done, key=lambda h: -h.score)[:width] or [Hypothesis()], steps)
         alive = [h for _, h in nxt]
         logp = advance([p for p, _ in nxt], [h.tokens[-1] for h in alive])
         steps += 1
@@ -106,8 +119,13 @@ def beam_search(
     return BeamResult(sorted(done, key=lambda h: -h.score)[:width], steps)
 
 
-def _outranked(done: list[Hypothesis], alive: list[tuple[int, Hypothesis]], k: int, margin: float) -> bool:
-    if len(done) < k:
+def _outranked(
+    done: list[Hypothesis], alive: list[tuple[int, Hypothesis]], k: float, margin: float, *lone: float
+) -> bool:
+    if not done:
         return False
-    kth = sorted((sum(h.logprobs) for h in done), reverse=True)[k - 1]
-    return max(sum(h.logprobs) for _, h in alive) < kth - margin
+    finished = sorted((sum(h.logprobs) for h in done), reverse=True)
+    best_open = max(sum(h.logprobs) for _, h in alive)
+    if len(done) < k:
+        return bool(lone) and best_open < finished[0] - lone[0]
+    return best_open < finished[int(k) - 1] - margin

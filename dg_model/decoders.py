@@ -83,6 +83,10 @@ def diffuse(eng: DiffusionEngine, cache, canvas_len: int, pinned_tail: list[int]
     return [eng.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [mean(lp) for lp in logprobs]
 
 
+# A beam stops after this many steps whose likeliest continuation was an end the suffix forbids (beam.beam_search).
+GIVE_UP = 3
+
+
 def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, job: InfillJob, stats: JobStats):
     """Next-token decoding through the causal encoder and its KV cache: a beam (`DiffusionEngine.beam_width`; width 1
     is greedy decoding). Every finished beam is a candidate, best first, so a model tuned for a wider beam returns
@@ -116,7 +120,8 @@ def autoregressive(eng: DiffusionEngine, cache, last_hidden, prompt_len: int, jo
         job.cancel,
         _on_step(eng, job),
         _may_end(eng, job),
-        (int(prune[0]), float(prune[1])) if prune else None,
+        tuple(float(x) for x in prune) if prune else None,
+        GIVE_UP if width > 1 else None,  # greedy decoding stays the text the hybrid decoder reproduces
     )
     stats.steps += result.steps
     # An empty middle ranks last: the editor skips it for the next candidate anyway, and length normalisation

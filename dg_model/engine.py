@@ -71,9 +71,10 @@ class EngineSettings:
     draft_lookup: bool = False
     # The beam's width for an invoked job (`InfillJob.invoked`); 0: `ar_beam`.
     invoked_beam: int = 0
-    # [k, margin]: an invoked job's beam stops once k candidates are complete and every one still going is `margin`
-    # nats less likely than the k-th (beam.py); empty: it runs until `width` are complete. Typing's beam of a few
-    # always runs until they are complete (the [3, 4] of sessions 13-20 could not cut a beam of 3 either).
+    # [k, margin] or [k, margin, lone]: an invoked job's beam stops once k candidates are complete and every one
+    # still going is `margin` nats less likely than the k-th, or (lone) once fewer are and every one still going is
+    # `lone` nats less likely than the best complete (beam.py); empty: it runs until `width` are complete. Typing's
+    # beam of a few always runs until they are complete (the [3, 4] of sessions 13-20 could not cut a beam of 3).
     beam_prune: list[float] = field(default_factory=list)
     # Re-rank an invoked job's candidates by the likelihood of each followed by the suffix's next line (rescore.py):
     # one more prompt (the suffix without that line, cached per document like the first) and one batched forward.

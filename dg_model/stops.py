@@ -12,17 +12,32 @@ import re
 from dg_model import code_scan
 
 
-def loop_start(tokens: list[int], max_period: int = 8, repeats: int = 4, min_span: int = 24) -> int | None:
+def loop_start(
+    tokens: list[int],
+    max_period: int = 8,
+    repeats: int = 4,
+    min_span: int = 24,
+    max_line: int = 48,
+    line_repeats: int = 3,
+) -> int | None:
     """Where a degenerate loop begins: if the last max(period * `repeats`, `min_span`) tokens are one cycle of
     1..`max_period` tokens over and over, the index after its first copy (the rest is the model going round in
-    circles), else None. `min_span` spares short legitimate runs such as `[0, 0, 0, 0]`."""
-    for period in range(1, max_period + 1):
-        span = max(period * repeats, min_span)
-        if len(tokens) < span:
+    circles), else None. `min_span` spares short legitimate runs such as `[0, 0, 0, 0]`. A longer cycle, up to
+    `max_line` tokens (a whole line, such as `tri = [1, 3]` and its line break), is a loop after `line_repeats`
+    copies: a beam that may not end where it is (the suffix wants a header first) wrote one line over and over until
+    its 192-token budget, 5-10 s for an empty answer."""
+    n = len(tokens)
+    for period in range(1, max_line + 1):
+        span = max(period * repeats, min_span) if period <= max_period else period * line_repeats
+        if n < span:
+            if period <= max_period:
+                continue
             break
+        if tokens[-1] != tokens[-1 - period]:  # most cycles fail here, before the slice
+            continue
         tail = tokens[-span:]
         if all(tail[i] == tail[i % period] for i in range(period, span)):
-            return len(tokens) - span + period
+            return n - span + period
     return None
 
 

@@ -136,3 +136,57 @@ def test_a_beam_drops_a_line_cut_where_it_may_not_end_and_greedy_keeps_it():
     refused = search(2, not_on_c)
     assert [A, C] not in refused and [B] in refused and len(refused) == 2  # the beam found another second
     assert search(1, not_on_c) == [[A, C]]
+
+
+def test_lone_margin_stops_a_beam_that_has_one_line_and_searches_garbage_for_a_second():
+    # B ends at once (p 0.9); after A the model rambles (C or D) until the 40-token limit, ~0.7 nat a token
+    def search(prune):
+        rows: list[tuple[int, ...]] = [()]
+
+        def advance(parents, tokens):
+            nonlocal rows
+            rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+            return torch.stack([dist(EOS=1.0) if r == (B,) else dist(C=0.5, D=0.5) for r in rows])
+
+        finish = lambda tokens: len(tokens) if len(tokens) >= 40 else None  # noqa: E731
+        some = lambda tokens: bool(tokens)  # noqa: E731  # no empty middle: B is the one line that ends
+        return beam_search(dist(B=0.9, A=0.1), advance, 4, finish, {EOS}, may_end=some, prune=prune)
+
+    two, lone = search((2, 1.0)), search((2, 1.0, 8.0))
+    assert two.steps >= 38  # one line complete: the two-candidate rule never fires
+    assert lone.hypotheses[0].tokens == two.hypotheses[0].tokens == [B]
+    assert lone.steps <= 10  # A and 7 rambling tokens are 2.3 + 7 x 0.69 nats down: 8 below B's 0.1
+    assert search((2, 1.0, 100.0)).steps == two.steps  # a margin nothing falls below changes nothing
+
+
+def test_give_up_ends_a_beam_whose_likeliest_move_is_an_end_it_may_not_take():
+    # the model wants to end after every token; `may_end` forbids every end: without give_up it writes to its limit
+    def search(give_up):
+        rows: list[tuple[int, ...]] = [()]
+
+        def advance(parents, tokens):
+            nonlocal rows
+            rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+            return torch.stack([dist(EOS=0.7, C=0.2, D=0.1) for _ in rows])
+
+        finish = lambda tokens: len(tokens) if len(tokens) >= 30 else None  # noqa: E731
+        never = lambda tokens: False  # noqa: E731
+        return beam_search(dist(EOS=0.7, A=0.3), advance, 3, finish, {EOS}, may_end=never, give_up=give_up)
+
+    stuck, given_up = search(None), search(3)
+    assert stuck.steps >= 28
+    assert given_up.steps <= 3 and [h.tokens for h in given_up.hypotheses] == [[]]  # nothing finished: one empty
+
+
+def test_give_up_does_not_count_refused_ends_the_beam_did_not_prefer():
+    # an end is refused once, but the likeliest move is always a token: the beam finishes normally
+    rows: list[tuple[int, ...]] = [()]
+
+    def advance(parents, tokens):
+        nonlocal rows
+        rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+        return torch.stack([dist(C=0.6, EOS=0.4) for _ in rows])
+
+    finish = lambda tokens: len(tokens) if len(tokens) >= 5 else None  # noqa: E731
+    result = beam_search(dist(A=1.0), advance, 2, finish, {EOS}, may_end=lambda t: len(t) >= 3, give_up=1)
+    assert result.hypotheses[0].tokens[:3] == [A, C, C] and result.steps >= 2

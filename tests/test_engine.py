@@ -240,6 +240,10 @@ def test_loop_start_keeps_one_copy_of_a_cycle():
     assert loop_start([1, 2, 3, 4, 5, 6, 7] * 3) is None  # three copies of a long cycle are not yet a loop
     assert loop_start([0] + [1, 2, 3, 4, 5, 6, 7] * 4) == 8
     assert loop_start(list(range(30))) is None and loop_start([]) is None
+    line = list(range(10, 24))  # a 14-token line, its break included
+    assert loop_start([1, 2] + line * 2) is None  # a line written twice may be code
+    assert loop_start([1, 2] + line * 3) == 2 + len(line)  # three times is a loop: keep the first copy
+    assert loop_start([1, 2] + line * 3 + [5]) is None  # only a cycle that ends the tokens so far
 
 
 def test_candidates_keep_the_first_then_go_by_score_with_empty_middles_last():
@@ -343,4 +347,4 @@ def test_only_a_beam_the_user_waits_for_is_pruned(tiny, monkeypatch):
     engine = DiffusionEngine(model, tok, settings, name="tiny", mode="ar")
     engine.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4))
     engine.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=4, invoked=True))
-    assert pruned == [None, (2, 1.0)]
+    assert pruned == [None, (2.0, 1.0)]
