@@ -95,18 +95,24 @@ def test_may_end_keeps_a_hypothesis_going_past_a_forbidden_eos():
     assert [h.tokens for h in held.hypotheses] == [[A, C, C]]  # EOS after A C forbidden: C, then EOS allowed
 
 
+def search_to(limit: int, first: torch.Tensor, next_dist, width: int, **kwargs):
+    """A beam over `next_dist(row)` (the tokens so far -> the next log-probabilities), ending at `limit` tokens."""
+    rows: list[tuple[int, ...]] = [()]
+
+    def advance(parents, tokens):
+        nonlocal rows
+        rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
+        return torch.stack([next_dist(r) for r in rows])
+
+    finish = lambda tokens: len(tokens) if len(tokens) >= limit else None  # noqa: E731
+    return beam_search(first, advance, width, finish, {EOS}, **kwargs)
+
+
 def test_prune_stops_once_every_open_line_is_far_less_likely_than_the_finished():
     # B ends at once (p 0.7); after A the model rambles (C or D, each 0.5) until the 12-token limit
     def search(prune):
-        rows: list[tuple[int, ...]] = [()]
-
-        def advance(parents, tokens):
-            nonlocal rows
-            rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
-            return torch.stack([dist(EOS=1.0) if r == (B,) else dist(C=0.5, D=0.5) for r in rows])
-
-        finish = lambda tokens: len(tokens) if len(tokens) >= 12 else None  # noqa: E731
-        return beam_search(dist(B=0.7, A=0.3), advance, 3, finish, {EOS}, prune=prune)
+        ramble = lambda r: dist(EOS=1.0) if r == (B,) else dist(C=0.5, D=0.5)  # noqa: E731
+        return search_to(12, dist(B=0.7, A=0.3), ramble, 3, prune=prune)
 
     full, pruned, loose = search(None), search((1, 2.0)), search((1, 50.0))
     assert full.hypotheses[0].tokens == pruned.hypotheses[0].tokens == [B]
@@ -141,16 +147,9 @@ def test_a_beam_drops_a_line_cut_where_it_may_not_end_and_greedy_keeps_it():
 def test_lone_margin_stops_a_beam_that_has_one_line_and_searches_garbage_for_a_second():
     # B ends at once (p 0.9); after A the model rambles (C or D) until the 40-token limit, ~0.7 nat a token
     def search(prune):
-        rows: list[tuple[int, ...]] = [()]
-
-        def advance(parents, tokens):
-            nonlocal rows
-            rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
-            return torch.stack([dist(EOS=1.0) if r == (B,) else dist(C=0.5, D=0.5) for r in rows])
-
-        finish = lambda tokens: len(tokens) if len(tokens) >= 40 else None  # noqa: E731
+        ramble = lambda r: dist(EOS=1.0) if r == (B,) else dist(C=0.5, D=0.5)  # noqa: E731
         some = lambda tokens: bool(tokens)  # noqa: E731  # no empty middle: B is the one line that ends
-        return beam_search(dist(B=0.9, A=0.1), advance, 4, finish, {EOS}, may_end=some, prune=prune)
+        return search_to(40, dist(B=0.9, A=0.1), ramble, 4, may_end=some, prune=prune)
 
     two, lone = search((2, 1.0)), search((2, 1.0, 8.0))
     assert two.steps >= 38  # one line complete: the two-candidate rule never fires
@@ -162,16 +161,9 @@ def test_lone_margin_stops_a_beam_that_has_one_line_and_searches_garbage_for_a_s
 def test_give_up_ends_a_beam_whose_likeliest_move_is_an_end_it_may_not_take():
     # the model wants to end after every token; `may_end` forbids every end: without give_up it writes to its limit
     def search(give_up):
-        rows: list[tuple[int, ...]] = [()]
-
-        def advance(parents, tokens):
-            nonlocal rows
-            rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
-            return torch.stack([dist(EOS=0.7, C=0.2, D=0.1) for _ in rows])
-
-        finish = lambda tokens: len(tokens) if len(tokens) >= 30 else None  # noqa: E731
         never = lambda tokens: False  # noqa: E731
-        return beam_search(dist(EOS=0.7, A=0.3), advance, 3, finish, {EOS}, may_end=never, give_up=give_up)
+        wants_to_end = lambda r: dist(EOS=0.7, C=0.2, D=0.1)  # noqa: E731
+        return search_to(30, dist(EOS=0.7, A=0.3), wants_to_end, 3, may_end=never, give_up=give_up)
 
     stuck, given_up = search(None), search(3)
     assert stuck.steps >= 28
@@ -179,14 +171,7 @@ def test_give_up_ends_a_beam_whose_likeliest_move_is_an_end_it_may_not_take():
 
 
 def test_give_up_does_not_count_refused_ends_the_beam_did_not_prefer():
-    # an end is refused once, but the likeliest move is always a token: the beam finishes normally
-    rows: list[tuple[int, ...]] = [()]
-
-    def advance(parents, tokens):
-        nonlocal rows
-        rows = [rows[p] + (t,) for p, t in zip(parents, tokens)]
-        return torch.stack([dist(C=0.6, EOS=0.4) for _ in rows])
-
-    finish = lambda tokens: len(tokens) if len(tokens) >= 5 else None  # noqa: E731
-    result = beam_search(dist(A=1.0), advance, 2, finish, {EOS}, may_end=lambda t: len(t) >= 3, give_up=1)
+    # ends are refused, but the likeliest move is always a token: the beam finishes normally
+    goes_on = lambda r: dist(C=0.6, EOS=0.4)  # noqa: E731
+    result = search_to(5, dist(A=1.0), goes_on, 2, may_end=lambda t: len(t) >= 3, give_up=1)
     assert result.hypotheses[0].tokens[:3] == [A, C, C] and result.steps >= 2
