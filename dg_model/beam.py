@@ -71,8 +71,8 @@ def beam_search(
     `give_up=n` ends a search stuck where it may not end: once the likeliest continuation of the whole beam has been an
     EOS that `may_end` refused at `n` steps. A model that keeps wanting to stop where the suffix forbids it (a header
     the code below is indented under, which it does not write) otherwise writes lines until its budget, near-copies
-    of each other that no loop check sees: 192 steps, 5-10 s of a CPU, for an empty answer. What finished by then is
-    returned (nothing: one empty hypothesis).
+    of each other that no loop check sees: 192 steps, 7-14 s on a 2-core CPU, for an empty answer. What finished by
+    then is returned (nothing: one empty hypothesis).
     """
     width = max(1, width)
     alive = [Hypothesis()]

@@ -25,7 +25,7 @@ def loop_start(
     circles), else None. `min_span` spares short legitimate runs such as `[0, 0, 0, 0]`. A longer cycle, up to
     `max_line` tokens (a whole line, such as `tri = [1, 3]` and its line break), is a loop after `line_repeats`
     copies: a beam that may not end where it is (the suffix wants a header first) wrote one line over and over until
-    its 192-token budget, 5-10 s for an empty answer."""
+    its 192-token budget, 7-14 s on a 2-core CPU for an empty answer."""
     n = len(tokens)
     for period in range(1, max_line + 1):
         span = max(period * repeats, min_span) if period <= max_period else period * line_repeats
