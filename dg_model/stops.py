@@ -30,9 +30,7 @@ def loop_start(
     for period in range(1, max_line + 1):
         span = max(period * repeats, min_span) if period <= max_period else period * line_repeats
         if n < span:
-            if period <= max_period:
-                continue
-            break
+            continue
         if tokens[-1] != tokens[-1 - period]:  # most cycles fail here, before the slice
             continue
         tail = tokens[-span:]
