@@ -140,12 +140,12 @@ class DiffusionEngine:
         self._never = torch.tensor(sorted(_prompt_format_ids(tokenizer) - self.eos_ids), dtype=torch.long)
         self.fwd = make_forward(model, settings.forward)
         self.prompts = PromptCaches(self.fwd, self.device, settings.cached_documents)
-        # An explicit request's rescoring prompt is read on a core the decoding leaves idle by the lean forward (shared
+        # An explicit request's rescoring prompt is read on a core the decoding leaves idle by the lean forwards (shared
         # by two threads: its RoPE tables are its only state, and they grow safely). Only where torch runs one thread:
         # a second thread would bring a second OpenMP team as large as the first, into the cores kept for the editor
         # (`loading.load_engine`), where spinning teams were measured 3x slower under load (model card, session 19).
         spare = torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
-        self._spare_core = self.device == "cpu" and self.fwd.kind == "lean" and spare
+        self._spare_core = self.device == "cpu" and self.fwd.kind in ("lean", "ort") and spare
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
         self.newline_ids = tuple(i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
 

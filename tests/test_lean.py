@@ -13,6 +13,7 @@ from dg_model.engine import DiffusionEngine
 from dg_model.forward import HFForward, make_forward
 from dg_model.lean import LeanForward, unsupported
 from dg_model.loading import load_engine
+from dg_model.ort import OrtForward
 
 VOCAB = 512
 
@@ -35,12 +36,17 @@ def _model(layer_types=None, sliding_window=None, seed=0):
     return model
 
 
-@pytest.fixture(scope="module", params=[None, ["sliding_attention", "full_attention"]], ids=["global", "mixed"])
+LAYERS = {"global": None, "mixed": ["sliding_attention", "full_attention"]}
+
+
+@pytest.fixture(scope="module", params=[(layers, fast) for layers in LAYERS for fast in ("lean", "ort")], ids="-".join)
 def pair(request):
-    # "mixed": a sliding layer (own value projection) next to a global one (values from the key projection)
-    model = _model(request.param)
+    # "mixed": a sliding layer (own value projection) next to a global one (values from the key projection);
+    # "ort": the lean forward with its encoder and logits head in ONNX Runtime
+    layers, fast = request.param
+    model = _model(LAYERS[layers])
     assert unsupported(model) is None
-    return HFForward(model), LeanForward(model)
+    return HFForward(model), (OrtForward if fast == "ort" else LeanForward)(model)
 
 
 def close(a, b):
@@ -172,11 +178,17 @@ def test_auto_keeps_transformers_off_the_cpu():
     assert make_forward(model, "auto").kind == "hf"
 
 
+def test_the_embedded_model_on_a_cpu_takes_onnx_runtime():
+    assert load_engine(None).fwd.kind == "ort"
+
+
+@pytest.mark.parametrize("fast", ["lean", "ort"])
 @pytest.mark.parametrize("mode", ["diffusion", "ar"])
-def test_embedded_engine_answers_the_same_on_both_forwards(mode):
-    engine = load_engine(None, mode=mode)
-    assert engine.fwd.kind == "lean", "the embedded model on a CPU should take the lean path"
-    hf = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, forward="hf"), engine.name, mode=mode)
+def test_embedded_engine_answers_the_same_on_every_forward(mode, fast):
+    default = load_engine(None, mode=mode)
+    engine = DiffusionEngine(default.model, default.tokenizer, replace(default.settings, forward=fast), "x", mode=mode)
+    assert engine.fwd.kind == fast
+    hf = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, forward="hf"), "x", mode=mode)
     assert hf.fwd.kind == "hf"
     prefix = "import os\n\n\ndef read_lines(path):\n    with open(path) as fh:\n        "
     for job in (
