@@ -159,21 +159,19 @@ def speed(plt, r: dict[str, Any]) -> Any:
 @_chart
 def forward(plt, r: dict[str, Any]) -> Any:
     ops = list(r["ops"])
+    kinds = r.get("forwards", ["hf", "lean"])
+    colors = {"hf": "tab:gray", "lean": "tab:green", "ort": "tab:blue"}
     fig, ax = plt.subplots(figsize=(1.6 * len(ops) + 2, 4.2))
-    _side_by_side(
-        ax,
-        ops,
-        [
-            (kind, [_num(r["ops"][op][f"{kind}_ms"]) for op in ops], color)
-            for kind, color in (("hf", "tab:gray"), ("lean", "tab:green"))
-        ],
-    )
+    series = [(k, [_num(r["ops"][op][f"{k}_ms"]) for op in ops], colors.get(k)) for k in kinds]
+    _side_by_side(ax, ops, series, width=0.8 / len(kinds))
     for i, op in enumerate(ops):
-        top = max(_num(r["ops"][op]["hf_ms"]), _num(r["ops"][op]["lean_ms"]))
-        ax.annotate(f"{_num(r['ops'][op]['speedup']):.2f}x", (i, top), ha="center", va="bottom", fontsize=8)
+        o = r["ops"][op]
+        top = max(_num(o[f"{k}_ms"]) for k in kinds)
+        label = f"{_num(o['speedup']):.2f}x" + (f", {_num(o['ort_speedup']):.2f}x" if "ort_speedup" in o else "")
+        ax.annotate(label, (i, top), ha="center", va="bottom", fontsize=8)
     ax.set(
         ylabel="median ms",
-        title=f"transformers' modules vs lean forward, {r['model']} on {r['device']}, "
+        title=f"{' vs '.join(kinds)} forward (hf/lean, lean/ort), {r['model']} on {r['device']}, "
         f"{r['torch_threads']} thread(s), prompt {r['prompt_tokens']}",
     )
     ax.legend(fontsize=8)

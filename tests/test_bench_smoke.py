@@ -333,17 +333,20 @@ def test_gpu_delegates_to_bench_gpu(monkeypatch, tmp_path):
     png(out / "bench_gpu.png")
 
 
-def test_forward_compares_both_paths_on_the_embedded_model(monkeypatch, tmp_path, capsys):
+def test_forward_compares_every_path_on_the_embedded_model(monkeypatch, tmp_path, capsys):
     out = tmp_path / "out"
     r = run_bench(
         monkeypatch, "forward", out, "--rounds", "3", "--canvases", "8,16", "--prompt-tokens", "64", "--device", "cpu"
     )
-    assert list(r["ops"]) == ["encode", "ar_step", "canvas_8", "canvas_16"]
+    assert r["forwards"] == ["hf", "lean", "ort"]
+    assert list(r["ops"]) == ["encode", "ar_step", "beam_step", "canvas_8", "canvas_16"]
     assert r["max_logit_diff"] < 1e-3, "the lean forward must compute what transformers' modules compute"
+    assert r["max_logit_diff_ort"] < 1e-3, "so must its ONNX Runtime encoder"
     for o in r["ops"].values():
-        assert o["hf_ms"] > 0 and o["lean_ms"] > 0
+        assert o["hf_ms"] > 0 and o["lean_ms"] > 0 and o["ort_ms"] > 0
         assert o["speedup"] == pytest.approx(o["hf_ms"] / o["lean_ms"], rel=1e-2)
-    assert "speed-up" in capsys.readouterr().out
+        assert o["ort_speedup"] == pytest.approx(o["lean_ms"] / o["ort_ms"], rel=1e-2)
+    assert "lean/ort" in capsys.readouterr().out
 
 
 def test_forward_prices_an_untrained_size(monkeypatch, tmp_path):
