@@ -378,15 +378,18 @@ class LeanForward:
             raise ValueError(f"a batch-{cache.k[0].shape[0]} cache cannot serve a batch-{B} canvas; expand it first")
         self._reserve(cache, start + C)
         end = start + C
-        x = self.dec_embed(canvas)
-        if sc_logits is not None:
-            soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(self.dtype) @ self.dec_embed.weight
-            x = self.sc(x, soft * self.dec_embed.embed_scale.to(self.dtype))
-        else:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
-            x = _rms(x, None, self.eps)
+        x = self.canvas_states(canvas, sc_logits)
         for i, layer in enumerate(self.dec_layers):
             x = layer(x, *self._rope_at(layer, start, C), self._attend(cache, i, start, end, None))
         return self.lm_logits(_rms(x, self.dec_norm, self.eps))
+
+    def canvas_states(self, canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
+        """The decoder's input for a canvas [B, C]: its embeddings with the self-conditioning signal -> [B, C, H]."""
+        x = self.dec_embed(canvas)
+        if sc_logits is None:  # a zero signal passes the self-conditioning MLP as zero: only its output norm is left
+            return _rms(x, None, self.eps)
+        soft = torch.softmax(sc_logits, -1, dtype=torch.float32).to(self.dtype) @ self.dec_embed.weight
+        return self.sc(x, soft * self.dec_embed.embed_scale.to(self.dtype))
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return softcap(hidden @ self.lm_head_t, self.softcap)

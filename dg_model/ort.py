@@ -1,16 +1,15 @@
-"""The lean forward's causal encoder and logits head run by ONNX Runtime on a CPU.
+"""The lean forward's two layer stacks and its logits head run by ONNX Runtime on a CPU.
 
 On the 2-core AMD EPYC of session 23 a width-10 beam step through the lean forward took ~27 ms, half of it in
-MKL's float32 products (MKL takes slow paths on non-Intel CPUs: the step's products alone 15.3 ms against 8.3 ms in
-ONNX Runtime's MLAS and 12.7 ms in OpenBLAS) and half in ~1,100 small operators at several microseconds of dispatch
-each. Here the same math is one ONNX graph per call, built at load time from the model's own tensors (nothing is
-exported or shipped): the encoder's six layers in one `run`, the logits head in another.
+MKL's float32 products of a few rows (the same products alone, cold: 15.3 ms in torch against 8.3 ms in ONNX
+Runtime's MLAS and 12.7 ms in numpy's OpenBLAS) and half in ~1,100 small operators at several microseconds of dispatch
+each. Here a stack's six layers are one ONNX graph, built at load time from the model's own tensors (nothing is
+exported or shipped), and one `run` per call.
 
-Only what the beam, the AR decoders and the rescoring call goes through ONNX Runtime: `encode` (prompts and steps)
-and `encode_tree`. The cache stays the lean forward's `LeanCache` of torch tensors, so everything else (beam reorder,
-expand, the denoiser's `decoder_logits`) is `LeanForward`'s, unchanged. Each call passes the cache's keys and values
-as inputs and writes the new positions' keys and values, returned by the graph, into it.
-"""
+The cache stays the lean forward's `LeanCache` of torch tensors, so what only moves it (beam reorder, expand, trim)
+is `LeanForward`'s, and so are the embeddings and the decoder's self-conditioning input. Each call passes the
+cache's keys and values as inputs; the encoder's new keys and values come back as outputs and are written into it.
+ONNX Runtime keeps its own prepacked copy of the weights (~85 MB in float32 for the embedded model)."""
 
 from __future__ import annotations
 
@@ -31,6 +30,10 @@ def unavailable() -> str | None:
     if "CPUExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime has no CPU provider"
     return None
+
+
+def layer_types(layers: list[_Layer]) -> list[str]:
+    return sorted({layer.layer_type for layer in layers})
 
 
 class _Builder:
@@ -63,23 +66,22 @@ class _Builder:
         return names[0] if outputs == 1 else names
 
 
-class _Encoder:
-    """The causal encoder's graph: embeddings, every layer, the final norm.
+class _Stack:
+    """One stack's graph (the causal encoder's or the decoder's layers) from embeddings to the final norm.
 
-    Inputs: `ids` [B, T]; `cos_{type}`, `sin_{type}` [T, 1, d] (each new token's rotation, per layer type); per
-    layer the prefix every row shares (`sk{i}`, `sv{i}` [1, g, P, d]) and each row's own earlier positions (`ok{i}`,
-    `ov{i}` [B, g, C, d]), with additive biases `bias_sh` [P] and `bias_own` [C] (-inf over the one placeholder
-    position a part holds while it is empty: no product here runs on an empty tensor), and `bias_new` [T, T] among the
-    new tokens (causal, or a tree's visibility). Outputs: `hidden` [B, T, H] and the new tokens' `nk{i}`, `nv{i}`
-    [B, g, T, d]."""
+    Inputs: `x` [B, T, H] (the new tokens' embeddings); `cos_{type}`, `sin_{type}` [T, 1, d] (each new token's
+    rotation, per layer type); per layer the prefix every row shares (`sk{i}`, `sv{i}` [1, g, P, d]) and each row's
+    own earlier positions (`ok{i}`, `ov{i}` [B, g, C, d]), with additive biases `bias_sh` [P] and `bias_own` [C]
+    (-inf over the one placeholder position a part holds while it is empty: no product here runs on an empty tensor),
+    and `bias_new` [T, T] among the new tokens (causal, a tree's visibility, or none: a canvas). Outputs: `hidden`
+    [B, T, H] and the new tokens' keys and values `nk{i}`, `nv{i}` [B, g, T, d]."""
 
-    def __init__(self, fwd: LeanForward):
+    def __init__(self, layers: list[_Layer], norm: torch.Tensor, eps: float):
         self.b = b = _Builder()
-        self.eps = b.f32(fwd.eps)
-        first = fwd.enc_layers[0]
-        self.h, self.g, self.d = first.h, first.g, first.d
-        self.types = sorted({layer.layer_type for layer in fwd.enc_layers})
-        inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])]
+        self.eps = b.f32(eps)
+        self.h, self.g, self.d = layers[0].h, layers[0].g, layers[0].d
+        self.types = layer_types(layers)
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", int(layers[0].o.shape[0])])]
         inputs += [
             helper.make_tensor_value_info(f"{f}_{t}", TensorProto.FLOAT, ["T", 1, self.d])
             for t in self.types
@@ -91,10 +93,8 @@ class _Encoder:
             helper.make_tensor_value_info("bias_new", TensorProto.FLOAT, ["T", "T"]),
         ]
         outputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["B", "T", None])]
-        embed = fwd.enc_embed
-        x = b.op("Gather", b.const(embed.weight), "ids")
-        x = b.op("Mul", x, b.f32(float(embed.embed_scale)))
-        for i, layer in enumerate(fwd.enc_layers):
+        x = "x"
+        for i, layer in enumerate(layers):
             for name, shape in ((f"sk{i}", [1, self.g, "P", self.d]), (f"ok{i}", ["B", self.g, "C", self.d])):
                 inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
                 inputs.append(helper.make_tensor_value_info(name.replace("k", "v"), TensorProto.FLOAT, shape))
@@ -102,8 +102,8 @@ class _Encoder:
             outputs += [
                 helper.make_tensor_value_info(f"n{kv}{i}", TensorProto.FLOAT, ["B", self.g, "T", self.d]) for kv in "kv"
             ]
-        b.nodes.append(helper.make_node("Identity", [self.rms(x, fwd.enc_norm)], ["hidden"]))
-        graph = helper.make_graph(b.nodes, "dg_encoder", inputs, outputs, b.inits)
+        b.nodes.append(helper.make_node("Identity", [self.rms(x, norm)], ["hidden"]))
+        graph = helper.make_graph(b.nodes, "dg_layers", inputs, outputs, b.inits)
         self.model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
     # -------------------------------------------------------------------------------------------------- pieces
@@ -234,27 +234,28 @@ def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
 
 
 class OrtForward(LeanForward):
-    """`LeanForward` whose encoder and logits head run in ONNX Runtime (float32 weights on a CPU)."""
+    """`LeanForward` whose layer stacks and logits head run in ONNX Runtime (float32 weights on a CPU)."""
 
     kind = "ort"
 
     def __init__(self, model, threads: int | None = None):
         super().__init__(model)
         threads = threads or torch.get_num_threads()
-        encoder = _Encoder(self)
-        self.encoder, self.head = _session(encoder.model, threads), _session(_head(self), threads)
-        self._types = encoder.types
+        self.encoder = _session(_Stack(self.enc_layers, self.enc_norm, self.eps).model, threads)
+        self.decoder = _session(_Stack(self.dec_layers, self.dec_norm, self.eps).model, threads)
+        self.head = _session(_head(self), threads)
+        self._types = layer_types(self.enc_layers + self.dec_layers)
         first = self.enc_layers[0]
-        self._outputs = ["hidden"] + [f"n{kv}{i}" for i in range(len(self.enc_layers)) for kv in "kv"]
+        self._new_kv = [f"n{kv}{i}" for i in range(len(self.enc_layers)) for kv in "kv"]
         self._placeholder = np.zeros((1, first.g, 1, first.d), dtype=np.float32)
 
-    def _run(self, ids: torch.Tensor, pos: torch.Tensor, bias_new: np.ndarray, cache: LeanCache, start: int):
-        """The new tokens `ids` [B, T] at positions `pos` [T], written into the cache at start..start+T-1;
-        -> final-norm states [B, T, H]."""
-        B, T = ids.shape
-        P, lo = cache.shared, start - cache.shared
+    def _run(self, stack, x: torch.Tensor, pos: torch.Tensor, bias_new: np.ndarray, cache: LeanCache, write: bool):
+        """The new tokens' embeddings `x` [B, T, H] at positions `pos` [T] through `stack` over the cache, their keys
+        and values written into it after its end where `write`; -> final-norm states [B, T, H]."""
+        B, T = x.shape[:2]
+        P, lo = cache.shared, cache.length - cache.shared
         feeds: dict[str, np.ndarray] = {
-            "ids": ids.numpy().astype(np.int64, copy=False),
+            "x": x.float().contiguous().numpy(),
             "bias_new": bias_new,
             "bias_sh": np.zeros(P, dtype=np.float32) if P else np.full(1, NEG_INF),
             "bias_own": np.zeros(lo, dtype=np.float32) if lo else np.full(1, NEG_INF),
@@ -267,10 +268,11 @@ class OrtForward(LeanForward):
             for kv, shared, own in (("k", cache.shared_k, cache.k), ("v", cache.shared_v, cache.v)):
                 feeds[f"s{kv}{i}"] = shared[i].contiguous().numpy() if P else self._placeholder
                 feeds[f"o{kv}{i}"] = own[i][:, :, :lo].contiguous().numpy() if lo else none_yet
-        out = self.encoder.run(self._outputs, feeds)
-        for i in range(len(self.enc_layers)):
-            cache.k[i][:, :, lo : lo + T] = torch.from_numpy(out[1 + 2 * i])
-            cache.v[i][:, :, lo : lo + T] = torch.from_numpy(out[2 + 2 * i])
+        out = stack.run(["hidden"] + (self._new_kv if write else []), feeds)
+        if write:
+            for i in range(len(self.enc_layers)):
+                cache.k[i][:, :, lo : lo + T] = torch.from_numpy(out[1 + 2 * i])
+                cache.v[i][:, :, lo : lo + T] = torch.from_numpy(out[2 + 2 * i])
         return torch.from_numpy(out[0])
 
     @torch.inference_mode()
@@ -283,7 +285,7 @@ class OrtForward(LeanForward):
             cache.k, cache.v, cache.shared_k, cache.shared_v = fresh.k, fresh.v, [], []
         self._reserve(cache, start + T)
         causal = np.triu(np.full((T, T), NEG_INF, dtype=np.float32), 1)
-        hidden = self._run(ids.cpu(), torch.arange(start, start + T), causal, cache, start)
+        hidden = self._run(self.encoder, self.enc_embed(ids), torch.arange(start, start + T), causal, cache, True)
         cache.length = start + T
         return hidden
 
@@ -294,7 +296,18 @@ class OrtForward(LeanForward):
         start, T = cache.length, ids.shape[0]
         self._reserve(cache, start + T)
         bias = np.where(visible.cpu().numpy(), np.float32(0), NEG_INF).astype(np.float32)
-        return self._run(ids.cpu()[None], start + depth.cpu(), bias, cache, start)[0]
+        return self._run(self.encoder, self.enc_embed(ids[None]), start + depth.cpu(), bias, cache, True)[0]
+
+    @torch.inference_mode()
+    def decoder_logits(self, canvas: torch.Tensor, cache: LeanCache, sc_logits: torch.Tensor | None) -> torch.Tensor:
+        B, C = canvas.shape
+        if cache.k[0].shape[0] != B:
+            raise ValueError(f"a batch-{cache.k[0].shape[0]} cache cannot serve a batch-{B} canvas; expand it first")
+        self._reserve(cache, cache.length + C)
+        visible = np.zeros((C, C), dtype=np.float32)  # the canvas sees itself both ways
+        pos = torch.arange(cache.length, cache.length + C)
+        hidden = self._run(self.decoder, self.canvas_states(canvas, sc_logits), pos, visible, cache, False)
+        return self.lm_logits(hidden)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.head.run(["logits"], {"hidden": hidden.float().contiguous().numpy()})[0])
