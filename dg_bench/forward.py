@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         raise SystemExit(f"dg-lsp: the lean forward cannot run this model ({reason}); nothing to compare")
     device = next(model.parameters()).device
     fwds: dict[str, Forward] = {"hf": HFForward(model), "lean": LeanForward(model)}
-    if device.type == "cpu" and ort.unavailable() is None:
+    if ort.unsupported(model) is None:
         fwds["ort"] = ort.OrtForward(model)
     ids = torch.tensor([_prompt_ids(tokenizer, args.prompt_tokens)], device=device)
     caches = {k: f.new_cache() for k, f in fwds.items()}

@@ -142,11 +142,14 @@ def make_forward(model, kind: str = "auto") -> Forward:
     if reason is None and kind == "auto" and not on_cpu:
         reason = "not on a CPU"
     if reason is None and kind in ("auto", "ort"):
-        from dg_model import ort
-
-        why_not = ort.unavailable() or (None if on_cpu else "not on a CPU")
-        if why_not is None:
-            return ort.OrtForward(model)
+        try:
+            from dg_model import ort
+        except ImportError as exc:  # a broken install: the torch path still answers
+            why_not: str | None = f"onnxruntime does not import ({exc})"
+        else:
+            why_not = ort.unsupported(model)
+            if why_not is None:
+                return ort.OrtForward(model)
         if kind == "ort":
             raise ValueError(f"ONNX Runtime cannot run this model: {why_not}")
         log.info("using the lean forward in torch: %s", why_not)

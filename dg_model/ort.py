@@ -25,10 +25,14 @@ OPSET = 20  # Gelu with the tanh approximation
 NEG_INF = np.float32(-np.inf)
 
 
-def unavailable() -> str | None:
-    """Why ONNX Runtime cannot run the lean forward's encoder here, or None."""
+def unsupported(model) -> str | None:
+    """Why ONNX Runtime cannot run `model`'s lean forward here, or None (see also `lean.unsupported`)."""
     if "CPUExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime has no CPU provider"
+    if next(model.parameters()).device.type != "cpu":
+        return "not on a CPU"
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return "weights not in float32"
     return None
 
 

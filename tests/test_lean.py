@@ -173,6 +173,18 @@ def test_auto_falls_back_to_transformers_where_lean_cannot_run():
         make_forward(model, "fast")
 
 
+def test_auto_takes_the_torch_lean_path_where_onnx_runtime_cannot_run(monkeypatch):
+    from dg_model import ort
+
+    assert "float32" in ort.unsupported(_model().half())
+    model = _model()
+    assert make_forward(model, "auto").kind == "ort"
+    monkeypatch.setattr(ort, "unsupported", lambda model: "no CPU provider")
+    assert make_forward(model, "auto").kind == "lean"
+    with pytest.raises(ValueError, match="no CPU provider"):
+        make_forward(model, "ort")
+
+
 def test_auto_keeps_transformers_off_the_cpu():
     model = _model().to("meta")  # no GPU here: any non-CPU device takes the same branch
     assert make_forward(model, "auto").kind == "hf"
