@@ -56,7 +56,9 @@ class EngineSettings:
     block_canvas: int = 64
     pinned_suffix_tokens: int = 8
     cached_documents: int = 4
-    forward: str = "auto"  # forward.FORWARDS: the lean path where it can run the model, else transformers'
+    # forward.FORWARDS: the lean path where it can run the model (its stacks in ONNX Runtime on a CPU), else
+    # transformers' modules
+    forward: str = "auto"
     # Decoding per job kind when neither the job nor the engine names one. Diffusion unless a model's measurements say
     # otherwise: the embedded model's decoder is a weaker predictor than its causal encoder (model card).
     decoding: dict[str, str] = field(default_factory=lambda: {"line": "diffusion", "block": "diffusion"})
