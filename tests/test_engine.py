@@ -186,7 +186,7 @@ def test_decoding_follows_the_job_then_the_engine_then_the_models_choice_per_kin
         DiffusionEngine(model, tok, EngineSettings(decoding={"line": "fast"}), name="tiny")
 
 
-@pytest.mark.parametrize("forward", ["lean", "hf"])
+@pytest.mark.parametrize("forward", ["ort", "lean", "hf"])
 def test_ar_beams_score_what_a_fresh_encode_scores(tiny, forward, monkeypatch):
     import dg_model.decoders as decoders_module
     from dg_model.beam import ALPHA
@@ -255,7 +255,7 @@ def test_candidates_keep_the_first_then_go_by_score_with_empty_middles_last():
     assert _dedupe([]) == []
 
 
-@pytest.mark.parametrize("forward", ["lean", "hf"])
+@pytest.mark.parametrize("forward", ["ort", "lean", "hf"])
 @pytest.mark.parametrize("kind", ["line", "block"])
 def test_hybrid_decoding_writes_greedy_ar_text(tiny, forward, kind):
     model, tok = tiny

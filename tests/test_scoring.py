@@ -15,7 +15,7 @@ from dg_model.loading import EMBEDDED_DIR
 from dg_model.prompts import build_prompt
 
 
-@pytest.fixture(scope="module", params=["lean", "hf"])
+@pytest.fixture(scope="module", params=["ort", "lean", "hf"])
 def engine(request):
     torch.manual_seed(0)
     tok = PreTrainedTokenizerFast.from_pretrained(EMBEDDED_DIR)
@@ -99,11 +99,12 @@ class _BatchOnly:
         return getattr(self.fwd, name)
 
 
-def test_tree_reading_gives_the_batched_readings_numbers():
+@pytest.mark.parametrize("kind", ["ort", "lean"])
+def test_tree_reading_gives_the_batched_readings_numbers(kind):
     torch.manual_seed(0)
     tok = PreTrainedTokenizerFast.from_pretrained(EMBEDDED_DIR)
     model = DiffusionGemmaForBlockDiffusion(build_config(tok.vocab_size, 32, **TINY)).eval()
-    fwd = make_forward(model, "lean")
+    fwd = make_forward(model, kind)
     prompt = build_prompt(tok, "fim-spm", "def f(x):\n    ", "\n", 256).ids
     seqs = [tok.encode(t, add_special_tokens=False) + [1] for t in ("return x", "return x + 1", "return x", "pass")]
     cache = fwd.new_cache()

@@ -84,7 +84,7 @@ def test_train_resume_export_and_serve(corpus, tmp_path, capsys):
     assert all(str(t.dtype) == "torch.float16" for t in load_file(shards[0]).values())
 
     engine = load_engine(str(model_dir), device="cpu")
-    assert engine.fwd.kind == "lean" and next(engine.model.parameters()).dtype.is_floating_point
+    assert engine.fwd.kind == "ort" and next(engine.model.parameters()).dtype.is_floating_point
     result = engine.infill(InfillJob("def area(r):\n    return ", "\n", kind="line", max_tokens=4))
     assert result.stats.steps >= 1  # an untrained tiny model: that it runs through the real loader is the point
 
