@@ -290,6 +290,15 @@ class LeanForward:
                     store[i] = new
         self._grow_rope(needed)
 
+    def _ready_to_append(self, cache: LeanCache, B: int, start: int, T: int) -> None:
+        """Storage for T tokens appended at `start` to a B-row cache (an empty cache takes any batch)."""
+        assert start == cache.length, "the encoder appends at the end of the cache"
+        if cache.k[0].shape[0] != B:
+            assert cache.length == 0, "a cache's batch is fixed once it holds tokens"
+            fresh = self.new_cache(B, cache.capacity)
+            cache.k, cache.v, cache.shared_k, cache.shared_v = fresh.k, fresh.v, [], []
+        self._reserve(cache, start + T)
+
     def _causal_mask(self, cache: LeanCache, start: int, end: int) -> torch.Tensor | None:
         """[T, end - shared]: queries at start..end-1 see the rows' own keys up to their own position."""
         if end - start == 1:  # one token alone needs no mask
@@ -333,12 +342,7 @@ class LeanForward:
     def encode(self, ids: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
         """Append `ids` [B, T] at position `start` (== cache.length) through the causal encoder."""
         B, T = ids.shape
-        assert start == cache.length, "the encoder appends at the end of the cache"
-        if cache.k[0].shape[0] != B:
-            assert cache.length == 0, "a cache's batch is fixed once it holds tokens"
-            fresh = self.new_cache(B, cache.capacity)
-            cache.k, cache.v, cache.shared_k, cache.shared_v = fresh.k, fresh.v, [], []
-        self._reserve(cache, start + T)
+        self._ready_to_append(cache, B, start, T)
         end = start + T
         mask = self._causal_mask(cache, start, end)
         x = self.enc_embed(ids)

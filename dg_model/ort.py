@@ -282,12 +282,7 @@ class OrtForward(LeanForward):
     @torch.inference_mode()
     def encode(self, ids: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
         B, T = ids.shape
-        assert start == cache.length, "the encoder appends at the end of the cache"
-        if cache.k[0].shape[0] != B:
-            assert cache.length == 0, "a cache's batch is fixed once it holds tokens"
-            fresh = self.new_cache(B, cache.capacity)
-            cache.k, cache.v, cache.shared_k, cache.shared_v = fresh.k, fresh.v, [], []
-        self._reserve(cache, start + T)
+        self._ready_to_append(cache, B, start, T)
         causal = np.triu(np.full((T, T), NEG_INF, dtype=np.float32), 1)
         hidden = self._run(self.encoder, self.enc_embed(ids), torch.arange(start, start + T), causal, cache, True)
         cache.length = start + T
