@@ -1,4 +1,4 @@
-"""The model calls the engine makes, behind one small `Forward` protocol with two implementations.
+"""The model calls the engine makes, behind one small `Forward` protocol with three implementations.
 
     encode(ids, cache, start)          -> final-norm encoder states [B, T, H]; the cache grows by T
     decoder_logits(canvas, cache, sc)  -> soft-capped logits [B, C, V]; the cache is only read
@@ -7,7 +7,8 @@
 `HFForward` calls transformers' `DiffusionGemmaForBlockDiffusion` modules with a `DynamicCache`: every checkpoint,
 every device, quantized experts included. `dg_model.lean.LeanForward` is a compact re-implementation over the same
 weight tensors with a preallocated cache, for unquantized models on one device (the embedded model on a CPU), where
-the library's per-call overhead was ~2/3 of a decoder step. `make_forward` picks one.
+the library's per-call overhead was ~2/3 of a decoder step. `dg_model.ort.OrtForward` is that lean forward with its
+layer stacks and logits head run by ONNX Runtime (float32 on a CPU). `make_forward` picks one.
 """
 
 from __future__ import annotations
@@ -126,11 +127,31 @@ class HFForward:
         return lm_logits(self.model, hidden)
 
 
+def _onnx_runtime(model, required: bool) -> Forward | None:
+    """The lean forward with its stacks in ONNX Runtime, or None (logged) where it cannot run and is not required."""
+    try:
+        from dg_model import ort
+
+        why_not = ort.unsupported(model)
+        if why_not is None:
+            return ort.OrtForward(model)
+    except Exception as exc:  # a broken install, or a runtime that refuses the graph: the torch path still answers
+        if required:
+            raise
+        log.warning("using the lean forward in torch: onnxruntime failed (%s: %s)", type(exc).__name__, exc)
+        return None
+    if required:
+        raise ValueError(f"ONNX Runtime cannot run this model: {why_not}")
+    log.info("using the lean forward in torch: %s", why_not)
+    return None
+
+
 def make_forward(model, kind: str = "auto") -> Forward:
-    """`auto`: on a CPU where the lean path supports the model (see `lean.unsupported`), its encoder in ONNX Runtime
-    (`dg_model.ort`, 2-2.5x faster AR steps) where that is installed, else the lean path in torch; else transformers'
-    modules. On a GPU `auto` keeps transformers' modules: the lean path's per-expert loop syncs with the host, and it
-    has been measured on CPUs only; `lean` asks for it anyway. `ort` runs on a CPU only."""
+    """`auto`: on a CPU where the lean path supports the model (see `lean.unsupported`), its layer stacks and head in
+    ONNX Runtime (`dg_model.ort`: 1.7-2.3x faster AR and beam steps on a 2-core AMD EPYC) where that can run them, else
+    the lean path in torch; else transformers' modules. On a GPU `auto` keeps transformers' modules: the lean path's
+    per-expert loop syncs with the host, and it has been measured on CPUs only; `lean` asks for it anyway. `ort` runs
+    float32 weights on a CPU only."""
     from dg_model.lean import LeanForward, unsupported
 
     if kind not in FORWARDS:
@@ -142,17 +163,9 @@ def make_forward(model, kind: str = "auto") -> Forward:
     if reason is None and kind == "auto" and not on_cpu:
         reason = "not on a CPU"
     if reason is None and kind in ("auto", "ort"):
-        try:
-            from dg_model import ort
-        except ImportError as exc:  # a broken install: the torch path still answers
-            why_not: str | None = f"onnxruntime does not import ({exc})"
-        else:
-            why_not = ort.unsupported(model)
-            if why_not is None:
-                return ort.OrtForward(model)
-        if kind == "ort":
-            raise ValueError(f"ONNX Runtime cannot run this model: {why_not}")
-        log.info("using the lean forward in torch: %s", why_not)
+        fast = _onnx_runtime(model, required=kind == "ort")
+        if fast is not None:
+            return fast
     if reason is None:
         return LeanForward(model)
     if kind in ("lean", "ort"):

@@ -179,6 +179,10 @@ def test_auto_takes_the_torch_lean_path_where_onnx_runtime_cannot_run(monkeypatc
     assert "float32" in ort.unsupported(_model().half())
     model = _model()
     assert make_forward(model, "auto").kind == "ort"
+    monkeypatch.setattr(ort, "_session", lambda model, threads: 1 / 0)  # a runtime that refuses the graph
+    assert make_forward(model, "auto").kind == "lean"
+    with pytest.raises(ZeroDivisionError):
+        make_forward(model, "ort")
     monkeypatch.setattr(ort, "unsupported", lambda model: "no CPU provider")
     assert make_forward(model, "auto").kind == "lean"
     with pytest.raises(ValueError, match="no CPU provider"):
