@@ -7,8 +7,9 @@ largest logit difference from transformers' modules (the fast paths must compute
 a prompt cut from a real file:
 
     encode      the whole prompt into an empty cache (a cold request)
-    ar_step     one token appended and trimmed again (one AR decoding step, or one keystroke's re-encode)
-    beam_step   one token appended to each of 10 rows sharing the prompt (a step of an explicit request's beam)
+    ar_step     one token appended, its logits, trimmed again (one AR decoding step; a keystroke's re-encode)
+    beam_step   one token appended to each of 10 rows sharing the prompt, their logits (a step of an explicit
+                request's beam)
     canvas_C    one self-conditioned decoder step over a C-token canvas (one diffusion step; ort runs the lean one)
 """
 
