@@ -1,5 +1,6 @@
-"""The lean forward computes what transformers' modules compute, on the same weights, through every cache move the
-engine makes: chunked prompt encodes, canvases, self-conditioning, batch expansion, block-AR appends, trims, growth."""
+"""The lean forward, in torch and with its stacks in ONNX Runtime, computes what transformers' modules compute, on the
+same weights, through every cache move the engine makes: chunked prompt encodes, canvases, self-conditioning, batch
+expansion, block-AR appends, trims, growth."""
 
 from dataclasses import replace
 
@@ -42,7 +43,7 @@ LAYERS = {"global": None, "mixed": ["sliding_attention", "full_attention"]}
 @pytest.fixture(scope="module", params=[(layers, fast) for layers in LAYERS for fast in ("lean", "ort")], ids="-".join)
 def pair(request):
     # "mixed": a sliding layer (own value projection) next to a global one (values from the key projection);
-    # "ort": the lean forward with its encoder and logits head in ONNX Runtime
+    # "ort": the lean forward with its layer stacks and logits head in ONNX Runtime
     layers, fast = request.param
     model = _model(LAYERS[layers])
     assert unsupported(model) is None
