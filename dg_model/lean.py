@@ -343,13 +343,9 @@ class LeanForward:
         """Append `ids` [B, T] at position `start` (== cache.length) through the causal encoder."""
         B, T = ids.shape
         self._ready_to_append(cache, B, start, T)
-        end = start + T
-        mask = self._causal_mask(cache, start, end)
-        x = self.enc_embed(ids)
-        for i, layer in enumerate(self.enc_layers):
-            x = layer(x, *self._rope_at(layer, start, T), self._attend(cache, i, start, end, mask))
-        cache.length = end
-        return _rms(x, self.enc_norm, self.eps)
+        hidden = self._encoder_stack(self.enc_embed(ids), cache, start)
+        cache.length = start + T
+        return hidden
 
     @torch.inference_mode()
     def encode_tree(
@@ -361,31 +357,47 @@ class LeanForward:
         would read each copy. Written past the end like a canvas: `cache.length` does not move. -> states [T, H]."""
         if cache.k[0].shape[0] != 1:
             raise ValueError("a tree is read after a one-row cache")
-        start, T = cache.length, ids.shape[0]
-        self._reserve(cache, start + T)
-        seen = torch.ones(T, start - cache.shared, dtype=torch.bool, device=self.device)
-        mask = torch.cat([seen, visible.to(self.device)], 1)
-        pos = (start + depth).to(self.device)
+        self._reserve(cache, cache.length + ids.shape[0])
         x = self.enc_embed(ids.to(self.device)[None])
-        for i, layer in enumerate(self.enc_layers):
-            cos, sin = self._rope[layer.layer_type]
-            x = layer(x, cos[pos, None], sin[pos, None], self._attend(cache, i, start, start + T, mask))
-        return _rms(x, self.enc_norm, self.eps)[0]
+        return self._tree_stack(x, (cache.length + depth).to(self.device), visible.to(self.device), cache)[0]
 
     @torch.inference_mode()
     def decoder_logits(self, canvas: torch.Tensor, cache: LeanCache, sc_logits: torch.Tensor | None) -> torch.Tensor:
         """Canvas [B, C] -> logits [B, C, V]: bidirectional over the cache and the canvas. The canvas's keys go past
         the cache's end, where the next call overwrites them; `cache.length` does not move."""
         B, C = canvas.shape
-        start = cache.length
         if cache.k[0].shape[0] != B:
             raise ValueError(f"a batch-{cache.k[0].shape[0]} cache cannot serve a batch-{B} canvas; expand it first")
-        self._reserve(cache, start + C)
-        end = start + C
-        x = self.canvas_states(canvas, sc_logits)
+        self._reserve(cache, cache.length + C)
+        return self.lm_logits(self._decoder_stack(self.canvas_states(canvas, sc_logits), cache))
+
+    # The three passes through a stack, from embeddings [B, T, H] to final-norm states (dg_model.ort runs them in
+    # ONNX Runtime); the cache has room for the new positions.
+    def _encoder_stack(self, x: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
+        """New tokens at start.. (== cache.length), causal; their keys and values stay in the cache."""
+        T = x.shape[1]
+        end = start + T
+        mask = self._causal_mask(cache, start, end)
+        for i, layer in enumerate(self.enc_layers):
+            x = layer(x, *self._rope_at(layer, start, T), self._attend(cache, i, start, end, mask))
+        return _rms(x, self.enc_norm, self.eps)
+
+    def _tree_stack(self, x: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor, cache: LeanCache) -> torch.Tensor:
+        """A one-row tree's tokens at positions `pos` [T] after the cache's end, each seeing the cache and `visible`."""
+        start, T = cache.length, x.shape[1]
+        seen = torch.ones(T, start - cache.shared, dtype=torch.bool, device=self.device)
+        mask = torch.cat([seen, visible], 1)
+        for i, layer in enumerate(self.enc_layers):
+            cos, sin = self._rope[layer.layer_type]
+            x = layer(x, cos[pos, None], sin[pos, None], self._attend(cache, i, start, start + T, mask))
+        return _rms(x, self.enc_norm, self.eps)
+
+    def _decoder_stack(self, x: torch.Tensor, cache: LeanCache) -> torch.Tensor:
+        """A canvas after the cache's end, bidirectional over the cache and itself."""
+        start, C = cache.length, x.shape[1]
         for i, layer in enumerate(self.dec_layers):
-            x = layer(x, *self._rope_at(layer, start, C), self._attend(cache, i, start, end, None))
-        return self.lm_logits(_rms(x, self.dec_norm, self.eps))
+            x = layer(x, *self._rope_at(layer, start, C), self._attend(cache, i, start, start + C, None))
+        return _rms(x, self.dec_norm, self.eps)
 
     def canvas_states(self, canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
         """The decoder's input for a canvas [B, C]: its embeddings with the self-conditioning signal -> [B, C, H]."""

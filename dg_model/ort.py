@@ -290,34 +290,19 @@ class OrtForward(LeanForward):
                 cache.v[i][:, :, lo : lo + T] = torch.from_numpy(out[2 + 2 * i])
         return torch.from_numpy(out[0])
 
-    @torch.inference_mode()
-    def encode(self, ids: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
-        B, T = ids.shape
-        self._ready_to_append(cache, B, start, T)
+    def _encoder_stack(self, x: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
+        T = x.shape[1]
         causal = np.triu(np.full((T, T), NEG_INF, dtype=np.float32), 1)
-        hidden = self._run(self.encoder, self.enc_embed(ids), torch.arange(start, start + T), causal, cache, True)
-        cache.length = start + T
-        return hidden
+        return self._run(self.encoder, x, torch.arange(start, start + T), causal, cache, True)
 
-    @torch.inference_mode()
-    def encode_tree(self, ids: torch.Tensor, depth: torch.Tensor, visible: torch.Tensor, cache: LeanCache):
-        if cache.k[0].shape[0] != 1:
-            raise ValueError("a tree is read after a one-row cache")
-        start, T = cache.length, ids.shape[0]
-        self._reserve(cache, start + T)
+    def _tree_stack(self, x: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor, cache: LeanCache) -> torch.Tensor:
         bias = np.where(visible.cpu().numpy(), np.float32(0), NEG_INF).astype(np.float32)
-        return self._run(self.encoder, self.enc_embed(ids[None]), start + depth.cpu(), bias, cache, True)[0]
+        return self._run(self.encoder, x, pos.cpu(), bias, cache, True)
 
-    @torch.inference_mode()
-    def decoder_logits(self, canvas: torch.Tensor, cache: LeanCache, sc_logits: torch.Tensor | None) -> torch.Tensor:
-        B, C = canvas.shape
-        if cache.k[0].shape[0] != B:
-            raise ValueError(f"a batch-{cache.k[0].shape[0]} cache cannot serve a batch-{B} canvas; expand it first")
-        self._reserve(cache, cache.length + C)
-        visible = np.zeros((C, C), dtype=np.float32)  # the canvas sees itself both ways
-        pos = torch.arange(cache.length, cache.length + C)
-        hidden = self._run(self.decoder, self.canvas_states(canvas, sc_logits), pos, visible, cache, False)
-        return self.lm_logits(hidden)
+    def _decoder_stack(self, x: torch.Tensor, cache: LeanCache) -> torch.Tensor:
+        C = x.shape[1]
+        both_ways = np.zeros((C, C), dtype=np.float32)
+        return self._run(self.decoder, x, torch.arange(cache.length, cache.length + C), both_ways, cache, False)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.head.run(["logits"], {"hidden": hidden.float().contiguous().numpy()})[0])
