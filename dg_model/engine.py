@@ -140,14 +140,16 @@ class DiffusionEngine:
         self.format = choose_format(tokenizer, settings.prompt_format)
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
         self._never = torch.tensor(sorted(_prompt_format_ids(tokenizer) - self.eos_ids), dtype=torch.long)
-        self.fwd = make_forward(model, settings.forward)
+        # A spare core: where torch runs one thread on a CPU of more (a second torch thread would bring a second
+        # OpenMP team as large as the first, into the cores kept for the editor (`loading.load_engine`), where spinning
+        # teams were measured 3x slower under load: model card, session 19). ONNX Runtime's products use it while a
+        # job reads its prompt (1.47x on a 240-token prompt on the 2-core EPYC); an explicit request's rescoring
+        # prompt is read on it while the job decodes (the lean forwards are shared by two threads: their RoPE tables
+        # are their only state, and they grow safely).
+        spare = self.device == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
+        self.fwd = make_forward(model, settings.forward, threads=2 if spare else None)
         self.prompts = PromptCaches(self.fwd, self.device, settings.cached_documents)
-        # An explicit request's rescoring prompt is read on a core the decoding leaves idle by the lean forwards (shared
-        # by two threads: its RoPE tables are its only state, and they grow safely). Only where torch runs one thread:
-        # a second thread would bring a second OpenMP team as large as the first, into the cores kept for the editor
-        # (`loading.load_engine`), where spinning teams were measured 3x slower under load (model card, session 19).
-        spare = torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
-        self._spare_core = self.device == "cpu" and self.fwd.kind in ("lean", "ort") and spare
+        self._spare_core = spare and self.fwd.kind in ("lean", "ort")
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
         self.newline_ids = tuple(i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
 
@@ -162,9 +164,13 @@ class DiffusionEngine:
         prompt = self._infill_prompt(job, job.suffix)
         mode = self.decoding_for(job)
         stats = JobStats(mode=mode, prompt_tokens=len(prompt.ids))
-        reader = self._reader(job) if job.invoked and self.settings.next_line_rescore else None
+        reader = None
         try:
             cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
+            # after the job's prompt, which both cores read where ONNX Runtime has a spare one: the rescoring prompt
+            # then takes that core while the job decodes (session 24: explicit requests 1.12x faster than with the two
+            # prompts read side by side, each on one core)
+            reader = self._reader(job) if job.invoked and self.settings.next_line_rescore else None
             try:
                 if mode == "ar":
                     texts, scores = decoders.autoregressive(self, cache, last_hidden, len(prompt.ids), job, stats)

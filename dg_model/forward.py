@@ -127,14 +127,14 @@ class HFForward:
         return lm_logits(self.model, hidden)
 
 
-def _onnx_runtime(model, required: bool) -> Forward | None:
+def _onnx_runtime(model, required: bool, threads: int | None) -> Forward | None:
     """The lean forward with its stacks in ONNX Runtime, or None (logged) where it cannot run and is not required."""
     try:
         from dg_model import ort
 
         why_not = ort.unsupported(model)
         if why_not is None:
-            return ort.OrtForward(model)
+            return ort.OrtForward(model, threads)
     except Exception as exc:  # a broken install, or a runtime that refuses the graph: the torch path still answers
         if required:
             raise
@@ -146,12 +146,12 @@ def _onnx_runtime(model, required: bool) -> Forward | None:
     return None
 
 
-def make_forward(model, kind: str = "auto") -> Forward:
+def make_forward(model, kind: str = "auto", threads: int | None = None) -> Forward:
     """`auto`: on a CPU where the lean path supports the model (see `lean.unsupported`), its layer stacks and head in
     ONNX Runtime (`dg_model.ort`: 1.7-2.3x faster AR and beam steps on a 2-core AMD EPYC) where that can run them, else
     the lean path in torch; else transformers' modules. On a GPU `auto` keeps transformers' modules: the lean path's
     per-expert loop syncs with the host, and it has been measured on CPUs only; `lean` asks for it anyway. `ort` runs
-    float32 weights on a CPU only."""
+    float32 weights on a CPU only. `threads`: ONNX Runtime's threads per product (default: torch's)."""
     from dg_model.lean import LeanForward, unsupported
 
     if kind not in FORWARDS:
@@ -163,7 +163,7 @@ def make_forward(model, kind: str = "auto") -> Forward:
     if reason is None and kind == "auto" and not on_cpu:
         reason = "not on a CPU"
     if reason is None and kind in ("auto", "ort"):
-        fast = _onnx_runtime(model, required=kind == "ort")
+        fast = _onnx_runtime(model, kind == "ort", threads)
         if fast is not None:
             return fast
     if reason is None:

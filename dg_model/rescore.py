@@ -51,9 +51,9 @@ def followed_by(middle: str, head: str) -> str:
 class NextLineReader:
     """One invoked job's reading. `beside`: its prompt is encoded on a thread of its own, which a core the decoding
     leaves idle runs while the job decodes (on this CPU encoding it took ~60 of the ~130 ms the reading added after a
-    ~220 ms beam); the candidates are read when `ranked` asks, as one tree, on the caller's thread (read on the
-    second thread as the beam finished them, they slowed the beam by as much as they saved: both threads are
-    dispatch-bound).
+    ~220 ms beam; the engine starts it once the job's own prompt is read, on both cores); the candidates are read
+    when `ranked` asks, as one tree, on the caller's thread (read on the second thread as the beam finished them,
+    they slowed the beam by as much as they saved: both threads are dispatch-bound).
 
     `read(prompt, blocks)` returns the log-probability of each block after the encoded prompt. `close` must follow
     (the job's `finally`): it waits until the thread is out of the model and gives the prompt back to its document.

@@ -190,6 +190,23 @@ def test_auto_takes_the_torch_lean_path_where_onnx_runtime_cannot_run(monkeypatc
         make_forward(model, "ort")
 
 
+def test_onnx_runtime_takes_the_spare_core_the_engine_finds(monkeypatch):
+    from dg_model import engine as engine_module
+
+    def threads(fwd) -> set[int]:
+        sessions = (fwd.encoder.session, fwd.decoder.session, fwd.head)
+        return {s.get_session_options().intra_op_num_threads for s in sessions}
+
+    assert threads(make_forward(_model(), "ort", threads=2)) == {2}
+    default = load_engine(None)
+    settings = replace(default.settings, forward="ort")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    for cores, expected in ((2, {2}), (1, {1})):
+        monkeypatch.setattr(engine_module.os, "cpu_count", lambda cores=cores: cores)
+        engine = DiffusionEngine(default.model, default.tokenizer, settings, "x")
+        assert threads(engine.fwd) == expected and engine._spare_core is (cores > 1)
+
+
 def test_auto_keeps_transformers_off_the_cpu():
     model = _model().to("meta")  # no GPU here: any non-CPU device takes the same branch
     assert make_forward(model, "auto").kind == "hf"

@@ -130,6 +130,29 @@ def test_the_rescoring_prompt_read_beside_the_decoding_changes_nothing_and_outli
     assert ("d\0rest" in wide.prompts.entries) is spare_core
 
 
+@torch.inference_mode()
+def test_the_rescoring_prompt_is_read_once_the_jobs_own_prompt_is(engine):
+    # the job's prompt takes both cores (ONNX Runtime's products); only then does the rescoring prompt take one
+    order: list[str] = []
+
+    class Recording(PromptCaches):
+        def lease(self, key, ids):
+            order.append(f"lease {key!r}")
+            return super().lease(key, ids)
+
+        def encode(self, key, ids):
+            encoded = super().encode(key, ids)
+            order.append(f"read {key!r}")
+            return encoded
+
+    wide = DiffusionEngine(engine.model, engine.tokenizer, replace(engine.settings, ar_beam=3), name="tiny", mode="ar")
+    wide._spare_core = True
+    wide.prompts = Recording(wide.fwd, wide.device, capacity=4)
+    wide.infill(InfillJob(PREFIX, SUFFIX, kind="line", max_tokens=6, n=3, invoked=True, doc_key="d"))
+    assert order[:3] == ["lease 'd'", "read 'd'", "lease 'd\\x00rest'"]
+    assert not _prompt_threads()
+
+
 def test_a_prompt_that_fails_on_its_thread_fails_the_caller_and_is_not_kept():
     class Failing:
         def new_cache(self):
