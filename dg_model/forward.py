@@ -41,7 +41,11 @@ class Forward(Protocol):
         row already and may be left alone."""
         ...
 
-    def encode(self, ids: torch.Tensor, cache, start: int) -> torch.Tensor: ...
+    def encode(self, ids: torch.Tensor, cache, start: int, last_only: bool = False) -> torch.Tensor:
+        """Append `ids` [B, T] at `start` (== the cache's length) through the causal encoder -> final-norm states
+        [B, T, H], or only the last position's [B, 1, H] where `last_only` (a prompt's: AR's first prediction; a
+        forward may then skip the final layer's work after attention on the others)."""
+        ...
 
     def decoder_logits(self, canvas: torch.Tensor, cache, sc_logits: torch.Tensor | None) -> torch.Tensor: ...
 
@@ -117,8 +121,9 @@ class HFForward:
         # transformers annotates the rows as the legacy class `torch.LongTensor`, which no tensor is typed as
         cache.reorder_cache(cast(torch.LongTensor, rows))
 
-    def encode(self, ids, cache, start):
-        return encode(self.model, ids, cache, start)
+    def encode(self, ids, cache, start, last_only=False):
+        hidden = encode(self.model, ids, cache, start)
+        return hidden[:, -1:] if last_only else hidden
 
     def decoder_logits(self, canvas, cache, sc_logits):
         return decoder_logits(self.model, canvas, cache, sc_logits)

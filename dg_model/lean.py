@@ -339,11 +339,11 @@ class LeanForward:
 
     # ------------------------------------------------------------------ model calls
     @torch.inference_mode()
-    def encode(self, ids: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
-        """Append `ids` [B, T] at position `start` (== cache.length) through the causal encoder."""
+    def encode(self, ids: torch.Tensor, cache: LeanCache, start: int, last_only: bool = False) -> torch.Tensor:
+        """Append `ids` [B, T] at position `start` (== cache.length) through the causal encoder (`Forward.encode`)."""
         B, T = ids.shape
         self._ready_to_append(cache, B, start, T)
-        hidden = self._encoder_stack(self.enc_embed(ids), cache, start)
+        hidden = self._encoder_stack(self.enc_embed(ids), cache, start, last_only)
         cache.length = start + T
         return hidden
 
@@ -373,14 +373,15 @@ class LeanForward:
 
     # The three passes through a stack, from embeddings [B, T, H] to final-norm states (dg_model.ort runs them in
     # ONNX Runtime); the cache has room for the new positions.
-    def _encoder_stack(self, x: torch.Tensor, cache: LeanCache, start: int) -> torch.Tensor:
-        """New tokens at start.. (== cache.length), causal; their keys and values stay in the cache."""
+    def _encoder_stack(self, x: torch.Tensor, cache: LeanCache, start: int, last_only: bool) -> torch.Tensor:
+        """New tokens at start.. (== cache.length), causal; their keys and values stay in the cache. `last_only`: the
+        last token's state alone (here simply cut from all: the torch path is the fallback)."""
         T = x.shape[1]
         end = start + T
         mask = self._causal_mask(cache, start, end)
         for i, layer in enumerate(self.enc_layers):
             x = layer(x, *self._rope_at(layer, start, T), self._attend(cache, i, start, end, mask))
-        return _rms(x, self.enc_norm, self.eps)
+        return _rms(x[:, -1:] if last_only else x, self.enc_norm, self.eps)
 
     def _tree_stack(self, x: torch.Tensor, pos: torch.Tensor, visible: torch.Tensor, cache: LeanCache) -> torch.Tensor:
         """A one-row tree's tokens at positions `pos` [T] after the cache's end, each seeing the cache and `visible`."""

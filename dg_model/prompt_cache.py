@@ -86,11 +86,10 @@ class Lease:
         entry, fwd = self._entry, self._caches.fwd
         entry.ids = []  # half-encoded until the encoder returns: an error leaves nothing to reuse
         t0 = time.perf_counter()
-        hidden = fwd.encode(
-            torch.tensor([self._ids[self._reuse :]], device=self._caches.device), entry.cache, self._reuse
-        )
+        ids = torch.tensor([self._ids[self._reuse :]], device=self._caches.device)
+        last_hidden = fwd.encode(ids, entry.cache, self._reuse, last_only=True)
         entry.ids = list(self._ids)
-        return Encoded(entry.cache, hidden[:, -1:], self._reuse, (time.perf_counter() - t0) * 1e3)
+        return Encoded(entry.cache, last_hidden, self._reuse, (time.perf_counter() - t0) * 1e3)
 
     def give_back(self) -> None:
         """The entry back to its document, once (unless its encoding failed): the next prompt reuses it."""

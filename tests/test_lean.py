@@ -59,8 +59,9 @@ def test_prompt_in_chunks_then_canvases_match_transformers(pair):
     hf, lean = pair
     ids = torch.randint(7, VOCAB, (1, 40))
     ch, cl = hf.new_cache(), lean.new_cache(capacity=8)  # small: the lean cache must grow on the way
-    for lo, hi in ((0, 25), (25, 39), (39, 40)):
-        close(hf.encode(ids[:, lo:hi], ch, lo), lean.encode(ids[:, lo:hi], cl, lo))
+    for lo, hi, last_only in ((0, 25, True), (25, 39, False), (39, 40, True)):
+        # a prompt's last state alone: the same state, and every position's keys and values (the canvases below)
+        close(hf.encode(ids[:, lo:hi], ch, lo, last_only), lean.encode(ids[:, lo:hi], cl, lo, last_only))
     assert hf.seq_length(ch) == lean.seq_length(cl) == 40
     canvas = torch.randint(7, VOCAB, (1, 16))
     first = hf.decoder_logits(canvas, ch, None)
@@ -124,7 +125,9 @@ def test_rows_trimmed_into_their_shared_prompt_continue_from_it(pair):
     close(hf.encode(steps, bh, 24), lean.encode(steps, bl, 24))
     hf.trim(bh, 18), lean.trim(bl, 18)
     long = torch.randint(7, VOCAB, (2, 90))
-    close(hf.encode(long, bh, 18), lean.encode(long, bl, 18))
+    last = lean.encode(long, bl, 18, last_only=True)
+    assert last.shape == (2, 1, lean.enc_layers[0].o.shape[0])
+    close(hf.encode(long, bh, 18)[:, -1:], last)
     canvas = torch.randint(7, VOCAB, (2, 8))
     close(hf.decoder_logits(canvas, bh, None), lean.decoder_logits(canvas, bl, None))
 

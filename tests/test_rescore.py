@@ -161,7 +161,7 @@ def test_a_prompt_that_fails_on_its_thread_fails_the_caller_and_is_not_kept():
         def trim(self, cache, length):
             pass
 
-        def encode(self, ids, cache, start):
+        def encode(self, ids, cache, start, last_only=False):
             raise MemoryError("no room")
 
     caches = PromptCaches(Failing(), "cpu", capacity=2)
