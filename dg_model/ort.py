@@ -119,9 +119,11 @@ class _Stack:
 
     # -------------------------------------------------------------------------------------------------- pieces
     def normed(self, x: str) -> str:
-        """x / sqrt(mean(x^2) + eps) over the last dimension (lean._normed)."""
+        """x / sqrt(mean(x^2) + eps) over the last dimension (lean._normed). Squared by Pow: ONNX Runtime then fuses
+        most norms into one operator (SimplifiedLayerNormalization; 1,074 -> 922 nodes in the encoder, a beam step
+        5% faster), which it does not for Mul(x, x)."""
         b = self.b
-        mean = b.op("ReduceMean", b.op("Mul", x, x), b.i64(-1), keepdims=1)
+        mean = b.op("ReduceMean", b.op("Pow", x, b.f32(2.0)), b.i64(-1), keepdims=1)
         return b.op("Div", x, b.op("Sqrt", b.op("Add", mean, self.eps)))
 
     def scaled(self, normed: str, weight: torch.Tensor | None) -> str:
