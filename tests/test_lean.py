@@ -2,6 +2,7 @@
 same weights, through every cache move the engine makes: chunked prompt encodes, canvases, self-conditioning, batch
 expansion, block-AR appends, trims, growth."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -148,6 +149,23 @@ def test_cache_memory_is_never_read_before_it_is_written(pair):
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def test_the_decoder_reads_through_the_encoders_session_unless_its_weights_differ():
+    model = _model()
+    shared = OrtForward(model)
+    assert shared.decoder.session is shared.encoder.session  # DiffusionGemma's decoder is its encoder's layers
+    dec = model.model.decoder
+    dec.norm = copy.deepcopy(dec.norm)  # a decoder with a final norm of its own
+    dec.norm.weight.add_(0.5)
+    hf, own = HFForward(model), OrtForward(model)
+    assert own.decoder.session is not own.encoder.session
+    ids, canvas = torch.randint(7, VOCAB, (1, 20)), torch.randint(7, VOCAB, (1, 8))
+    ch, co = hf.new_cache(), own.new_cache()
+    close(hf.encode(ids, ch, 0), own.encode(ids, co, 0))
+    close(hf.decoder_logits(canvas, ch, None), own.decoder_logits(canvas, co, None))
+    assert not torch.allclose(own.decoder_logits(canvas, co, None), shared.decoder_logits(canvas, co, None))
+
+
 def test_the_lean_forward_keeps_the_models_weights_and_answers_in_one_copy():
     """On a CPU the lean forward re-lays the layers' weights out for speed, in place: the model's values, what
     transformers' modules compute with them, and the memory they take stay as they were."""
