@@ -144,12 +144,11 @@ class DiffusionEngine:
         # OpenMP team as large as the first, into the cores kept for the editor (`loading.load_engine`), where spinning
         # teams were measured 3x slower under load: model card, session 19). ONNX Runtime's products use it while a
         # job reads its prompt (1.47x on a 240-token prompt on the 2-core EPYC); an explicit request's rescoring
-        # prompt is read on it while the job decodes (the lean forwards are shared by two threads: their RoPE tables
-        # are their only state, and they grow safely).
+        # prompt is read on it while the job decodes, where the forward may be shared by two threads.
         spare = self.device == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
         self.fwd = make_forward(model, settings.forward, threads=2 if spare else None)
         self.prompts = PromptCaches(self.fwd, self.device, settings.cached_documents)
-        self._spare_core = spare and self.fwd.kind in ("lean", "ort")
+        self._spare_core = spare and self.fwd.shared_by_threads
         # A one-line job is over once a newline is committed after the first position: what follows is dropped.
         self.newline_ids = tuple(i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.decode([i]))
 

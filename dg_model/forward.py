@@ -27,6 +27,9 @@ FORWARDS = ("auto", "hf", "lean", "ort")
 
 class Forward(Protocol):
     kind: str  # "hf" | "lean" | "ort"
+    # whether two threads may call it at once, each with a cache of its own (an explicit request's rescoring prompt
+    # is read on a spare core while the job decodes: dg_model/rescore.py)
+    shared_by_threads: bool
 
     def new_cache(self) -> Any: ...
 
@@ -90,6 +93,7 @@ def decoder_logits(model, canvas: torch.Tensor, cache, sc_logits: torch.Tensor |
 
 class HFForward:
     kind = "hf"
+    shared_by_threads = False  # never measured under two threads; the spare core stays idle with it
 
     def __init__(self, model):
         self.model = model

@@ -221,6 +221,7 @@ class _Layer:
 
 class LeanForward:
     kind = "lean"
+    shared_by_threads = True  # its RoPE tables are its only state, and they grow safely (ONNX Runtime's sessions too)
 
     def __init__(self, model):
         text = model.config.text_config

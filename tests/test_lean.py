@@ -226,6 +226,8 @@ def test_onnx_runtime_takes_the_spare_core_the_engine_finds(monkeypatch):
         monkeypatch.setattr(engine_module.os, "cpu_count", lambda cores=cores: cores)
         engine = DiffusionEngine(default.model, default.tokenizer, settings, "x")
         assert threads(engine.fwd) == expected and engine._spare_core is (cores > 1)
+        hf = DiffusionEngine(default.model, default.tokenizer, replace(settings, forward="hf"), "x")
+        assert not hf._spare_core  # transformers' modules are not shared by two threads
 
 
 def test_auto_keeps_transformers_off_the_cpu():
