@@ -1,6 +1,7 @@
 """The model calls the engine makes, behind one small `Forward` protocol with three implementations.
 
-    encode(ids, cache, start)          -> final-norm encoder states [B, T, H]; the cache grows by T
+    encode(ids, cache, start)          -> final-norm encoder states [B, T, H] (the last alone: `last_only`); the
+                                          cache grows by T
     decoder_logits(canvas, cache, sc)  -> soft-capped logits [B, C, V]; the cache is only read
     lm_logits(hidden)                  -> soft-capped logits (the AR mode's next-token head)
 
