@@ -3,14 +3,15 @@
 One model is loaded once and every `Forward` runs over it (`dg_model.forward.HFForward`, `dg_model.lean.LeanForward`,
 and on a CPU `dg_model.ort.OrtForward`). Each round times every operation once with each forward, rotating which goes
 first, so machine noise lands on all; reported are medians over rounds, the hf/lean and lean/ort ratios, and the
-largest logit difference from transformers' modules (the fast paths must compute the same function). Operations, on
-a prompt cut from a real file:
+largest logit difference from transformers' modules (the fast paths must compute the same function). ONNX Runtime
+runs on the threads the engine gives it (two where torch runs one on a CPU of more: `engine.spare_core`), so its
+column is what the server runs; the torch forwards run on `--threads`. Operations, on a prompt cut from a real file:
 
     encode      the whole prompt into an empty cache (a cold request)
     ar_step     one token appended, its logits, trimmed again (one AR decoding step; a keystroke's re-encode)
     beam_step   one token appended to each of 10 rows sharing the prompt, their logits (a step of an explicit
                 request's beam)
-    canvas_C    one self-conditioned decoder step over a C-token canvas (one diffusion step; ort runs the lean one)
+    canvas_C    one self-conditioned decoder step over a C-token canvas (one diffusion step)
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     import torch
 
     from dg_model import ort
+    from dg_model.engine import spare_core
     from dg_model.forward import Forward, HFForward
     from dg_model.lean import LeanForward, unsupported
     from dg_model.loading import load_model
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
     device = next(model.parameters()).device
     fwds: dict[str, Forward] = {"hf": HFForward(model), "lean": LeanForward(model)}
     if ort.unsupported(model) is None:
-        fwds["ort"] = ort.OrtForward(model)
+        # as the engine builds it: on two threads where it has a spare core (one torch thread on a CPU of more)
+        fwds["ort"] = ort.OrtForward(model, threads=2 if spare_core(str(device)) else None)
     ids = torch.tensor([_prompt_ids(tokenizer, args.prompt_tokens)], device=device)
     caches = {k: f.new_cache() for k, f in fwds.items()}
     canvases = [int(c) for c in str(args.canvases).split(",") if c.strip()]
@@ -173,6 +176,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> dict[st
         "params": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "ort_threads": getattr(fwds.get("ort"), "threads", None),
         "prompt_tokens": n,
         "rounds": args.rounds,
         "forwards": kinds,
@@ -195,7 +199,9 @@ def print_report(r: dict[str, Any]) -> None:
     kinds = r.get("forwards", ["hf", "lean"])
     print(
         f"forward: {r['model']} ({r['params'] / 1e6:.1f} M parameters) on {r['device']}, "
-        f"{r['torch_threads']} thread(s), "
+        f"{r['torch_threads']} thread(s)"
+        + (f" (ONNX Runtime {r['ort_threads']})" if r.get("ort_threads") else "")
+        + ", "
         f"prompt {r['prompt_tokens']} tokens, "
         f"medians of {r['rounds']} rotating rounds; max |logit diff| lean {r['max_logit_diff']:.2e}"
         + (f", ort {r['max_logit_diff_ort']:.2e}" if r.get("max_logit_diff_ort") is not None else "")

@@ -129,6 +129,13 @@ def _prompt_format_ids(tokenizer) -> set[int]:
     return {i for i in (ids.bos, ids.fim_prefix, ids.fim_suffix, ids.fim_middle, ids.file_sep) if i is not None}
 
 
+def spare_core(device: str) -> bool:
+    """Whether the engine has a core of its own beside torch's: where torch runs one thread on a CPU of more. Not a
+    second torch thread: it would bring a second OpenMP team as large as the first, into the cores kept for the editor
+    (`loading.load_engine`), where spinning teams were measured 3x slower under load (model card, session 19)."""
+    return device == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
+
+
 class DiffusionEngine:
     def __init__(self, model, tokenizer, settings: EngineSettings, name: str, mode: str = "auto"):
         if mode not in MODES or any(m not in MODES[1:] for m in settings.decoding.values()):
@@ -140,12 +147,10 @@ class DiffusionEngine:
         self.format = choose_format(tokenizer, settings.prompt_format)
         self.eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
         self._never = torch.tensor(sorted(_prompt_format_ids(tokenizer) - self.eos_ids), dtype=torch.long)
-        # A spare core: where torch runs one thread on a CPU of more (a second torch thread would bring a second
-        # OpenMP team as large as the first, into the cores kept for the editor (`loading.load_engine`), where spinning
-        # teams were measured 3x slower under load: model card, session 19). ONNX Runtime's products use it while a
-        # job reads its prompt (1.47x on a 240-token prompt on the 2-core EPYC); an explicit request's rescoring
-        # prompt is read on it while the job decodes, where the forward may be shared by two threads.
-        spare = self.device == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1
+        # ONNX Runtime's products use a spare core while a job reads its prompt (1.79x on a 240-token prompt on the
+        # 2-core EPYC); an explicit request's rescoring prompt is read on it while the job decodes, where the forward
+        # may be shared by two threads.
+        spare = spare_core(self.device)
         self.fwd = make_forward(model, settings.forward, threads=2 if spare else None)
         self.prompts = PromptCaches(self.fwd, self.device, settings.cached_documents)
         self._spare_core = spare and self.fwd.shared_by_threads

@@ -264,7 +264,7 @@ class OrtForward(LeanForward):
 
     def __init__(self, model, threads: int | None = None):
         super().__init__(model)
-        threads = threads or torch.get_num_threads()
+        self.threads = threads = threads or torch.get_num_threads()
         stacks = ((self.enc_layers, self.enc_norm), (self.dec_layers, self.dec_norm))
         graphs = [_Stack(layers, norm, self.eps).model for layers, norm in stacks]
         encoder = _session(graphs[0], threads)
