@@ -78,7 +78,7 @@ def diffuse(eng: DiffusionEngine, cache, canvas_len: int, pinned_tail: list[int]
         if ended(eng.tokenizer.decode(tokens[0]), job.kind, indent, job.suffix):
             break
         if not all(done):  # block-autoregressive: commit this canvas to the cache, start the next
-            eng.fwd.encode(result.tokens, batched, eng.fwd.seq_length(batched))
+            eng.fwd.encode(result.tokens, batched, eng.fwd.seq_length(batched), last_only=True)  # keys and values
     stats.new_tokens = len(tokens[0][: job.max_tokens])
     return [eng.tokenizer.decode(t[: job.max_tokens]) for t in tokens], [mean(lp) for lp in logprobs]
 
