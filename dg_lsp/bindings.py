@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyflakes import checker, messages
 
-from dg_lsp import flow, languages
+from dg_lsp import flow, languages, pytree
 from dg_lsp.diagnose import RUN_FAULT_CHARS, region_of
 
 # More names than this for one line is not a line that binds them (a block went missing, or a paste is half done).
@@ -87,15 +87,15 @@ def _unbound_below(edited: str, start: int, end: int) -> tuple[list[str], list[s
     row = source.count("\n", 0, start - region.lo) + 1
     last = source.count("\n") + 1
     inner: ast.FunctionDef | ast.AsyncFunctionDef | None = None
-    for fn in ast.walk(tree):
+    for fn in pytree.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.lineno < row <= (fn.end_lineno or 0):
             if fn.end_lineno is not None and fn.end_lineno <= last:
                 inner, last = fn, fn.end_lineno  # the innermost function around the line
     flakes = checker.Checker(tree, filename="<line>", builtins=set(region.outside_names))
     found = sorted((m.lineno, m.col, str(m.message_args[0])) for m in flakes.messages if isinstance(m, _UNBOUND))
     names = list(dict.fromkeys(name for lineno, _, name in found if row < lineno <= last))
-    bases = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    reads = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in names]
+    bases = {id(n.value) for n in pytree.walk(tree) if isinstance(n, ast.Attribute)}
+    reads = [n for n in pytree.walk(tree) if isinstance(n, ast.Name) and n.id in names]
     modules = [
         name for name in names if name in sys.stdlib_module_names and all(id(n) in bases for n in reads if n.id == name)
     ]

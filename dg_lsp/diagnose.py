@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyflakes import checker, messages
 
-from dg_lsp import flow, languages, literals, loops, smells
+from dg_lsp import flow, languages, literals, loops, pytree, smells
 from dg_lsp.languages import Doc, top_level_region
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -81,7 +81,7 @@ def module_names(text: str) -> frozenset[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
         else:
-            names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+            names.update(n.id for n in pytree.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
     return frozenset(names)
 
 
@@ -144,7 +144,7 @@ def check_run(text: str, start: int, end: int, new: str, language_id: str) -> Ru
     # collected
     spanning = [
         fn
-        for fn in ast.walk(tree)
+        for fn in pytree.walk(tree)
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
         and fn.lineno <= last
         and first <= (fn.end_lineno or fn.lineno)
@@ -166,12 +166,12 @@ def _hints(tree: ast.AST, first: int, last: int, unused_new: int, unused_old: in
     returns has (`return 0` where they are strings); code that can never run (`_dead_code`); loops and tests on
     those lines that bind or test nothing (`smells.py`)."""
     fn = None
-    for node in ast.walk(tree):
+    for node in pytree.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= first <= (node.end_lineno or 0):
             fn = node if fn is None or node.lineno > fn.lineno else fn
     if fn is None:
         return 0
-    read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    read = {n.id for n in pytree.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
     params = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
     count = unused_old
     if last < (fn.end_lineno or 0):  # at the end of code still being written, names wait for the lines that read them
@@ -271,7 +271,7 @@ def _unbound_reads(tree: ast.AST, reported: set[str]) -> tuple[int, int]:
     report, in `reported`, count once); and, apart, locals some read finds bound on some of its paths only."""
     unbound: set[str] = set()
     unsure: set[str] = set()
-    for fn in ast.walk(tree):
+    for fn in pytree.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             found = flow.reads(fn)
             unbound |= {read.node.id for read in found if not read.may}
@@ -285,7 +285,7 @@ def _endless_calls(tree: ast.AST, first: int, last: int) -> int:
     arguments from a statement every call reaches (the body's first statements, before anything that can return; a
     function defined among them returns from itself only)."""
     count = 0
-    for fn in ast.walk(tree):
+    for fn in pytree.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         params, own = [a.arg for a in fn.args.posonlyargs + fn.args.args], list(_own_nodes(fn))
@@ -328,13 +328,13 @@ def _unconditional(stmt: ast.stmt):
         if not isinstance(
             node, (ast.BoolOp, ast.IfExp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
         ):
-            stack.extend(ast.iter_child_nodes(node))
+            stack.extend(pytree.children(node))
 
 
 def _own_nodes(fn: ast.AST, skip: tuple[type, ...] = flow.SCOPES):
     """The nodes of a function's own scope: not those of functions, lambdas or classes defined inside it (nor of any
     other node type in `skip`)."""
-    return flow.own_nodes(ast.iter_child_nodes(fn), skip)
+    return flow.own_nodes(pytree.children(fn), skip)
 
 
 def _python_problems(

@@ -18,6 +18,8 @@ import ast
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from dg_lsp import pytree
+
 # Nodes whose names live in a scope of their own (diagnose.py skips them the same way).
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -98,7 +100,7 @@ class _Walk:
         if isinstance(s, ast.AnnAssign):
             return self.target(s.target, self.expr(s.value, state)) if s.value is not None else state
         if isinstance(s, (ast.Return, ast.Raise)):
-            for child in ast.iter_child_nodes(s):
+            for child in pytree.children(s):
                 state = self.expr(child, state)
             return None
         if isinstance(s, (ast.Break, ast.Continue)):
@@ -130,13 +132,13 @@ class _Walk:
                 state = self.target(t, state)
             return state
         if isinstance(s, (ast.Expr, ast.Assert)):
-            for child in ast.iter_child_nodes(s):
+            for child in pytree.children(s):
                 state = self.expr(child, state)
             return state
         if isinstance(s, (ast.Pass, ast.Global, ast.Nonlocal)):
             return state
         # `match` and anything newer: its names count as bound on every path
-        names = {n.name for n in ast.walk(s) if isinstance(n, ast.MatchAs | ast.MatchStar) and n.name}
+        names = {n.name for n in pytree.walk(s) if isinstance(n, ast.MatchAs | ast.MatchStar) and n.name}
         return state.bind(names | _names_stored([s]))
 
     def loop(self, s: ast.For | ast.AsyncFor | ast.While, state: _State) -> _State | None:
@@ -165,7 +167,7 @@ class _Walk:
         body = self.block(s.body, state)
         # a handler may run before any of the body's bindings, or after all of them
         bound = {
-            n.id for st in s.body for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+            n.id for st in s.body for n in pytree.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
         }
         raised = _State(state.may | bound, state.must)
         out = self.block(s.orelse, body) if body is not None else None
@@ -181,13 +183,13 @@ class _Walk:
 def reads(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[Read]:
     """Every read of one of `fn`'s locals in its own scope (not in functions, lambdas or comprehensions inside it),
     with whether the paths that reach it bind the name."""
-    own = [fn, *own_nodes(ast.iter_child_nodes(fn))]
+    own = [fn, *own_nodes(pytree.children(fn))]
     declared = {name for n in own if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
     args = fn.args
     params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
     params |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
     local = {n.id for n in own if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    local |= {c.name for n in own for c in ast.iter_child_nodes(n) if isinstance(c, _DEFINITIONS)}
+    local |= {c.name for n in own for c in pytree.children(n) if isinstance(c, _DEFINITIONS)}
     walk = _Walk(frozenset(local - declared - params))
     walk.block(fn.body, _State(frozenset(params), frozenset(params)))
     return walk.reads
@@ -195,7 +197,7 @@ def reads(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[Read]:
 
 def _names_stored(stmts: list[ast.stmt]) -> set[str]:
     """Every name the statements bind by assignment, nested scopes included (an over-estimate, on purpose)."""
-    return {n.id for s in stmts for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return {n.id for s in stmts for n in pytree.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
 def stored(target: ast.expr) -> set[str]:
@@ -210,4 +212,4 @@ def own_nodes(nodes: Iterable[ast.AST], skip: tuple[type, ...] = SCOPES + COMPRE
     while stack:
         n = stack.pop()
         yield n
-        stack.extend(c for c in ast.iter_child_nodes(n) if not isinstance(c, skip))
+        stack.extend(c for c in pytree.children(n) if not isinstance(c, skip))

@@ -20,6 +20,8 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from dg_lsp import pytree
+
 _OPERATORS = {
     ast.Add: operator.iadd,
     ast.Sub: operator.isub,
@@ -32,7 +34,7 @@ _OPERATORS = {
 
 def number_loops(tree: ast.AST, first: int, last: int) -> int:
     """Loops and comprehensions on lines first..last over a number (`for i in 1:`): a TypeError whenever they run."""
-    loops = (n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)))
+    loops = (n for n in pytree.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor, ast.comprehension)))
     return sum(
         isinstance(n.iter, ast.Constant) and not hasattr(n.iter.value, "__iter__") and first <= n.iter.lineno <= last
         for n in loops
@@ -45,7 +47,7 @@ def bad_unpacking(tree: ast.AST, first: int, last: int) -> int:
     sequences (k-tuples) or `range` (numbers) into a tuple of another length. A ValueError or TypeError wherever they
     run."""
     count = 0
-    for node in ast.walk(tree):
+    for node in pytree.walk(tree):
         if isinstance(node, ast.Assign) and first <= node.lineno <= last:
             count += any(_unpacks_badly(target, _length(node.value)) for target in node.targets)
         elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)) and first <= node.iter.lineno <= last:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
-from dg_lsp import flow
+from dg_lsp import flow, pytree
 
 # Builtins that neither change their arguments nor any state a loop's condition could read.
 PURE = frozenset(
@@ -42,7 +42,7 @@ def endless(own: Sequence[ast.AST], first: int, last: int) -> int:
 
 def _stuck(loop: ast.While) -> bool:
     tested = set()
-    for node in ast.walk(loop.test):
+    for node in pytree.walk(loop.test):
         if isinstance(node, (ast.Call, ast.Await, ast.NamedExpr, *flow.SCOPES, *flow.COMPREHENSIONS)):
             return False  # the condition computes something that may change by itself
         if isinstance(node, ast.Name):

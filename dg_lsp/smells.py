@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
-from dg_lsp import flow
+from dg_lsp import flow, pytree
 
 # Comparisons whose two sides may legitimately be the same expression: a NaN test (`x != x`), identity with itself.
 _SELF_OK = (ast.NotEq, ast.Is, ast.IsNot)
@@ -34,7 +34,7 @@ def smells(fn: ast.AST, own: Sequence[ast.AST], first: int, last: int) -> int:
             continue
         count += not names & reads and not all(name.startswith("_") for name in names)
         count += bool(names & _enclosing_targets(fn, loop))
-        count += bool(names & {n.id for n in ast.walk(loop.iter) if isinstance(n, ast.Name)})
+        count += bool(names & {n.id for n in pytree.walk(loop.iter) if isinstance(n, ast.Name)})
     for node in (n for n in own if first <= getattr(n, "lineno", 0) <= last):
         count += _to_itself(node)
     for test in (n for n in own if isinstance(n, ast.Compare) and first <= n.lineno <= last):
@@ -70,7 +70,7 @@ def _enclosing_targets(fn: ast.AST, loop: ast.AST) -> set[str]:
             names |= outer
             continue
         inner = outer | flow.stored(node.target) if isinstance(node, (ast.For, ast.AsyncFor)) else outer
-        for child in ast.iter_child_nodes(node):
+        for child in pytree.children(node):
             if isinstance(node, (ast.For, ast.AsyncFor)) and child in (node.target, node.iter):
                 continue
             stack.append((child, inner))
