@@ -172,8 +172,8 @@ class DiffusionEngine:
         try:
             cache, last_hidden = self._prompt_cache(job.doc_key, prompt.ids, stats)
             # after the job's prompt, which both cores read where ONNX Runtime has a spare one: the rescoring prompt
-            # then takes that core while the job decodes (session 24: explicit requests 1.12x faster than with the two
-            # prompts read side by side, each on one core)
+            # then takes that core while the job decodes (session 24: explicit single-line requests 1.15x faster than
+            # with the two prompts read side by side, each on one core)
             reader = self._reader(job) if job.invoked and self.settings.next_line_rescore else None
             try:
                 if mode == "ar":
