@@ -126,7 +126,9 @@ def _model(report, args: argparse.Namespace, engines: Engines) -> None:
         if settings.invoked_beam or settings.next_line_rescore:
             ranked = ", re-ranked by the next line" if settings.next_line_rescore else ""
             beam += f" (asked for: beam {settings.invoked_beam or settings.ar_beam}{ranked})"
-        report("ok", "decoding", f"{kinds} (setting decoding: auto); {beam}; forward: {engine.fwd.kind}")
+        threads = getattr(engine.fwd, "threads", None)  # ONNX Runtime's (two where torch leaves a core spare)
+        forward = engine.fwd.kind + (f" on {threads} thread{'s' * (threads > 1)}" if threads else "")
+        report("ok", "decoding", f"{kinds} (setting decoding: auto); {beam}; forward: {forward}")
     job = InfillJob(prefix="def add(a, b):\n    return ", suffix="\n", kind="line", max_tokens=8, seed=0)
     try:
         result, seconds = _timed(lambda: engine.infill(job))
