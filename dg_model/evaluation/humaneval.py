@@ -577,7 +577,8 @@ def provenance(model: str | None) -> dict[str, str]:
     model_dir = here / "embedded" if model is None else Path(model).expanduser()
     weights = ("model.safetensors", "dg_engine.json", "generation_config.json", "config.json")
     files = [model_dir / name for name in weights]
-    files += [here / name for name in ("engine.py", "sampler.py", "forward.py", "lean.py", "prompts.py", "fim.py")]
+    code = ("engine.py", "decoders.py", "beam.py", "rescore.py", "scoring.py", "sampler.py", "forward.py", "lean.py")
+    files += [here / name for name in (*code, "ort.py", "prompts.py", "fim.py")]
     out = {}
     for f in files:
         if f.is_file():
