@@ -123,7 +123,8 @@ def _attend_shared(q, shared_k, shared_v, k, v, mask: torch.Tensor | None) -> to
 
 
 class _Layer:
-    """One transformer layer's weights, packed for few large matmuls. Encoder and decoder share the tensors.
+    """One transformer layer's weights, packed for few large matmuls (a decoder layer whose weights are its encoder
+    layer's reads through the encoder's pack: `LeanForward`).
 
     `trainable`: the packed tensors stay in the autograd graph of the parameters (training packs them anew each step,
     since the optimizer replaces what a pack copied); inference packs once, detached, and on a CPU column-major
@@ -219,6 +220,21 @@ class _Layer:
         return x * self.scalar
 
 
+def _same_layer(layer, other) -> bool:
+    """Whether two transformers layers compute the same function: the same parameter tensors, equal buffers (each
+    module keeps its own copy of its layer scalar) and the same kind of attention."""
+    mine, theirs = list(layer.parameters()), list(other.parameters())
+    buffers = list(zip(layer.buffers(), other.buffers()))
+    return (
+        len(mine) == len(theirs)
+        and all(a is b for a, b in zip(mine, theirs))
+        and len(buffers) == len(list(layer.buffers())) == len(list(other.buffers()))
+        and all(torch.equal(a, b) for a, b in buffers)
+        and (layer.self_attn.layer_type, layer.self_attn.head_dim)
+        == (other.self_attn.layer_type, other.self_attn.head_dim)
+    )
+
+
 class LeanForward:
     kind = "lean"
     shared_by_threads = True  # its RoPE tables are its only state, and they grow safely (ONNX Runtime's sessions too)
@@ -228,7 +244,11 @@ class LeanForward:
         enc, dec = model.model.encoder.language_model, model.model.decoder
         self.eps, self.softcap = text.rms_norm_eps, text.final_logit_softcapping
         self.enc_layers = [_Layer(layer, self.eps) for layer in enc.layers]
-        self.dec_layers = [_Layer(layer, self.eps) for layer in dec.layers]
+        # DiffusionGemma's decoder layers are its encoder's, read both ways: one pack of their weights serves both
+        self.dec_layers = [
+            packed if _same_layer(layer, mine) else _Layer(layer, self.eps)
+            for layer, mine, packed in zip(dec.layers, enc.layers, self.enc_layers)
+        ]
         self.enc_norm, self.dec_norm = enc.norm.weight, dec.norm.weight
         self.enc_embed, self.dec_embed = enc.embed_tokens, dec.embed_tokens
         self.sc = dec.self_conditioning

@@ -166,6 +166,23 @@ def test_the_decoder_reads_through_the_encoders_session_unless_its_weights_diffe
     assert not torch.allclose(own.decoder_logits(canvas, co, None), shared.decoder_logits(canvas, co, None))
 
 
+@pytest.mark.parametrize("fast", [LeanForward, OrtForward])
+@torch.inference_mode()
+def test_decoder_layers_read_through_the_encoders_packs_unless_their_weights_differ(fast):
+    model = _model()
+    shared = fast(model)
+    assert all(d is e for d, e in zip(shared.dec_layers, shared.enc_layers))  # one pack of the tied weights
+    first = model.model.decoder.layers[0]
+    first.self_attn.o_proj = copy.deepcopy(first.self_attn.o_proj)  # a decoder layer with a weight of its own
+    first.self_attn.o_proj.weight.add_(0.05)
+    hf, own = HFForward(model), fast(model)
+    assert own.dec_layers[0] is not own.enc_layers[0] and own.dec_layers[1] is own.enc_layers[1]
+    ids, canvas = torch.randint(7, VOCAB, (1, 20)), torch.randint(7, VOCAB, (1, 8))
+    ch, co = hf.new_cache(), own.new_cache()
+    close(hf.encode(ids, ch, 0), own.encode(ids, co, 0))
+    close(hf.decoder_logits(canvas, ch, None), own.decoder_logits(canvas, co, None))
+
+
 def test_the_lean_forward_keeps_the_models_weights_and_answers_in_one_copy():
     """On a CPU the lean forward re-lays the layers' weights out for speed, in place: the model's values, what
     transformers' modules compute with them, and the memory they take stay as they were."""
