@@ -95,8 +95,8 @@ def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond, 
     N = ids.shape[1]
     noised = noise_blocks(ids, start, VOCAB, torch.full(ids.shape, 0.5), 0.02, torch.Generator().manual_seed(1))
     fwd = BlockForward(model, query_chunk=query_chunk)
-    sc = torch.randn(2, N, VOCAB) if self_cond else None
-    sc_rows = torch.tensor([True, False]) if self_cond else None
+    sc = torch.randn(1, N, VOCAB) if self_cond else None  # row 0 self-conditioned, row 1 not
+    sc_rows = torch.tensor([0]) if self_cond else None
     logits = fwd.logits(fwd.hidden(ids, noised, start, sc, sc_rows))
     text = model.config.text_config
     for b, row in enumerate(rows):
@@ -110,7 +110,7 @@ def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond, 
             model.model.encoder(input_ids=ids[b : b + 1, :lo], past_key_values=cache)
             kwargs = {}
             if self_cond:
-                kwargs = dict(self_conditioning_logits=sc[b : b + 1, lo:hi], self_conditioning_mask=sc_rows[b : b + 1])
+                kwargs = dict(self_conditioning_logits=sc[:1, lo:hi], self_conditioning_mask=torch.tensor([b == 0]))
             dec = model.model.decoder(
                 decoder_input_ids=noised[b : b + 1, lo:hi],
                 past_key_values=cache,
@@ -119,6 +119,25 @@ def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond, 
             )
             ref = torch.tanh(model.lm_head(dec.last_hidden_state) / 30.0) * 30.0
             torch.testing.assert_close(logits[b, N + lo : N + hi], ref[0], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_self_conditioning_reads_its_rows_alone_and_leaves_the_others_unconditioned():
+    """The objective's first (self-conditioning) reading runs for the conditioned rows only: a row's reading must not
+    depend on the rest of the batch, and a row outside `sc_rows` must be the unconditioned one."""
+    model = _model(seed=6).eval()
+    _, batch = _batch(seed=7)
+    ids, start = batch["ids"], batch["start"]
+    noised = noise_blocks(ids, start, VOCAB, torch.full(ids.shape, 0.5), 0.02, torch.Generator().manual_seed(2))
+    fwd = BlockForward(model, query_chunk=5)
+    _, kv = fwd.clean(ids)
+    whole = fwd.noised(noised, start, kv)
+    rows = torch.tensor([1])
+    alone = fwd.noised(noised[rows], start[rows], [(k[rows], v[rows]) for k, v in kv])
+    torch.testing.assert_close(alone[0], whole[1], atol=1e-5, rtol=1e-5)
+    conditioned = fwd.noised(noised, start, kv, fwd.logits(alone), rows)
+    torch.testing.assert_close(conditioned[0], whole[0], atol=1e-5, rtol=1e-5)
+    assert (conditioned[1] - whole[1]).abs().max() > 1e-3
 
 
 def test_gradients_reach_the_shared_weights_and_the_loss_falls():
