@@ -14,11 +14,12 @@ layer stacks and logits head run by ONNX Runtime (float32 on a CPU). `make_forwa
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Protocol, cast
 
 import torch
-from transformers import DynamicCache
+from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from transformers.cache_utils import CacheLayerMixin
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,17 @@ class Forward(Protocol):
 # ---------------------------------------------------------------------------------------------- transformers' modules
 
 
+# The keyword DiffusionGemma's modules take their KV cache by: transformers 5.24 renamed `past_key_values` to `cache`
+# (the old name warns, and goes in 5.40); 5.23, the oldest we support, knows only the old one.
+_TAKES = inspect.signature(DiffusionGemmaForBlockDiffusion.forward).parameters
+CACHE_ARG = "cache" if "cache" in _TAKES else "past_key_values"
+
+
+def with_cache(cache, **kwargs) -> dict[str, Any]:
+    """`kwargs` plus `cache` under the keyword this transformers takes it by."""
+    return {**kwargs, CACHE_ARG: cache}
+
+
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     logits = logits.float()
     return torch.tanh(logits / cap) * cap if cap else logits
@@ -70,9 +82,8 @@ def positions(start: torch.Tensor | int, length: int, device) -> torch.Tensor:
 
 def encode(model, ids: torch.Tensor, cache, start: int) -> torch.Tensor:
     """Append `ids` [B, T] to `cache` through the causal encoder; returns final-norm states [B, T, H]."""
-    out = model.model.encoder(
-        input_ids=ids, past_key_values=cache, position_ids=positions(start, ids.shape[1], ids.device)
-    )
+    at = positions(start, ids.shape[1], ids.device)
+    out = model.model.encoder(**with_cache(cache, input_ids=ids, position_ids=at))
     return out.last_hidden_state
 
 
@@ -84,10 +95,12 @@ def decoder_logits(model, canvas: torch.Tensor, cache, sc_logits: torch.Tensor |
     """Canvas [B, C] -> logits [B, C, V]. The decoder attends to the whole cache and the canvas, bidirectionally."""
     start = cache.get_seq_length()
     hidden = model.model.decoder(
-        decoder_input_ids=canvas,
-        past_key_values=cache,
-        self_conditioning_logits=sc_logits,
-        decoder_position_ids=positions(start, canvas.shape[1], canvas.device).expand(canvas.shape[0], -1),
+        **with_cache(
+            cache,
+            decoder_input_ids=canvas,
+            self_conditioning_logits=sc_logits,
+            decoder_position_ids=positions(start, canvas.shape[1], canvas.device).expand(canvas.shape[0], -1),
+        )
     ).last_hidden_state
     return lm_logits(model, hidden)
 

@@ -9,6 +9,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_model.architecture import TINY, build_config
+from dg_model.forward import with_cache
 from dg_model.special_tokens import EOS, PAD
 from dg_model.training.blockdiff import (
     BlockForward,
@@ -101,21 +102,23 @@ def test_vectorised_forward_matches_transformers_encoder_and_decoder(self_cond, 
     text = model.config.text_config
     for b, row in enumerate(rows):
         n = len(row.ids)
-        enc = model.model.encoder(input_ids=ids[b : b + 1, :n], past_key_values=DynamicCache(config=text))
+        enc = model.model.encoder(**with_cache(DynamicCache(config=text), input_ids=ids[b : b + 1, :n]))
         ref = torch.tanh(model.lm_head(enc.last_hidden_state) / 30.0) * 30.0
         torch.testing.assert_close(logits[b, :n], ref[0], atol=1e-4, rtol=1e-4)
         bounds = row.starts + [n]
         for lo, hi in zip(bounds[1:], bounds[2:]):  # every block after the first (the decoder needs a context)
             cache = DynamicCache(config=text)
-            model.model.encoder(input_ids=ids[b : b + 1, :lo], past_key_values=cache)
+            model.model.encoder(**with_cache(cache, input_ids=ids[b : b + 1, :lo]))
             kwargs = {}
             if self_cond:
                 kwargs = dict(self_conditioning_logits=sc[:1, lo:hi], self_conditioning_mask=torch.tensor([b == 0]))
             dec = model.model.decoder(
-                decoder_input_ids=noised[b : b + 1, lo:hi],
-                past_key_values=cache,
-                decoder_position_ids=torch.arange(lo, hi)[None],
-                **kwargs,
+                **with_cache(
+                    cache,
+                    decoder_input_ids=noised[b : b + 1, lo:hi],
+                    decoder_position_ids=torch.arange(lo, hi)[None],
+                    **kwargs,
+                ),
             )
             ref = torch.tanh(model.lm_head(dec.last_hidden_state) / 30.0) * 30.0
             torch.testing.assert_close(logits[b, N + lo : N + hi], ref[0], atol=1e-4, rtol=1e-4)

@@ -273,3 +273,18 @@ def test_embedded_engine_answers_the_same_on_every_forward(mode, fast):
     if mode == "diffusion":
         job = RewriteJob(prefix=prefix, block="return fh.readlines()\n", suffix="", doc_key="a")
         assert [c.text for c in engine.rewrite(job).candidates] == [c.text for c in hf.rewrite(job).candidates]
+
+
+def test_the_transformers_forward_hands_its_cache_over_without_a_deprecated_keyword():
+    """transformers 5.24 renamed the modules' `past_key_values` to `cache` (the old name warns until 5.40 removes it):
+    the reference forward, and what the engine falls back to, must pass the cache by the name this version takes and
+    still fill it."""
+    import warnings
+
+    fwd = HFForward(_model())
+    cache = fwd.new_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        fwd.encode(torch.tensor([[5, 6, 7, 8]]), cache, 0)
+        logits = fwd.decoder_logits(torch.tensor([[9, 10, 11]]), cache, None)
+    assert fwd.seq_length(cache) == 4 and logits.shape == (1, 3, VOCAB)

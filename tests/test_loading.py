@@ -12,6 +12,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrain
 from dg_model import loading
 from dg_model.api import EngineError
 from dg_model.configs import tiny_config
+from dg_model.forward import with_cache
 from dg_model.loading import downloads_allowed, load_model, pick_dtype, resolve
 
 
@@ -44,7 +45,7 @@ def logits(model, config):
     g = torch.Generator().manual_seed(3)
     prompt, canvas = torch.randint(0, 256, (1, 10), generator=g), torch.randint(0, 256, (1, 16), generator=g)
     with torch.no_grad():
-        return model(input_ids=prompt, decoder_input_ids=canvas, past_key_values=DynamicCache(config=config)).logits
+        return model(**with_cache(DynamicCache(config=config), input_ids=prompt, decoder_input_ids=canvas)).logits
 
 
 def test_tiny_model_round_trips(saved):

@@ -29,6 +29,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_bench.gpu import param_counts
 from dg_model.configs import load_config, tiny_config
+from dg_model.forward import with_cache
 from dg_model.quantize import (
     QuantizedExperts,
     footprint_bytes,
@@ -56,7 +57,7 @@ def tiny():
 def logits(model, config, prompt, canvas):
     with torch.no_grad():
         cache = DynamicCache(config=config.text_config)
-        return model(input_ids=prompt, decoder_input_ids=canvas, past_key_values=cache).logits
+        return model(**with_cache(cache, input_ids=prompt, decoder_input_ids=canvas)).logits
 
 
 def experts_of(model, cls_name):

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 
 from dg_model.architecture import SIZES, build_config
+from dg_model.forward import softcap, with_cache
 from dg_model.sampler import FIRST_NOISE_ID
 from dg_model.special_tokens import PAD
 from dg_model.training import blockdiff
@@ -86,10 +87,6 @@ class TrainConfig:
     body_cuts: float = 0.0  # share of cuts inside documented functions' bodies (fim_examples.documented_bodies)
     compile: bool = True  # block objective: layers and LM-head loss through torch.compile (bench_train.json)
     grow: int = 0  # widen the --resume model to this hidden size first, computing the same (grow.py); 0: as it is
-
-
-def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    return torch.tanh(logits.float() / cap) * cap
 
 
 class FimBatches(torch.utils.data.IterableDataset):
@@ -233,7 +230,7 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
     cache = DynamicCache(config=text_cfg)
     # prompt [B, P] -> encoder states [B, P, H]; the cache now holds the prompt for the decoder
     enc = model.model.encoder(
-        input_ids=prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache
+        **with_cache(cache, input_ids=prompt, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
     )
     h_prompt = enc.last_hidden_state
 
@@ -242,9 +239,9 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
         t = torch.rand(B, 1, device=canvas.device) * (1 - cfg.noise_eps) + cfg.noise_eps
     noise = torch.randint(FIRST_NOISE_ID, text_cfg.vocab_size, canvas.shape, device=canvas.device)
     noised = torch.where(torch.rand(canvas.shape, device=canvas.device) < t, noise, canvas)
-    dec_kwargs = dict(
+    dec_kwargs = with_cache(
+        cache,
         decoder_input_ids=noised,
-        past_key_values=cache,
         decoder_attention_mask=torch.cat([mask, torch.ones_like(canvas)], 1),
         decoder_position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
     )
@@ -265,10 +262,12 @@ def losses(model, prompt, mask, canvas, cfg: TrainConfig, t: torch.Tensor | None
     # Causal LM over prompt + clean middle, through the same (encoder) weights
     middle_mask = (canvas != PAD).long()
     enc2 = model.model.encoder(
-        input_ids=canvas,
-        attention_mask=torch.cat([mask, middle_mask], 1),
-        position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
-        past_key_values=cache,
+        **with_cache(
+            cache,
+            input_ids=canvas,
+            attention_mask=torch.cat([mask, middle_mask], 1),
+            position_ids=lens[:, None] + torch.arange(C, device=canvas.device),
+        )
     )
     h = torch.cat([h_prompt, enc2.last_hidden_state], 1)[:, :-1]
     tokens = torch.cat([prompt, canvas], 1)
