@@ -336,7 +336,7 @@ def losses(
     sc_logits = sc_rows = None
     if self_cond:  # the sampler feeds each step the previous step's logits; half the rows learn to use them
         # their first reading is run for those rows only (a fixed count: one compiled shape): the other half's was
-        # computed and multiplied by zero, ~5% of a step
+        # computed and multiplied by zero (on the 2-core EPYC 3.6 of a ~55 s self-conditioned eager step)
         sc_rows = torch.randperm(B, device=ids.device)[: max(1, B // 2)]
         with torch.no_grad():
             kv_rows = [(k[sc_rows], v[sc_rows]) for k, v in kv]
