@@ -30,6 +30,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache
 from transformers.models.diffusion_gemma import DiffusionGemmaTextConfig
 
 from dg_model.configs import load_config, tiny_config
+from dg_model.forward import with_cache
 from dg_model.quantize import Fp8Experts, QuantizedExperts, footprint_bytes, quantize_dense
 
 TOKENS_PER_FORWARD = (15, 20)
@@ -116,14 +117,14 @@ def build_model(
 def prefill(model, prompt: torch.Tensor) -> DynamicCache:
     """prompt [B, P] -> KV cache of the causal encoder."""
     cache = DynamicCache(config=model.config.text_config)
-    model.model.encoder(input_ids=prompt, past_key_values=cache)
+    model.model.encoder(**with_cache(cache, input_ids=prompt))
     return cache
 
 
 @torch.no_grad()
 def decoder_step(model, cache, canvas: torch.Tensor, sc_logits: torch.Tensor | None) -> torch.Tensor:
     """canvas [B, C] -> logits [B, C, V] (fp32, soft-capped); reads the cache, never writes it."""
-    return model(past_key_values=cache, decoder_input_ids=canvas, self_conditioning_logits=sc_logits).logits
+    return model(**with_cache(cache, decoder_input_ids=canvas, self_conditioning_logits=sc_logits)).logits
 
 
 def _sync(device) -> None:

@@ -3,6 +3,7 @@ same weights, through every cache move the engine makes: chunked prompt encodes,
 expansion, block-AR appends, trims, growth."""
 
 import copy
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -279,8 +280,6 @@ def test_the_transformers_forward_hands_its_cache_over_without_a_deprecated_keyw
     """transformers 5.24 renamed the modules' `past_key_values` to `cache` (the old name warns until 5.40 removes it):
     the reference forward, and what the engine falls back to, must pass the cache by the name this version takes and
     still fill it."""
-    import warnings
-
     fwd = HFForward(_model())
     cache = fwd.new_cache()
     with warnings.catch_warnings():
