@@ -27,10 +27,6 @@ from .settings import Settings
 ROUNDS = 3
 # A token the model gives less than e^-3 (5%) in its place is one it finds unlikely.
 SUSPECT = -3.0
-# Nats per character a repair changes: a noisy channel (Kernighan, Church & Gale 1990) in which a slip of k characters
-# is about e^-2k as likely, so between repairs the model finds about as likely, the smaller one wins (`lne` is
-# likelier a slip of `len` than of `lst`).
-CHANNEL = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ class _Option:
 
     @property
     def merit(self) -> float:
-        return self.logprob - CHANNEL * self.edits
+        return self.logprob - repairs.CHANNEL * self.edits
 
     @property
     def hard(self) -> int:

@@ -19,6 +19,7 @@ from . import bindings, diagnose
 from .context import ContextBudget, build_context, enclosing_block, should_complete
 from .diagnose import Problem, problems
 from .postprocess import Edit, compiles_around, postprocess, prefer_runnable, rank
+from .repairs import CHANNEL, edit_distance
 from .settings import Settings
 
 # Context and validation look at most this far (in characters) from the cursor: a multi-MB file still completes,
@@ -35,7 +36,7 @@ MARGIN = 16.0
 # Nats a rewrite of a block with a problem may lose against it: e^2, about 7 times less likely, is still "as
 # plausible" when the rewrite removes a problem the block has.
 REWRITE_TOLERANCE = 2.0
-REWRITE_CANDIDATES = 3  # sampled in one batch: the model's score picks among them
+REWRITE_CANDIDATES = 4  # per word and length the denoiser tries: the model's score picks among them
 # Why `rewrite_range` returned None, for the editor and the CLI alike.
 NO_REWRITE = (
     "no rewrite of this block parsed, added no problem and earned its place (one that removes a problem and "
@@ -241,6 +242,7 @@ def rewrite_range(
     bc = block_context(engine, text, start, end, language_id, settings, other_docs)
     if bc is None:
         return None
+    found = problems(text, bc.start, bc.end, language_id)
     job = RewriteJob(
         prefix=bc.prefix,
         block=bc.block,
@@ -248,34 +250,35 @@ def rewrite_range(
         renoise=settings.renoise,
         max_tokens=max(settings.max_block_tokens, 2 * bc.block_tokens + 16),
         n=max(settings.candidates, REWRITE_CANDIDATES),
+        suspects=tuple(
+            (p.start - bc.start, p.end - bc.start) for p in found if p.hard and bc.start <= p.start <= bc.end
+        ),
         doc_key=doc_key,
         seed=settings.seed,
         cancel=cancel,
     )
     result = engine.rewrite(job)
     edits = [e for e in (_rewrite_edit(text, bc, c.text, language_id) for c in result.candidates) if e is not None]
-    return best_rewrite(engine, text, bc, edits, language_id, doc_key, cancel)
+    return best_rewrite(engine, text, bc, edits, language_id, doc_key, cancel, found)
 
 
 def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Edit | None:
     """A rewrite candidate as an edit of `text` that changes it and still parses, or None."""
-    if bc.block.endswith("\n") and not raw.endswith("\n"):
-        raw += "\n"  # models tend to drop the final newline; the block had one and the suffix expects it
-    if raw == bc.block:
+    # The block's code is rewritten and its trailing line breaks and blank lines stay where they are: the candidate is
+    # post-processed in the document with them in place, as a completion of an emptied line is (without them the
+    # rewrite would run into the line after the block).
+    body = bc.block.rstrip()
+    raw = raw.rstrip()
+    if raw == body:
         return None
     at = bc.start - bc.base
-    edit = postprocess(raw, bc.window, at, language_id, "block" if "\n" in bc.block else "line")
-    if edit is None or edit.start != at or edit.compiles is False:
+    window = bc.window[:at] + bc.block[len(body) :] + bc.window[at:]
+    edit = postprocess(raw, window, at, language_id, "block" if "\n" in body else "line")
+    if edit is None or edit.start != at or edit.end != at or edit.compiles is False:
         return None  # never offer a rewrite that breaks the parse
     if _code_lines(edit.text) < _code_lines(raw):
         return None  # post-processing cut it short (trimmed to what parses): the edit would delete the rest
-    # The post-processor strips trailing blank lines; the block's own line break(s) must stay, or the rewrite would
-    # swallow the line break before the suffix.
-    block = bc.block
-    trailing = "".join(ch for ch in block[len(block.rstrip()) :] if ch in "\r\n") if edit.end == at else ""
-    new_text = edit.text if edit.text.endswith(trailing) else edit.text.rstrip() + trailing
-    # Offsets in the gap text at or after `start` are `end - start` further in the original.
-    mapped = Edit(start=bc.start, end=edit.end + bc.base + (bc.end - bc.start), text=new_text)
+    mapped = Edit(start=bc.start, end=bc.start + len(body), text=edit.text)
     return mapped if text[mapped.start : mapped.end] != mapped.text else None
 
 
@@ -291,11 +294,13 @@ def best_rewrite(
     language_id: str,
     doc_key: str,
     cancel: threading.Event | None,
+    found: list[Problem],
 ) -> Edit | None:
-    """The rewrite the model finds likeliest in place, if it earns its place: for a block with a problem the checks
-    see, one that removes a problem and that the model finds about as likely (within REWRITE_TOLERANCE nats); for a
-    block that passes the checks, one the model finds far likelier (MARGIN, as "Fix this block"). A small model's
-    fresh rewrite is more often wrong than right, and a rewrite that breaks working code is worse than none."""
+    """The rewrite the model finds likeliest in place, if it earns its place (`found`: the block's problems as it is):
+    for a block with a problem the checks see, one that removes a problem and that the model finds about as likely,
+    less the size of its change (within REWRITE_TOLERANCE nats); for a block that passes the checks, one the model
+    finds far likelier (MARGIN, as "Fix this block"). A small model's fresh rewrite is more often wrong than right,
+    and a rewrite that breaks working code is worse than none."""
 
     def after(edit: Edit) -> tuple[str, int, int]:
         new = text[: edit.start] + edit.text + text[edit.end :]
@@ -305,7 +310,7 @@ def best_rewrite(
         hard = sum(p.hard for p in found)
         return hard, len(found) - hard
 
-    hard_before, soft_before = counts(problems(text, bc.start, bc.end, language_id))
+    hard_before, soft_before = counts(found)
     kept, blocks = [], [bc.block]
     for edit in edits:
         new, start, end = after(edit)
@@ -321,8 +326,13 @@ def best_rewrite(
         scores = engine.score(ScoreJob(bc.prefix, bc.suffix, blocks, doc_key, cancel, detail=False))
     except EngineError:
         return kept[0]  # an engine that cannot score (a remote API): the first candidate that passes the checks
-    best = max(range(len(kept)), key=lambda i: scores[i + 1].logprob)
-    gain = scores[best + 1].logprob - scores[0].logprob
+    # A block with a problem is a slip of the code meant: between repairs the model finds about as likely, the
+    # smaller change wins (the noisy channel "Fix this block" ranks by), a misspelt name's respelling over a new
+    # expression in its place. Working code is rewritten for the model's preference alone.
+    cost = CHANNEL if hard_before else 0.0
+    merit = [scores[i + 1].logprob - cost * edit_distance(bc.block, blocks[i + 1]) for i in range(len(kept))]
+    best = max(range(len(kept)), key=lambda i: merit[i])
+    gain = merit[best] - scores[0].logprob
     return kept[best] if gain >= (-REWRITE_TOLERANCE if hard_before else MARGIN) else None
 
 

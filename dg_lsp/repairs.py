@@ -131,6 +131,12 @@ def _unbalanced(block: str, line_comment: str) -> tuple[list[tuple[int, str]], l
     return sorted(unclosed + stack), stray
 
 
+# Nats per character a repair changes: a noisy channel (Kernighan, Church & Gale 1990) in which a slip of k characters
+# is about e^-2k as likely, so between repairs the model finds about as likely, the smaller one wins (`lne` is
+# likelier a slip of `len` than of `lst`).
+CHANNEL = 2.0
+
+
 def edit_distance(a: str, b: str) -> int:
     """Characters inserted, deleted, substituted or swapped (adjacent) to turn `a` into `b` (optimal string
     alignment), over the span where they differ: how big a slip would have to be to turn the repair into the text."""

@@ -98,7 +98,7 @@ class Settings:
     typing_block_tokens: int = field(default=64, metadata=_range(1, 4096))
     # How long a request waits for a model that is still loading before it answers empty.
     model_wait_ms: int = field(default=2000, metadata=_range(0, 60000))
-    renoise: float = field(default=0.15, metadata=_range(0.05, 1.0))  # share of a rewritten block re-noised
+    renoise: float = field(default=0.15, metadata=_range(0.05, 1.0))  # share of a rewritten block's words re-noised
     temperature: float | None = field(default=None, metadata=_range(0.0, 5.0))  # diffusion only (AR: greedy/beam)
     # "auto": the model's own measured choice per job kind (dg_engine.json); "diffusion", "ar" or "hybrid" (the
     # decoder drafts, the encoder keeps what it agrees with) force one decoder for every completion. Rewrites denoise.

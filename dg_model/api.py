@@ -71,13 +71,17 @@ class RewriteJob:
     prefix: str
     block: str
     suffix: str
-    renoise: float = 0.15  # share of the block's tokens re-noised, least likely in place first; the rest stay
+    # Share of the block's words written afresh, those holding the tokens least likely in place first (at least one);
+    # every other token stays.
+    renoise: float = 0.15
     max_tokens: int = 256
-    n: int = 1
+    n: int = 1  # candidates per word and length tried (a remote API: samples)
+    # Character ranges of `block` the editor's checks find wrong (an undefined name; a point: where the parser gave
+    # up): their words are written afresh too.
+    suspects: tuple[tuple[int, int], ...] = ()
     doc_key: str = ""
     seed: int | None = None
     cancel: threading.Event | None = None
-    on_draft: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)

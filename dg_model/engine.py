@@ -14,12 +14,12 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
-from dg_model import decoders, rescore
+from dg_model import decoders, rescore, rewrite_spans
 from dg_model.api import (
     DECODINGS,
     BlockScore,
@@ -38,7 +38,7 @@ from dg_model.fim import fim_ids
 from dg_model.forward import make_forward
 from dg_model.prompt_cache import Encoded, PromptCaches
 from dg_model.prompts import Prompt, build_prompt, choose_format, clean_answer
-from dg_model.sampler import SamplerConfig, denoise, noise_like
+from dg_model.sampler import SamplerConfig, noise_like
 from dg_model.scoring import score_blocks
 from dg_model.stops import block_end, cursor_indent
 
@@ -81,6 +81,9 @@ class EngineSettings:
     # Re-rank an invoked job's candidates by the likelihood of each followed by the suffix's next line (rescore.py):
     # one more prompt (the suffix without that line, cached per document like the first) and one batched forward.
     next_line_rescore: bool = False
+    # Decoder forwards that write a rewrite's doubted words after its in-place reading: 1 writes every slot at once,
+    # 2 reads each word again behind its chosen first token.
+    rewrite_steps: int = 1
     sampler: SamplerConfig = SamplerConfig()
 
     @classmethod
@@ -205,7 +208,8 @@ class DiffusionEngine:
     @torch.inference_mode()
     def rewrite(self, job: RewriteJob) -> JobResult:
         t0 = time.perf_counter()
-        block_ids = self.tokenizer.encode(job.block, add_special_tokens=False)
+        coded = self.tokenizer(job.block, add_special_tokens=False, return_offsets_mapping=True)
+        block_ids, offsets = list(coded["input_ids"]), list(coded["offset_mapping"])
         if not block_ids:
             raise EngineError("there is no block to rewrite")
         if len(block_ids) > job.max_tokens:
@@ -219,52 +223,57 @@ class DiffusionEngine:
         )
         stats = JobStats(mode="diffusion", prompt_tokens=len(prompt.ids))
         cache, _ = self._prompt_cache(job.doc_key, prompt.ids, stats)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         try:
-            length = len(block_ids) + 1
-            start = torch.tensor([block_ids + [self.tokenizer.eos_token_id]])
-            gen = torch.Generator().manual_seed(job.seed or 0)
-            # Self-correction, not a fresh block: the decoder reads the block as it is, the tokens it finds least
-            # likely in place are re-noised and everything else stays pinned, so a rewrite changes what the model
-            # doubts and cannot drop the lines it does not (a free canvas let the small model collapse a block to
-            # `return False`, which reads likelier only for being shorter).
-            first = self.fwd.decoder_logits(start.to(self.device), cache, None)
-            stats.steps += 1
-            in_place = torch.log_softmax(first[0, : len(block_ids)].float(), -1)
-            in_place = in_place.gather(-1, start[0, : len(block_ids), None].to(self.device)).squeeze(-1)
-            worst = in_place.topk(max(1, round(job.renoise * len(block_ids))), largest=False).indices
-            n = max(1, job.n)
-            free = torch.zeros(n, length, dtype=torch.bool, device=self.device)
-            free[:, worst] = True
-            canvas = start.to(self.device).expand(n, -1).clone()
-            canvas[free] = noise_like(canvas[free], self.vocab_size, gen)
-            batched = self.fwd.expand(cache, n) if n > 1 else cache
-            ends = torch.tensor(sorted(self.eos_ids), device=self.device)
-
-            def logits_fn(x: torch.Tensor, sc: torch.Tensor | None) -> torch.Tensor:
-                logits = self.text_only(self.fwd.decoder_logits(x, batched, sc))
-                logits[:, : len(block_ids), ends] = -1e4  # the block keeps its length: no end inside it
-                return logits
-
-            result = denoise(
-                logits_fn,
-                canvas,
-                ~free,
-                self.vocab_size,
-                replace(self.settings.sampler, greedy=n == 1),
-                gen,
-                job.cancel,
-                self.drafts(job.on_draft),
-                greedy_rows=self.greedy_rows(n),
-            )
-            stats.steps += result.steps
-            stats.decoder_forwards += result.steps
-            stats.decoder_ms += result.step_ms
-            texts, scores = self._texts(result.tokens, result.logprobs)
-            stats.new_tokens = len(worst)  # the tokens it wrote; the rest of the block stayed pinned
+            # Self-correction of what the model doubts, not a fresh block: the decoder reads the block as it is, and
+            # the words holding the tokens it finds least likely in place (and those the editor's checks point at)
+            # are written afresh, each at the lengths a slip leaves likely, every other token pinned
+            # (rewrite_spans.py). A free canvas let the small model collapse a block to `return False`; re-noising
+            # single tokens kept the pieces of a misspelt name (`th|r|sh|old`) that no token fits between.
+            start = torch.tensor([block_ids + [eos]], device=self.device)
+            in_place = torch.log_softmax(self.fwd.decoder_logits(start, cache, None)[0, : len(block_ids)].float(), -1)
+            in_place = in_place.gather(-1, start[0, : len(block_ids), None]).squeeze(-1)
+            spans = rewrite_spans.doubted(job.block, offsets, in_place.cpu(), job.renoise, job.suspects)
+            rows = rewrite_spans.variants(spans)
+            canvas, free = (t.to(self.device) for t in rewrite_spans.canvases(block_ids, rows, eos, pad))
+            canvas[free] = noise_like(canvas[free], self.vocab_size, torch.Generator().manual_seed(job.seed or 0))
+            logits = self._rewrite_logits(canvas, cache)
+            stats.steps, stats.decoder_forwards = 2, 2
+            # The first free slot of each row takes its k likeliest tokens, one candidate each; with one more
+            # forward (`rewrite_steps` 2) the rest of the word is read again behind that first token.
+            k = max(1, job.n)
+            heads = torch.tensor([v.start for v in rows], device=self.device)
+            firsts = logits[torch.arange(len(rows), device=self.device), heads].topk(k, -1)
+            rows = [v for v in rows for _ in range(k)]
+            canvas, free, logits = (t.repeat_interleave(k, 0) for t in (canvas, free, logits))
+            every = torch.arange(len(rows), device=self.device)
+            canvas[every, heads.repeat_interleave(k)] = firsts.indices.reshape(-1)
+            free[every, heads.repeat_interleave(k)] = False
+            if self.settings.rewrite_steps > 1 and bool(free.any()):
+                again = free.any(-1)
+                logits[again] = self._rewrite_logits(canvas[again], cache, logits[again])
+                stats.steps += 1
+                stats.decoder_forwards += 1
+            canvas = torch.where(free, logits.argmax(-1), canvas)
+            chosen = torch.log_softmax(logits.float(), -1).gather(-1, canvas[..., None]).squeeze(-1)
+            texts, scores = [], []
+            for r, v in enumerate(rows):
+                texts.append(self.tokenizer.decode(rewrite_spans.written(block_ids, v, canvas[r].tolist())))
+                scores.append(mean(chosen[r, v.start : v.start + v.length].tolist()))
+            stats.new_tokens = sum(v.length for v in rows)
         finally:
             self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3
-        return JobResult(_dedupe([Candidate(t, s) for t, s in zip(texts, scores)]), stats)
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])
+        return JobResult(_dedupe([Candidate(texts[i], scores[i]) for i in order if texts[i] != job.block]), stats)
+
+    def _rewrite_logits(
+        self, canvas: torch.Tensor, cache: object, self_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The decoder's reading of rewrite canvases, which may not end inside the block."""
+        logits = self.text_only(self.fwd.decoder_logits(canvas, self.fwd.expand(cache, len(canvas)), self_cond))
+        logits[..., sorted(self.eos_ids)] = -1e4
+        return logits
 
     def text_only(self, scores: torch.Tensor) -> torch.Tensor:
         """Logits or log-probabilities over the vocabulary with the prompt-format tokens ruled out (finite, so the

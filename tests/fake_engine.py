@@ -47,6 +47,7 @@ class FakeEngine:
     # candidates instead of `texts` where the prefix ends with the key (the start of a line, opened for the model)
     after: dict[str, list[str]] = field(default_factory=dict)
     rewrite_text: str | None = None  # None: return the block unchanged
+    rewrite_texts: list[str] = field(default_factory=list)  # several rewrite candidates instead, best first
     scores: dict[str, float] = field(default_factory=dict)  # block -> log-likelihood; others: -1 per character
     steps: int = 4
     step_ms: float = 0.0
@@ -81,8 +82,8 @@ class FakeEngine:
 
     def rewrite(self, job: RewriteJob) -> JobResult:
         self._denoise("rewrite", job)
-        text = job.block if self.rewrite_text is None else self.rewrite_text
-        return JobResult([Candidate(text, -0.1)], JobStats(steps=self.steps))
+        texts = self.rewrite_texts or [job.block if self.rewrite_text is None else self.rewrite_text]
+        return JobResult([Candidate(t, -0.1 * (i + 1)) for i, t in enumerate(texts)], JobStats(steps=self.steps))
 
     def score(self, job: ScoreJob) -> list[BlockScore]:
         self.calls.append(("score", job))
@@ -108,7 +109,7 @@ class FakeEngine:
             if job.cancel is not None and job.cancel.is_set():
                 self._log(event="cancelled", kind=kind, doc_key=job.doc_key, step=step)
                 raise Cancelled(f"cancelled at step {step}")
-            if job.on_draft is not None:
+            if isinstance(job, InfillJob) and job.on_draft is not None:
                 job.on_draft("")
             time.sleep(self.step_ms / 1000)
         self._log(event="done", kind=kind, doc_key=job.doc_key)

@@ -7,6 +7,8 @@ import pytest
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion, DynamicCache, PreTrainedTokenizerFast
 
+from dg_model import engine as engine_module
+from dg_model import rewrite_spans
 from dg_model.api import Cancelled, EngineError, InfillJob, RewriteJob
 from dg_model.architecture import TINY, build_config
 from dg_model.beam import beam_search
@@ -117,22 +119,35 @@ def test_rewrite_keeps_the_context_and_rejects_oversized_blocks(tiny):
         engine.rewrite(RewriteJob(prefix="", block="x = 1\n" * 200, suffix="", max_tokens=64))
 
 
-def test_rewrite_changes_only_the_tokens_it_re_noises_and_keeps_the_length(tiny):
-    """Self-correction: a quarter of the block is re-noised (what the decoder finds least likely in place); every other
-    token stays, and no candidate ends inside the block (a free canvas let a small model collapse blocks)."""
+def test_rewrite_writes_doubted_words_afresh_and_pins_every_other_token(tiny, monkeypatch):
+    """Self-correction: the words (runs of tokens joined by word characters) the decoder doubts, and those the
+    editor's checks point at, are written afresh at several lengths; every other token stays, and no candidate ends
+    inside the block (a free canvas let a small model collapse blocks)."""
     engine = make(tiny)
-    block = "    total = 0\n    for x in items:\n        total += x\n    return total\n"
-    ids = tiny[1].encode(block, add_special_tokens=False)
-    rows = []
-    texts = engine._texts
-    engine._texts = lambda tokens, logprobs: (rows.extend(tokens.tolist()), texts(tokens, logprobs))[1]
-    result = engine.rewrite(RewriteJob(prefix=PREFIX, block=block, suffix=SUFFIX, renoise=0.25, n=3))
-    k = round(0.25 * len(ids))
-    assert len(rows) == 3 and result.stats.new_tokens == k
-    for row in rows:
-        assert not engine.eos_ids & set(row[: len(ids)])
-        assert sum(a != b for a, b in zip(row, ids)) <= k
-    assert any(row[: len(ids)] != ids for row in rows), "nothing was rewritten"
+    block = "    total = 0\n    for x in items:\n        totl += x\n    return total\n"
+    coded = tiny[1](block, add_special_tokens=False, return_offsets_mapping=True)
+    ids, word_of = coded["input_ids"], rewrite_spans.words(block, coded["offset_mapping"])
+    seen, plain = [], rewrite_spans.written
+
+    def written(ids_, v, row):
+        out = plain(ids_, v, row)
+        seen.append((v, out))
+        return out
+
+    monkeypatch.setattr(engine_module.rewrite_spans, "written", written)
+    misspelt = block.index("totl")
+    job = RewriteJob(prefix=PREFIX, block=block, suffix=SUFFIX, renoise=0.1, n=2, suspects=((misspelt, misspelt + 4),))
+    result = engine.rewrite(job)
+    assert result.candidates and all(c.text != block for c in result.candidates)
+    tried = {(v.start, v.end) for v, _ in seen}
+    assert tried <= set(word_of)  # whole words only
+    assert word_of[next(i for i, (s, e) in enumerate(coded["offset_mapping"]) if s <= misspelt < e)] in tried
+    assert len(tried) == 1 + max(1, round(0.1 * len(set(word_of))))  # the suspect's word, then 10% of the words
+    for v, out in seen:
+        assert out[: v.start] == ids[: v.start] and out[v.start + v.length :] == ids[v.end :]
+        assert len(out) == len(ids) - (v.end - v.start) + v.length
+        assert not engine.eos_ids & set(out)
+    assert {v.length for v, _ in seen} >= {1, 2, 3}
 
 
 def test_embedded_model_settles_a_canvas_in_few_forwards():

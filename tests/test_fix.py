@@ -11,6 +11,7 @@ from fake_engine import FakeEngine
 from dg_lsp import diagnose, repairs
 from dg_lsp.fix import MARGIN, _Option, choose, fix_range
 from dg_lsp.pipeline import REWRITE_TOLERANCE
+from dg_lsp.repairs import CHANNEL, edit_distance
 from dg_lsp.settings import Settings
 from dg_model.api import TokenScore
 
@@ -157,6 +158,16 @@ def test_embedded_model_leaves_working_code_alone(embedded_engine):
     assert result.edit is None and result.message == "nothing to fix in this block"
 
 
+def test_embedded_model_rewrite_respells_a_misspelt_name(embedded_engine):
+    """ "Rewrite this block" on the shipped weights: the denoiser rewrites the word the checks and its own reading
+    doubt (`reslt`, two tokens where `result` is one) between the pinned rest of the block."""
+    from dg_lsp.pipeline import rewrite_range
+
+    text = "def total(items):\n    result = 0\n    for item in items:\n        reslt += item\n    return result\n"
+    edit = rewrite_range(embedded_engine, text, *block_of(text, 2, 3), "python", Settings())
+    assert edit is not None and text[: edit.start] + edit.text + text[edit.end :] == text.replace("reslt", "result")
+
+
 # ----------------------------------------------------------------------------------------- rewrite, ranked likewise
 REWRITE_DOC = "def add(a, b):\n    s = a + b\n    return s\n\n\nprint(add(1, 2))\n"
 BROKEN_DOC = "def add(a, b):\n    s = a +\n    return s\n\n\nprint(add(1, 2))\n"
@@ -183,7 +194,9 @@ def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, ga
     from dg_lsp.pipeline import rewrite_range
 
     block = BLOCK if doc == REWRITE_DOC else BROKEN
-    engine = FakeEngine(rewrite_text=candidate, scores={block: -20.0, candidate: -20.0 + gain})
+    # `gain` is what a repair earns beyond the price of its change (CHANNEL nats a character; working code pays none)
+    cost = CHANNEL * edit_distance(block, candidate) if doc == BROKEN_DOC else 0.0
+    engine = FakeEngine(rewrite_text=candidate, scores={block: -20.0, candidate: -20.0 + gain + cost})
     edit = rewrite_range(engine, doc, *block_of(doc, 1, 2), "python", Settings())
     assert (edit is not None) == offered
     if offered:
@@ -199,3 +212,30 @@ def test_a_rewrite_is_never_cut_short_into_a_deletion():
     trimmed = "    s = a + b\n"
     engine = FakeEngine(rewrite_text=trimmed + "    return (s\n", scores={BLOCK: -20.0, trimmed: -20.0 + MARGIN + 5})
     assert rewrite_range(engine, REWRITE_DOC, *block_of(REWRITE_DOC, 1, 2), "python", Settings()) is None
+
+
+def test_between_rewrites_about_as_likely_the_smaller_change_wins():
+    """A misspelt name's respelling and a new expression in its place, the second a little likelier: the noisy channel
+    (CHANNEL nats a changed character) offers the respelling."""
+    from dg_lsp.pipeline import rewrite_range
+
+    doc = "def total(xs):\n    result = 0\n    for x in xs:\n        reslt += x\n    return result\n"
+    block = "    for x in xs:\n        reslt += x\n"
+    respelt, fresh = "    for x in xs:\n        result += x\n", "    result = sum(xs)\n"
+    engine = FakeEngine(rewrite_texts=[fresh, respelt], scores={block: -31.0, respelt: -30.0, fresh: -29.0})
+    edit = rewrite_range(engine, doc, *block_of(doc, 2, 3), "python", Settings())
+    assert edit is not None
+    assert doc[: edit.start] + edit.text + doc[edit.end :] == doc.replace("reslt", "result")
+
+
+def test_a_rewrite_keeps_the_line_after_the_block():
+    """A block followed at once by more code: the rewrite replaces the block's code and keeps its line break, so the
+    next line is untouched (the rewrite used to be post-processed as if it ran into that line, and was refused)."""
+    from dg_lsp.pipeline import rewrite_range
+
+    doc = "def shout(words):\n    out = []\n    for w in words:\n        out.append(w.upper()\n    return out\n"
+    fixed = "    for w in words:\n        out.append(w.upper())\n"
+    engine = FakeEngine(rewrite_text=fixed.rstrip("\n"), scores={fixed: -10.0})
+    edit = rewrite_range(engine, doc, *block_of(doc, 2, 3), "python", Settings())
+    assert edit is not None
+    assert doc[: edit.start] + edit.text + doc[edit.end :] == doc.replace("upper()", "upper())")
