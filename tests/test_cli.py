@@ -272,3 +272,11 @@ def test_the_embedded_model_completes_the_demos(tmp_path, capsys, text, place, e
     path.write_text(text)
     assert cli.main(["complete", f"{path}:{place}"]) == 0
     assert capsys.readouterr().out.strip() == expected
+
+
+def test_the_embedded_model_rewrites_the_demos_slip(tmp_path, capsys):
+    # the README's `dg-lsp rewrite slip.py:2`: the denoiser writes the word it doubts afresh, the rest pinned
+    path = tmp_path / "slip.py"
+    path.write_text("def add(a, b):\n    retrun a + b\n")
+    assert cli.main(["rewrite", f"{path}:2"]) == 0
+    assert capsys.readouterr().out == "    return a + b\n"
