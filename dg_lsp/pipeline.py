@@ -267,7 +267,8 @@ def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Ed
     # The block's code is rewritten and its trailing line breaks and blank lines stay where they are: the candidate is
     # post-processed in the document with them in place, as a completion of an emptied line is (without them the
     # rewrite would run into the line after the block).
-    body = bc.block.rstrip()
+    code = bc.block.rstrip()
+    body = code + bc.block[len(code) :].split("\n", 1)[0].rstrip("\r")  # through the last code line's end
     raw = raw.rstrip()
     if raw == body:
         return None
@@ -276,14 +277,10 @@ def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Ed
     edit = postprocess(raw, window, at, language_id, "block" if "\n" in body else "line")
     if edit is None or edit.start != at or edit.end != at or edit.compiles is False:
         return None  # never offer a rewrite that breaks the parse
-    if _code_lines(edit.text) < _code_lines(raw):
-        return None  # post-processing cut it short (trimmed to what parses): the edit would delete the rest
+    if edit.text.replace("\r\n", "\n") != raw.replace("\r\n", "\n"):
+        return None  # post-processing had to change it (cut what does not parse, closed a bracket): not this rewrite
     mapped = Edit(start=bc.start, end=bc.start + len(body), text=edit.text)
     return mapped if text[mapped.start : mapped.end] != mapped.text else None
-
-
-def _code_lines(text: str) -> int:
-    return sum(1 for line in text.split("\n") if line.strip())
 
 
 def best_rewrite(
@@ -296,11 +293,11 @@ def best_rewrite(
     cancel: threading.Event | None,
     found: list[Problem],
 ) -> Edit | None:
-    """The rewrite the model finds likeliest in place, if it earns its place (`found`: the block's problems as it is):
-    for a block with a problem the checks see, one that removes a problem and that the model finds about as likely,
-    less the size of its change (within REWRITE_TOLERANCE nats); for a block that passes the checks, one the model
-    finds far likelier (MARGIN, as "Fix this block"). A small model's fresh rewrite is more often wrong than right,
-    and a rewrite that breaks working code is worse than none."""
+    """The rewrite the model finds likeliest in place less the size of its change, if it earns its place (`found`:
+    the block's problems as it is): for a block with a problem the checks see, one that removes a problem and that
+    the model finds about as likely (within REWRITE_TOLERANCE nats); for a block that passes the checks, one the
+    model finds far likelier (MARGIN, as "Fix this block"). A small model's fresh rewrite is more often wrong than
+    right, and a rewrite that breaks working code is worse than none."""
 
     def after(edit: Edit) -> tuple[str, int, int]:
         new = text[: edit.start] + edit.text + text[edit.end :]
@@ -326,11 +323,11 @@ def best_rewrite(
         scores = engine.score(ScoreJob(bc.prefix, bc.suffix, blocks, doc_key, cancel, detail=False))
     except EngineError:
         return kept[0]  # an engine that cannot score (a remote API): the first candidate that passes the checks
-    # A block with a problem is a slip of the code meant: between repairs the model finds about as likely, the
-    # smaller change wins (the noisy channel "Fix this block" ranks by), a misspelt name's respelling over a new
-    # expression in its place. Working code is rewritten for the model's preference alone.
-    cost = CHANNEL if hard_before else 0.0
-    merit = [scores[i + 1].logprob - cost * edit_distance(bc.block, blocks[i + 1]) for i in range(len(kept))]
+    # The noisy channel "Fix this block" ranks by: the block as typed is evidence, so a change pays CHANNEL nats a
+    # character. Between repairs the model finds about as likely, the smaller wins (a misspelt name's respelling over
+    # a new expression in its place), and working code changes only where the model's preference outweighs the margin
+    # and the size of the change.
+    merit = [scores[i + 1].logprob - CHANNEL * edit_distance(bc.block, blocks[i + 1]) for i in range(len(kept))]
     best = max(range(len(kept)), key=lambda i: merit[i])
     gain = merit[best] - scores[0].logprob
     return kept[best] if gain >= (-REWRITE_TOLERANCE if hard_before else MARGIN) else None

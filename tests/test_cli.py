@@ -146,9 +146,9 @@ def test_model_that_does_not_load_exits_1(src, capsys):
 
 def test_rewrite_prints_the_rewritten_block(src, capsys):
     new = "def area(r):\n    return math.pi * r * r\n"
-    # the stand-in scores blocks -1 per character unless told: this rewrite is far likelier than the block, as a
-    # rewrite of working code must be (pipeline.MARGIN), so it is offered
-    assert dg_lsp(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 0.0})]) == 0
+    # the stand-in scores blocks -1 per character unless told: this rewrite is far likelier than the block, beyond
+    # the price of the change, as a rewrite of working code must be (pipeline.MARGIN, repairs.CHANNEL): it is offered
+    assert dg_lsp(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 40.0})]) == 0
     out = capsys.readouterr().out
     assert out == new
     ast.parse(SRC.replace("def area(r):\n    return \n", out))
@@ -162,13 +162,15 @@ def test_rewrite_json_and_single_line_target(src, capsys):
                 f"{src}:8",
                 "--json",
                 "--model",
-                fake(rewrite="print(area(3.0))\n", scores={"print(area(3.0))\n": 0.0}),
+                fake(rewrite="print(area(3.0))\n", scores={"print(area(3.0))\n": 40.0}),
             ]
         )
         == 0
     )
     (edit,) = json.loads(capsys.readouterr().out)
-    assert edit["start"] == {"line": 8, "col": 1} and edit["text"] == "print(area(3.0))\n"
+    # the line's code is replaced and its line break stays
+    assert edit["start"] == {"line": 8, "col": 1} and edit["end"] == {"line": 8, "col": 17}
+    assert edit["text"] == "print(area(3.0))"
 
 
 def test_rewrite_without_a_change_exits_1(src, capsys):

@@ -194,8 +194,8 @@ def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, ga
     from dg_lsp.pipeline import rewrite_range
 
     block = BLOCK if doc == REWRITE_DOC else BROKEN
-    # `gain` is what a repair earns beyond the price of its change (CHANNEL nats a character; working code pays none)
-    cost = CHANNEL * edit_distance(block, candidate) if doc == BROKEN_DOC else 0.0
+    # `gain` is what the rewrite earns beyond the price of its change (CHANNEL nats a character)
+    cost = CHANNEL * edit_distance(block, candidate)
     engine = FakeEngine(rewrite_text=candidate, scores={block: -20.0, candidate: -20.0 + gain + cost})
     edit = rewrite_range(engine, doc, *block_of(doc, 1, 2), "python", Settings())
     assert (edit is not None) == offered

@@ -49,10 +49,12 @@ export interface ServerSpec {
  * the engine of `tests/fake_engine.py`. */
 export const FAKE_SERVER = path.join(REPO, 'tests', 'fake_server.py');
 
-/** The test engine's answers: its candidates, and the rewrite of greet(). */
+/** The test engine's answers: its candidates, and the rewrite of greet(), which it finds far likelier than the
+ * function as it is (beyond the price of the change: pipeline.MARGIN, repairs.CHANNEL). */
 export const TEST_ENGINE = {
   texts: ['return a + b', 'return b + a'],
   rewrite: 'def greet(name):\n    return f"hello {name}"\n',
+  scores: { 'def greet(name):\n    return f"hello {name}"': 40.0, 'def greet(name):\n    return f"hello {name}"\n': 40.0 },
 };
 
 /**
