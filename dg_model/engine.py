@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -117,6 +118,11 @@ def _out_of_memory_typed(method):
     return typed
 
 
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
 def _empty_cuda_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -192,8 +198,7 @@ class DiffusionEngine:
                 self.fwd.trim(cache, len(prompt.ids))
             texts = [self._middle(job, t) for t in texts]
             if reader is not None and len(set(texts)) > 1:
-                if job.cancel is not None and job.cancel.is_set():
-                    raise Cancelled()
+                _check(job.cancel)
                 t1 = time.perf_counter()
                 texts, scores = reader.ranked(texts)
                 stats.rescore_ms = (time.perf_counter() - t1) * 1e3  # what the reading added after decoding
@@ -230,6 +235,7 @@ class DiffusionEngine:
             # are written afresh, each at the lengths a slip leaves likely, every other token pinned
             # (rewrite_spans.py). A free canvas let the small model collapse a block to `return False`; re-noising
             # single tokens kept the pieces of a misspelt name (`th|r|sh|old`) that no token fits between.
+            _check(job.cancel)
             start = torch.tensor([block_ids + [eos]], device=self.device)
             in_place = torch.log_softmax(self.fwd.decoder_logits(start, cache, None)[0, : len(block_ids)].float(), -1)
             in_place = in_place.gather(-1, start[0, : len(block_ids), None]).squeeze(-1)
@@ -237,6 +243,7 @@ class DiffusionEngine:
             rows = rewrite_spans.variants(spans)
             canvas, free = (t.to(self.device) for t in rewrite_spans.canvases(block_ids, rows, eos, pad))
             canvas[free] = noise_like(canvas[free], self.vocab_size, torch.Generator().manual_seed(job.seed or 0))
+            _check(job.cancel)
             logits = self._rewrite_logits(canvas, cache)
             stats.steps, stats.decoder_forwards = 2, 2
             # The first free slot of each row takes its k likeliest tokens, one candidate each; with one more
@@ -287,8 +294,7 @@ class DiffusionEngine:
     def score(self, job: ScoreJob) -> list[BlockScore]:
         if not job.blocks:
             return []
-        if job.cancel is not None and job.cancel.is_set():
-            raise Cancelled()
+        _check(job.cancel)
         prompt = build_prompt(self.tokenizer, self.format, job.prefix, job.suffix, self.settings.prompt_tokens)
         return self._read(self.prompts.encode(job.doc_key, prompt.ids), list(job.blocks), job.detail)
 

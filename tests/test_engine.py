@@ -119,6 +119,25 @@ def test_rewrite_keeps_the_context_and_rejects_oversized_blocks(tiny):
         engine.rewrite(RewriteJob(prefix="", block="x = 1\n" * 200, suffix="", max_tokens=64))
 
 
+def test_a_cancelled_rewrite_stops_before_its_next_forward_and_keeps_the_prompt_cache(tiny, monkeypatch):
+    engine, cancel = make(tiny), threading.Event()
+    read = rewrite_spans.doubted
+
+    def doubted(*args):  # the request is cancelled while the decoder reads the block in place
+        cancel.set()
+        return read(*args)
+
+    monkeypatch.setattr(engine_module.rewrite_spans, "doubted", doubted)
+    writes = []
+    monkeypatch.setattr(engine, "_rewrite_logits", lambda *a: writes.append(a) or pytest.fail("wrote after cancel"))
+    job = RewriteJob(prefix=PREFIX, block="fh.read()\n", suffix=SUFFIX, doc_key="c", cancel=cancel)
+    with pytest.raises(Cancelled):
+        engine.rewrite(job)
+    assert not writes
+    prompt = engine.prompts.entries["c"]
+    assert engine.fwd.seq_length(prompt.cache) == len(prompt.ids)  # the cache holds the prompt alone
+
+
 def test_rewrite_writes_doubted_words_afresh_and_pins_every_other_token(tiny, monkeypatch):
     """Self-correction: the words (runs of tokens joined by word characters) the decoder doubts, and those the
     editor's checks point at, are written afresh at several lengths; every other token stays, and no candidate ends
