@@ -6,9 +6,10 @@
     dg-lsp fix FILE:START-END         lines START..END with their slips fixed, or why nothing changed
     dg-lsp doctor                     what is installed, where the model is, whether it loads, how fast
 
-`complete` and `rewrite` call the same `dg_lsp.pipeline` functions as the LSP handlers. More sub-commands (eval,
-bench, train) plug in through `SUBCOMMANDS`: add a `Subcommand(add_arguments, run, help)` under a name, directly or
-from a module listed in `SUBCOMMAND_MODULES` (imported before parsing; keep its heavy imports inside `run`).
+`complete` and `rewrite` call the same functions as the LSP handlers (`dg_lsp.pipeline`, `dg_lsp.rewrite_block`).
+More sub-commands (eval, bench, train) plug in through `SUBCOMMANDS`: add a `Subcommand(add_arguments, run, help)`
+under a name, directly or from a module listed in `SUBCOMMAND_MODULES` (imported before parsing; keep its heavy
+imports inside `run`).
 
 `main(argv, engines=LOCAL, extras=())` is the whole program: a program that runs dg-lsp differently passes how its
 models load (`engines.Engines`: the server's and every sub-command's) and feature registrations to add to the
@@ -259,11 +260,11 @@ def _line_range(args: argparse.Namespace) -> tuple[Path, str, str, int, int]:
 def run_rewrite(args: argparse.Namespace, engines: Engines) -> int:
     path, text, language, start, end = _line_range(args)
     engine = _engine_or_exit(args, engines)
-    from . import pipeline
+    from . import rewrite_block
 
-    edit = pipeline.rewrite_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
+    edit = rewrite_block.rewrite_range(engine, text, start, end, language, settings_from(args), doc_key=str(path))
     if edit is None or args.json:
-        return _print_edits(args, text, [edit] if edit else [], pipeline.NO_REWRITE)
+        return _print_edits(args, text, [edit] if edit else [], rewrite_block.NO_REWRITE)
     # The rewritten lines: the range with the edit applied (the edit may extend past the range's end).
     stop = max(end, edit.end)
     sys.stdout.write(text[start : edit.start] + edit.text + text[edit.end : stop])

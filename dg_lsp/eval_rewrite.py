@@ -10,8 +10,8 @@ on). Per problem, a block of 2-5 lines of the solution is drawn (seeded by the p
 - `flipped-operator`: one comparison or +/- operator of the block flipped (`<`/`>`, `<=`/`>=`, `==`/`!=`, `+`/`-`).
 
 A slip that leaves the problem's tests passing is no slip for this judge and is not a task. Each task's document
-goes through the server's own path (`fix.fix_range` or `pipeline.rewrite_range`, default settings, the block's lines
-as the selection), the edit is applied, and the problem's tests judge the result in the sandbox. The report gives,
+goes through the server's own path (`fix.fix_range` or `rewrite_block.rewrite_range`, default settings, the block's
+lines as the selection), the edit is applied, and the problem's tests judge the result in the sandbox. The report gives,
 per kind, the share passing afterwards (repaired / kept), the share left untouched, and latency.
 """
 
@@ -174,7 +174,7 @@ def run(
     workers: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    from . import pipeline
+    from . import rewrite_block
     from .fix import fix_range
 
     say = progress or (lambda message: None)
@@ -187,7 +187,7 @@ def run(
                 result = fix_range(engine, task.document, task.start, task.end, "python", settings, doc_key="eval")
                 edit, row["message"] = result.edit, result.message
             else:
-                edit = pipeline.rewrite_range(
+                edit = rewrite_block.rewrite_range(
                     engine, task.document, task.start, task.end, "python", settings, doc_key="eval"
                 )
         except Exception as exc:  # noqa: BLE001 - an engine bug shows in the report instead of ending a long run

@@ -13,13 +13,11 @@ import threading
 from collections.abc import Sequence
 from typing import Literal
 
-from dg_model.api import Candidate, Engine, EngineError, InfillJob, JobResult, JobStats, RewriteJob, ScoreJob
+from dg_model.api import Candidate, Engine, InfillJob, JobResult, JobStats
 
 from . import bindings, diagnose
 from .context import ContextBudget, build_context, enclosing_block, should_complete
-from .diagnose import Problem, problems
 from .postprocess import Edit, compiles_around, postprocess, prefer_runnable, rank
-from .repairs import CHANNEL, edit_distance
 from .settings import Settings
 
 # Context and validation look at most this far (in characters) from the cursor: a multi-MB file still completes,
@@ -33,16 +31,6 @@ WINDOW_CHARS = 100_000
 # block reached in 97% of cases changes working code: with this model, code that passes the checks is left alone. A
 # sharper model earns a lower margin by the same bench.
 MARGIN = 16.0
-# Nats a rewrite of a block with a problem may lose against it: e^2, about 7 times less likely, is still "as
-# plausible" when the rewrite removes a problem the block has.
-REWRITE_TOLERANCE = 2.0
-REWRITE_CANDIDATES = 4  # per word and length the denoiser tries: the model's score picks among them
-# Why `rewrite_range` returned None, for the editor and the CLI alike.
-NO_REWRITE = (
-    "no rewrite of this block parsed, added no problem and earned its place (one that removes a problem and "
-    "is about as likely, or, for code that passes the checks, one the model finds far likelier)"
-)
-
 OtherDocs = Sequence[tuple[str, str, str]]  # (uri, language_id, text)
 
 
@@ -224,113 +212,6 @@ def block_context(
         window, start - base, language_id, engine.count_tokens, budget_of(settings, block_tokens), other_docs
     )
     return BlockContext(start, end, block, ctx.prefix, ctx.suffix, window, base, block_tokens)
-
-
-def rewrite_range(
-    engine: Engine,
-    text: str,
-    start: int,
-    end: int,
-    language_id: str,
-    settings: Settings,
-    other_docs: OtherDocs = (),
-    cancel: threading.Event | None = None,
-    *,
-    doc_key: str = "",
-) -> Edit | None:
-    """A rewrite of `text[start:end]` (the enclosing block when the range is empty) that still parses, or None."""
-    bc = block_context(engine, text, start, end, language_id, settings, other_docs)
-    if bc is None:
-        return None
-    found = problems(text, bc.start, bc.end, language_id)
-    job = RewriteJob(
-        prefix=bc.prefix,
-        block=bc.block,
-        suffix=bc.suffix,
-        renoise=settings.renoise,
-        max_tokens=max(settings.max_block_tokens, 2 * bc.block_tokens + 16),
-        n=max(settings.candidates, REWRITE_CANDIDATES),
-        suspects=tuple(
-            (p.start - bc.start, p.end - bc.start) for p in found if p.hard and bc.start <= p.start <= bc.end
-        ),
-        doc_key=doc_key,
-        seed=settings.seed,
-        cancel=cancel,
-    )
-    result = engine.rewrite(job)
-    edits = [e for e in (_rewrite_edit(text, bc, c.text, language_id) for c in result.candidates) if e is not None]
-    return best_rewrite(engine, text, bc, edits, language_id, doc_key, cancel, found)
-
-
-def _rewrite_edit(text: str, bc: BlockContext, raw: str, language_id: str) -> Edit | None:
-    """A rewrite candidate as an edit of `text` that changes it and still parses, or None."""
-    # The block's code is rewritten and its trailing line breaks and blank lines stay where they are: the candidate is
-    # post-processed in the document with them in place, as a completion of an emptied line is (without them the
-    # rewrite would run into the line after the block).
-    code = bc.block.rstrip()
-    body = code + bc.block[len(code) :].split("\n", 1)[0].rstrip("\r")  # through the last code line's end
-    raw = raw.rstrip()
-    if raw == body:
-        return None
-    at = bc.start - bc.base
-    window = bc.window[:at] + bc.block[len(body) :] + bc.window[at:]
-    edit = postprocess(raw, window, at, language_id, "block" if "\n" in body else "line")
-    if edit is None or edit.start != at or edit.end != at or edit.compiles is False:
-        return None  # never offer a rewrite that breaks the parse
-    if edit.text.replace("\r\n", "\n") != raw.replace("\r\n", "\n"):
-        return None  # post-processing had to change it (cut what does not parse, closed a bracket): not this rewrite
-    mapped = Edit(start=bc.start, end=bc.start + len(body), text=edit.text)
-    return mapped if text[mapped.start : mapped.end] != mapped.text else None
-
-
-def best_rewrite(
-    engine: Engine,
-    text: str,
-    bc: BlockContext,
-    edits: list[Edit],
-    language_id: str,
-    doc_key: str,
-    cancel: threading.Event | None,
-    found: list[Problem],
-) -> Edit | None:
-    """The rewrite the model finds likeliest in place less the size of its change, if it earns its place (`found`:
-    the block's problems as it is): for a block with a problem the checks see, one that removes a problem and that
-    the model finds about as likely (within REWRITE_TOLERANCE nats); for a block that passes the checks, one the
-    model finds far likelier (MARGIN, as "Fix this block"). A small model's fresh rewrite is more often wrong than
-    right, and a rewrite that breaks working code is worse than none."""
-
-    def after(edit: Edit) -> tuple[str, int, int]:
-        new = text[: edit.start] + edit.text + text[edit.end :]
-        return new, bc.start, max(edit.start + len(edit.text), bc.end + len(new) - len(text))
-
-    def counts(found: list[Problem]) -> tuple[int, int]:
-        hard = sum(p.hard for p in found)
-        return hard, len(found) - hard
-
-    hard_before, soft_before = counts(found)
-    kept, blocks = [], [bc.block]
-    for edit in edits:
-        new, start, end = after(edit)
-        hard, soft = counts(problems(new, start, end, language_id))
-        # no rewrite may add even a soft problem: a name assigned and never read is a respelt variable, or a
-        # `retrun x` "repaired" into `retr = x`
-        if soft <= soft_before and (hard < hard_before or hard == hard_before == 0):
-            kept.append(edit)
-            blocks.append(new[start:end])
-    if not kept:
-        return None
-    try:
-        scores = engine.score(ScoreJob(bc.prefix, bc.suffix, blocks, doc_key, cancel, detail=False))
-    except EngineError:
-        return kept[0]  # an engine that cannot score (a remote API): the first candidate that passes the checks
-    # The noisy channel "Fix this block" ranks by: the block as typed is evidence, so a change pays CHANNEL nats a
-    # character. Between repairs the model finds about as likely, the smaller wins (a misspelt name's respelling over
-    # a new expression in its place), and working code changes only where the model's preference outweighs the margin
-    # and the size of the change.
-    merit = [scores[i + 1].logprob - CHANNEL * edit_distance(bc.block, blocks[i + 1]) for i in range(len(kept))]
-    best = max(range(len(kept)), key=lambda i: merit[i])
-    gain = merit[best] - scores[0].logprob
-    return kept[best] if gain >= (-REWRITE_TOLERANCE if hard_before else MARGIN) else None
 
 
 def block_range(text: str, start: int, end: int, language_id: str) -> tuple[int, int]:

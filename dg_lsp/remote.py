@@ -154,7 +154,7 @@ class RemoteGuard:
 
     def score(self, job):
         """Scoring has no remote form (see RemoteEngine.score): the local model scores when there is one. Without
-        one, "Fix this block" and "Rewrite this block" still work, unranked (fix.py, pipeline.best_rewrite catch the
+        one, "Fix this block" and "Rewrite this block" still work, unranked (fix.py, rewrite_block._checked catch the
         EngineError); the user is told so ONCE, the first time they ask."""
         if self.local is not None:
             return self.local.score(job)

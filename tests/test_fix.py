@@ -10,8 +10,8 @@ from fake_engine import FakeEngine
 
 from dg_lsp import diagnose, repairs
 from dg_lsp.fix import MARGIN, _Option, choose, fix_range
-from dg_lsp.pipeline import REWRITE_TOLERANCE
 from dg_lsp.repairs import CHANNEL, edit_distance
+from dg_lsp.rewrite_block import REWRITE_TOLERANCE
 from dg_lsp.settings import Settings
 from dg_model.api import TokenScore
 
@@ -161,7 +161,7 @@ def test_embedded_model_leaves_working_code_alone(embedded_engine):
 def test_embedded_model_rewrite_respells_a_misspelt_name(embedded_engine):
     """ "Rewrite this block" on the shipped weights: the denoiser rewrites the word the checks and its own reading
     doubt (`reslt`, two tokens where `result` is one) between the pinned rest of the block."""
-    from dg_lsp.pipeline import rewrite_range
+    from dg_lsp.rewrite_block import rewrite_range
 
     text = "def total(items):\n    result = 0\n    for item in items:\n        reslt += item\n    return result\n"
     edit = rewrite_range(embedded_engine, text, *block_of(text, 2, 3), "python", Settings())
@@ -191,7 +191,7 @@ NEW = "    return a + b\n"
     ],
 )
 def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, gain, offered):
-    from dg_lsp.pipeline import rewrite_range
+    from dg_lsp.rewrite_block import rewrite_range
 
     block = BLOCK if doc == REWRITE_DOC else BROKEN
     # `gain` is what the rewrite earns beyond the price of its change (CHANNEL nats a character)
@@ -207,7 +207,7 @@ def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, ga
 def test_a_rewrite_is_never_cut_short_into_a_deletion():
     """Post-processing trims a completion that does not parse back to the part that does; for a rewrite the edit
     would then delete the block's last lines, so such a candidate is not offered, however likely the rest reads."""
-    from dg_lsp.pipeline import rewrite_range
+    from dg_lsp.rewrite_block import rewrite_range
 
     trimmed = "    s = a + b\n"
     engine = FakeEngine(rewrite_text=trimmed + "    return (s\n", scores={BLOCK: -20.0, trimmed: -20.0 + MARGIN + 5})
@@ -217,7 +217,7 @@ def test_a_rewrite_is_never_cut_short_into_a_deletion():
 def test_between_rewrites_about_as_likely_the_smaller_change_wins():
     """A misspelt name's respelling and a new expression in its place, the second a little likelier: the noisy channel
     (CHANNEL nats a changed character) offers the respelling."""
-    from dg_lsp.pipeline import rewrite_range
+    from dg_lsp.rewrite_block import rewrite_range
 
     doc = "def total(xs):\n    result = 0\n    for x in xs:\n        reslt += x\n    return result\n"
     block = "    for x in xs:\n        reslt += x\n"
@@ -231,7 +231,7 @@ def test_between_rewrites_about_as_likely_the_smaller_change_wins():
 def test_a_rewrite_keeps_the_line_after_the_block():
     """A block followed at once by more code: the rewrite replaces the block's code and keeps its line break, so the
     next line is untouched (the rewrite used to be post-processed as if it ran into that line, and was refused)."""
-    from dg_lsp.pipeline import rewrite_range
+    from dg_lsp.rewrite_block import rewrite_range
 
     doc = "def shout(words):\n    out = []\n    for w in words:\n        out.append(w.upper()\n    return out\n"
     fixed = "    for w in words:\n        out.append(w.upper())\n"

@@ -503,7 +503,7 @@ def test_guard_and_close_engine_close_the_remote(stub):
 
 
 def test_fix_and_rewrite_say_once_that_the_remote_cannot_score(stub):
-    from dg_lsp import pipeline
+    from dg_lsp import rewrite_block
     from dg_lsp.fix import fix_range
     from dg_lsp.settings import Settings
 
@@ -513,7 +513,7 @@ def test_fix_and_rewrite_say_once_that_the_remote_cannot_score(stub):
     for _ in range(2):
         fixed = fix_range(guard, broken, 20, 20, "python", Settings())
         assert fixed.edit is not None and "return a + b" in fixed.edit.text  # the checks alone repair the slip
-        pipeline.rewrite_range(guard, broken, 20, 20, "python", Settings())  # unranked, no exception
+        rewrite_block.rewrite_range(guard, broken, 20, 20, "python", Settings())  # unranked, no exception
     (shown,) = rec.shown
     assert stub.url in shown and "cannot score" in shown and "remote.fallback" in shown
     assert rec.statuses == []  # the server is fine: no error status

@@ -21,7 +21,7 @@ from lsprotocol.converters import get_converter
 from pygls.capabilities import get_capability
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 
-from .. import pipeline
+from .. import rewrite_block
 from ..fix import fix_range
 from ..server import DgServer
 
@@ -154,7 +154,7 @@ async def block_edit(
             return result.edit, result.message
     else:
         rewrite = functools.partial(
-            pipeline.rewrite_range,
+            rewrite_block.rewrite_range,
             text=text,
             start=start,
             end=end,
@@ -165,7 +165,7 @@ async def block_edit(
         )
 
         def fn(engine, cancel):
-            return rewrite(engine, cancel=cancel), pipeline.NO_REWRITE
+            return rewrite(engine, cancel=cancel), rewrite_block.NO_REWRITE
 
     answer = await ls.run(f"{doc.uri}#rewrite", doc, fn)
     edit, message = answer if answer is not None else (None, "the job was superseded")
