@@ -17,6 +17,7 @@ import ast
 import json
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,19 @@ def functions(corpus: Path) -> list[str]:
                 if src:
                     out.append(src + "\n")
     return out
+
+
+def blocks(corpus: Path, limit: int, seed: int) -> Iterator[tuple[int, str, int, int]]:
+    """(n, function, start, end): `limit` functions of the corpus drawn with `seed`, and in each a block of 2-5 whole
+    lines below its header."""
+    rng = random.Random(seed)
+    docs = functions(corpus)
+    rng.shuffle(docs)
+    for n, doc in enumerate(docs[:limit]):
+        lines = doc.splitlines(keepends=True)
+        first = rng.randrange(1, len(lines) - 1)
+        last = min(len(lines) - 1, first + rng.randrange(1, 5))
+        yield n, doc, sum(map(len, lines[:first])), sum(map(len, lines[: last + 1]))
 
 
 def gains(engine, doc: str, start: int, end: int, restored: str | None = None) -> tuple[float, float | None] | None:
@@ -77,15 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from dg_model.loading import load_engine
 
     engine = load_engine(args.model)
-    rng = random.Random(args.seed)
-    docs = functions(args.corpus)
-    rng.shuffle(docs)
     rows: list[dict[str, Any]] = []
-    for n, doc in enumerate(docs[: args.limit]):
-        lines = doc.splitlines(keepends=True)
-        first = rng.randrange(1, len(lines) - 1)
-        last = min(len(lines) - 1, first + rng.randrange(1, 5))
-        start, end = sum(map(len, lines[:first])), sum(map(len, lines[: last + 1]))
+    for n, doc, start, end in blocks(args.corpus, args.limit, args.seed):
         for kind in ("intact", "flipped-operator"):
             slipped = _slip(kind, doc, start, end, random.Random(n))
             if slipped is None:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dg_bench.fix_margin import functions
+from dg_bench.fix_margin import blocks
 from dg_lsp import rewrite_block
 from dg_lsp.eval_rewrite import _slip
 from dg_lsp.postprocess import Edit
@@ -56,16 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from dg_model.loading import load_engine
 
     engine = load_engine(args.model)
-    rng = random.Random(args.seed)
-    docs = functions(args.corpus)
-    rng.shuffle(docs)
     rows: list[dict[str, Any]] = []
     cases: list[Case] = []
-    for n, doc in enumerate(docs[: args.limit]):
-        lines = doc.splitlines(keepends=True)
-        first = rng.randrange(1, len(lines) - 1)
-        last = min(len(lines) - 1, first + rng.randrange(1, 5))
-        start, end = sum(map(len, lines[:first])), sum(map(len, lines[: last + 1]))
+    for n, doc, start, end in blocks(args.corpus, args.limit, args.seed):
         for kind in KINDS:
             slipped = _slip(kind, doc, start, end, random.Random(n))
             if slipped is None:

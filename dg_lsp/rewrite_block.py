@@ -73,9 +73,10 @@ def choose(found: RewriteOptions, channel: float = CHANNEL, tolerance: float = R
         return None
     if any(o.logprob_gain is None for o in found.options):
         return found.options[0].edit  # unranked: the first candidate that passes the checks
-    gain = {id(o): (o.logprob_gain or 0.0) - channel * o.distance for o in found.options}
-    best = max(found.options, key=lambda o: gain[id(o)])
-    return best.edit if gain[id(best)] >= (-tolerance if found.broken else MARGIN) else None
+    gain, best = max(
+        (((o.logprob_gain or 0.0) - channel * o.distance, o) for o in found.options), key=lambda scored: scored[0]
+    )
+    return best.edit if gain >= (-tolerance if found.broken else MARGIN) else None
 
 
 def rewrite_options(
