@@ -25,11 +25,10 @@ from dg_bench.fix_margin import blocks
 from dg_lsp import rewrite_block
 from dg_lsp.eval_rewrite import _slip
 from dg_lsp.postprocess import Edit
-from dg_lsp.repairs import CHANNEL
-from dg_lsp.rewrite_block import REWRITE_TOLERANCE
+from dg_lsp.rewrite_block import REWRITE_CHANNEL, REWRITE_TOLERANCE
 from dg_lsp.settings import Settings
 
-CHANNELS = (1.0, 2.0, 3.0, 4.0)
+CHANNELS = (1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 TOLERANCES = (-2.0, 0.0, 1.0, 2.0, 4.0, 8.0)  # -2: a broken block's rewrite must be 2 nats likelier
 KINDS = ("intact", "misspelt-name", "dropped-bracket")
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": str(args.corpus),
         "model": args.model or "embedded",
         "tasks": {k: sum(r["kind"] == k for r in rows) for k in KINDS},
-        "current": {"channel": CHANNEL, "tolerance": REWRITE_TOLERANCE},
+        "current": {"channel": REWRITE_CHANNEL, "tolerance": REWRITE_TOLERANCE},
         "table": table(cases),
         "rows": rows,
     }

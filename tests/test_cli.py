@@ -147,8 +147,9 @@ def test_model_that_does_not_load_exits_1(src, capsys):
 def test_rewrite_prints_the_rewritten_block(src, capsys):
     new = "def area(r):\n    return math.pi * r * r\n"
     # the stand-in scores blocks -1 per character unless told: this rewrite is far likelier than the block, beyond
-    # the price of the change, as a rewrite of working code must be (pipeline.MARGIN, repairs.CHANNEL): it is offered
-    assert dg_lsp(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 40.0})]) == 0
+    # the price of the change, as a rewrite of working code must be (pipeline.MARGIN, rewrite_block.REWRITE_CHANNEL):
+    # it is offered
+    assert dg_lsp(["rewrite", f"{src}:4-5", "--model", fake(rewrite=new, scores={new: 400.0})]) == 0
     out = capsys.readouterr().out
     assert out == new
     ast.parse(SRC.replace("def area(r):\n    return \n", out))
@@ -162,7 +163,7 @@ def test_rewrite_json_and_single_line_target(src, capsys):
                 f"{src}:8",
                 "--json",
                 "--model",
-                fake(rewrite="print(area(3.0))\n", scores={"print(area(3.0))\n": 40.0}),
+                fake(rewrite="print(area(3.0))\n", scores={"print(area(3.0))\n": 400.0}),
             ]
         )
         == 0

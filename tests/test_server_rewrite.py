@@ -17,8 +17,8 @@ SRC = "def add(a, b):\n    s = a + b\n    return s\n\n\nprint(add(1, 2))\n"
 NEW = "def add(a, b):\n    return a + b"
 # The stand-in scores a block -1 per character unless told: these rewrites of working code are far likelier than the
 # blocks they replace, beyond the price of the change, as working code must be for a rewrite (pipeline.MARGIN,
-# repairs.CHANNEL).
-LIKELY = {NEW: 40.0, NEW + "\n": 40.0, "    return a + b\n": 40.0}
+# rewrite_block.REWRITE_CHANNEL).
+LIKELY = {NEW: 400.0, NEW + "\n": 400.0, "    return a + b\n": 400.0}
 
 
 def rng(l1: int, c1: int, l2: int, c2: int) -> types.Range:

@@ -50,11 +50,14 @@ export interface ServerSpec {
 export const FAKE_SERVER = path.join(REPO, 'tests', 'fake_server.py');
 
 /** The test engine's answers: its candidates, and the rewrite of greet(), which it finds far likelier than the
- * function as it is (beyond the price of the change: pipeline.MARGIN, repairs.CHANNEL). */
+ * function as it is (beyond the price of the change: pipeline.MARGIN, rewrite_block.REWRITE_CHANNEL). */
 export const TEST_ENGINE = {
   texts: ['return a + b', 'return b + a'],
   rewrite: 'def greet(name):\n    return f"hello {name}"\n',
-  scores: { 'def greet(name):\n    return f"hello {name}"': 40.0, 'def greet(name):\n    return f"hello {name}"\n': 40.0 },
+  scores: {
+    'def greet(name):\n    return f"hello {name}"': 400.0,
+    'def greet(name):\n    return f"hello {name}"\n': 400.0,
+  },
 };
 
 /**
