@@ -243,31 +243,27 @@ class DiffusionEngine:
             rows = rewrite_spans.variants(spans)
             canvas, free = (t.to(self.device) for t in rewrite_spans.canvases(block_ids, rows, eos, pad))
             canvas[free] = noise_like(canvas[free], self.vocab_size, torch.Generator().manual_seed(job.seed or 0))
-            _check(job.cancel)
-            logits = self._rewrite_logits(canvas, cache)
-            stats.steps, stats.decoder_forwards = 2, 2
             # The first free slot of each row takes its k likeliest tokens, one candidate each; with one more
-            # forward (`rewrite_steps` 2) the rest of the word is read again behind that first token.
-            k = max(1, job.n)
-            heads = torch.tensor([v.start for v in rows], device=self.device)
-            firsts = logits[torch.arange(len(rows), device=self.device), heads].topk(k, -1)
-            rows = [v for v in rows for _ in range(k)]
-            canvas, free, logits = (t.repeat_interleave(k, 0) for t in (canvas, free, logits))
-            every = torch.arange(len(rows), device=self.device)
-            canvas[every, heads.repeat_interleave(k)] = firsts.indices.reshape(-1)
-            free[every, heads.repeat_interleave(k)] = False
-            if self.settings.rewrite_steps > 1 and bool(free.any()):
-                again = free.any(-1)
-                logits[again] = self._rewrite_logits(canvas[again], cache, logits[again])
-                stats.steps += 1
-                stats.decoder_forwards += 1
-            canvas = torch.where(free, logits.argmax(-1), canvas)
-            chosen = torch.log_softmax(logits.float(), -1).gather(-1, canvas[..., None]).squeeze(-1)
-            texts, scores = [], []
-            for r, v in enumerate(rows):
-                texts.append(self.tokenizer.decode(rewrite_spans.written(block_ids, v, canvas[r].tolist())))
-                scores.append(mean(chosen[r, v.start : v.start + v.length].tolist()))
-            stats.new_tokens = sum(v.length for v in rows)
+            # forward (`rewrite_steps` 2) the rest of the word is read again behind that first token. In batches of
+            # bounded memory, the job's cancel checked before each.
+            k, texts, scores = max(1, job.n), [], []
+            stats.steps = stats.decoder_forwards = 1
+            for part in rewrite_spans.batches(len(rows), canvas.shape[1], k, self.vocab_size):
+                _check(job.cancel)
+                tokens, part_scores, forwards = rewrite_spans.write(
+                    lambda c, sc: self._rewrite_logits(c, cache, sc),
+                    block_ids,
+                    rows[part],
+                    canvas[part],
+                    free[part],
+                    k,
+                    self.settings.rewrite_steps,
+                )
+                texts += [self.tokenizer.decode(t) for t in tokens]
+                scores += part_scores
+                stats.steps += forwards
+                stats.decoder_forwards += forwards
+                stats.new_tokens += k * sum(v.length for v in rows[part])
         finally:
             self.fwd.trim(cache, len(prompt.ids))
         stats.total_ms = (time.perf_counter() - t0) * 1e3

@@ -6,17 +6,27 @@ and tries each at several lengths, every other token of the block pinned: the le
 three tokens, one fewer, as many, one more). Which words: those holding the tokens the decoder finds least likely in
 place, and those the editor's checks point at (an undefined name, where the parser gave up).
 
-Pure functions over token ids and offsets; `engine.DgEngine.rewrite` runs the model.
+Functions over token ids and offsets; `write` takes the model's reading as a function, `engine.DgEngine.rewrite`
+passes the decoder's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from dg_model.decoders import mean
+
 Offsets = Sequence[tuple[int, int]]  # each token's characters in the block: block[start:end]
+# The decoder's logits [R, C, V] for canvases [R, C], with optional self-conditioning logits of the same shape.
+Read = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+# Logits (float32 elements) one forward of a rewrite may hold: 2**25, 128 MiB. The rows grow with the block's words
+# and each row with its length, so an unbounded batch grows with the square of the block: one 400-token block asked
+# for ~19 GB of logits at once and the process was killed for memory.
+LOGITS_BUDGET = 2**25
 
 
 @dataclass(frozen=True)
@@ -94,3 +104,43 @@ def canvases(ids: Sequence[int], rows: Sequence[Variant], eos: int, pad: int) ->
 def written(ids: Sequence[int], v: Variant, row: Sequence[int]) -> list[int]:
     """The block's tokens with `v`'s word as the canvas `row` wrote it."""
     return [*ids[: v.start], *row[v.start : v.start + v.length], *ids[v.end :]]
+
+
+def batches(rows: int, width: int, k: int, vocab: int, budget: int = LOGITS_BUDGET) -> list[slice]:
+    """The rows in batches whose logits, each row tried with `k` first tokens, stay within `budget` elements."""
+    per = max(1, budget // max(1, k * width * vocab))
+    return [slice(lo, min(rows, lo + per)) for lo in range(0, rows, per)]
+
+
+def write(
+    read: Read,
+    ids: Sequence[int],
+    rows: Sequence[Variant],
+    canvas: torch.Tensor,
+    free: torch.Tensor,
+    k: int,
+    steps: int,
+) -> tuple[list[list[int]], list[float], int]:
+    """Each row's word written on its canvas (free slots noised): the first free slot takes its `k` likeliest tokens,
+    one candidate each, the other slots the decoder's choice (with `steps` 2, read again behind that first token).
+    -> per candidate (row-major, `k` per row) the block's tokens and the mean log-probability of the word's slots,
+    and the decoder forwards run."""
+    logits = read(canvas, None)
+    every_row = torch.arange(len(rows), device=canvas.device)
+    heads = torch.tensor([v.start for v in rows], device=canvas.device)
+    firsts = logits[every_row, heads].topk(k, -1)
+    rows = [v for v in rows for _ in range(k)]
+    canvas, free, logits = (t.repeat_interleave(k, 0) for t in (canvas, free, logits))
+    every, heads = torch.arange(len(rows), device=canvas.device), heads.repeat_interleave(k)
+    canvas[every, heads] = firsts.indices.reshape(-1)
+    free[every, heads] = False
+    forwards = 1
+    if steps > 1 and bool(free.any()):
+        again = free.any(-1)
+        logits[again] = read(canvas[again], logits[again])
+        forwards += 1
+    canvas = torch.where(free, logits.argmax(-1), canvas)
+    chosen = torch.log_softmax(logits.float(), -1).gather(-1, canvas[..., None]).squeeze(-1)
+    tokens = [written(ids, v, canvas[r].tolist()) for r, v in enumerate(rows)]
+    scores = [mean(chosen[r, v.start : v.start + v.length].tolist()) for r, v in enumerate(rows)]
+    return tokens, scores, forwards

@@ -20,6 +20,9 @@ import torch
 from dg_model.api import BlockScore, TokenScore
 
 ALTERNATIVES = 3  # the decoder's best other tokens kept per position
+# Tokens one encoder reading may hold: the tree's attention over itself grows with the square of its nodes, and 164
+# rewrites of a 150-token block read at once took a process from 2.2 to 6.6 GB.
+READ_TOKENS = 2048
 
 
 def token_spans(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
@@ -110,19 +113,38 @@ def score_blocks(
     tokenizer, fwd, cache, last_hidden, blocks: list[str], eos_id: int, pad_id: int, detail: bool = True
 ) -> list[BlockScore]:
     encoded = [tokenizer.encode(b, add_special_tokens=False) for b in blocks]
-    logp, best_id, best_lp = encoder_logprobs(fwd, cache, last_hidden, [ids + [eos_id] for ids in encoded], pad_id)
+    seqs = [ids + [eos_id] for ids in encoded]
+    logps: list[torch.Tensor] = []  # per sequence its tokens' log-probabilities
+    for group in _groups(seqs, READ_TOKENS):
+        logp, best_id, best_lp = encoder_logprobs(fwd, cache, last_hidden, [seqs[i] for i in group], pad_id)
+        logps += [logp[r, : len(seqs[i])] for r, i in enumerate(group)]
+        if group[0] == 0:
+            first_best = best_id[0], best_lp[0]  # the encoder's own choices, for blocks[0]'s alternatives
     scores = []
-    for row, ids in enumerate(encoded):
+    for ids, logp in zip(encoded, logps):
         spans = token_spans(tokenizer, ids) if detail else []
-        tokens = [TokenScore(s, e, float(logp[row, j])) for j, (s, e) in enumerate(spans)]
-        scores.append(BlockScore(float(logp[row, : len(ids) + 1].sum()), tokens))
+        tokens = [TokenScore(s, e, float(logp[j])) for j, (s, e) in enumerate(spans)]
+        scores.append(BlockScore(float(logp.sum()), tokens))
     if detail and encoded and encoded[0]:
         ids = encoded[0]
         by_decoder = decoder_alternatives(fwd, cache, ids, pad_id, last_hidden.device)
         for j, token in enumerate(scores[0].tokens):
             options = dict(by_decoder[j])
-            enc_id, enc_lp = int(best_id[0, j]), float(best_lp[0, j])
+            enc_id, enc_lp = int(first_best[0][j]), float(first_best[1][j])
             if enc_id != ids[j]:
                 options[enc_id] = max(options.get(enc_id, float("-inf")), enc_lp)
             token.alternatives = sorted(((tokenizer.decode([t]), lp) for t, lp in options.items()), key=lambda x: -x[1])
     return scores
+
+
+def _groups(seqs: list[list[int]], budget: int) -> list[list[int]]:
+    """The sequences' indices in order, in groups of at most `budget` tokens (a longer sequence alone)."""
+    groups: list[list[int]] = []
+    size = budget
+    for i, s in enumerate(seqs):
+        if size + len(s) > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += len(s)
+    return groups

@@ -138,6 +138,39 @@ def test_a_cancelled_rewrite_stops_before_its_next_forward_and_keeps_the_prompt_
     assert engine.fwd.seq_length(prompt.cache) == len(prompt.ids)  # the cache holds the prompt alone
 
 
+def test_a_rewrite_reads_its_canvases_in_batches_of_bounded_logits_with_the_same_candidates(tiny, monkeypatch):
+    """Rows grow with a block's words and each row with its length: the decoder reads them in batches whose logits
+    stay within the budget (one unbounded batch took a process past 17 GB), and the candidates are those of one
+    batch, and a cancel between batches stops the job."""
+    engine = make(tiny)
+    block = "total = 0\nfor item in items:\n    total += item.price * item.count\nreturn total\n"
+    job = RewriteJob(prefix=PREFIX, block=block, suffix=SUFFIX, renoise=0.5, n=2, doc_key="b")
+    whole = engine.rewrite(job)
+    read, sizes = engine._rewrite_logits, []
+
+    def spy(canvas, cache, self_cond=None):
+        logits = read(canvas, cache, self_cond)
+        sizes.append(logits.numel())
+        return logits
+
+    monkeypatch.setattr(engine, "_rewrite_logits", spy)
+    vocab, budget = engine.vocab_size, 0
+    monkeypatch.setattr(rewrite_spans, "LOGITS_BUDGET", budget := 3 * 2 * 40 * vocab)  # three rows of two
+    monkeypatch.setattr(
+        rewrite_spans, "batches", lambda *a, budget=budget, real=rewrite_spans.batches: real(*a, budget=budget)
+    )
+    batched = engine.rewrite(job)
+    assert len(sizes) > 1 and max(sizes) <= budget
+    assert {c.text for c in batched.candidates} == {c.text for c in whole.candidates}
+    scored = {c.text: c.score for c in whole.candidates}
+    assert all(c.score == pytest.approx(scored[c.text], abs=1e-3) for c in batched.candidates)
+    cancel, sizes[:] = threading.Event(), []
+    monkeypatch.setattr(engine, "_rewrite_logits", lambda *a: cancel.set() or spy(*a))
+    with pytest.raises(Cancelled):
+        engine.rewrite(RewriteJob(prefix=PREFIX, block=block, suffix=SUFFIX, renoise=0.5, n=2, cancel=cancel))
+    assert len(sizes) == 1  # the first batch's forward, then the cancel
+
+
 def test_rewrite_writes_doubted_words_afresh_and_pins_every_other_token(tiny, monkeypatch):
     """Self-correction: the words (runs of tokens joined by word characters) the decoder doubts, and those the
     editor's checks point at, are written afresh at several lengths; every other token stays, and no candidate ends
