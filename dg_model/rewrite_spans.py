@@ -6,8 +6,8 @@ and tries each at several lengths, every other token of the block pinned: the le
 three tokens, one fewer, as many, one more). Which words: those holding the tokens the decoder finds least likely in
 place, and those the editor's checks point at (an undefined name, where the parser gave up).
 
-Functions over token ids and offsets; `write` takes the model's reading as a function, `engine.DgEngine.rewrite`
-passes the decoder's.
+Functions over token ids and offsets; `write` takes the model's reading as a function,
+`engine.DiffusionEngine.rewrite` passes the decoder's.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ Offsets = Sequence[tuple[int, int]]  # each token's characters in the block: blo
 Read = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 # Logits (float32 elements) one forward of a rewrite may hold: 2**25, 128 MiB. The rows grow with the block's words
-# and each row with its length, so an unbounded batch grows with the square of the block: one 400-token block asked
-# for ~19 GB of logits at once and the process was killed for memory.
+# and each row with its length, so one unbounded batch grows with the square of the block: several GB at once for a
+# block of a few hundred tokens.
 LOGITS_BUDGET = 2**25
 
 
@@ -106,9 +106,9 @@ def written(ids: Sequence[int], v: Variant, row: Sequence[int]) -> list[int]:
     return [*ids[: v.start], *row[v.start : v.start + v.length], *ids[v.end :]]
 
 
-def batches(rows: int, width: int, k: int, vocab: int, budget: int = LOGITS_BUDGET) -> list[slice]:
-    """The rows in batches whose logits, each row tried with `k` first tokens, stay within `budget` elements."""
-    per = max(1, budget // max(1, k * width * vocab))
+def batches(rows: int, width: int, k: int, vocab: int) -> list[slice]:
+    """The rows in batches whose logits, each row tried with `k` first tokens, stay within LOGITS_BUDGET elements."""
+    per = max(1, LOGITS_BUDGET // max(1, k * width * vocab))
     return [slice(lo, min(rows, lo + per)) for lo in range(0, rows, per)]
 
 
